@@ -1,0 +1,453 @@
+"""GracefulArbiter: Gunicorn's master, with reloads that never take the service down.
+
+Every override of a master internal of Gunicorn is in this class; the workers'
+are in `workers.py`. The `on_starting` hook installs it on the running
+arbiter (`install`), because Gunicorn offers no setting for the arbiter class.
+
+The master runs one reconcile step per loop tick (`manage_workers`), as Puma's
+`check_workers` does: it compares the wanted generation with the workers that
+are ready and shrinks the difference by one step. Invariants:
+
+- Old workers are told to stop only when the whole new generation is ready,
+  so the number of workers able to serve never drops below `workers`.
+- At most `graceful_max_booting` new workers boot at once (0: no limit).
+- A new generation that fails (a worker exits before it is ready, or is not
+  ready within `graceful_readiness_timeout`) is stopped; the old one keeps
+  serving and one ERROR line says why. The master never exits for it.
+- A config file that fails on HUP changes nothing: the running configuration stays.
+"""
+
+import dataclasses
+import errno
+import json
+import os
+import signal
+import time
+
+from gunicorn import sock, util
+from gunicorn.arbiter import Arbiter
+from gunicorn.errors import HaltServer
+from gunicorn.pidfile import Pidfile
+
+from gunicorn_graceful import listeners, settings, state
+from gunicorn_graceful.events import emit
+from gunicorn_graceful.systemd import Notifier
+
+_BACKOFF_LIMIT = 30.0
+_KILL_GRACE = 1.0
+
+
+@dataclasses.dataclass
+class Rollout:
+    """A reload in progress: the generation being booted and what to go back to."""
+
+    generation: int
+    previous_generation: int
+    previous_cfg: object
+    previous_settings: object
+    started: float = dataclasses.field(default_factory=time.monotonic)
+    started_at: float = dataclasses.field(default_factory=time.time)
+
+
+@dataclasses.dataclass
+class BootFailure:
+    pid: int
+    generation: int
+    reason: str
+    elapsed: float
+    exit_code: int
+
+
+class GracefulArbiter(Arbiter):
+    """Gunicorn's Arbiter with readiness-gated reloads, rollback and a door-closing stop."""
+
+    @classmethod
+    def install(cls, arbiter):
+        """Turn a running stock Arbiter into a GracefulArbiter (called by on_starting)."""
+        arbiter.__class__ = cls
+        arbiter.generation = 1
+        arbiter.rollout = None
+        arbiter.serving = False
+        arbiter.stopping = False
+        arbiter.boot_failures = []
+        arbiter.failure_streak = 0
+        arbiter.respawn_after = 0.0
+        arbiter.notifier = Notifier.take_from_environ()
+        arbiter.last_status = None
+        return arbiter
+
+    # -- spawning and retiring ------------------------------------------------
+
+    def spawn_tracked(self):
+        """Fork one worker of the wanted generation and note when and for what it was born."""
+        pid = self.spawn_worker()
+        worker = self.WORKERS[pid]
+        worker.generation = self.generation
+        worker.spawned = time.monotonic()
+        worker.started_at = time.time()
+        worker.retired = None
+        worker.kill_reason = None
+        worker.seen_ready = False
+        return worker
+
+    def retire(self, worker, reason):
+        """Ask a worker to drain and stop (SIGTERM); it is no longer counted as serving."""
+        worker.retired = time.monotonic()
+        emit(self.log, "info", "worker.retire", pid=worker.pid,
+             generation=getattr(worker, "generation", 0), reason=reason)
+        self.kill_worker(worker.pid, signal.SIGTERM)
+
+    def discard(self, worker, reason):
+        """Stop a worker of a failed or superseded generation: drain it if it serves, else kill it."""
+        if getattr(worker, "seen_ready", False):
+            self.retire(worker, reason)
+        else:
+            worker.retired = time.monotonic()
+            worker.kill_reason = reason
+            self.kill_worker(worker.pid, signal.SIGKILL)
+
+    def workers_of(self, generation):
+        return [w for w in list(self.WORKERS.values())
+                if getattr(w, "generation", 0) == generation and getattr(w, "retired", None) is None]
+
+    def old_workers(self):
+        return [w for w in list(self.WORKERS.values())
+                if getattr(w, "generation", 0) != self.generation
+                and getattr(w, "retired", None) is None]
+
+    # -- the reconcile tick ----------------------------------------------------
+
+    def manage_workers(self):
+        """One reconcile step: notice ready workers, handle failures, spawn, hand over.
+
+        Overrides Gunicorn's, which kills the oldest workers as soon as there
+        are more than `workers`, whether or not the new ones can serve.
+        """
+        if self.stopping:
+            return
+        self.notice_ready()
+        self.handle_boot_failures()
+        members = self.workers_of(self.generation)
+        self.spawn_missing(members)
+        self.retire_extras(members)
+        self.hand_over(members)
+        self.write_status()
+
+    def notice_ready(self):
+        for worker in list(self.WORKERS.values()):
+            if not getattr(worker, "seen_ready", True) and state.was_ready(worker.tmp):
+                worker.seen_ready = True
+                self.failure_streak = 0
+                emit(self.log, "info", "worker.ready", pid=worker.pid,
+                     generation=worker.generation,
+                     boot_time=time.monotonic() - worker.spawned)
+
+    def spawn_missing(self, members):
+        missing = self.num_workers - len(members)
+        if missing <= 0 or time.monotonic() < self.respawn_after:
+            return
+        booting = sum(1 for w in members if not w.seen_ready)
+        limit = current_settings().max_booting or missing
+        for _ in range(max(min(missing, limit - booting), 0)):
+            self.spawn_tracked()
+
+    def retire_extras(self, members):
+        """TTOU or a smaller `workers` after HUP: retire the oldest surplus workers."""
+        surplus = len(members) - self.num_workers
+        for worker in sorted(members, key=lambda w: w.age)[:max(surplus, 0)]:
+            self.discard(worker, "surplus")
+
+    def hand_over(self, members):
+        ready = sum(1 for w in members if w.seen_ready)
+        if ready < self.num_workers:
+            return
+        for worker in self.old_workers():
+            self.retire(worker, "replaced")
+        if self.rollout is not None:
+            emit(self.log, "info", "reload.done", generation=self.generation,
+                 duration=time.monotonic() - self.rollout.started, workers=ready)
+            self.rollout = None
+            self.notifier.ready(self.log, "generation %s serving" % self.generation)
+        elif not self.serving:
+            emit(self.log, "info", "master.serving", generation=self.generation, workers=ready)
+            self.notifier.ready(self.log, "generation %s serving" % self.generation)
+        self.serving = True
+
+    # -- failures ------------------------------------------------------------------
+
+    def reap_workers(self):
+        """Reap children without ever raising HaltServer.
+
+        Overrides Gunicorn's, which halts the whole master when any worker
+        exits with a boot error, even while an older generation still serves.
+        Gunicorn 23 calls this from its SIGCHLD handler, so it only records
+        failures; the reconcile tick acts on them.
+        """
+        while True:
+            try:
+                wpid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if not wpid:
+                return
+            if wpid == self.reexec_pid:
+                self.reexec_pid = 0
+            elif wpid == getattr(self, "dirty_arbiter_pid", 0):
+                self.handle_dirty_arbiter_exit(wpid, status)
+            else:
+                worker = self.WORKERS.pop(wpid, None)
+                if worker is not None:
+                    self.worker_exited(worker, status)
+
+    def worker_exited(self, worker, status):
+        worker.exit_status = status
+        was_ready = state.was_ready(worker.tmp)
+        if not was_ready and getattr(worker, "retired", None) is None:
+            reason = getattr(worker, "kill_reason", None) or state.read_reason(worker.tmp) \
+                or describe_status(status)
+            self.boot_failures.append(BootFailure(
+                worker.pid, getattr(worker, "generation", 0), reason,
+                time.monotonic() - getattr(worker, "spawned", time.monotonic()),
+                os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1))
+        try:
+            self.cfg.child_exit(self, worker)
+        finally:
+            worker.tmp.close()
+
+    def handle_boot_failures(self):
+        failures, self.boot_failures = self.boot_failures, []
+        for failure in failures:
+            if failure.generation != self.generation:
+                continue
+            if self.rollout is not None and self.old_workers():
+                self.roll_back(failure)
+            elif not self.serving:
+                self.halt_on_boot_failure(failure)
+            else:
+                self.back_off(failure)
+
+    def roll_back(self, failure):
+        rollout = self.rollout
+        emit(self.log, "error", "reload.rollback", generation=rollout.generation,
+             kept_generation=rollout.previous_generation, worker=failure.pid,
+             after=failure.elapsed, reason=failure.reason)
+        for worker in self.workers_of(rollout.generation):
+            self.discard(worker, "rollback")
+        self.rollout = None
+        self.generation = rollout.previous_generation
+        self.app.cfg = rollout.previous_cfg
+        settings.set_current(rollout.previous_settings)
+        self.setup(self.app)
+        self.notifier.ready(self.log, "reload failed, generation %s still serving: %s"
+                            % (self.generation, failure.reason))
+
+    def halt_on_boot_failure(self, failure):
+        """No worker ever served: like Gunicorn, stop, but cleanly and saying why."""
+        code = failure.exit_code if failure.exit_code in (self.WORKER_BOOT_ERROR,
+                                                          self.APP_LOAD_ERROR) \
+            else self.WORKER_BOOT_ERROR
+        raise HaltServer("worker %s failed to boot: %s" % (failure.pid, failure.reason), code)
+
+    def back_off(self, failure):
+        """A replacement worker failed to boot while others serve: retry later, never halt."""
+        self.failure_streak += 1
+        delay = min(2.0 ** (self.failure_streak - 1), _BACKOFF_LIMIT)
+        self.respawn_after = time.monotonic() + delay
+        emit(self.log, "error", "worker.boot_failed", pid=failure.pid,
+             generation=failure.generation, after=failure.elapsed, retry_in=delay,
+             reason=failure.reason)
+
+    def murder_workers(self):
+        """Gunicorn's heartbeat timeout, plus two deadlines it does not have.
+
+        A worker that is not ready within the readiness timeout is killed
+        (Gunicorn never times out a worker before its first heartbeat), and a
+        retired worker still alive after graceful_timeout is killed, as
+        Gunicorn's stop does, so a reload cannot leave stragglers behind.
+        """
+        super().murder_workers()
+        now = time.monotonic()
+        readiness_timeout = current_settings().readiness_timeout
+        for worker in list(self.WORKERS.values()):
+            retired = getattr(worker, "retired", None)
+            if retired is None and not getattr(worker, "seen_ready", True) \
+                    and worker.kill_reason is None \
+                    and not state.was_ready(worker.tmp) \
+                    and now - worker.spawned > readiness_timeout:
+                worker.kill_reason = "not ready after %.1fs (graceful_readiness_timeout)" \
+                    % (now - worker.spawned)
+                self.kill_worker(worker.pid, signal.SIGKILL)
+            elif retired is not None and now - retired > self.cfg.graceful_timeout + _KILL_GRACE:
+                self.kill_worker(worker.pid, signal.SIGKILL)
+
+    # -- reload ----------------------------------------------------------------------
+
+    def reload(self):
+        """HUP: load the config again, then boot a new generation that must prove itself.
+
+        Overrides Gunicorn's, which exits when the config fails and stops the
+        old workers as soon as the new ones are forked.
+        """
+        previous_cfg, previous_settings = self.cfg, current_settings()
+        reset_environment(self.cfg)
+        try:
+            self.app.reload()
+        except (Exception, SystemExit) as exc:
+            self.app.cfg = previous_cfg
+            settings.set_current(previous_settings)
+            apply_environment(previous_cfg)
+            emit(self.log, "error", "reload.config_failed", config=previous_cfg.config,
+                 reason=config_failure(exc), kept_generation=self.generation)
+            return
+        self.apply_reloaded_config(previous_cfg)
+        self.begin_rollout(previous_cfg, previous_settings)
+
+    def apply_reloaded_config(self, previous_cfg):
+        """What Gunicorn's reload does with a new config, minus spawning and killing workers."""
+        self.setup(self.app)
+        self.log.reopen_files()
+        if previous_cfg.address != self.cfg.address:
+            for lnr in self.LISTENERS:
+                lnr.close()
+            self.LISTENERS = sock.create_sockets(self.cfg, self.log)
+            emit(self.log, "info", "master.listening",
+                 listeners=",".join(str(lnr) for lnr in self.LISTENERS))
+        self.cfg.on_reload(self)
+        if self.cfg.pidfile != previous_cfg.pidfile:
+            self.move_pidfile()
+        util._setproctitle("master [%s]" % self.proc_name)
+        if self.cfg.preload_app:
+            emit(self.log, "warning", "reload.preload", generation=self.generation + 1,
+                 reason="preload_app is on: the master imported the app once and HUP cannot "
+                        "reload its code; workers are replaced with the same code. Use USR2 "
+                        "to deploy new code")
+
+    def move_pidfile(self):
+        old = self.pidfile
+        self.pidfile = None
+        if self.cfg.pidfile is not None:
+            self.pidfile = Pidfile(self.cfg.pidfile)
+            self.pidfile.create(self.pid)
+        if old is not None:
+            old.unlink()
+
+    def begin_rollout(self, previous_cfg, previous_settings):
+        if self.rollout is not None:
+            for worker in self.workers_of(self.generation):
+                self.discard(worker, "superseded")
+            previous = self.rollout
+            previous_cfg, previous_settings = previous.previous_cfg, previous.previous_settings
+            previous_generation = previous.previous_generation
+        else:
+            previous_generation = self.generation
+        self.generation += 1
+        self.rollout = Rollout(self.generation, previous_generation, previous_cfg,
+                               previous_settings)
+        self.notifier.reloading(self.log, "booting generation %s" % self.generation)
+        emit(self.log, "info", "reload.start", generation=self.generation,
+             previous_generation=previous_generation, workers=self.num_workers,
+             max_booting=current_settings().max_booting)
+        self.manage_workers()
+
+    # -- stop ---------------------------------------------------------------------------
+
+    def stop(self, graceful=True):
+        """Close the door before the workers drain, so that the last close resets nobody.
+
+        Only when this master is the last holder of its listeners: not while a
+        USR2 child or parent shares them, not with systemd socket activation
+        (systemd keeps the socket for the next start) and not with reuse_port.
+        """
+        self.stopping = True
+        last_holder = (self.reexec_pid == self.master_pid == 0 and not self.systemd
+                       and not self.cfg.reuse_port)
+        if graceful and last_holder:
+            closed = [str(lnr) for lnr in self.LISTENERS if listeners.close_door(lnr)]
+            emit(self.log, "info", "master.stopping", pid=self.pid, door_closed=",".join(closed)
+                 or "none", workers=len(self.WORKERS), graceful_timeout=self.cfg.graceful_timeout)
+        self.notifier.stopping(self.log, "draining %s workers" % len(self.WORKERS))
+        self.remove_status()
+        super().stop(graceful)
+
+    # -- status for operators ----------------------------------------------------------
+
+    def status_path(self):
+        return self.pidfile.fname + ".status" if self.pidfile is not None else None
+
+    def snapshot(self):
+        workers = [{"pid": w.pid, "generation": getattr(w, "generation", 0),
+                    "state": worker_state(w), "started_at": round(getattr(w, "started_at", 0), 1)}
+                   for w in sorted(list(self.WORKERS.values()), key=lambda w: w.age)]
+        rollout = None
+        if self.rollout is not None:
+            rollout = {"generation": self.rollout.generation,
+                       "previous_generation": self.rollout.previous_generation,
+                       "started_at": round(self.rollout.started_at, 1)}
+        return {"pid": self.pid, "generation": self.generation, "workers_wanted": self.num_workers,
+                "serving": self.serving, "reload": rollout, "workers": workers}
+
+    def write_status(self):
+        """Write the status file an operator reads with `gunicorn-graceful status` (atomic)."""
+        path = self.status_path()
+        snapshot = self.snapshot()
+        if path is None or snapshot == self.last_status:
+            return
+        self.last_status = snapshot
+        tmp = "%s.%s.tmp" % (path, self.pid)
+        try:
+            with open(tmp, "w") as handle:
+                json.dump(snapshot, handle)
+            os.replace(tmp, path)
+        except OSError as exc:
+            emit(self.log, "warning", "master.status_failed", path=path, error=exc)
+
+    def remove_status(self):
+        path = self.status_path()
+        if path is None:
+            return
+        try:
+            os.unlink(path)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+
+
+def worker_state(worker):
+    """booting, ready or draining as the worker says; retiring while a SIGTERM is on its way."""
+    said = state.read(worker.tmp)
+    if getattr(worker, "retired", None) is not None and said != state.DRAINING:
+        return "retiring"
+    return said
+
+
+def current_settings():
+    return settings.current()
+
+
+def reset_environment(cfg):
+    """Undo the config's `raw_env` so the reloaded config sees the original environment."""
+    for key in cfg.env:
+        if key in cfg.env_orig:
+            os.environ[key] = cfg.env_orig[key]
+        else:
+            os.environ.pop(key, None)
+
+
+def apply_environment(cfg):
+    for key, value in cfg.env.items():
+        os.environ[key] = value
+
+
+def config_failure(exc):
+    """One line for a config that failed on HUP; Gunicorn printed its traceback to stderr."""
+    if isinstance(exc, SystemExit):
+        if isinstance(exc.code, str):
+            return exc.code
+        return "the config failed to load (exit %s); its traceback is on stderr" % exc.code
+    return "%s: %s" % (type(exc).__name__, exc)
+
+
+def describe_status(status):
+    if os.WIFSIGNALED(status):
+        return "killed by %s before it was ready" % signal.Signals(os.WTERMSIG(status)).name
+    return "exited with code %s before it was ready" % os.WEXITSTATUS(status)

@@ -1,0 +1,33 @@
+"""One operator event per log line, as `event=NAME key=value ...`.
+
+Operators grep these lines and tests assert on them, so the wording is stable
+and every value is quoted only when it has to be.
+"""
+
+
+def _value(value):
+    if isinstance(value, float):
+        return "%.2f" % value
+    text = str(value)
+    if text == "" or any(c in text for c in ' "=\t\n'):
+        return '"%s"' % text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
+    return text
+
+
+def format_event(name, **fields):
+    """The text of one event line: its name first, then its fields in order."""
+    parts = ["event=%s" % name]
+    parts.extend("%s=%s" % (key, _value(value)) for key, value in fields.items())
+    return " ".join(parts)
+
+
+def emit(log, level, name, **fields):
+    """Log one event on a Gunicorn logger (`log.info`, `log.warning`, ...)."""
+    getattr(log, level)(format_event(name, **fields))
+
+
+def redact(path):
+    """A request path fit for logs: the query string, which may hold secrets, is cut."""
+    path = path or "/"
+    base, sep, _ = path.partition("?")
+    return base + "?[redacted]" if sep else base

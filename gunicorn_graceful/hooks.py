@@ -1,0 +1,127 @@
+"""Server hooks: one stable key=value line per lifecycle event, chained with the user's hooks.
+
+`install(globals())`, the last line of a config that uses the pack, does two
+things: it reads and validates the `graceful_*` settings, and it chains every
+hook the config defines itself after the pack's hook of the same name, so a
+user's `post_fork` keeps running and the pack's lines still appear.
+"""
+
+import functools
+import os
+
+from gunicorn import __version__ as gunicorn_version
+
+from gunicorn_graceful import __version__, settings, state
+from gunicorn_graceful.arbiter import GracefulArbiter
+from gunicorn_graceful.events import emit
+
+
+def on_starting(server):
+    """Install the graceful master, then log the effective settings once."""
+    GracefulArbiter.install(server)
+    emit(server.log, "info", "master.starting", pid=server.pid, version=__version__,
+         gunicorn=gunicorn_version, worker_class=server.cfg.worker_class_str,
+         workers=server.cfg.workers)
+    current = settings.current()
+    emit(server.log, "info", "settings", graceful_timeout=server.cfg.graceful_timeout,
+         timeout=server.cfg.timeout, keepalive=server.cfg.keepalive, **current.as_fields())
+    for warning in settings.timing_warnings(server.cfg, current):
+        emit(server.log, "warning", "settings.warning", problem=warning)
+
+
+def when_ready(server):
+    emit(server.log, "info", "master.listening", pid=server.pid,
+         listeners=",".join(str(lnr) for lnr in server.LISTENERS))
+
+
+def on_reload(server):
+    emit(server.log, "info", "master.reload", pid=server.pid,
+         generation=getattr(server, "generation", 0) + 1)
+
+
+def pre_exec(server):
+    emit(server.log, "info", "master.reexec", pid=server.pid)
+
+
+def pre_fork(server, worker):
+    emit(server.log, "debug", "worker.forking", generation=getattr(server, "generation", 0),
+         age=worker.age)
+
+
+def post_fork(server, worker):
+    emit(server.log, "info", "worker.booting", pid=worker.pid, ppid=server.pid,
+         generation=getattr(server, "generation", 0))
+
+
+def post_worker_init(worker):
+    emit(worker.log, "info", "worker.loaded", pid=worker.pid)
+
+
+def worker_int(worker):
+    emit(worker.log, "warning", "worker.int", pid=worker.pid,
+         in_flight=len(getattr(worker, "inflight", ())))
+
+
+def worker_abort(worker):
+    emit(worker.log, "warning", "worker.abort", pid=worker.pid,
+         in_flight=len(getattr(worker, "inflight", ())))
+
+
+def child_exit(server, worker):
+    """In the master: how the worker ended, in the state it last reported."""
+    status = getattr(worker, "exit_status", None)
+    fields = {"pid": worker.pid, "generation": getattr(worker, "generation", 0),
+              "state": state.read(worker.tmp)}
+    if status is not None:
+        if os.WIFSIGNALED(status):
+            fields["signal"] = os.WTERMSIG(status)
+        else:
+            fields["code"] = os.WEXITSTATUS(status)
+    emit(server.log, "info", "worker.exit", **fields)
+
+
+def worker_exit(server, worker):
+    emit(server.log, "info", "worker.stopped", pid=worker.pid)
+
+
+def nworkers_changed(server, new_value, old_value):
+    emit(server.log, "info", "master.workers", wanted=new_value,
+         previous="none" if old_value is None else old_value)
+
+
+def on_exit(server):
+    emit(server.log, "info", "master.exit", pid=server.pid)
+
+
+HOOKS = {fn.__name__: fn for fn in (
+    on_starting, when_ready, on_reload, pre_exec, pre_fork, post_fork, post_worker_init,
+    worker_int, worker_abort, child_exit, worker_exit, nworkers_changed, on_exit)}
+
+
+def chain(pack_hook, user_hook):
+    """The pack's hook, then the user's. `wraps` keeps the arity Gunicorn checks."""
+    @functools.wraps(pack_hook)
+    def chained(*args):
+        pack_hook(*args)
+        return user_hook(*args)
+    chained.graceful_chain = (pack_hook, user_hook)
+    return chained
+
+
+def install(namespace):
+    """Validate the pack settings and chain the config's own hooks after the pack's.
+
+    Called as the last line of a config file with its `globals()`. A bad
+    setting raises SystemExit with one line naming it, so Gunicorn stops at
+    start (exit 1) and a HUP keeps the running configuration.
+    """
+    try:
+        settings.set_current(settings.load(namespace))
+    except settings.SettingError as exc:
+        raise SystemExit("Error: gunicorn-graceful: %s" % exc)
+    for name, pack_hook in HOOKS.items():
+        hook = namespace.get(name)
+        if hook is None:
+            namespace[name] = pack_hook
+        elif hook is not pack_hook and not hasattr(hook, "graceful_chain"):
+            namespace[name] = chain(pack_hook, hook)

@@ -1,0 +1,196 @@
+"""What a worker is serving right now, and the reporter that logs a drain.
+
+The registry sits on the hot path of every request, so registering is one dict
+store (atomic under the GIL) and unregistering one dict pop plus a counter
+bump under an uncontended lock. Reading takes a snapshot with `list()`,
+atomic too, from any thread.
+"""
+
+import itertools
+import sys
+import threading
+import time
+import traceback
+
+from gunicorn_graceful.events import emit, redact
+
+
+class Request:
+    """One request in flight, as the drain report shows it."""
+
+    __slots__ = ("method", "path", "peer", "started", "thread")
+
+    def __init__(self, environ):
+        self.method = environ.get("REQUEST_METHOD", "-")
+        self.path = redact(environ.get("PATH_INFO", "/") + (
+            "?" + environ["QUERY_STRING"] if environ.get("QUERY_STRING") else ""))
+        self.peer = "%s:%s" % (environ.get("REMOTE_ADDR", "-"), environ.get("REMOTE_PORT", "-"))
+        self.started = time.monotonic()
+        self.thread = threading.get_ident()
+
+    def age(self, now=None):
+        return (now or time.monotonic()) - self.started
+
+
+class Registry:
+    """Requests in flight in this worker, and how many finished since the drain began."""
+
+    def __init__(self):
+        self._requests = {}
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+        self.finished = 0
+
+    def begin(self, environ):
+        key = next(self._ids)
+        self._requests[key] = Request(environ)
+        return key
+
+    def end(self, key):
+        if self._requests.pop(key, None) is not None:
+            with self._lock:
+                self.finished += 1
+
+    def snapshot(self):
+        """Requests in flight, oldest first."""
+        return sorted(list(self._requests.values()), key=lambda r: r.started)
+
+    def __len__(self):
+        return len(self._requests)
+
+
+class _Body:
+    """The app's response iterable; ending it (close) ends the request in the registry."""
+
+    def __init__(self, registry, key, body):
+        self._registry, self._key, self._body = registry, key, body
+
+    def __iter__(self):
+        return iter(self._body)
+
+    def close(self):
+        try:
+            if hasattr(self._body, "close"):
+                self._body.close()
+        finally:
+            self._registry.end(self._key)
+
+
+def track(app, registry):
+    """Wrap a WSGI app so that every call is in the registry until its body is closed.
+
+    Gunicorn closes the body after the last byte is written, so a request stays
+    listed while its response streams out. A `wsgi.file_wrapper` body is passed
+    through untouched (so sendfile still works) and ends when the app returns.
+    """
+    def tracked(environ, start_response):
+        key = registry.begin(environ)
+        try:
+            body = app(environ, start_response)
+        except BaseException:
+            registry.end(key)
+            raise
+        wrapper = environ.get("wsgi.file_wrapper")
+        if wrapper is not None and isinstance(wrapper, type) and isinstance(body, wrapper):
+            registry.end(key)
+            return body
+        return _Body(registry, key, body)
+    return tracked
+
+
+def log_requests(log, level, event, requests, pid, **extra):
+    """One line per request: what an operator needs to find it in the access log."""
+    now = time.monotonic()
+    for request in requests:
+        emit(log, level, event, pid=pid, method=request.method, path=request.path,
+             peer=request.peer, age=request.age(now), **extra)
+
+
+def log_stacks(log, requests, pid):
+    """The Python stack of every thread serving a request, for a worker about to die."""
+    frames = sys._current_frames()
+    for request in requests:
+        frame = frames.get(request.thread)
+        if frame is not None:
+            stack = "".join(traceback.format_stack(frame)).rstrip().replace("\n", " | ")
+            emit(log, "warning", "request.stack", pid=pid, method=request.method,
+                 path=request.path, stack=stack)
+
+
+class DrainReporter:
+    """Logs a worker's drain from a thread of its own, so a busy sync worker still reports.
+
+    The thread starts at boot and sleeps, because starting a thread from a
+    signal handler can deadlock; `begin()` only sets an Event and is safe to
+    call from the SIGTERM handler. Then, every `interval`: one INFO line with
+    what is in flight; `warn_before` seconds before the deadline: one WARNING
+    per request about to be cut. `finish()` ends it with one closing line.
+    """
+
+    def __init__(self, log, registry, pid, interval, warn_before, idle=lambda: 0):
+        self.log, self.registry, self.pid = log, registry, pid
+        self.interval, self.warn_before, self.idle = interval, warn_before, idle
+        self.started = self.deadline = None
+        self.queued = self._served_before = 0
+        self._begun = threading.Event()
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="graceful-drain", daemon=True)
+
+    def start(self):
+        self._thread.start()
+
+    def begin(self, deadline, queued):
+        """Signal-safe: the drain starts now and must end by `deadline` (monotonic)."""
+        if self._begun.is_set():
+            return
+        self.started, self.deadline, self.queued = time.monotonic(), deadline, queued
+        self._served_before = self.registry.finished
+        self._begun.set()
+
+    @property
+    def draining(self):
+        return self._begun.is_set()
+
+    def _run(self):
+        while not self._begun.wait(timeout=60.0):
+            if self._done.is_set():
+                return
+        emit(self.log, "info", "drain.start", pid=self.pid, in_flight=len(self.registry),
+             idle_conns=self.idle(), queued=self.queued, time_left=self.deadline - self.started)
+        warned = False
+        while not self._done.is_set():
+            now = time.monotonic()
+            left = self.deadline - now
+            requests = self.registry.snapshot()
+            warned = self._report(now, left, requests, warned)
+            if left <= 0:
+                return
+            wait = self.interval
+            if not warned and left > self.warn_before:
+                wait = min(wait, left - self.warn_before)
+            self._done.wait(max(min(wait, left), 0.01))
+
+    def _report(self, now, left, requests, warned):
+        fields = {"pid": self.pid, "in_flight": len(requests), "idle_conns": self.idle(),
+                  "time_left": max(left, 0.0)}
+        if requests:
+            oldest = requests[0]
+            fields.update(oldest_method=oldest.method, oldest_path=oldest.path,
+                          oldest_age=oldest.age(now))
+        emit(self.log, "info", "drain.progress", **fields)
+        if not warned and requests and left <= self.warn_before:
+            log_requests(self.log, "warning", "drain.cut", requests, self.pid,
+                         time_left=max(left, 0.0))
+            return True
+        return warned
+
+    def finish(self):
+        """Stop reporting and log the line that closes the drain (nothing if none began)."""
+        self._done.set()
+        if not self._begun.is_set():
+            return
+        self._thread.join(timeout=self.interval + 1.0)
+        emit(self.log, "info", "drain.done", pid=self.pid,
+             duration=time.monotonic() - self.started,
+             served=self.registry.finished - self._served_before,
+             in_flight=len(self.registry))

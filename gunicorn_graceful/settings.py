@@ -1,0 +1,180 @@
+"""The pack's own settings: defaults, environment overrides and validation.
+
+Gunicorn ignores names it does not know in a config file, so the pack reads its
+own names (`graceful_*`) from the config module's globals, the way
+gunicorn-worker-healthcheck does, and from `GRACEFUL_*` environment variables,
+which win. A bad value stops the start (and a HUP keeps the running
+configuration) with one line that names the setting, the value and what is
+allowed.
+"""
+
+import dataclasses
+import os
+
+from gunicorn.config import KNOWN_SETTINGS
+
+_GUNICORN_NAMES = frozenset(setting.name for setting in KNOWN_SETTINGS)
+
+
+class SettingError(ValueError):
+    """A pack setting with a value it does not allow."""
+
+    def __init__(self, name, value, allowed):
+        self.name, self.value, self.allowed = name, value, allowed
+        super().__init__("invalid setting %s=%r: allowed %s" % (name, value, allowed))
+
+
+def _seconds(minimum, strict):
+    def parse(name, value):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = None
+        ok = number is not None and (number > minimum if strict else number >= minimum)
+        if not ok:
+            raise SettingError(name, value, "a number of seconds %s %s" % (">" if strict else ">=", minimum))
+        return number
+    return parse
+
+
+def _count(name, value):
+    try:
+        number = int(str(value))
+    except (TypeError, ValueError):
+        number = -1
+    if number < 0:
+        raise SettingError(name, value, "a whole number >= 0 (0 means no limit)")
+    return number
+
+
+def _path(name, value):
+    value = "" if value is None else str(value)
+    if value and not value.startswith("/"):
+        raise SettingError(name, value, "an URL path starting with '/', or empty for none")
+    return value
+
+
+def _paths(name, value):
+    items = value.split(",") if isinstance(value, str) else list(value or ())
+    return tuple(_path(name, item.strip()) for item in items if item.strip())
+
+
+def _callable_ref(name, value):
+    value = "" if value is None else str(value)
+    module, sep, attr = value.partition(":")
+    if value and not (sep and module and attr):
+        raise SettingError(name, value, "'module:function', or empty for none")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Effective values; each field's metadata holds its parser and its doc."""
+
+    drain_log_interval: float = dataclasses.field(default=1.0, metadata={
+        "parse": _seconds(0, True),
+        "doc": "Seconds between the INFO lines a draining worker logs."})
+    deadline_warning: float = dataclasses.field(default=2.0, metadata={
+        "parse": _seconds(0, False),
+        "doc": "Seconds before graceful_timeout runs out at which every request still in "
+               "flight is logged as about to be cut (one WARNING each)."})
+    readiness_path: str = dataclasses.field(default="", metadata={
+        "parse": _path,
+        "doc": "Path a new worker calls in-process (no network) before it counts as ready; "
+               "it must answer 2xx. Empty: ready once the app is loaded."})
+    readiness_warmup: tuple = dataclasses.field(default=(), metadata={
+        "parse": _paths,
+        "doc": "Paths called in-process before the readiness path, to warm caches "
+               "(comma-separated in the environment). Their status is not checked."})
+    readiness_callable: str = dataclasses.field(default="", metadata={
+        "parse": _callable_ref,
+        "doc": "'module:function' called with the WSGI app in a new worker; it must return "
+               "true for the worker to count as ready. Runs after the readiness path."})
+    readiness_timeout: float = dataclasses.field(default=30.0, metadata={
+        "parse": _seconds(0, True),
+        "doc": "Seconds a new worker has from fork to ready (app loaded, checks passed). "
+               "A worker that takes longer is killed and its generation rolled back."})
+    max_booting: int = dataclasses.field(default=0, metadata={
+        "parse": _count,
+        "doc": "How many new workers may boot at once during a reload (bounds memory and "
+               "CPU on big hosts). 0: all of them."})
+
+    @classmethod
+    def fields(cls):
+        return dataclasses.fields(cls)
+
+    def as_fields(self):
+        """The values, ready to log as one event line."""
+        return {f.name: ",".join(v) if isinstance(v := getattr(self, f.name), tuple) else v
+                for f in self.fields()}
+
+
+def config_name(field_name):
+    return "graceful_" + field_name
+
+
+def env_name(field_name):
+    return "GRACEFUL_" + field_name.upper()
+
+
+def load(namespace, environ=None):
+    """Settings from a config module's globals, overridden by the environment."""
+    environ = os.environ if environ is None else environ
+    values = {}
+    for field in Settings.fields():
+        name = config_name(field.name)
+        if env_name(field.name) in environ:
+            name, raw = env_name(field.name), environ[env_name(field.name)]
+        elif name in namespace:
+            raw = namespace[name]
+        else:
+            continue
+        values[field.name] = field.metadata["parse"](name, raw)
+    ours = {config_name(f.name) for f in Settings.fields()}
+    unknown = sorted(k for k in namespace if k.startswith("graceful_")
+                     and k not in ours and k not in _GUNICORN_NAMES)
+    if unknown:
+        allowed = ", ".join(config_name(f.name) for f in Settings.fields())
+        raise SettingError(unknown[0], namespace[unknown[0]], "a known setting name: " + allowed)
+    return Settings(**values)
+
+
+_current = None
+
+
+def current():
+    """The settings of this process: what the config pack installed, else the environment's.
+
+    Workers are forked from the master, so they inherit what it installed.
+    """
+    global _current
+    if _current is None:
+        _current = load({})
+    return _current
+
+
+def set_current(settings):
+    global _current
+    _current = settings
+
+
+def timing_warnings(cfg, settings):
+    """Combinations of Gunicorn's timing settings that defeat a graceful drain, each with its fix."""
+    warnings = []
+    if cfg.graceful_timeout <= 0:
+        warnings.append("graceful_timeout=%s leaves no time to drain: set it above the "
+                        "longest request you serve" % cfg.graceful_timeout)
+    elif cfg.timeout and cfg.timeout < cfg.graceful_timeout:
+        warnings.append("timeout=%s is below graceful_timeout=%s: a sync worker busy with "
+                        "one request longer than timeout is killed before its drain ends; "
+                        "raise timeout to at least graceful_timeout"
+                        % (cfg.timeout, cfg.graceful_timeout))
+    if cfg.graceful_timeout > 0 and settings.deadline_warning >= cfg.graceful_timeout:
+        warnings.append("graceful_deadline_warning=%s is not below graceful_timeout=%s: "
+                        "requests would be reported as cut at once; lower it"
+                        % (settings.deadline_warning, cfg.graceful_timeout))
+    if cfg.keepalive > cfg.graceful_timeout > 0:
+        warnings.append("keepalive=%s exceeds graceful_timeout=%s: idle kept-alive "
+                        "connections outlive the drain; lower keepalive"
+                        % (cfg.keepalive, cfg.graceful_timeout))
+    return warnings

@@ -1,0 +1,150 @@
+"""Gunicorn's sync and gthread workers, plus a drain that loses no request and says what it does.
+
+Every override of a worker internal of Gunicorn is in this file (the master's
+are in `arbiter.py`). Each one is small and says why it exists.
+"""
+
+import errno
+import time
+
+from gunicorn import util
+from gunicorn.workers.gthread import ThreadWorker
+from gunicorn.workers.sync import SyncWorker
+
+from gunicorn_graceful import inflight, listeners, readiness, settings, state
+from gunicorn_graceful.events import emit
+
+
+def describe(exc):
+    """The last line of a traceback: what an operator needs in one ERROR line."""
+    text = str(exc).strip().splitlines()
+    return "%s: %s" % (type(exc).__name__, text[-1]) if text else type(exc).__name__
+
+
+class GracefulMixin:
+    """Drain, readiness and reporting, shared by both worker kinds.
+
+    Life of a worker: booting (app loads, readiness check) -> ready (state bit
+    set, master nudged) -> draining (SIGTERM: stop accepting, serve what is in
+    flight and what already waits in the accept queue, report every second) ->
+    stopped (one closing line).
+    """
+
+    def init_process(self):
+        self.settings = settings.current()
+        self.inflight = inflight.Registry()
+        self.drain = inflight.DrainReporter(
+            self.log, self.inflight, self.pid, self.settings.drain_log_interval,
+            self.settings.deadline_warning, idle=self.idle_connections)
+        self.backlog = {}
+        super().init_process()
+
+    def load_wsgi(self):
+        """Load the app, prove it ready, then track its requests.
+
+        A failure leaves its reason in the heartbeat file for the master's
+        ERROR line, then lets Gunicorn's own boot-failure exit happen.
+        """
+        try:
+            super().load_wsgi()
+            readiness.check(self.wsgi, self.settings)
+        except BaseException as exc:
+            state.write_reason(self.tmp, describe(exc))
+            raise
+        self.wsgi = inflight.track(self.wsgi, self.inflight)
+
+    def run(self):
+        self.drain.start()
+        state.mark_ready(self.tmp, self.ppid)
+        try:
+            super().run()
+            self.serve_backlog()
+        finally:
+            self.drain.finish()
+
+    def idle_connections(self):
+        return 0
+
+    def handle_exit(self, sig, frame):
+        """SIGTERM: start draining. Runs in a signal handler: no lock, no thread start."""
+        if self.alive:
+            state.mark_draining(self.tmp)
+            self.backlog = {lnr: listeners.queued(lnr) for lnr in self.sockets}
+            deadline = time.monotonic() + self.cfg.graceful_timeout
+            self.drain.begin(deadline, sum(self.backlog.values()))
+        super().handle_exit(sig, frame)
+
+    def handle_quit(self, sig, frame):
+        """SIGINT/SIGQUIT (worker_int): a quick stop cuts what is in flight; say what."""
+        self.report_cut("request.cut_quick")
+        super().handle_quit(sig, frame)
+
+    def handle_abort(self, sig, frame):
+        """SIGABRT (worker_abort, the master's timeout): say what is cut and where it hung."""
+        self.report_cut("request.cut_timeout")
+        super().handle_abort(sig, frame)
+
+    def report_cut(self, event):
+        requests = self.inflight.snapshot()
+        inflight.log_requests(self.log, "warning", event, requests, self.pid)
+        inflight.log_stacks(self.log, requests, self.pid)
+
+    def serve_backlog(self):
+        """Hook for the sync worker, which must serve its share of the accept queue itself."""
+
+    def take_backlog(self, accept_one):
+        """Accept, for each listener, at most what waited in its queue when SIGTERM came.
+
+        The bound keeps a retiring worker from serving forever when other
+        workers keep the listener open and new connections keep coming; on a
+        full stop the master has closed the door, so the count is all there is.
+        """
+        for listener, count in self.backlog.items():
+            for _ in range(count):
+                if not accept_one(listener):
+                    break
+        self.backlog = {}
+
+
+class GracefulSyncWorker(GracefulMixin, SyncWorker):
+    """Gunicorn's sync worker that also serves what waited in the accept queue at SIGTERM."""
+
+    def serve_backlog(self):
+        for sock in self.sockets:
+            sock.setblocking(False)
+        self.take_backlog(self._accept_one)
+
+    def _accept_one(self, listener):
+        try:
+            client, addr = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as exc:
+            return exc.errno == errno.ECONNABORTED
+        client.setblocking(True)
+        util.close_on_exec(client)
+        self.handle(listener, client, addr)
+        return True
+
+
+class GracefulThreadWorker(GracefulMixin, ThreadWorker):
+    """Gunicorn's gthread worker that also serves what waited in the accept queue at SIGTERM.
+
+    Gunicorn 27's gthread worker already answers requests that arrive on a
+    kept-alive connection while it stops with `Connection: close`.
+    """
+
+    def idle_connections(self):
+        # Gunicorn 27 names the kept-alive connections keepalived_conns, 23 names them _keep.
+        return len(getattr(self, "keepalived_conns", None) or getattr(self, "_keep", ()))
+
+    def set_accept_enabled(self, enabled):
+        """Gunicorn >= 27 calls this once with False when the worker stops: take the backlog first."""
+        if not enabled and not self.alive:
+            self.take_backlog(self._accept_one)
+        super().set_accept_enabled(enabled)
+
+    def _accept_one(self, listener):
+        before = self.nr_conns
+        self.accept(listener)
+        return self.nr_conns > before
