@@ -32,6 +32,7 @@ from gunicorn.pidfile import Pidfile
 from gunicorn_graceful import listeners, settings, state
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.systemd import Notifier
+from gunicorn_graceful.workers import GracefulSyncWorker, GracefulThreadWorker
 
 _BACKOFF_LIMIT = 30.0
 _KILL_GRACE = 1.0
@@ -74,7 +75,27 @@ class GracefulArbiter(Arbiter):
         arbiter.respawn_after = 0.0
         arbiter.notifier = Notifier.take_from_environ()
         arbiter.last_status = None
+        arbiter.keep_graceful_worker()
         return arbiter
+
+    def setup(self, app):
+        """Gunicorn's setup, then keep the graceful worker when threads > 1 (see below)."""
+        super().setup(app)
+        self.keep_graceful_worker()
+
+    def keep_graceful_worker(self):
+        """Gunicorn swaps any `...SyncWorker` for its stock gthread worker when threads > 1;
+        for GracefulSyncWorker that would silently drop every graceful behaviour, so the
+        graceful thread worker takes its place instead, with a WARNING."""
+        configured = self.cfg.settings["worker_class"].get()
+        name = configured if isinstance(configured, str) else configured.__name__
+        if name.endswith("GracefulSyncWorker") and self.cfg.threads > 1 \
+                and self.worker_class is not GracefulSyncWorker:
+            self.worker_class = GracefulThreadWorker
+            emit(self.log, "warning", "settings.warning",
+                 problem="worker_class=GracefulSyncWorker with threads=%s: running "
+                         "GracefulThreadWorker, as Gunicorn runs gthread for sync with threads; "
+                         "set threads = 1 for the sync worker" % self.cfg.threads)
 
     # -- spawning and retiring ------------------------------------------------
 

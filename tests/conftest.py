@@ -1,0 +1,27 @@
+"""Fixtures: a scratch directory with a test app, and servers that are always stopped."""
+
+import pytest
+
+from support import Server, write_app, write_config
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    write_app(str(tmp_path), "1")
+    return str(tmp_path)
+
+
+@pytest.fixture
+def servers():
+    """Start servers with `servers(...)`; every one is stopped after the test, pass or fail."""
+    started = []
+
+    def start(workdir, config_body="", serve=True, **kwargs):
+        config = write_config(workdir, body=config_body)
+        server = Server(workdir, config, **kwargs)
+        started.append(server)
+        return server.start_serving() if serve else server.start()
+
+    yield start
+    for server in started:
+        server.stop()

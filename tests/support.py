@@ -1,0 +1,277 @@
+"""Real Gunicorn servers and real HTTP load for the tests.
+
+Every wait polls a condition against a deadline; every load loop is bounded in
+time and count; traffic goes to 127.0.0.1 only; a server is stopped by the
+pids this code started, even when a test fails.
+"""
+
+import collections
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import requests
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+GUNICORN = [sys.executable, "-m", "gunicorn"]
+POLL = 0.05
+
+APP_TEMPLATE = '''\
+import os
+import time
+{before}
+from examples.flask_app import create_app
+
+_app = create_app({version!r})
+_started = os.path.join(os.path.dirname(os.path.abspath(__file__)), "started.log")
+
+
+def app(environ, start_response):
+    # Tests poll this file to know a request reached the app, instead of sleeping.
+    with open(_started, "a") as handle:
+        handle.write(environ["PATH_INFO"] + "\\n")
+    return _app(environ, start_response)
+'''
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for(condition, timeout, what):
+    """Poll `condition` until it returns a true value; fail the test with `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(POLL)
+    raise AssertionError("timed out after %ss waiting for %s" % (
+        timeout, what() if callable(what) else what))
+
+
+def write_app(directory, version, before=""):
+    """A test app module (`testapp:app`) serving `version`; `before` runs at import."""
+    with open(os.path.join(directory, "testapp.py"), "w") as handle:
+        handle.write(APP_TEMPLATE.format(before=before, version=version))
+
+
+def write_config(directory, name="gunicorn_conf.py", body=""):
+    path = os.path.join(directory, name)
+    with open(path, "w") as handle:
+        handle.write("from gunicorn_graceful.conf import *  # noqa\n")
+        handle.write(body)
+        handle.write("\ninstall(globals())\n")
+    return path
+
+
+class Server:
+    """One Gunicorn master started by this test, with its log in a file."""
+
+    def __init__(self, workdir, config, app="testapp:app", worker="gthread", workers=2,
+                 extra_args=(), env=None):
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = "http://127.0.0.1:%s" % self.port
+        self.pidfile = os.path.join(workdir, "gunicorn.pid")
+        self.logpath = os.path.join(workdir, "gunicorn-%s.log" % self.port)
+        worker_class = {"gthread": "gunicorn_graceful.workers.GracefulThreadWorker",
+                        "sync": "gunicorn_graceful.workers.GracefulSyncWorker"}.get(worker, worker)
+        self.args = GUNICORN + ["-c", config, "-b", "127.0.0.1:%s" % self.port,
+                                "-w", str(workers), "-k", worker_class, "--pid", self.pidfile,
+                                "--chdir", workdir, "--pythonpath", ROOT,
+                                "--control-socket", os.path.join(workdir, "ctl.sock"),
+                                "--threads", "1" if worker == "sync" else "4",
+                                *extra_args, app]
+        self.env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+        self.env.pop("NOTIFY_SOCKET", None)
+        self.env.update(env or {})
+        self.proc = None
+        self.children = set()
+
+    def start(self):
+        self._log = open(self.logpath, "ab")
+        self.proc = subprocess.Popen(self.args, cwd=self.workdir, env=self.env,
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+        return self
+
+    def start_serving(self, timeout=30):
+        self.start()
+        self.wait_log("event=master.serving", timeout)
+        return self
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def log(self):
+        with open(self.logpath, "r", errors="replace") as handle:
+            return handle.read()
+
+    def count(self, pattern):
+        return len(re.findall(pattern, self.log()))
+
+    def wait_log(self, pattern, timeout=30, count=1):
+        def seen():
+            self.remember_children()
+            return self.count(pattern) >= count
+        return wait_for(seen, timeout, lambda: "%r in the log of %s:\n%s"
+                        % (pattern, self.url, self.tail()))
+
+    def wait_started(self, path, count=1, timeout=10):
+        """Wait until the app has begun `count` requests to `path` (see APP_TEMPLATE)."""
+        def started():
+            try:
+                with open(os.path.join(self.workdir, "started.log")) as handle:
+                    return handle.read().splitlines().count(path) >= count
+            except OSError:
+                return False
+        wait_for(started, timeout, "%s request(s) to %s to reach the app" % (count, path))
+
+    def tail(self, lines=40):
+        return "\n".join(self.log().splitlines()[-lines:])
+
+    def signal(self, sig):
+        self.remember_children()
+        os.kill(self.pid, sig)
+
+    def remember_children(self):
+        """Note this master's workers, so cleanup can stop exactly those."""
+        try:
+            with open("/proc/%s/task/%s/children" % (self.pid, self.pid)) as handle:
+                self.children.update(int(pid) for pid in handle.read().split())
+        except OSError:
+            pass
+
+    def wait_exit(self, timeout=60):
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("master %s still running after %ss:\n%s"
+                                 % (self.pid, timeout, self.tail()))
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def get(self, path="/", timeout=10):
+        return requests.get(self.url + path, timeout=timeout)
+
+    def version(self):
+        return self.get("/").json()["version"]
+
+    def stop(self):
+        """Stop what this test started: the master by pid, then any worker it left behind."""
+        if self.proc is None:
+            return
+        self.remember_children()
+        if self.alive():
+            self.proc.send_signal(signal.SIGQUIT)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        for pid in self.children:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        self._log.close()
+
+
+Result = collections.namedtuple("Result", "started ended ok kind status version path")
+
+
+def classify(exc):
+    """Name a client failure: refused and connect timeouts happen before a request was sent."""
+    text = repr(exc)
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return "connect_timeout"
+    if "ConnectionRefusedError" in text or "Connection refused" in text:
+        return "refused"
+    if isinstance(exc, requests.exceptions.Timeout):
+        return "timeout"
+    if "ConnectionResetError" in text or "Connection reset" in text:
+        return "reset"
+    if "RemoteDisconnected" in text or "BadStatusLine" in text:
+        return "disconnected"
+    return "other:" + type(exc).__name__
+
+
+class Load:
+    """A closed-loop load: half the threads on keep-alive sessions, half on new connections.
+
+    No retries anywhere (requests' default adapter retries nothing). Bounded:
+    it stops at `stop()`, after `max_seconds`, or after `max_requests`.
+    """
+
+    def __init__(self, url, threads=4, path="/", max_seconds=60, max_requests=200000,
+                 timeout=30):
+        self.url, self.path, self.timeout = url, path, timeout
+        self.results = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.deadline = time.monotonic() + max_seconds
+        self.max_requests = max_requests
+        self.threads = [threading.Thread(target=self._run, args=(i % 2 == 0,), daemon=True)
+                        for i in range(threads)]
+
+    def start(self):
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def _one(self, session):
+        started = time.monotonic()
+        try:
+            if session is not None:
+                response = session.get(self.url + self.path, timeout=(5, self.timeout))
+            else:
+                response = requests.get(self.url + self.path, timeout=(5, self.timeout),
+                                        headers={"Connection": "close"})
+            version = None
+            if response.status_code == 200 and response.headers.get(
+                    "Content-Type", "").startswith("application/json"):
+                version = response.json().get("version")
+            ok = response.status_code < 500
+            return Result(started, time.monotonic(), ok, "ok" if ok else "5xx",
+                          response.status_code, version, self.path)
+        except requests.RequestException as exc:
+            return Result(started, time.monotonic(), False, classify(exc), None, None, self.path)
+
+    def _run(self, keepalive):
+        session = requests.Session() if keepalive else None
+        try:
+            while not self._stop.is_set() and time.monotonic() < self.deadline:
+                result = self._one(session)
+                with self._lock:
+                    self.results.append(result)
+                    if len(self.results) >= self.max_requests:
+                        return
+        finally:
+            if session is not None:
+                session.close()
+
+    def wait_count(self, count, timeout=30):
+        wait_for(lambda: len(self.results) >= count, timeout, "%s load requests" % count)
+
+    def stop(self):
+        self._stop.set()
+        for thread in self.threads:
+            thread.join(timeout=self.timeout + 10)
+        return self.results
+
+    def failures(self, allow=()):
+        return [r for r in self.results if not r.ok and r.kind not in allow]
+
+    def summary(self):
+        kinds = collections.Counter(r.kind for r in self.results)
+        versions = collections.Counter(r.version for r in self.results if r.ok)
+        return "requests=%s %s versions=%s" % (len(self.results), dict(kinds), dict(versions))

@@ -1,0 +1,66 @@
+"""The config pack at start: bad settings stop it with one clear line, user hooks keep running."""
+
+import os
+import subprocess
+
+import pytest
+
+from support import GUNICORN, ROOT, Server, free_port, write_config
+
+
+def run_gunicorn(workdir, config_body, env=None, timeout=30):
+    config = write_config(workdir, body=config_body)
+    args = GUNICORN + ["-c", config, "-b", "127.0.0.1:%s" % free_port(), "--chdir", workdir,
+                       "--pythonpath", ROOT, "testapp:app"]
+    return subprocess.run(args, cwd=workdir, env=dict(os.environ, **(env or {})),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("body, env, needle", [
+    ("graceful_drain_log_interval = 'soon'\n", {},
+     "invalid setting graceful_drain_log_interval='soon': allowed a number of seconds > 0"),
+    ("", {"GRACEFUL_MAX_BOOTING": "-2"},
+     "invalid setting GRACEFUL_MAX_BOOTING='-2': allowed a whole number >= 0 (0 means no limit)"),
+])
+def test_a_bad_setting_stops_the_start_with_one_line(workdir, body, env, needle):
+    done = run_gunicorn(workdir, body, env)
+    assert done.returncode == 1
+    errors = [line for line in done.stderr.splitlines() if line.strip()]
+    assert errors == ["Error: gunicorn-graceful: " + needle], done.stderr
+    assert "Listening at" not in done.stderr
+
+
+def test_user_hooks_chain_after_the_pack_hooks(workdir, servers):
+    marker = os.path.join(workdir, "user-hooks.txt")
+    body = (
+        "def post_fork(server, worker):\n"
+        "    open(%r, 'a').write('post_fork %%s\\n' %% worker.pid)\n"
+        "def on_exit(server):\n"
+        "    open(%r, 'a').write('on_exit\\n')\n" % (marker, marker))
+    server = servers(workdir, config_body=body, workers=2)
+    assert server.count(r"event=worker\.booting pid=\d+ ppid=%s generation=1" % server.pid) == 2
+    server.signal(15)
+    assert server.wait_exit(timeout=30) == 0
+    with open(marker) as handle:
+        lines = handle.read().splitlines()
+    assert sorted(l.split()[0] for l in lines) == ["on_exit", "post_fork", "post_fork"]
+    assert "event=master.exit pid=%s" % server.pid in server.log()
+
+
+def test_every_lifecycle_hook_logs_one_line(workdir, servers):
+    server = servers(workdir, workers=1)
+    for line in ("event=master.starting", "event=settings graceful_timeout=",
+                 "event=master.listening", "event=worker.booting", "event=worker.loaded",
+                 "event=worker.ready", "event=master.serving", "event=master.workers wanted=1"):
+        assert line in server.log(), line
+    server.signal(15)
+    server.wait_exit(timeout=30)
+    for line in ("event=master.stopping", "event=worker.stopped", "event=worker.exit",
+                 "event=master.exit"):
+        assert line in server.log(), line
+
+
+def test_sync_worker_with_threads_stays_graceful(workdir, servers):
+    server = servers(workdir, worker="sync", extra_args=["--threads", "3"], workers=1)
+    assert "running GracefulThreadWorker" in server.log()
+    assert server.get("/").status_code == 200

@@ -1,0 +1,126 @@
+"""Units: the in-flight registry, the drain reporter, the settings, the event format."""
+
+import time
+
+import pytest
+
+from gunicorn_graceful import inflight, settings
+from gunicorn_graceful.events import format_event, redact
+
+
+class Lines:
+    """A logger that keeps what it is told."""
+
+    def __init__(self):
+        self.lines = []
+
+    def __getattr__(self, level):
+        return lambda text, *args: self.lines.append((level, text % args if args else text))
+
+
+def environ(path="/a", query=""):
+    return {"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": query,
+            "REMOTE_ADDR": "127.0.0.1", "REMOTE_PORT": "5000"}
+
+
+def test_registry_lists_requests_oldest_first_until_their_body_is_closed():
+    registry = inflight.Registry()
+    app = inflight.track(lambda env, start: [b"x"], registry)
+    first = app(environ("/first"), None)
+    second = app(environ("/second", "token=abc"), None)
+    assert [r.path for r in registry.snapshot()] == ["/first", "/second?[redacted]"]
+    first.close()
+    assert [r.path for r in registry.snapshot()] == ["/second?[redacted]"]
+    second.close()
+    assert len(registry) == 0 and registry.finished == 2
+
+
+def test_registry_forgets_a_request_whose_app_raised():
+    registry = inflight.Registry()
+
+    def broken(env, start):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError):
+        inflight.track(broken, registry)(environ(), None)
+    assert len(registry) == 0
+
+
+def test_drain_reporter_logs_progress_cut_requests_and_done():
+    log, registry = Lines(), inflight.Registry()
+    key = registry.begin(environ("/slow", "secret=1"))
+    reporter = inflight.DrainReporter(log, registry, 42, interval=0.05, warn_before=0.1)
+    reporter.start()
+    reporter.begin(time.monotonic() + 0.3, queued=3)
+    deadline = time.monotonic() + 5
+    while not any("drain.cut" in text for _, text in log.lines) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    registry.end(key)
+    reporter.finish()
+    texts = [text for _, text in log.lines]
+    assert texts[0].startswith("event=drain.start pid=42 in_flight=1 idle_conns=0 queued=3")
+    assert any(t.startswith("event=drain.progress pid=42 in_flight=1") for t in texts)
+    cut = [(lvl, t) for lvl, t in log.lines if "drain.cut" in t]
+    assert len(cut) == 1 and cut[0][0] == "warning"
+    assert "method=GET path=/slow?[redacted] peer=127.0.0.1:5000" in cut[0][1]
+    assert texts[-1].startswith("event=drain.done pid=42") and "served=1 in_flight=0" in texts[-1]
+    assert not any("secret" in t for t in texts)
+
+
+def test_drain_reporter_says_nothing_when_no_drain_began():
+    log = Lines()
+    reporter = inflight.DrainReporter(log, inflight.Registry(), 1, 0.05, 0.1)
+    reporter.start()
+    reporter.finish()
+    assert log.lines == []
+
+
+def test_event_lines_quote_only_what_needs_it():
+    assert format_event("a.b", pid=1, path="/x y", age=1.234, empty="") == \
+        'event=a.b pid=1 path="/x y" age=1.23 empty=""'
+    assert redact("/p?q=1") == "/p?[redacted]" and redact("/p") == "/p"
+
+
+def test_settings_come_from_config_then_environment():
+    loaded = settings.load({"graceful_drain_log_interval": 2, "graceful_readiness_path": "/h"},
+                           {"GRACEFUL_READINESS_PATH": "/ready",
+                            "GRACEFUL_READINESS_WARMUP": "/a, /b"})
+    assert loaded.drain_log_interval == 2.0
+    assert loaded.readiness_path == "/ready"
+    assert loaded.readiness_warmup == ("/a", "/b")
+    assert settings.load({}, {}) == settings.Settings()
+
+
+@pytest.mark.parametrize("name, value, allowed", [
+    ("graceful_drain_log_interval", "soon", "a number of seconds > 0"),
+    ("graceful_deadline_warning", -1, "a number of seconds >= 0"),
+    ("graceful_readiness_path", "healthz", "an URL path starting with '/'"),
+    ("graceful_readiness_callable", "nocolon", "'module:function'"),
+    ("graceful_max_booting", "2.5", "a whole number >= 0"),
+    ("graceful_readines_path", "/h", "a known setting name"),
+])
+def test_a_bad_setting_names_itself_its_value_and_what_is_allowed(name, value, allowed):
+    with pytest.raises(settings.SettingError) as err:
+        settings.load({name: value}, {})
+    assert name in str(err.value) and repr(value) in str(err.value)
+    assert allowed in str(err.value)
+
+
+def test_environment_errors_name_the_variable():
+    with pytest.raises(settings.SettingError, match="GRACEFUL_READINESS_TIMEOUT"):
+        settings.load({}, {"GRACEFUL_READINESS_TIMEOUT": "0"})
+
+
+class Cfg:
+    def __init__(self, graceful_timeout=30, timeout=30, keepalive=2):
+        self.graceful_timeout, self.timeout, self.keepalive = graceful_timeout, timeout, keepalive
+
+
+def test_timing_warnings_name_the_fix():
+    assert settings.timing_warnings(Cfg(), settings.Settings()) == []
+    warnings = settings.timing_warnings(Cfg(graceful_timeout=60, timeout=30, keepalive=90),
+                                        settings.Settings())
+    assert any("raise timeout" in w for w in warnings)
+    assert any("lower keepalive" in w for w in warnings)
+    assert any("no time to drain" in w
+               for w in settings.timing_warnings(Cfg(graceful_timeout=0), settings.Settings()))
