@@ -35,6 +35,9 @@ def app(environ, start_response):
     # Tests poll this file to know a request reached the app, instead of sleeping.
     with open(_started, "a") as handle:
         handle.write(environ["PATH_INFO"] + "\\n")
+    if environ["PATH_INFO"] == "/healthz" and {healthz} != 200:
+        start_response("{healthz} Not Ready", [("Content-Type", "text/plain")])
+        return [b"not ready\\n"]
     return _app(environ, start_response)
 '''
 
@@ -57,10 +60,10 @@ def wait_for(condition, timeout, what):
         timeout, what() if callable(what) else what))
 
 
-def write_app(directory, version, before=""):
+def write_app(directory, version, before="", healthz=200):
     """A test app module (`testapp:app`) serving `version`; `before` runs at import."""
     with open(os.path.join(directory, "testapp.py"), "w") as handle:
-        handle.write(APP_TEMPLATE.format(before=before, version=version))
+        handle.write(APP_TEMPLATE.format(before=before, version=version, healthz=healthz))
 
 
 def write_config(directory, name="gunicorn_conf.py", body=""):
