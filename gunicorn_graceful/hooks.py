@@ -10,10 +10,12 @@ import functools
 import os
 
 from gunicorn import __version__ as gunicorn_version
+from gunicorn import version_info as gunicorn_version_info
 
 from gunicorn_graceful import __version__, settings, state
 from gunicorn_graceful.arbiter import GracefulArbiter
 from gunicorn_graceful.events import emit
+from gunicorn_graceful.workers import GracefulThreadWorker
 
 
 def on_starting(server):
@@ -27,6 +29,11 @@ def on_starting(server):
          timeout=server.cfg.timeout, keepalive=server.cfg.keepalive, **current.as_fields())
     for warning in settings.timing_warnings(server.cfg, current):
         emit(server.log, "warning", "settings.warning", problem=warning)
+    if gunicorn_version_info < (27,) and issubclass(server.worker_class, GracefulThreadWorker):
+        emit(server.log, "warning", "settings.warning",
+             problem="GracefulThreadWorker on Gunicorn %s stops with Gunicorn's own thread "
+                     "worker shutdown, which drops kept-alive connections; use Gunicorn >= 27 "
+                     "or GracefulSyncWorker" % gunicorn_version)
 
 
 def when_ready(server):

@@ -8,9 +8,8 @@ import time
 import pytest
 import requests
 
-from support import Load
+from support import WORKERS, Load
 
-WORKERS = ["sync", "gthread"]
 BEFORE_SEND = ("refused", "connect_timeout")
 
 

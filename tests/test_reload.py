@@ -10,9 +10,8 @@ import threading
 
 import pytest
 
-from support import Load, wait_for, write_app
+from support import WORKERS, Load, wait_for, write_app
 
-WORKERS = ["sync", "gthread"]
 READINESS = "graceful_readiness_path = '/healthz'\n"
 
 
