@@ -124,3 +124,13 @@ def test_timing_warnings_name_the_fix():
     assert any("lower keepalive" in w for w in warnings)
     assert any("no time to drain" in w
                for w in settings.timing_warnings(Cfg(graceful_timeout=0), settings.Settings()))
+
+
+def test_every_setting_is_in_the_readme_table():
+    import os
+    with open(os.path.join(os.path.dirname(__file__), "..", "README.md")) as handle:
+        readme = handle.read()
+    for field in settings.Settings.fields():
+        row = "| `%s` | `%s` |" % (settings.config_name(field.name), settings.env_name(field.name))
+        assert row in readme, row
+        assert field.metadata["doc"] in readme, field.name
