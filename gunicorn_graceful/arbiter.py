@@ -15,6 +15,13 @@ are ready and shrinks the difference by one step. Invariants:
   ready within `graceful_readiness_timeout`) is stopped; the old one keeps
   serving and one ERROR line says why. The master never exits for it.
 - A config file that fails on HUP changes nothing: the running configuration stays.
+
+USR2 (tableflip's rules): at most two masters, at most one of them not ready,
+no new upgrade until the previous one ended. The new master takes over (pidfile
+rewritten atomically, MAINPID to systemd, SIGTERM to the old master) only when
+all its workers are ready; the old master stops a new master that is not
+done within `graceful_upgrade_timeout`, and keeps serving when one dies. Every
+refusal is one ERROR line with the reason.
 """
 
 import dataclasses
@@ -36,6 +43,9 @@ from gunicorn_graceful.workers import GracefulSyncWorker, GracefulThreadWorker
 
 _BACKOFF_LIMIT = 30.0
 _KILL_GRACE = 1.0
+# Exit codes of the forked child of a USR2 that never became a new master.
+EXEC_FAILED = 70
+PREFLIGHT_FAILED = 71
 
 
 @dataclasses.dataclass
@@ -48,6 +58,17 @@ class Rollout:
     previous_settings: object
     started: float = dataclasses.field(default_factory=time.monotonic)
     started_at: float = dataclasses.field(default_factory=time.time)
+
+
+@dataclasses.dataclass
+class Upgrade:
+    """A USR2 upgrade, as its old master sees it."""
+
+    seq: int
+    new_master: int
+    started: float = dataclasses.field(default_factory=time.monotonic)
+    exit_status: object = None
+    stop_sent: float = 0.0
 
 
 @dataclasses.dataclass
@@ -75,6 +96,11 @@ class GracefulArbiter(Arbiter):
         arbiter.respawn_after = 0.0
         arbiter.notifier = Notifier.take_from_environ()
         arbiter.last_status = None
+        arbiter.upgrade = None
+        arbiter.upgrade_seq = 0
+        arbiter.last_upgrade = None
+        arbiter.last_refusal = None
+        arbiter.handed_over = False
         arbiter.keep_graceful_worker()
         return arbiter
 
@@ -147,6 +173,7 @@ class GracefulArbiter(Arbiter):
         if self.stopping:
             return
         self.notice_ready()
+        self.watch_upgrade()
         self.handle_boot_failures()
         members = self.workers_of(self.generation)
         self.spawn_missing(members)
@@ -191,8 +218,11 @@ class GracefulArbiter(Arbiter):
             self.notifier.ready(self.log, "generation %s serving" % self.generation)
         elif not self.serving:
             emit(self.log, "info", "master.serving", generation=self.generation, workers=ready)
-            self.notifier.ready(self.log, "generation %s serving" % self.generation)
+            if not self.master_pid:
+                self.notifier.ready(self.log, "generation %s serving" % self.generation)
         self.serving = True
+        if self.master_pid and not self.handed_over:
+            self.take_over()
 
     # -- failures ------------------------------------------------------------------
 
@@ -213,6 +243,8 @@ class GracefulArbiter(Arbiter):
                 return
             if wpid == self.reexec_pid:
                 self.reexec_pid = 0
+                if self.upgrade is not None:
+                    self.upgrade.exit_status = status
             elif wpid == getattr(self, "dirty_arbiter_pid", 0):
                 self.handle_dirty_arbiter_exit(wpid, status)
             else:
@@ -309,6 +341,11 @@ class GracefulArbiter(Arbiter):
         Overrides Gunicorn's, which exits when the config fails and stops the
         old workers as soon as the new ones are forked.
         """
+        if self.reexec_pid or self.master_pid:
+            emit(self.log, "error", "reload.refused", pid=self.pid,
+                 reason="a USR2 upgrade is in progress (masters %s and %s): HUP again after it"
+                        % (self.master_pid or self.pid, self.reexec_pid or self.pid))
+            return
         previous_cfg, previous_settings = self.cfg, current_settings()
         reset_environment(self.cfg)
         try:
@@ -370,6 +407,126 @@ class GracefulArbiter(Arbiter):
              max_booting=current_settings().max_booting)
         self.manage_workers()
 
+    # -- USR2 upgrade -------------------------------------------------------------------
+
+    def handle_usr2(self):
+        """USR2: start a new master that takes over only once all its workers are ready.
+
+        Overrides Gunicorn's, which starts it and leaves the hand-over to the operator.
+        """
+        self.upgrade_seq += 1
+        reason = self.upgrade_refusal()
+        if reason:
+            self.last_refusal = {"seq": self.upgrade_seq, "reason": reason}
+            self.write_status()
+            emit(self.log, "error", "upgrade.refused", pid=self.pid, reason=reason)
+            return
+        self.prepare_reexec()
+        parent = os.getpid()
+        try:
+            self.reexec()
+        except BaseException:
+            if os.getpid() != parent:
+                os._exit(EXEC_FAILED)  # a forked child that cannot exec must never run this loop
+            raise
+        self.upgrade = Upgrade(self.upgrade_seq, self.reexec_pid)
+        self.record_upgrade(self.upgrade, "booting")
+        emit(self.log, "info", "upgrade.start", pid=self.pid, new_master=self.reexec_pid,
+             timeout=current_settings().upgrade_timeout)
+        self.notifier.status(self.log, "upgrading: new master %s booting" % self.reexec_pid)
+
+    def prepare_reexec(self):
+        """Fix what the new master will be started with (Gunicorn's START_CTX).
+
+        Started as `python -m gunicorn`, Gunicorn re-executes `.../gunicorn/__main__.py`
+        as a script, which puts the gunicorn package first on sys.path so that
+        `import http` finds gunicorn.http and the new master's app fails to
+        import; it is re-executed as `-m gunicorn` instead. With
+        graceful_release_link, the new master starts in the release the deploy
+        symlink points to now.
+        """
+        args = self.START_CTX["args"]
+        if len(args) > 1 and args[1].endswith(os.path.join("gunicorn", "__main__.py")):
+            self.START_CTX["args"] = [args[0], "-m", "gunicorn"] + args[2:]
+        if current_settings().release_link:
+            self.START_CTX["cwd"] = current_settings().release_link
+
+    def upgrade_refusal(self):
+        """Why a USR2 cannot start now, or None. Each reason avoids a half state."""
+        if self.reexec_pid:
+            return "an upgrade is in progress (new master %s)" % self.reexec_pid
+        if self.master_pid:
+            return "this master is a new master not yet promoted (old master %s)" % self.master_pid
+        if self.rollout is not None:
+            return "a HUP reload is in progress (generation %s)" % self.rollout.generation
+        if os.getpid() == 1:
+            return ("this master is PID 1: its exit would end the container; run it under an "
+                    "init (tini, dumb-init) or use HUP")
+        if self.cfg.reuse_port:
+            return "reuse_port is on: Gunicorn cannot hand its listeners to a new master"
+        return None
+
+    def record_upgrade(self, upgrade, state_name, reason=""):
+        self.last_upgrade = {"seq": upgrade.seq, "state": state_name,
+                             "new_master": upgrade.new_master, "reason": reason}
+        self.write_status()
+
+    def watch_upgrade(self):
+        """Old master: roll back when the new master died or ran out of time."""
+        upgrade = self.upgrade
+        if upgrade is None:
+            return
+        waited = time.monotonic() - upgrade.started
+        if not self.reexec_pid:
+            self.upgrade = None
+            if not upgrade.stop_sent:
+                self.roll_back_upgrade(upgrade, waited, describe_master_exit(upgrade.exit_status))
+        elif not upgrade.stop_sent and waited > current_settings().upgrade_timeout:
+            upgrade.stop_sent = time.monotonic()
+            self.roll_back_upgrade(upgrade, waited, "new master not ready after %.1fs "
+                                   "(graceful_upgrade_timeout)" % waited)
+            os.kill(upgrade.new_master, signal.SIGTERM)
+        elif upgrade.stop_sent and time.monotonic() - upgrade.stop_sent \
+                > self.cfg.graceful_timeout + _KILL_GRACE:
+            os.kill(upgrade.new_master, signal.SIGKILL)
+
+    def roll_back_upgrade(self, upgrade, waited, reason):
+        emit(self.log, "error", "upgrade.rollback", pid=self.pid, new_master=upgrade.new_master,
+             after=waited, reason=reason)
+        self.record_upgrade(upgrade, "rolled_back", reason)
+        self.notifier.ready(self.log, "upgrade rolled back, master %s still serving: %s"
+                            % (self.pid, reason))
+
+    def take_over(self):
+        """New master, all workers ready: become the service, then retire the old master."""
+        self.handed_over = True
+        if self.cfg.pidfile is not None:
+            write_pidfile(self.cfg.pidfile, self.pid)
+        self.notifier.send(self.log, MAINPID=self.pid)
+        self.notifier.ready(self.log, "new master %s serving, old master %s draining"
+                            % (self.pid, self.master_pid))
+        emit(self.log, "info", "upgrade.handover", pid=self.pid, old_master=self.master_pid,
+             generation=self.generation)
+        os.kill(self.master_pid, signal.SIGTERM)
+
+    def maybe_promote_master(self):
+        """Gunicorn's promotion (the old master is gone), plus one line and a fresh status file."""
+        waiting, old_status = self.master_pid, self.status_path()
+        super().maybe_promote_master()
+        if waiting and not self.master_pid:
+            emit(self.log, "info", "upgrade.promoted", pid=self.pid, old_master=waiting)
+            if old_status is not None and old_status != self.status_path():
+                remove_file(old_status)
+            self.last_status = None
+
+    def _stop_control_server(self):
+        """Gunicorn >= 27: an old master handing over leaves the control socket path alone,
+        since the new master re-bound it (stock unlinks it and breaks gunicornc)."""
+        if self.reexec_pid:
+            self._control_server = None
+            return
+        super()._stop_control_server()
+
     # -- stop ---------------------------------------------------------------------------
 
     def stop(self, graceful=True):
@@ -386,7 +543,11 @@ class GracefulArbiter(Arbiter):
             closed = [str(lnr) for lnr in self.LISTENERS if listeners.close_door(lnr)]
             emit(self.log, "info", "master.stopping", pid=self.pid, door_closed=",".join(closed)
                  or "none", workers=len(self.WORKERS), graceful_timeout=self.cfg.graceful_timeout)
-        self.notifier.stopping(self.log, "draining %s workers" % len(self.WORKERS))
+        if self.reexec_pid:
+            emit(self.log, "info", "upgrade.retiring", pid=self.pid, new_master=self.reexec_pid,
+                 workers=len(self.WORKERS))
+        else:
+            self.notifier.stopping(self.log, "draining %s workers" % len(self.WORKERS))
         self.remove_status()
         super().stop(graceful)
 
@@ -405,7 +566,9 @@ class GracefulArbiter(Arbiter):
                        "previous_generation": self.rollout.previous_generation,
                        "started_at": round(self.rollout.started_at, 1)}
         return {"pid": self.pid, "generation": self.generation, "workers_wanted": self.num_workers,
-                "serving": self.serving, "reload": rollout, "workers": workers}
+                "serving": self.serving, "reload": rollout, "upgrade": self.last_upgrade,
+                "upgrade_refused": self.last_refusal,
+                "old_master": self.master_pid or None, "workers": workers}
 
     def write_status(self):
         """Write the status file an operator reads with `gunicorn-graceful status` (atomic)."""
@@ -423,14 +586,8 @@ class GracefulArbiter(Arbiter):
             emit(self.log, "warning", "master.status_failed", path=path, error=exc)
 
     def remove_status(self):
-        path = self.status_path()
-        if path is None:
-            return
-        try:
-            os.unlink(path)
-        except OSError as exc:
-            if exc.errno != errno.ENOENT:
-                raise
+        if self.status_path() is not None:
+            remove_file(self.status_path())
 
 
 def worker_state(worker):
@@ -439,6 +596,36 @@ def worker_state(worker):
     if getattr(worker, "retired", None) is not None and said != state.DRAINING:
         return "retiring"
     return said
+
+
+def remove_file(path):
+    try:
+        os.unlink(path)
+    except OSError as exc:
+        if exc.errno != errno.ENOENT:
+            raise
+
+
+def write_pidfile(path, pid):
+    """Replace the pidfile in one rename, so a reader never finds it missing or half written."""
+    tmp = "%s.%s.tmp" % (path, pid)
+    with open(tmp, "w") as handle:
+        handle.write("%s\n" % pid)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def describe_master_exit(status):
+    if status is None:
+        return "new master gone before it took over"
+    if os.WIFEXITED(status) and os.WEXITSTATUS(status) == PREFLIGHT_FAILED:
+        return "pre-flight import of the new release failed (see upgrade.refused above)"
+    if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXEC_FAILED:
+        return "the new master could not be executed"
+    if os.WIFSIGNALED(status):
+        return "new master killed by %s before it took over" \
+            % signal.Signals(os.WTERMSIG(status)).name
+    return "new master exited with code %s before it took over" % os.WEXITSTATUS(status)
 
 
 def current_settings():

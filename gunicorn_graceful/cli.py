@@ -1,14 +1,23 @@
-"""`gunicorn-graceful status --pidfile PATH`: what the master and each worker are doing.
+"""The operator's commands.
 
-The master writes `<pidfile>.status` (atomically) whenever a worker's state
-changes; this command reads it and checks the master is alive. Stock gunicornc
-cannot say this: its master never learns whether a worker booted.
+`gunicorn-graceful status --pidfile PATH`: what the master and each worker are
+doing. The master writes `<pidfile>.status` (atomically) whenever a worker's
+state changes; stock gunicornc cannot say this, its master never learns whether
+a worker booted.
+
+`gunicorn-graceful upgrade --pidfile PATH [--timeout S]`: USR2, then follow the
+upgrade to its end: exit 0 when the new master is promoted, non-zero with the
+reason when the upgrade is refused, rolled back or out of time.
 """
 
 import argparse
 import json
 import os
+import signal
 import sys
+import time
+
+POLL = 0.1
 
 
 def read_pid(pidfile):
@@ -17,13 +26,18 @@ def read_pid(pidfile):
 
 
 def alive(pid):
+    """Whether the process runs: an exited one its parent has not reaped yet does not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open("/proc/%s/stat" % pid) as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def status(args):
@@ -56,6 +70,90 @@ def status(args):
     return 0
 
 
+def read_json(path):
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except (OSError, ValueError):
+        return None
+
+
+def read_pid_or_none(path):
+    try:
+        return read_pid(path)
+    except (OSError, ValueError):
+        return None
+
+
+class Progress:
+    """What is known of an upgrade so far; prints each step once, as it is first seen."""
+
+    def __init__(self):
+        self.said = set()
+        self.new_master = None
+
+    def say(self, text):
+        if text not in self.said:
+            self.said.add(text)
+            print(text, flush=True)
+
+
+def upgrade_step(pidfile, old, seq, progress):
+    """One look at upgrade number `seq`: an exit code when it ended, None while it goes on."""
+    snapshot = read_json(pidfile + ".status") or {}
+    refusal = snapshot.get("upgrade_refused") or {}
+    if refusal.get("seq") == seq:
+        print("upgrade refused: %s" % refusal["reason"], file=sys.stderr)
+        return 2
+    record = snapshot.get("upgrade") or {}
+    if record.get("seq") == seq and record["state"] == "rolled_back":
+        print("upgrade rolled back: %s" % record["reason"], file=sys.stderr)
+        return 3
+    if record.get("seq") == seq:
+        progress.new_master = record.get("new_master")  # the old master's file goes when it exits
+    new = progress.new_master
+    if not new:
+        if not alive(old):
+            print("upgrade failed: old master %s exited before starting one" % old,
+                  file=sys.stderr)
+            return 4
+        return None
+    progress.say("new master %s booting" % new)
+    snapshot = read_json(pidfile + ".2.status") or read_json(pidfile + ".status") or {}
+    if snapshot.get("pid") == new:
+        ready = sum(1 for w in snapshot["workers"] if w["state"] == "ready")
+        progress.say("workers ready %s/%s" % (min(ready, snapshot["workers_wanted"]),
+                                              snapshot["workers_wanted"]))
+    if read_pid_or_none(pidfile) == new:
+        progress.say("hand-over: old master %s draining" % old)
+        if not alive(old) and not os.path.exists(pidfile + ".2"):
+            progress.say("promoted: master %s" % new)
+            return 0
+    return None
+
+
+def upgrade(args):
+    try:
+        old = read_pid(args.pidfile)
+    except (OSError, ValueError) as exc:
+        print("not running: cannot read pidfile %s (%s)" % (args.pidfile, exc), file=sys.stderr)
+        return 1
+    before = read_json(args.pidfile + ".status") or {}
+    seq = max((before.get(key) or {}).get("seq", 0) for key in ("upgrade", "upgrade_refused")) + 1
+    os.kill(old, signal.SIGUSR2)
+    progress = Progress()
+    progress.say("sent USR2 to master %s" % old)
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        code = upgrade_step(args.pidfile, old, seq, progress)
+        if code is not None:
+            return code
+        time.sleep(POLL)
+    print("upgrade timed out after %ss; the old master's graceful_upgrade_timeout decides "
+          "what happens next" % args.timeout, file=sys.stderr)
+    return 5
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="gunicorn-graceful")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -63,6 +161,12 @@ def main(argv=None):
     status_parser.add_argument("--pidfile", required=True, help="the master's pidfile")
     status_parser.add_argument("--json", action="store_true", help="print the raw status")
     status_parser.set_defaults(run=status)
+    upgrade_parser = commands.add_parser(
+        "upgrade", help="USR2 and follow it: exit 0 on promotion, non-zero on rollback")
+    upgrade_parser.add_argument("--pidfile", required=True, help="the master's pidfile")
+    upgrade_parser.add_argument("--timeout", type=float, default=120.0,
+                                help="seconds to follow the upgrade (default 120)")
+    upgrade_parser.set_defaults(run=upgrade)
     args = parser.parse_args(argv)
     return args.run(args)
 

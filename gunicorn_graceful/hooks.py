@@ -12,8 +12,8 @@ import os
 from gunicorn import __version__ as gunicorn_version
 from gunicorn import version_info as gunicorn_version_info
 
-from gunicorn_graceful import __version__, settings, state
-from gunicorn_graceful.arbiter import GracefulArbiter
+from gunicorn_graceful import __version__, preflight, settings, state
+from gunicorn_graceful.arbiter import PREFLIGHT_FAILED, GracefulArbiter
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.workers import GracefulThreadWorker
 
@@ -47,7 +47,17 @@ def on_reload(server):
 
 
 def pre_exec(server):
-    emit(server.log, "info", "master.reexec", pid=server.pid)
+    """In the forked child of a USR2: say which release starts, optionally prove it imports."""
+    current = settings.current()
+    cwd = server.START_CTX["cwd"]
+    emit(server.log, "info", "master.reexec", pid=server.pid, cwd=cwd,
+         release=os.path.realpath(cwd))
+    if current.preflight:
+        failure = preflight.check(server, cwd, current.readiness_timeout)
+        if failure:
+            emit(server.log, "error", "upgrade.refused", pid=os.getppid(), release=cwd,
+                 reason="pre-flight import failed: %s" % failure)
+            os._exit(PREFLIGHT_FAILED)
 
 
 def pre_fork(server, worker):

@@ -16,17 +16,28 @@ from gunicorn_graceful.events import emit, redact
 
 
 class Request:
-    """One request in flight, as the drain report shows it."""
+    """One request in flight. It keeps the WSGI environ and formats only when a report asks,
+    so the hot path stores three references and nothing else."""
 
-    __slots__ = ("method", "path", "peer", "started", "thread")
+    __slots__ = ("environ", "started", "thread")
 
     def __init__(self, environ):
-        self.method = environ.get("REQUEST_METHOD", "-")
-        self.path = redact(environ.get("PATH_INFO", "/") + (
-            "?" + environ["QUERY_STRING"] if environ.get("QUERY_STRING") else ""))
-        self.peer = "%s:%s" % (environ.get("REMOTE_ADDR", "-"), environ.get("REMOTE_PORT", "-"))
+        self.environ = environ
         self.started = time.monotonic()
         self.thread = threading.get_ident()
+
+    @property
+    def method(self):
+        return self.environ.get("REQUEST_METHOD", "-")
+
+    @property
+    def path(self):
+        query = self.environ.get("QUERY_STRING")
+        return redact(self.environ.get("PATH_INFO", "/") + ("?" + query if query else ""))
+
+    @property
+    def peer(self):
+        return "%s:%s" % (self.environ.get("REMOTE_ADDR", "-"), self.environ.get("REMOTE_PORT", "-"))
 
     def age(self, now=None):
         return (now or time.monotonic()) - self.started

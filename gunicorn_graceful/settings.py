@@ -67,6 +67,15 @@ def _callable_ref(name, value):
     return value
 
 
+def _switch(name, value):
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise SettingError(name, value, "true or false (1/0, yes/no, on/off)")
+
+
 @dataclasses.dataclass(frozen=True)
 class Settings:
     """Effective values; each field's metadata holds its parser and its doc."""
@@ -98,6 +107,21 @@ class Settings:
         "parse": _count,
         "doc": "How many new workers may boot at once during a reload (bounds memory and "
                "CPU on big hosts). 0: all of them."})
+
+    upgrade_timeout: float = dataclasses.field(default=60.0, metadata={
+        "parse": _seconds(0, True),
+        "doc": "Seconds the old master gives a USR2 upgrade to take over (new master up, all "
+               "its workers ready); then it stops the new master and keeps serving."})
+    release_link: str = dataclasses.field(default="", metadata={
+        "parse": lambda name, value: "" if value is None else str(value),
+        "doc": "The deploy symlink (for example /srv/app/current -> releases/42). A USR2 "
+               "upgrade starts the new master in the release it points to at that moment, "
+               "even when Gunicorn was started from the resolved directory. Empty: Gunicorn's "
+               "own start directory."})
+    preflight: bool = dataclasses.field(default=False, metadata={
+        "parse": _switch,
+        "doc": "Before a USR2 upgrade execs the new master, import the app in a subprocess "
+               "(bounded by graceful_readiness_timeout) and refuse the upgrade if it fails."})
 
     @classmethod
     def fields(cls):

@@ -39,8 +39,9 @@ _started = os.path.join(os.path.dirname(os.path.abspath(__file__)), "started.log
 
 def app(environ, start_response):
     # Tests poll this file to know a request reached the app, instead of sleeping.
-    with open(_started, "a") as handle:
-        handle.write(environ["PATH_INFO"] + "\\n")
+    if {record}:
+        with open(_started, "a") as handle:
+            handle.write(environ["PATH_INFO"] + "\\n")
     if environ["PATH_INFO"] == "/healthz" and {healthz} != 200:
         start_response("{healthz} Not Ready", [("Content-Type", "text/plain")])
         return [b"not ready\\n"]
@@ -73,10 +74,14 @@ def wait_for(condition, timeout, what):
         timeout, what() if callable(what) else what))
 
 
-def write_app(directory, version, before="", healthz=200):
-    """A test app module (`testapp:app`) serving `version`; `before` runs at import."""
+def write_app(directory, version, before="", healthz=200, record=True):
+    """A test app module (`testapp:app`) serving `version`; `before` runs at import.
+
+    `record` appends each request's path to started.log (see `Server.wait_started`).
+    """
     with open(os.path.join(directory, "testapp.py"), "w") as handle:
-        handle.write(APP_TEMPLATE.format(before=before, version=version, healthz=healthz))
+        handle.write(APP_TEMPLATE.format(before=before, version=version, healthz=healthz,
+                                         record=record))
 
 
 def write_config(directory, name="gunicorn_conf.py", body=""):
@@ -92,19 +97,20 @@ class Server:
     """One Gunicorn master started by this test, with its log in a file."""
 
     def __init__(self, workdir, config, app="testapp:app", worker=DEFAULT_WORKER, workers=2,
-                 extra_args=(), env=None):
+                 extra_args=(), env=None, rundir=None):
         self.workdir = workdir
         self.port = free_port()
         self.url = "http://127.0.0.1:%s" % self.port
-        self.pidfile = os.path.join(workdir, "gunicorn.pid")
-        self.logpath = os.path.join(workdir, "gunicorn-%s.log" % self.port)
+        rundir = rundir or workdir  # pidfile and log: outside workdir when it is a symlink
+        self.pidfile = os.path.join(rundir, "gunicorn.pid")
+        self.logpath = os.path.join(rundir, "gunicorn-%s.log" % self.port)
         worker_class = {"gthread": "gunicorn_graceful.workers.GracefulThreadWorker",
                         "sync": "gunicorn_graceful.workers.GracefulSyncWorker"}.get(worker, worker)
         self.args = GUNICORN + ["-c", config, "-b", "127.0.0.1:%s" % self.port,
                                 "-w", str(workers), "-k", worker_class, "--pid", self.pidfile,
                                 "--chdir", workdir, "--pythonpath", ROOT,
                                 *control_socket_args(workdir),
-                                "--threads", "1" if worker == "sync" else "4",
+                                "--threads", "1" if "sync" in worker.lower() else "4",
                                 *extra_args, app]
         self.env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         self.env.pop("NOTIFY_SOCKET", None)
@@ -116,6 +122,16 @@ class Server:
         self._log = open(self.logpath, "ab")
         self.proc = subprocess.Popen(self.args, cwd=self.workdir, env=self.env,
                                      stdout=self._log, stderr=subprocess.STDOUT)
+        return self
+
+    def wait_http(self, timeout=30):
+        """Wait until the server answers 200 on / (works for stock Gunicorn too)."""
+        def answers():
+            try:
+                return self.get("/", timeout=2).status_code == 200
+            except requests.RequestException:
+                return False
+        wait_for(answers, timeout, lambda: "%s to answer:\n%s" % (self.url, self.tail()))
         return self
 
     def start_serving(self, timeout=30):
@@ -158,13 +174,31 @@ class Server:
         self.remember_children()
         os.kill(self.pid, sig)
 
+    def masters(self):
+        """The masters this server started: the first one, and the new ones USR2 made."""
+        pids = {self.pid}
+        for path in (self.pidfile, self.pidfile + ".2"):
+            try:
+                with open(path) as handle:
+                    pids.add(int(handle.read().strip()))
+            except (OSError, ValueError):
+                pass
+        return pids
+
     def remember_children(self):
-        """Note this master's workers, so cleanup can stop exactly those."""
-        try:
-            with open("/proc/%s/task/%s/children" % (self.pid, self.pid)) as handle:
-                self.children.update(int(pid) for pid in handle.read().split())
-        except OSError:
-            pass
+        """Note every process of this server's family, so cleanup can stop exactly those."""
+        if self.proc is None:
+            return
+        todo = list(self.masters() | self.children)
+        while todo:
+            pid = todo.pop()
+            try:
+                with open("/proc/%s/task/%s/children" % (pid, pid)) as handle:
+                    found = {int(child) for child in handle.read().split()}
+            except OSError:
+                continue
+            todo.extend(found - self.children)
+            self.children.update(found)
 
     def wait_exit(self, timeout=60):
         try:
@@ -187,6 +221,7 @@ class Server:
         if self.proc is None:
             return
         self.remember_children()
+        family = self.masters() - {self.pid}
         if self.alive():
             self.proc.send_signal(signal.SIGQUIT)
             try:
@@ -194,7 +229,7 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
-        for pid in self.children:
+        for pid in family | self.children:
             try:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
@@ -229,28 +264,29 @@ class Load:
     """
 
     def __init__(self, url, threads=4, path="/", max_seconds=60, max_requests=200000,
-                 timeout=30):
+                 timeout=30, slow_threads=0, slow_path="/slow?seconds=0.5"):
         self.url, self.path, self.timeout = url, path, timeout
+        self.slow_path = slow_path
         self.results = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.deadline = time.monotonic() + max_seconds
         self.max_requests = max_requests
-        self.threads = [threading.Thread(target=self._run, args=(i % 2 == 0,), daemon=True)
-                        for i in range(threads)]
+        self.threads = [threading.Thread(target=self._run, args=(i, i >= threads), daemon=True)
+                        for i in range(threads + slow_threads)]
 
     def start(self):
         for thread in self.threads:
             thread.start()
         return self
 
-    def _one(self, session):
+    def _one(self, session, path):
         started = time.monotonic()
         try:
             if session is not None:
-                response = session.get(self.url + self.path, timeout=(5, self.timeout))
+                response = session.get(self.url + path, timeout=(5, self.timeout))
             else:
-                response = requests.get(self.url + self.path, timeout=(5, self.timeout),
+                response = requests.get(self.url + path, timeout=(5, self.timeout),
                                         headers={"Connection": "close"})
             version = None
             if response.status_code == 200 and response.headers.get(
@@ -258,15 +294,21 @@ class Load:
                 version = response.json().get("version")
             ok = response.status_code < 500
             return Result(started, time.monotonic(), ok, "ok" if ok else "5xx",
-                          response.status_code, version, self.path)
+                          response.status_code, version, path)
         except requests.RequestException as exc:
-            return Result(started, time.monotonic(), False, classify(exc), None, None, self.path)
+            return Result(started, time.monotonic(), False, classify(exc), None, None, path)
 
-    def _run(self, keepalive):
-        session = requests.Session() if keepalive else None
+    def _run(self, index, slow):
+        """Even threads keep a session alive, odd ones open a connection per request.
+
+        Slow threads only ask for `slow_path`: slow requests are always in
+        flight, and the fast threads still show every gap in service.
+        """
+        session = requests.Session() if index % 2 == 0 else None
+        path = self.slow_path if slow else self.path
         try:
             while not self._stop.is_set() and time.monotonic() < self.deadline:
-                result = self._one(session)
+                result = self._one(session, path)
                 with self._lock:
                     self.results.append(result)
                     if len(self.results) >= self.max_requests:

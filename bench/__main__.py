@@ -1,0 +1,60 @@
+"""`python -m bench [--quick] [--out DIR]`: run everything, print the tables, write DIR/results.md."""
+
+import argparse
+import os
+import sys
+import time
+
+from bench import report, scenarios, throughput
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("--quick", action="store_true",
+                        help="one repetition, fewer scenarios, gthread only: checks the harness")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    args = parser.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    began = time.monotonic()
+    kinds = ["gthread"] if args.quick else ["sync", "gthread"]
+    chosen = [s for s in scenarios.SCENARIOS if not args.quick or s.name in scenarios.QUICK]
+    steady = 1.5 if args.quick else 3.0
+
+    rows, plots = [], []
+    for scenario in chosen:
+        for kind in kinds:
+            pair = [scenarios.run(flavour, kind, scenario, steady) for flavour in ("stock", "pack")]
+            rows += [report.row(run) for run in pair]
+            print(report.table(rows[-2:]), flush=True)
+            name = "%s-%s.png" % (scenario.name, kind)
+            if report.plot(pair, os.path.join(args.out, name)):
+                plots.append(name)
+
+    comparisons = [throughput.compare(kind, 1 if args.quick else 5, 1.0 if args.quick else 4.0)
+                   for kind in kinds]
+    text = "\n\n".join([
+        "# gunicorn-graceful benchmark",
+        "Command: `python -m bench%s`. Machine: %s. Took %.0f s." % (
+            " --quick" if args.quick else "", report.machine(), time.monotonic() - began),
+        "Load: %d closed-loop client threads with `requests` on `/`, half on keep-alive "
+        "sessions, half on new connections, plus %d on `/slow?seconds=0.5`; no retries. "
+        "Workers: %d. Window: from the signal to %s after it (TERM: 1 s after the master "
+        "exited). *longest gap*: longest time in the window with no successful answer; "
+        "*lowest rate*: the lowest 250 ms throughput in the window as a share of the steady "
+        "rate." % (scenarios.LOAD_THREADS, scenarios.SLOW_THREADS, scenarios.WORKERS, "the scenario's window"),
+        "## Restarts", report.table(rows),
+        "## Steady-state throughput and memory",
+        "Raw-socket clients (%d threads) on `/` of the example Flask app; stock and pack "
+        "runs alternate." % throughput.CLIENTS,
+        report.throughput_table(comparisons),
+        "## Timelines", "\n".join("![%s](%s)" % (p, p) for p in plots) or "(matplotlib not "
+        "installed: no plots)"])
+    with open(os.path.join(args.out, "results.md"), "w") as handle:
+        handle.write(text + "\n")
+    print(report.throughput_table(comparisons))
+    print("wrote", os.path.join(args.out, "results.md"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""The table users read (markdown) and a timeline plot per scenario (PNG, with matplotlib)."""
+
+import os
+import platform
+
+import gunicorn
+
+from bench import metrics
+
+COLUMNS = ("scenario", "worker", "server", "requests", "failed", "failures by kind",
+           "p50 steady", "p99 steady", "p99 window", "longest gap", "lowest rate",
+           "master", "new version after")
+
+
+def _ms(value):
+    return "-" if value is None else "%.0f ms" % (value * 1000)
+
+
+def _s(value):
+    return "-" if value is None else "%.2f s" % value
+
+
+def row(run):
+    numbers = metrics.summarize(run["results"], run["signal_at"], run["window_end"],
+                                run["steady_from"], run["new_version"])
+    failures = ", ".join("%s %s" % (k, v) for k, v in sorted(numbers["failures"].items()))
+    lowest = numbers["lowest_rate"]
+    return [run["scenario"].name, run["kind"], run["flavour"], str(numbers["requests"]),
+            str(numbers["failed"]), failures or "-", _ms(numbers["p50_steady"]),
+            _ms(numbers["p99_steady"]), _ms(numbers["p99_window"]),
+            _s(numbers["longest_gap"]), "-" if lowest is None else "%.0f%%" % (lowest * 100),
+            run["master"], _s(numbers["new_version_after"])]
+
+
+def table(rows, columns=COLUMNS):
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def throughput_table(comparisons):
+    rows = []
+    for c in comparisons:
+        ratio = metrics.median(c["ratios"])
+        rows.append([c["kind"], "%.0f" % metrics.median([r["rps"] for r in c["stock"]]),
+                     "%.0f" % metrics.median([r["rps"] for r in c["pack"]]),
+                     "%.3f" % ratio, ", ".join("%.3f" % r for r in c["ratios"]),
+                     "%s / %s" % (c["stock"][-1]["master_rss"], c["pack"][-1]["master_rss"]),
+                     "%s / %s" % (c["stock"][-1]["worker_rss"], c["pack"][-1]["worker_rss"])])
+    return table(rows, ("worker", "stock req/s", "pack req/s", "pack/stock (median)",
+                        "ratios per repetition", "master RSS KiB stock/pack",
+                        "worker RSS KiB stock/pack"))
+
+
+def machine():
+    return "%s, %s cores, Python %s, Gunicorn %s" % (
+        platform.platform(), os.cpu_count(), platform.python_version(), gunicorn.__version__)
+
+
+def plot(runs, path):
+    """Stock above pack: each request as a dot at its end time, latency up, failures in red."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(len(runs), 1, figsize=(9, 2.6 * len(runs)), sharex=True)
+    for ax, run in zip(axes, runs):
+        t0 = run["signal_at"]
+        ok = [r for r in run["results"] if r.ok]
+        bad = [r for r in run["results"] if not r.ok]
+        ax.scatter([r.ended - t0 for r in ok], [(r.ended - r.started) * 1000 for r in ok],
+                   s=3, color="tab:blue", label="answered (%d)" % len(ok))
+        ax.scatter([r.ended - t0 for r in bad], [(r.ended - r.started) * 1000 for r in bad],
+                   s=14, color="tab:red", marker="x", label="failed (%d)" % len(bad))
+        ax.axvline(0, color="black", linewidth=0.8)
+        ax.set_yscale("log")
+        ax.set_ylabel("latency ms")
+        ax.set_title("%s: %s, %s worker" % (run["flavour"], run["scenario"].title, run["kind"]),
+                     fontsize=9)
+        ax.legend(loc="upper left", fontsize=7)
+    axes[-1].set_xlabel("seconds since the signal")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True

@@ -1,0 +1,37 @@
+"""Before a USR2 re-exec: import the new release's app in a subprocess, with a deadline.
+
+A release that cannot even import is refused before a new master exists, so
+the old master never sees a half-started upgrade.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+
+_IMPORT = "from gunicorn.util import import_app; import_app(sys.argv[1])"
+
+
+def check(server, cwd, timeout):
+    """None when the app imports within `timeout` seconds, else the reason in one line."""
+    app_uri = getattr(server.app, "app_uri", None)
+    if not app_uri:
+        return None
+    # This runs in the forked child of the master, which inherited its SIGCHLD handler;
+    # Gunicorn 23's reaps every child, ours included, and subprocess then reports exit 0.
+    # The child execs right after, which resets the handler anyway.
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    paths = [cwd] + [p for p in (server.cfg.pythonpath or "").split(",") if p]
+    env = dict(server.cfg.env_orig)
+    env["PYTHONPATH"] = os.pathsep.join(paths + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    try:
+        done = subprocess.run([sys.executable, "-c", "import sys; " + _IMPORT, app_uri],
+                              cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "importing %s took longer than %ss" % (app_uri, timeout)
+    except OSError as exc:
+        return "cannot run the import check: %s" % exc
+    if done.returncode == 0:
+        return None
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "exit code %s" % done.returncode

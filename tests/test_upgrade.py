@@ -1,0 +1,189 @@
+"""USR2 under load: the new master takes over only when ready, a failed one is rolled back."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import gunicorn
+import pytest
+
+from support import Load, wait_for, write_app
+
+READINESS = "graceful_readiness_path = '/healthz'\n"
+
+
+def upgrade_command(server, timeout=60):
+    return subprocess.Popen([sys.executable, "-m", "gunicorn_graceful.cli", "upgrade",
+                             "--pidfile", server.pidfile, "--timeout", str(timeout)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+class PidfileWatch:
+    """Reads the pidfile in a loop: it must always exist and name a live master."""
+
+    def __init__(self, path):
+        self.path, self.problems, self.seen = path, [], set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        deadline = time.monotonic() + 120
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            try:
+                with open(self.path) as handle:
+                    pid = int(handle.read().strip())
+                self.seen.add(pid)
+            except (OSError, ValueError) as exc:
+                self.problems.append(repr(exc))
+            time.sleep(0.005)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def upgrade_under_load(server, expect_code, extra=100):
+    load = Load(server.url, threads=4).start()
+    try:
+        load.wait_count(50)
+        with PidfileWatch(server.pidfile) as watch:
+            command = upgrade_command(server)
+            out, err = command.communicate(timeout=90)
+        seen = len(load.results)
+        load.wait_count(seen + extra)
+    finally:
+        load.stop()
+    print(load.summary(), "\n", out, err)
+    assert command.returncode == expect_code, out + err
+    assert watch.problems == [], watch.problems[:5]
+    return load, out, err
+
+
+def pid_in(path):
+    with open(path) as handle:
+        return int(handle.read().strip())
+
+
+def test_usr2_to_a_good_release_hands_over_with_zero_failures(workdir, servers):
+    server = servers(workdir, workers=2, config_body=READINESS)
+    old = server.pid
+    write_app(workdir, "2")
+    load, out, _ = upgrade_under_load(server, 0)
+    assert load.failures() == [], load.summary()
+    new = pid_in(server.pidfile)
+    assert new != old and not os.path.exists(server.pidfile + ".2")
+    assert "workers ready 2/2" in out and "promoted: master %s" % new in out
+    assert server.wait_exit(timeout=30) == 0
+    assert server.version() == "2"
+    log = server.log()
+    for line in ("event=upgrade.start pid=%s new_master=%s" % (old, new),
+                 "event=upgrade.handover pid=%s old_master=%s" % (new, old),
+                 "event=upgrade.retiring pid=%s" % old,
+                 "event=upgrade.promoted pid=%s old_master=%s" % (new, old)):
+        assert line in log, line
+    if gunicorn.version_info >= (27,):
+        with socket.socket(socket.AF_UNIX) as ctl:
+            ctl.connect(os.path.join(workdir, "ctl.sock"))  # gunicornc keeps working
+
+
+@pytest.mark.parametrize("release, reason", [
+    ({"before": "raise RuntimeError('no database url')"}, "RuntimeError: no database url"),
+    ({"healthz": 503}, "readiness path /healthz answered 503"),
+])
+def test_usr2_to_a_failing_release_rolls_back_and_keeps_serving(workdir, servers, release,
+                                                               reason):
+    server = servers(workdir, workers=2, config_body=READINESS)
+    write_app(workdir, "2", **release)
+    load, _, err = upgrade_under_load(server, 3)
+    assert load.failures() == [], load.summary()
+    assert "upgrade rolled back: new master exited with code" in err
+    assert server.alive() and pid_in(server.pidfile) == server.pid
+    assert server.version() == "1"
+    assert reason in server.log()
+    assert server.count(r"\[ERROR\] event=upgrade\.rollback pid=%s" % server.pid) == 1
+
+
+def test_usr2_to_a_release_booting_for_3s_serves_throughout(workdir, servers):
+    server = servers(workdir, workers=2, config_body=READINESS)
+    write_app(workdir, "2", before="time.sleep(3)")
+    load, _, _ = upgrade_under_load(server, 0)
+    assert load.failures() == [], load.summary()
+    assert server.version() == "2"
+
+
+def test_new_master_killed_mid_upgrade_is_rolled_back(workdir, servers):
+    server = servers(workdir, workers=2, config_body=READINESS)
+    write_app(workdir, "2", before="time.sleep(30)")
+    load = Load(server.url, threads=4).start()
+    try:
+        load.wait_count(50)
+        server.signal(signal.SIGUSR2)
+        wait_for(lambda: os.path.exists(server.pidfile + ".2"), 20, "the new master's pidfile")
+        new = pid_in(server.pidfile + ".2")
+        server.remember_children()
+        os.kill(new, signal.SIGKILL)
+        server.wait_log(r"event=upgrade\.rollback", timeout=20)
+        load.wait_count(len(load.results) + 100)
+    finally:
+        load.stop()
+    assert load.failures() == [], load.summary()
+    assert 'reason="new master killed by SIGKILL before it took over"' in server.log()
+    assert server.version() == "1" and pid_in(server.pidfile) == server.pid
+
+
+def test_second_usr2_and_hup_during_an_upgrade_are_refused(workdir, servers):
+    server = servers(workdir, workers=2, config_body=READINESS)
+    write_app(workdir, "2", before="time.sleep(2)")
+    command = upgrade_command(server)
+    server.wait_log(r"event=upgrade\.start")
+    server.signal(signal.SIGUSR2)
+    server.wait_log(r"event=upgrade\.refused pid=%s reason=\"an upgrade is in progress" % server.pid)
+    server.signal(signal.SIGHUP)
+    server.wait_log(r"event=reload\.refused")
+    out, err = command.communicate(timeout=60)
+    assert command.returncode == 0, out + err
+    assert server.version() == "2"
+
+
+def test_usr2_with_preflight_refuses_a_release_that_cannot_import(workdir, servers):
+    server = servers(workdir, workers=2, config_body=READINESS + "graceful_preflight = True\n")
+    write_app(workdir, "2", before="import no_such_module")
+    command = upgrade_command(server)
+    out, err = command.communicate(timeout=60)
+    assert command.returncode == 3, out + err
+    assert "pre-flight import of the new release failed" in err
+    log = server.log()
+    assert "event=upgrade.refused" in log and "No module named 'no_such_module'" in log
+    assert "Booting worker" not in log.split("event=upgrade.start")[1]
+    assert server.alive() and server.version() == "1"
+
+
+def test_systemd_hears_mainpid_then_ready_from_the_new_master(workdir, servers):
+    path = os.path.join(workdir, "notify.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(path)
+    listener.settimeout(30)
+    try:
+        server = servers(workdir, workers=1, config_body=READINESS, serve=False,
+                         env={"NOTIFY_SOCKET": path})
+        server.wait_log("event=master.serving")
+        assert listener.recv(4096).decode().startswith("READY=1")
+        write_app(workdir, "2")
+        command = upgrade_command(server)
+        out, err = command.communicate(timeout=60)
+        assert command.returncode == 0, out + err
+        new = pid_in(server.pidfile)
+        messages = [listener.recv(4096).decode() for _ in range(3)]
+    finally:
+        listener.close()
+    assert messages[0].startswith("STATUS=upgrading: new master %s" % new)
+    assert messages[1] == "MAINPID=%s" % new
+    assert messages[2].startswith("READY=1\n")
