@@ -23,9 +23,10 @@ def main(argv=None):
     rows, plots = [], []
     for scenario in chosen:
         for kind in kinds:
-            pair = [scenarios.run(flavour, kind, scenario, steady) for flavour in ("stock", "pack")]
+            pair = [scenarios.run(label, flavour, action, kind, scenario, steady)
+                     for label, flavour, action in scenario.variants()]
             rows += [report.row(run) for run in pair]
-            print(report.table(rows[-2:]), flush=True)
+            print(report.table(rows[-len(pair):]), flush=True)
             name = "%s-%s.png" % (scenario.name, kind)
             if report.plot(pair, os.path.join(args.out, name)):
                 plots.append(name)

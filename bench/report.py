@@ -9,7 +9,7 @@ from bench import metrics
 
 COLUMNS = ("scenario", "worker", "server", "requests", "failed", "failures by kind",
            "p50 steady", "p99 steady", "p99 window", "longest gap", "lowest rate",
-           "master", "new version after")
+           "master", "new version after", "handed over after")
 
 
 def _ms(value):
@@ -29,7 +29,7 @@ def row(run):
             str(numbers["failed"]), failures or "-", _ms(numbers["p50_steady"]),
             _ms(numbers["p99_steady"]), _ms(numbers["p99_window"]),
             _s(numbers["longest_gap"]), "-" if lowest is None else "%.0f%%" % (lowest * 100),
-            run["master"], _s(numbers["new_version_after"])]
+            run["master"], _s(numbers["new_version_after"]), _s(run.get("handed_over"))]
 
 
 def table(rows, columns=COLUMNS):

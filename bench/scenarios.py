@@ -25,6 +25,29 @@ SLOW_THREADS = 1  # plus one client that only asks for /slow?seconds=0.5
 WORKERS = 3
 
 
+def naive_usr2(server, workers):
+    """The naive deploy script: USR2, wait a second, TERM the old master."""
+    server.signal(signal.SIGUSR2)
+    time.sleep(1.0)
+    server.signal(signal.SIGTERM)
+
+
+def manual_usr2(server, workers):
+    """Gunicorn's documented procedure, not daemonized (so no WINCH): USR2, wait until the
+    new master's workers show up as booted, then QUIT the old master."""
+    server.signal(signal.SIGUSR2)
+    try:
+        server.wait_log(r"Booting worker with pid", timeout=30, count=2 * workers)
+    except AssertionError:
+        pass  # the operator gives up waiting and quits the old master anyway
+    server.signal(signal.SIGQUIT)
+
+
+def plain_usr2(server, workers):
+    """The pack: `kill -USR2` and nothing else."""
+    server.signal(signal.SIGUSR2)
+
+
 @dataclasses.dataclass(frozen=True)
 class Scenario:
     name: str
@@ -33,6 +56,14 @@ class Scenario:
     before: object = None  # code the new release runs at import; None: no new release
     window: float = 6.0
     stops: bool = False
+    upgrade: bool = False  # USR2: stock runs both procedures, the pack runs plain USR2
+
+    def variants(self):
+        """(label, flavour, action) for each server run of this scenario."""
+        if self.upgrade:
+            return [("stock (manual)", "stock", manual_usr2),
+                    ("stock (naive)", "stock", naive_usr2), ("pack", "pack", plain_usr2)]
+        return [("stock", "stock", None), ("pack", "pack", None)]
 
 
 SCENARIOS = [
@@ -42,9 +73,14 @@ SCENARIOS = [
              before="raise RuntimeError('database url missing')"),
     Scenario("hup_slow", "HUP, new code imports for 3 s", signal.SIGHUP,
              before="time.sleep(3)", window=8.0),
+    Scenario("usr2_good", "USR2 to a good release", before="", window=8.0, upgrade=True),
+    Scenario("usr2_broken", "USR2 to a release that raises at import",
+             before="raise RuntimeError('database url missing')", window=8.0, upgrade=True),
+    Scenario("usr2_slow", "USR2 to a release that imports for 3 s", before="time.sleep(3)",
+             window=10.0, upgrade=True),
     Scenario("term_slow", "TERM with slow requests in flight", signal.SIGTERM, stops=True),
 ]
-QUICK = ("hup_same", "hup_broken", "term_slow")
+QUICK = ("hup_same", "hup_broken", "usr2_good", "term_slow")
 
 
 def write_config(workdir, flavour):
@@ -81,13 +117,43 @@ def start_server(flavour, kind, app="testapp:app", workers=WORKERS):
     return server
 
 
+def master_outcome(server, scenario, exit_code):
+    """What became of the service's master: for USR2, whether any master still runs."""
+    if scenario.stops:
+        return "exited %s" % exit_code
+    if server.alive():
+        return "old alive" if scenario.upgrade else "alive"
+    if scenario.upgrade:
+        running = [pid for pid in server.masters() - {server.pid} if pid_alive(pid)]
+        return "new alive" if running else "none alive"
+    return "died (exit %s)" % server.proc.returncode
+
+
+def pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
+
+
 def stop_server(server):
     server.stop()
     shutil.rmtree(server.workdir, ignore_errors=True)
 
 
-def run(flavour, kind, scenario, steady_seconds):
-    """One run: steady load, then the scenario's signal, then its window; the raw results."""
+def watch_window(server, until):
+    """Wait out the window; when the first master exited in it (monotonic), or None."""
+    exited = None
+    while time.monotonic() < until:
+        if exited is None and not server.alive():
+            exited = time.monotonic()
+        time.sleep(0.02)
+    return exited
+
+
+def run(label, flavour, action, kind, scenario, steady_seconds):
+    """One run: steady load, then the scenario's action, then its window; the raw results."""
     server = start_server(flavour, kind)
     try:
         load = Load(server.url, threads=LOAD_THREADS, slow_threads=SLOW_THREADS,
@@ -97,20 +163,22 @@ def run(flavour, kind, scenario, steady_seconds):
         if scenario.before is not None:
             write_app(server.workdir, "2", before=scenario.before, record=False)
         signal_at = time.monotonic()
-        if scenario.signal is not None:
+        if action is not None:
+            action(server, WORKERS)
+        elif scenario.signal is not None:
             server.signal(scenario.signal)
-        exit_code = None
+        exit_code = old_exit = None
         if scenario.stops:
             exit_code = server.wait_exit(timeout=60)
             time.sleep(1.0)  # keep the load on for a second: what does a new client meet?
         else:
-            time.sleep(scenario.window)
+            old_exit = watch_window(server, signal_at + scenario.window)
         window_end = time.monotonic()
         results = load.stop()
-        master = "exited %s" % exit_code if scenario.stops else (
-            "alive" if server.alive() else "died (exit %s)" % server.proc.returncode)
-        return {"flavour": flavour, "kind": kind, "scenario": scenario, "results": results,
+        return {"flavour": label, "kind": kind, "scenario": scenario, "results": results,
                 "signal_at": signal_at, "window_end": window_end, "steady_from": steady_from,
-                "master": master, "new_version": "2" if scenario.before is not None else None}
+                "master": master_outcome(server, scenario, exit_code),
+                "handed_over": old_exit - signal_at if old_exit and scenario.upgrade else None,
+                "new_version": "2" if scenario.before is not None else None}
     finally:
         stop_server(server)

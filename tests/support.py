@@ -24,7 +24,11 @@ WORKERS = ["sync", "gthread"] if gunicorn.version_info >= (27,) else ["sync"]
 DEFAULT_WORKER = WORKERS[-1]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-GUNICORN = [sys.executable, "-m", "gunicorn"]
+# The console script, as users start it. (`python -m gunicorn` re-executes badly on USR2 in
+# stock Gunicorn; the pack fixes that and a test of its own covers it.)
+_SCRIPT = os.path.join(os.path.dirname(sys.executable), "gunicorn")
+GUNICORN = [_SCRIPT] if os.path.exists(_SCRIPT) else [sys.executable, "-m", "gunicorn"]
+MODULE_GUNICORN = [sys.executable, "-m", "gunicorn"]
 POLL = 0.05
 
 APP_TEMPLATE = '''\
@@ -97,7 +101,7 @@ class Server:
     """One Gunicorn master started by this test, with its log in a file."""
 
     def __init__(self, workdir, config, app="testapp:app", worker=DEFAULT_WORKER, workers=2,
-                 extra_args=(), env=None, rundir=None):
+                 extra_args=(), env=None, rundir=None, launcher=GUNICORN):
         self.workdir = workdir
         self.port = free_port()
         self.url = "http://127.0.0.1:%s" % self.port
@@ -106,7 +110,7 @@ class Server:
         self.logpath = os.path.join(rundir, "gunicorn-%s.log" % self.port)
         worker_class = {"gthread": "gunicorn_graceful.workers.GracefulThreadWorker",
                         "sync": "gunicorn_graceful.workers.GracefulSyncWorker"}.get(worker, worker)
-        self.args = GUNICORN + ["-c", config, "-b", "127.0.0.1:%s" % self.port,
+        self.args = launcher + ["-c", config, "-b", "127.0.0.1:%s" % self.port,
                                 "-w", str(workers), "-k", worker_class, "--pid", self.pidfile,
                                 "--chdir", workdir, "--pythonpath", ROOT,
                                 *control_socket_args(workdir),

@@ -11,7 +11,7 @@ import time
 import gunicorn
 import pytest
 
-from support import Load, wait_for, write_app
+from support import MODULE_GUNICORN, Load, wait_for, write_app
 
 READINESS = "graceful_readiness_path = '/healthz'\n"
 
@@ -92,6 +92,18 @@ def test_usr2_to_a_good_release_hands_over_with_zero_failures(workdir, servers):
     if gunicorn.version_info >= (27,):
         with socket.socket(socket.AF_UNIX) as ctl:
             ctl.connect(os.path.join(workdir, "ctl.sock"))  # gunicornc keeps working
+
+
+def test_usr2_works_when_started_as_python_m_gunicorn(workdir, servers):
+    # Stock Gunicorn re-executes .../gunicorn/__main__.py as a script, and the new master
+    # then imports gunicorn/http as the stdlib's http: every worker fails to boot.
+    server = servers(workdir, workers=2, config_body=READINESS, launcher=MODULE_GUNICORN)
+    write_app(workdir, "2")
+    load, out, _ = upgrade_under_load(server, 0)
+    assert load.failures() == [], load.summary()
+    assert server.version() == "2"
+    assert "-m gunicorn" in open("/proc/%s/cmdline" % pid_in(server.pidfile)).read().replace(
+        "\0", " ")
 
 
 @pytest.mark.parametrize("release, reason", [
