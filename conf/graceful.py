@@ -21,6 +21,10 @@ graceful_readiness_path = "/healthz"   # a new worker must answer 2xx here befor
 graceful_readiness_timeout = 30        # seconds from fork to ready, else the reload rolls back
 graceful_drain_log_interval = 1.0      # one INFO line per second while draining
 graceful_deadline_warning = 2.0        # list requests about to be cut this long before the deadline
+# Behind a load balancer or in Kubernetes: a health path the worker answers itself (off by
+# default so it never shadows a route of yours) and a lame duck before the drain on SIGTERM.
+# graceful_health_path = "/-/ready"    # 200 serving, 503 in lame duck and draining
+# graceful_shutdown_delay = 2          # > the balancer's check interval x fall count
 
 # Your own hooks chain after the pack's: define them as usual, for example
 # def post_fork(server, worker):

@@ -101,6 +101,7 @@ class GracefulArbiter(Arbiter):
         arbiter.last_upgrade = None
         arbiter.last_refusal = None
         arbiter.handed_over = False
+        arbiter.lame_duck_until = None
         arbiter.keep_graceful_worker()
         return arbiter
 
@@ -171,6 +172,9 @@ class GracefulArbiter(Arbiter):
         are more than `workers`, whether or not the new ones can serve.
         """
         if self.stopping:
+            return
+        if self.lame_duck_until is not None:
+            self.watch_lame_duck()
             return
         self.notice_ready()
         self.watch_upgrade()
@@ -341,6 +345,10 @@ class GracefulArbiter(Arbiter):
         Overrides Gunicorn's, which exits when the config fails and stops the
         old workers as soon as the new ones are forked.
         """
+        if self.lame_duck_until is not None:
+            emit(self.log, "error", "reload.refused", pid=self.pid,
+                 reason="the master is in lame duck, about to stop")
+            return
         if self.reexec_pid or self.master_pid:
             emit(self.log, "error", "reload.refused", pid=self.pid,
                  reason="a USR2 upgrade is in progress (masters %s and %s): HUP again after it"
@@ -407,6 +415,45 @@ class GracefulArbiter(Arbiter):
              max_booting=current_settings().max_booting)
         self.manage_workers()
 
+    # -- lame duck ----------------------------------------------------------------------
+
+    def handle_term(self):
+        """SIGTERM: with graceful_shutdown_delay, lame duck first; a second SIGTERM stops now.
+
+        Kubernetes removes a pod from its endpoints while it sends SIGTERM, and a
+        balancer notices a backend leaves only when its health check fails: a
+        server that stops accepting at once refuses clients still routed to it.
+        """
+        delay = current_settings().shutdown_delay
+        if delay <= 0 or self.lame_duck_until is not None:
+            if self.lame_duck_until is not None:
+                emit(self.log, "info", "master.lame_duck_skipped", pid=self.pid,
+                     reason="second SIGTERM")
+            raise StopIteration
+        self.lame_duck_until = time.monotonic() + delay
+        emit(self.log, "info", "master.lame_duck", pid=self.pid, delay=delay,
+             workers=len(self.WORKERS))
+        self.notifier.stopping(self.log, "lame duck for %ss, then draining" % delay)
+        self.tell_lame_duck()
+
+    def tell_lame_duck(self):
+        """Signal each ready worker once; one that was still booting is told when ready."""
+        for worker in list(self.WORKERS.values()):
+            lame_duck_signal = getattr(worker, "LAME_DUCK_SIGNAL", None)
+            if lame_duck_signal and getattr(worker, "seen_ready", False) \
+                    and getattr(worker, "retired", None) is None \
+                    and not getattr(worker, "told_lame_duck", False):
+                worker.told_lame_duck = True
+                self.kill_worker(worker.pid, lame_duck_signal)
+
+    def watch_lame_duck(self):
+        """In lame duck nothing is spawned or replaced; at its end the normal stop begins."""
+        if time.monotonic() >= self.lame_duck_until:
+            emit(self.log, "info", "master.lame_duck_over", pid=self.pid)
+            raise StopIteration
+        self.notice_ready()
+        self.tell_lame_duck()
+
     # -- USR2 upgrade -------------------------------------------------------------------
 
     def handle_usr2(self):
@@ -453,6 +500,8 @@ class GracefulArbiter(Arbiter):
 
     def upgrade_refusal(self):
         """Why a USR2 cannot start now, or None. Each reason avoids a half state."""
+        if self.lame_duck_until is not None:
+            return "the master is in lame duck, about to stop"
         if self.reexec_pid:
             return "an upgrade is in progress (new master %s)" % self.reexec_pid
         if self.master_pid:

@@ -123,6 +123,30 @@ class Settings:
         "doc": "Before a USR2 upgrade execs the new master, import the app in a subprocess "
                "(bounded by graceful_readiness_timeout) and refuse the upgrade if it fails."})
 
+    health_path: str = dataclasses.field(default="", metadata={
+        "parse": _path,
+        "doc": "Path the worker answers itself, without calling the app, for load balancers: "
+               "200 while serving, 503 in lame duck or draining. Empty (the default): off, "
+               "so the pack never shadows one of your app's routes."})
+    liveness_path: str = dataclasses.field(default="", metadata={
+        "parse": _path,
+        "doc": "Like graceful_health_path, but 200 as long as the worker runs, draining "
+               "included: for a liveness probe that must not kill a draining pod. Empty: off."})
+    health_access_log: bool = dataclasses.field(default=False, metadata={
+        "parse": _switch,
+        "doc": "Write health and liveness probes to the access log. Off: a probe every "
+               "few seconds from each balancer would drown the requests that matter."})
+    shutdown_delay: float = dataclasses.field(default=0.0, metadata={
+        "parse": _seconds(0, False),
+        "doc": "Lame duck on SIGTERM: for this many seconds every worker keeps serving, the "
+               "health path answers 503 and responses close their connection, so balancers "
+               "move clients away; then the drain starts. A second SIGTERM, or SIGINT/SIGQUIT, "
+               "skips it. 0: drain at once."})
+    termination_grace_period: float = dataclasses.field(default=0.0, metadata={
+        "parse": _seconds(0, False),
+        "doc": "The pod's terminationGracePeriodSeconds, when known: the start warns when "
+               "shutdown_delay + graceful_timeout + 2 s does not fit in it. 0: unknown."})
+
     @classmethod
     def fields(cls):
         return dataclasses.fields(cls)
@@ -182,6 +206,9 @@ def set_current(settings):
     _current = settings
 
 
+GRACE_MARGIN = 2
+
+
 def timing_warnings(cfg, settings):
     """Combinations of Gunicorn's timing settings that defeat a graceful drain, each with its fix."""
     warnings = []
@@ -197,6 +224,13 @@ def timing_warnings(cfg, settings):
         warnings.append("graceful_deadline_warning=%s is not below graceful_timeout=%s: "
                         "requests would be reported as cut at once; lower it"
                         % (settings.deadline_warning, cfg.graceful_timeout))
+    needed = settings.shutdown_delay + cfg.graceful_timeout + GRACE_MARGIN
+    if settings.termination_grace_period and needed > settings.termination_grace_period:
+        warnings.append("graceful_shutdown_delay=%s + graceful_timeout=%s + %ss margin does not "
+                        "fit in terminationGracePeriodSeconds=%s: Kubernetes kills the pod "
+                        "mid-drain; raise the grace period to at least %s"
+                        % (settings.shutdown_delay, cfg.graceful_timeout, GRACE_MARGIN,
+                           settings.termination_grace_period, int(needed + 0.999)))
     if cfg.keepalive > cfg.graceful_timeout > 0:
         warnings.append("keepalive=%s exceeds graceful_timeout=%s: idle kept-alive "
                         "connections outlive the drain; lower keepalive"

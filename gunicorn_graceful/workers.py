@@ -5,13 +5,14 @@ are in `arbiter.py`). Each one is small and says why it exists.
 """
 
 import errno
+import signal
 import time
 
 from gunicorn import util
 from gunicorn.workers.gthread import ThreadWorker
 from gunicorn.workers.sync import SyncWorker
 
-from gunicorn_graceful import inflight, listeners, readiness, settings, state
+from gunicorn_graceful import health, inflight, listeners, readiness, settings, state
 from gunicorn_graceful.events import emit
 
 
@@ -25,10 +26,13 @@ class GracefulMixin:
     """Drain, readiness and reporting, shared by both worker kinds.
 
     Life of a worker: booting (app loads, readiness check) -> ready (state bit
-    set, master nudged) -> draining (SIGTERM: stop accepting, serve what is in
-    flight and what already waits in the accept queue, report every second) ->
-    stopped (one closing line).
+    set, master nudged) -> lame duck (SIGUSR2 from the master: keep serving,
+    health answers 503, every response closes its connection) -> draining
+    (SIGTERM: stop accepting, serve what is in flight and what already waits in
+    the accept queue, report every second) -> stopped (one closing line).
     """
+
+    LAME_DUCK_SIGNAL = signal.SIGUSR2
 
     def init_process(self):
         self.settings = settings.current()
@@ -37,6 +41,8 @@ class GracefulMixin:
             self.log, self.inflight, self.pid, self.settings.drain_log_interval,
             self.settings.deadline_warning, idle=self.idle_connections)
         self.backlog = {}
+        self.lame_duck = False
+        health.quiet(self.log, self.settings)
         super().init_process()
 
     def load_wsgi(self):
@@ -51,7 +57,23 @@ class GracefulMixin:
         except BaseException as exc:
             state.write_reason(self.tmp, describe(exc))
             raise
-        self.wsgi = inflight.track(self.wsgi, self.inflight)
+        self.wsgi = health.wrap(inflight.track(self.wsgi, self.inflight), self.settings,
+                                self.health_state)
+
+    def health_state(self):
+        if not self.alive:
+            return health.DRAINING
+        return health.LAME_DUCK if self.lame_duck else health.SERVING
+
+    def init_signals(self):
+        """Gunicorn's worker signals, plus SIGUSR2 for lame duck (by default it kills a worker)."""
+        super().init_signals()
+        signal.signal(self.LAME_DUCK_SIGNAL, self.handle_lame_duck)
+        signal.siginterrupt(self.LAME_DUCK_SIGNAL, False)
+
+    def handle_lame_duck(self, sig, frame):
+        """SIGUSR2 from the master: keep serving, but tell clients and balancers to go."""
+        self.lame_duck = True
 
     def run(self):
         self.drain.start()
@@ -143,6 +165,12 @@ class GracefulThreadWorker(GracefulMixin, ThreadWorker):
         if not enabled and not self.alive:
             self.take_backlog(self._accept_one)
         super().set_accept_enabled(enabled)
+
+    def handle_request(self, req, conn):
+        """In lame duck every response closes its connection, so clients move elsewhere."""
+        if self.lame_duck:
+            req.must_close = True
+        return super().handle_request(req, conn)
 
     def _accept_one(self, listener):
         before = self.nr_conns
