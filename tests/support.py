@@ -8,6 +8,7 @@ pids this code started, even when a test fails.
 import collections
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -101,9 +102,9 @@ class Server:
     """One Gunicorn master started by this test, with its log in a file."""
 
     def __init__(self, workdir, config, app="testapp:app", worker=DEFAULT_WORKER, workers=2,
-                 extra_args=(), env=None, rundir=None, launcher=GUNICORN):
+                 extra_args=(), env=None, rundir=None, launcher=GUNICORN, port=None):
         self.workdir = workdir
-        self.port = free_port()
+        self.port = port or free_port()
         self.url = "http://127.0.0.1:%s" % self.port
         rundir = rundir or workdir  # pidfile and log: outside workdir when it is a symlink
         self.pidfile = os.path.join(rundir, "gunicorn.pid")
@@ -238,6 +239,93 @@ class Server:
                 os.kill(pid, signal.SIGKILL)
             except OSError:
                 pass
+        self._log.close()
+
+
+HAPROXY_CONFIG = """\
+global
+    maxconn 2000
+    stats socket {stats} mode 600 level admin
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    retries 3
+    option redispatch
+    option http-keep-alive
+frontend web
+    bind 127.0.0.1:{port}
+    default_backend app
+backend app
+    balance roundrobin
+    option httpchk GET {health}
+    http-check expect status 200
+    default-server inter 200ms fall 2 rise 2
+{servers}
+"""
+
+
+class HAProxy:
+    """A real HAProxy on 127.0.0.1 in front of `backends` ({name: port}), with active checks."""
+
+    def __init__(self, workdir, backends, health="/health"):
+        self.binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
+        self.port = free_port()
+        self.url = "http://127.0.0.1:%s" % self.port
+        self.stats = os.path.join(workdir, "haproxy.sock")
+        self.config = os.path.join(workdir, "haproxy.cfg")
+        self.logpath = os.path.join(workdir, "haproxy.log")
+        servers = "\n".join("    server %s 127.0.0.1:%s check" % item for item in backends.items())
+        with open(self.config, "w") as handle:
+            handle.write(HAPROXY_CONFIG.format(stats=self.stats, port=self.port, health=health,
+                                               servers=servers))
+        self.proc = None
+
+    def start(self):
+        if not os.path.exists(self.binary):
+            raise AssertionError("haproxy is not installed: run the README test command "
+                                 "(bash tests/run.sh), which installs it")
+        self._log = open(self.logpath, "ab")
+        self.proc = subprocess.Popen([self.binary, "-f", self.config, "-db"],
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+        return self
+
+    def status(self, name):
+        """The check status HAProxy gives backend server `name` (UP, DOWN, ...), or None."""
+        try:
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(2)
+                sock.connect(self.stats)
+                sock.sendall(b"show stat\n")
+                data = b""
+                while True:
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+        except OSError:
+            return None
+        for line in data.decode().splitlines():
+            fields = line.split(",")
+            if len(fields) > 17 and fields[0] == "app" and fields[1] == name:
+                return fields[17].split()[0]
+        return None
+
+    def wait_status(self, name, status, timeout=20):
+        wait_for(lambda: self.status(name) == status, timeout,
+                 lambda: "haproxy to see %s %s (it says %s)" % (name, status, self.status(name)))
+
+    def stop(self):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
         self._log.close()
 
 
