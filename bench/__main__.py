@@ -2,10 +2,11 @@
 
 import argparse
 import os
+import signal
 import sys
 import time
 
-from bench import report, scenarios, throughput
+from bench import report, rolling, scenarios, throughput
 
 
 def main(argv=None):
@@ -14,6 +15,8 @@ def main(argv=None):
                         help="one repetition, fewer scenarios, gthread only: checks the harness")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = parser.parse_args(argv)
+    # Stopped with SIGTERM, still stop every server it started (the runs' finally blocks).
+    signal.signal(signal.SIGTERM, lambda sig, frame: sys.exit(128 + sig))
     os.makedirs(args.out, exist_ok=True)
     began = time.monotonic()
     kinds = ["gthread"] if args.quick else ["sync", "gthread"]
@@ -28,6 +31,15 @@ def main(argv=None):
             rows += [report.row(run) for run in pair]
             print(report.table(rows[-len(pair):]), flush=True)
             name = "%s-%s.png" % (scenario.name, kind)
+            if report.plot(pair, os.path.join(args.out, name)):
+                plots.append(name)
+
+    if not args.quick:
+        for kind in kinds:
+            pair = [rolling.run(flavour, kind) for flavour in ("stock", "pack")]
+            rows += [report.row(run) for run in pair]
+            print(report.table(rows[-2:]), flush=True)
+            name = "haproxy_rolling-%s.png" % kind
             if report.plot(pair, os.path.join(args.out, name)):
                 plots.append(name)
 
