@@ -40,11 +40,18 @@ def alive(pid):
         return True
 
 
-def status(args):
+def master_pid(pidfile):
+    """The pid in `pidfile`, or None after saying on stderr why it cannot be read."""
     try:
-        pid = read_pid(args.pidfile)
+        return read_pid(pidfile)
     except (OSError, ValueError) as exc:
-        print("not running: cannot read pidfile %s (%s)" % (args.pidfile, exc), file=sys.stderr)
+        print("not running: cannot read pidfile %s (%s)" % (pidfile, exc), file=sys.stderr)
+        return None
+
+
+def status(args):
+    pid = master_pid(args.pidfile)
+    if pid is None:
         return 1
     if not alive(pid):
         print("not running: master %s from %s is gone" % (pid, args.pidfile), file=sys.stderr)
@@ -133,10 +140,8 @@ def upgrade_step(pidfile, old, seq, progress):
 
 
 def upgrade(args):
-    try:
-        old = read_pid(args.pidfile)
-    except (OSError, ValueError) as exc:
-        print("not running: cannot read pidfile %s (%s)" % (args.pidfile, exc), file=sys.stderr)
+    old = master_pid(args.pidfile)
+    if old is None:
         return 1
     before = read_json(args.pidfile + ".status") or {}
     seq = max((before.get(key) or {}).get("seq", 0) for key in ("upgrade", "upgrade_refused")) + 1
