@@ -55,6 +55,15 @@ def main(argv=None):
         "exited). *longest gap*: longest time in the window with no successful answer; "
         "*lowest rate*: the lowest 250 ms throughput in the window as a share of the steady "
         "rate." % (scenarios.LOAD_THREADS, scenarios.SLOW_THREADS, scenarios.WORKERS, "the scenario's window"),
+        "USR2, stock: *manual* is Gunicorn's documented procedure (USR2, wait until the new "
+        "master logged booting its workers, QUIT the old master); *naive* is a script that "
+        "TERMs the old master 1 s after USR2. Pack: `kill -USR2` alone. *new version after*: "
+        "from the signal to the first answer from the new release; *handed over after*: from "
+        "USR2 to the old master's exit; *hand-over minus import*: that, less the time the new "
+        "release spends importing on purpose (3 s in the *_slow scenarios). haproxy_rolling: "
+        "two backends behind HAProxy (active checks every 200 ms), each TERMed and started "
+        "again in turn; stock checked on the app's /healthz, the pack on its health path with "
+        "a 1.5 s lame duck.",
         "## Restarts", report.table(rows),
         "## Steady-state throughput and memory",
         "Raw-socket clients (%d threads) on `/` of the example Flask app; stock and pack "

@@ -9,7 +9,7 @@ from bench import metrics
 
 COLUMNS = ("scenario", "worker", "server", "requests", "failed", "failures by kind",
            "p50 steady", "p99 steady", "p99 window", "longest gap", "lowest rate",
-           "master", "new version after", "handed over after")
+           "master", "new version after", "handed over after", "hand-over minus import")
 
 
 def _ms(value):
@@ -25,11 +25,13 @@ def row(run):
                                 run["steady_from"], run["new_version"])
     failures = ", ".join("%s %s" % (k, v) for k, v in sorted(numbers["failures"].items()))
     lowest = numbers["lowest_rate"]
+    handed_over = run.get("handed_over")  # USR2 to the old master's exit
     return [run["scenario"].name, run["kind"], run["flavour"], str(numbers["requests"]),
             str(numbers["failed"]), failures or "-", _ms(numbers["p50_steady"]),
             _ms(numbers["p99_steady"]), _ms(numbers["p99_window"]),
             _s(numbers["longest_gap"]), "-" if lowest is None else "%.0f%%" % (lowest * 100),
-            run["master"], _s(numbers["new_version_after"]), _s(run.get("handed_over"))]
+            run["master"], _s(numbers["new_version_after"]), _s(handed_over),
+            _s(None if handed_over is None else handed_over - run["scenario"].import_seconds)]
 
 
 def table(rows, columns=COLUMNS):

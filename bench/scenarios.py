@@ -57,6 +57,7 @@ class Scenario:
     window: float = 6.0
     stops: bool = False
     upgrade: bool = False  # USR2: stock runs both procedures, the pack runs plain USR2
+    import_seconds: float = 0.0  # how long `before` makes the new app's import take
 
     def variants(self):
         """(label, flavour, action) for each server run of this scenario."""
@@ -72,12 +73,12 @@ SCENARIOS = [
     Scenario("hup_broken", "HUP, new code raises at import", signal.SIGHUP,
              before="raise RuntimeError('database url missing')"),
     Scenario("hup_slow", "HUP, new code imports for 3 s", signal.SIGHUP,
-             before="time.sleep(3)", window=8.0),
+             before="time.sleep(3)", window=8.0, import_seconds=3.0),
     Scenario("usr2_good", "USR2 to a good release", before="", window=8.0, upgrade=True),
     Scenario("usr2_broken", "USR2 to a release that raises at import",
              before="raise RuntimeError('database url missing')", window=8.0, upgrade=True),
     Scenario("usr2_slow", "USR2 to a release that imports for 3 s", before="time.sleep(3)",
-             window=10.0, upgrade=True),
+             window=10.0, upgrade=True, import_seconds=3.0),
     Scenario("term_slow", "TERM with slow requests in flight", signal.SIGTERM, stops=True),
 ]
 QUICK = ("hup_same", "hup_broken", "usr2_good", "term_slow")
