@@ -424,11 +424,12 @@ class GracefulArbiter(Arbiter):
         balancer notices a backend leaves only when its health check fails: a
         server that stops accepting at once refuses clients still routed to it.
         """
+        if self.lame_duck_until is not None:
+            emit(self.log, "info", "master.lame_duck_skipped", pid=self.pid,
+                 reason="second SIGTERM")
+            raise StopIteration
         delay = current_settings().shutdown_delay
-        if delay <= 0 or self.lame_duck_until is not None:
-            if self.lame_duck_until is not None:
-                emit(self.log, "info", "master.lame_duck_skipped", pid=self.pid,
-                     reason="second SIGTERM")
+        if delay <= 0:
             raise StopIteration
         self.lame_duck_until = time.monotonic() + delay
         emit(self.log, "info", "master.lame_duck", pid=self.pid, delay=delay,
@@ -635,8 +636,9 @@ class GracefulArbiter(Arbiter):
             emit(self.log, "warning", "master.status_failed", path=path, error=exc)
 
     def remove_status(self):
-        if self.status_path() is not None:
-            remove_file(self.status_path())
+        path = self.status_path()
+        if path is not None:
+            remove_file(path)
 
 
 def worker_state(worker):
