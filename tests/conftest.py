@@ -13,13 +13,18 @@ def workdir(tmp_path):
 
 @pytest.fixture
 def servers():
-    """Start servers with `servers(...)`; every one is stopped after the test, pass or fail."""
+    """Start servers with `servers(...)`; every one is stopped after the test, pass or fail.
+
+    serve=True waits until it serves, False only starts it, None leaves the start to the test.
+    """
     started = []
 
-    def start(workdir, config_body="", serve=True, **kwargs):
-        config = write_config(workdir, body=config_body)
+    def start(workdir, config_body="", serve=True, config_dir=None, **kwargs):
+        config = write_config(config_dir or workdir, body=config_body)
         server = Server(workdir, config, **kwargs)
         started.append(server)
+        if serve is None:  # the test changes the arguments first, then starts it
+            return server
         return server.start_serving() if serve else server.start()
 
     yield start

@@ -25,4 +25,4 @@ echo "== all tests, newest Gunicorn: $(.venv/bin/python -m gunicorn --version 2>
 venv .venv-gunicorn23 'gunicorn==23.0.0'
 echo "== restart tests, Gunicorn 23.0.0"
 .venv-gunicorn23/bin/python -m pytest -q tests/test_drain.py tests/test_reload.py tests/test_upgrade.py \
-  tests/test_lame_duck.py tests/test_haproxy.py
+  tests/test_lame_duck.py tests/test_haproxy.py tests/test_faults.py

@@ -6,6 +6,7 @@ pids this code started, even when a test fails.
 """
 
 import collections
+import contextlib
 import os
 import re
 import shutil
@@ -96,6 +97,88 @@ def write_config(directory, name="gunicorn_conf.py", body=""):
         handle.write(body)
         handle.write("\ninstall(globals())\n")
     return path
+
+
+def pid_in(path):
+    with open(path) as handle:
+        return int(handle.read().strip())
+
+
+def process_alive(pid):
+    """Whether `pid` runs (a zombie does not)."""
+    try:
+        with open("/proc/%s/stat" % pid) as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def cli(*args, timeout=30):
+    """Run `gunicorn-graceful ARGS` to its end; the CompletedProcess."""
+    return subprocess.run([sys.executable, "-m", "gunicorn_graceful.cli", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def upgrade_command(server, timeout=60):
+    """`gunicorn-graceful upgrade` started in the background; communicate() for its end."""
+    return subprocess.Popen([sys.executable, "-m", "gunicorn_graceful.cli", "upgrade",
+                             "--pidfile", server.pidfile, "--timeout", str(timeout)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@contextlib.contextmanager
+def unwritable(directory):
+    """No entry of `directory` can be created or removed (root too: `chattr +i`, EPERM)."""
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", directory], check=True, timeout=10)
+    else:
+        os.chmod(directory, 0o555)
+    try:
+        yield directory
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", directory], check=True, timeout=10)
+        else:
+            os.chmod(directory, 0o755)
+
+
+class NotifySocket:
+    """A fake systemd notify socket that collects every message a master sends."""
+
+    def __init__(self, directory):
+        self.path = os.path.join(directory, "notify.sock")
+        self.messages = []
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(self.path)
+        self._sock.settimeout(0.2)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        deadline = time.monotonic() + 300
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            try:
+                self.messages.append(self._sock.recv(4096).decode())
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._sock.close()
+
+    def wait(self, text, timeout=30):
+        """The first message containing `text`."""
+        def found():
+            return next((m for m in list(self.messages) if text in m), None)
+        return wait_for(found, timeout, lambda: "%r among systemd messages %s"
+                        % (text, self.messages))
 
 
 class Server:

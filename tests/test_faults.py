@@ -1,0 +1,474 @@
+"""Fault paths: no fault loses an accepted request, crashes the master, or leaves the state lying.
+
+Each test is one fault an operator meets (kill -9 at a bad moment, a HUP storm, an
+unwritable pidfile directory, a crash after a rollback) with real processes.
+"""
+
+import http.client
+import json
+import os
+import re
+import signal
+import threading
+import time
+
+import gunicorn
+import pytest
+import requests
+
+from support import (WORKERS, Load, NotifySocket, cli, free_port, pid_in, process_alive, unwritable,
+                     upgrade_command, wait_for, write_app)
+
+READINESS = "graceful_readiness_path = '/healthz'\n"
+BROKEN = {"before": "raise RuntimeError('database url missing')"}
+BEFORE_SEND = ("refused", "connect_timeout")
+
+
+def ready_workers(server, count):
+    """Wait until the master runs exactly `count` workers, all ready; their pids."""
+    def listed():
+        try:
+            with open(server.pidfile + ".status") as handle:
+                workers = json.load(handle)["workers"]
+        except (OSError, ValueError):
+            return None
+        if len(workers) == count and all(w["state"] == "ready" for w in workers):
+            return [w["pid"] for w in workers]
+        return None
+    return wait_for(listed, 20, lambda: "%s ready workers:\n%s" % (count, server.tail()))
+
+
+def read_pid(path):
+    try:
+        return pid_in(path)
+    except (OSError, ValueError):
+        return None
+
+
+def make_release(root, name, **app):
+    path = os.path.join(root, "releases", name)
+    os.makedirs(path)
+    write_app(path, name, **app)
+    return path
+
+
+def point_link(link, target):
+    """Switch the deploy symlink atomically, as deploy tools do."""
+    tmp = link + ".new"
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+
+
+# -- 1. a rollback lasts as long as the master ---------------------------------------------
+
+@pytest.mark.parametrize("worker", WORKERS)
+def test_after_a_rollback_recycled_workers_load_the_pinned_release(tmp_path, servers, worker):
+    root = str(tmp_path)
+    link = os.path.join(root, "current")
+    point_link(link, make_release(root, "1"))
+    make_release(root, "2", **BROKEN)
+    server = servers(link, worker=worker, workers=2, rundir=root, config_dir=root,
+                     config_body=READINESS + "graceful_release_link = %r\nmax_requests = 20\n"
+                     % link)
+    point_link(link, os.path.join(root, "releases", "2"))
+    load = Load(server.url, threads=4).start()
+    try:
+        load.wait_count(20)
+        server.signal(signal.SIGHUP)
+        server.wait_log(r"event=reload\.rollback generation=2")
+        rolled_back = server.count(r"event=worker\.ready pid=\d+ generation=1")
+        # Every worker serves 20 requests, then a replacement of the kept generation boots.
+        server.wait_log(r"event=worker\.ready pid=\d+ generation=1", count=rolled_back + 4,
+                        timeout=60)
+    finally:
+        load.stop()
+    print(load.summary())
+    assert load.failures() == [], load.summary()
+    assert {r.version for r in load.results} == {"1"}
+    assert "worker.boot_failed" not in server.log()
+    assert server.count(r"event=worker\.booting pid=\d+ ppid=\d+ generation=1 release=%s"
+                        % re.escape(os.path.join(root, "releases", "1"))) >= 4
+
+
+def test_kept_worker_that_cannot_be_replaced_reports_degraded_until_a_good_hup(workdir, servers):
+    with NotifySocket(workdir) as notify:
+        server = servers(workdir, workers=2, config_body=READINESS,
+                         env={"NOTIFY_SOCKET": notify.path})
+        write_app(workdir, "2", **BROKEN)  # the code changes in place: nothing to pin
+        server.signal(signal.SIGHUP)
+        server.wait_log(r"event=reload\.rollback generation=2")
+        victim, survivor = ready_workers(server, 2)
+        os.kill(victim, signal.SIGKILL)
+        server.wait_log(r"\[ERROR\] event=worker\.boot_failed .*generation=1 .*retry_in=1\.00 "
+                        r"reason=\"RuntimeError: database url missing\"")
+        server.wait_log(r"\[ERROR\] event=worker\.boot_failed .*retry_in=2\.00")
+        shown = cli("status", "--pidfile", server.pidfile)
+        notify.wait("STATUS=degraded")
+        # The surviving worker keeps serving meanwhile.
+        load = Load(server.url, threads=4, max_requests=200).start()
+        load.wait_count(200)
+        load.stop()
+        assert load.failures() == [], load.summary()
+        assert shown.returncode == 3, shown.stdout + shown.stderr
+        assert "state=degraded" in shown.stdout and "database url missing" in shown.stdout
+        assert "workers_ready=1" in shown.stdout
+        write_app(workdir, "3")
+        server.signal(signal.SIGHUP)
+        server.wait_log(r"event=reload\.done generation=3")
+        shown = cli("status", "--pidfile", server.pidfile)
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+        assert "state=serving" in shown.stdout and "workers_ready=2" in shown.stdout
+        assert server.version() == "3" and not process_alive(survivor)
+        notify.wait("READY=1\nSTATUS=generation 3 serving")
+
+
+# -- 2. a reload decision never SIGKILLs a worker that may hold connections -------------------
+
+@pytest.mark.parametrize("worker", WORKERS)
+def test_hup_storm_under_load_loses_no_request(workdir, servers, worker):
+    server = servers(workdir, worker=worker, workers=2, config_body=READINESS)
+    load = Load(server.url, threads=4, slow_threads=2, slow_path="/slow?seconds=0.2").start()
+    try:
+        load.wait_count(50)
+        for storm in range(1, 4):
+            for _ in range(10):  # ten HUPs in one second: the storm is the stimulus
+                server.signal(signal.SIGHUP)
+                time.sleep(0.1)
+            server.wait_log(r"event=reload\.done", count=storm, timeout=60)
+        load.wait_count(len(load.results) + 100)
+    finally:
+        load.stop()
+    print(load.summary())
+    assert load.failures() == [], load.summary()
+    assert server.alive()
+    killed_ready = re.findall(r"event=worker\.exit pid=\d+ generation=\d+ state=(?:ready|draining) "
+                              r"signal=9", server.log())
+    assert killed_ready == []
+    assert "Traceback" not in server.log()
+
+
+# -- 3. file-system errors never crash the master ----------------------------------------------
+
+@pytest.mark.parametrize("worker", WORKERS)
+def test_term_with_an_unwritable_pidfile_directory_still_drains(workdir, servers, worker):
+    rundir = os.path.join(workdir, "run")
+    os.makedirs(rundir)
+    server = servers(workdir, worker=worker, workers=2, rundir=rundir)
+    slow = Load(server.url, threads=2, path="/slow?seconds=1.5").start()
+    try:
+        server.wait_started("/slow", count=2)
+        with unwritable(rundir):
+            server.signal(signal.SIGTERM)
+            code = server.wait_exit(timeout=40)
+    finally:
+        slow.stop()
+    print(slow.summary())
+    assert code == 0, server.tail()
+    assert slow.failures(allow=BEFORE_SEND) == [], slow.summary()
+    assert [r for r in slow.results if r.ok], slow.summary()
+    log = server.log()
+    assert "Traceback" not in log
+    assert server.count(r"\[WARNING\] event=master\.file_failed .*action=remove "
+                        r"path=\S+gunicorn\.pid\.status") == 1
+    assert server.count(r"event=drain\.done") == 2
+
+
+def test_usr2_hands_over_when_the_pidfile_directory_turns_unwritable(workdir, servers):
+    rundir = os.path.join(workdir, "run")
+    os.makedirs(rundir)
+    server = servers(workdir, workers=2, rundir=rundir, config_body=READINESS)
+    write_app(workdir, "2", before="time.sleep(2)")
+    load = Load(server.url, threads=4).start()
+    try:
+        load.wait_count(50)
+        server.signal(signal.SIGUSR2)
+        wait_for(lambda: os.path.exists(server.pidfile + ".2"), 20, "the new master's pidfile")
+        new = pid_in(server.pidfile + ".2")
+        server.remember_children()
+        with unwritable(rundir):
+            server.wait_log(r"event=upgrade\.promoted pid=%s" % new, timeout=40)
+            assert server.wait_exit(timeout=40) == 0
+            load.wait_count(len(load.results) + 100)
+    finally:
+        load.stop()
+    print(load.summary())
+    assert load.failures() == [], load.summary()
+    assert process_alive(new) and server.version() == "2"
+    log = server.log()
+    assert "Traceback" not in log
+    assert server.count(r"\[WARNING\] event=master\.file_failed pid=%s action=write "
+                        r"path=\S+gunicorn\.pid " % new) == 1
+
+
+# -- 4. orphaned workers drain ------------------------------------------------------------------
+
+def slow_request_in_background(server, seconds):
+    """One slow request in a thread; the list gets its response or its exception."""
+    outcome = []
+
+    def run():
+        try:
+            outcome.append(requests.get(server.url + "/slow?seconds=%s" % seconds, timeout=30))
+        except requests.RequestException as exc:
+            outcome.append(exc)
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    server.wait_started("/slow")
+    return thread, outcome
+
+
+@pytest.mark.parametrize("worker", WORKERS)
+def test_workers_of_a_killed_master_finish_in_flight_requests_and_exit(workdir, servers, worker):
+    server = servers(workdir, worker=worker, workers=2)
+    workers = ready_workers(server, 2)
+    thread, outcome = slow_request_in_background(server, 2)
+    os.kill(server.pid, signal.SIGKILL)
+    server.proc.wait(timeout=10)
+    thread.join(timeout=30)
+    assert outcome and not isinstance(outcome[0], Exception), outcome
+    assert outcome[0].status_code == 200
+    wait_for(lambda: not any(process_alive(pid) for pid in workers), 30,
+             lambda: "the orphaned workers to exit:\n" + server.tail())
+    assert server.count(r"\[WARNING\] event=worker\.orphaned pid=\d+ ppid=%s" % server.pid) == 2
+
+
+@pytest.mark.skipif("gthread" not in WORKERS, reason="the sync worker keeps no connection alive")
+def test_orphaned_thread_worker_tells_kept_alive_clients_to_close(workdir, servers):
+    server = servers(workdir, worker="gthread", workers=2, config_body="keepalive = 30\n")
+    workers = ready_workers(server, 2)
+    connections = [http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+                   for _ in range(4)]
+    try:
+        for conn in connections:  # kept-alive connections, spread over both workers
+            conn.request("GET", "/")
+            conn.getresponse().read()
+        thread, outcome = slow_request_in_background(server, 3)
+        os.kill(server.pid, signal.SIGKILL)
+        server.proc.wait(timeout=10)
+        server.wait_log(r"event=worker\.orphaned pid=\d+ ppid=%s" % server.pid, count=2)
+        answers = []
+        for conn in connections:
+            conn.request("GET", "/")
+            response = conn.getresponse()
+            response.read()
+            answers.append((response.status, response.getheader("Connection")))
+        thread.join(timeout=30)
+        wait_for(lambda: not any(process_alive(pid) for pid in workers), 15,
+                 lambda: "the orphaned workers to exit:\n" + server.tail())
+    finally:
+        for conn in connections:
+            conn.close()
+    # Answered, and told to go: not served on as if nothing happened, and not reset.
+    assert answers == [(200, "close")] * 4, answers
+    assert outcome and not isinstance(outcome[0], Exception) and outcome[0].status_code == 200
+
+
+def test_new_master_promotes_itself_only_when_ready_after_the_old_master_died(workdir, servers):
+    server = servers(workdir, workers=2, config_body=READINESS)
+    write_app(workdir, "2", before="time.sleep(3)")
+    server.signal(signal.SIGUSR2)
+    wait_for(lambda: os.path.exists(server.pidfile + ".2"), 20, "the new master's pidfile")
+    new = pid_in(server.pidfile + ".2")
+    server.remember_children()
+    os.kill(server.pid, signal.SIGKILL)
+    server.proc.wait(timeout=10)
+    wait_for(lambda: read_pid(server.pidfile) == new, 40,
+             lambda: "the pidfile to name %s:\n%s" % (new, server.tail()))
+    # The pidfile moved to the new master only after it was serving.
+    ready_lines = server.log().split("event=upgrade.start")[1]
+    assert "event=master.serving pid=%s" % new in ready_lines
+    server.wait_log(r"event=upgrade\.promoted pid=%s" % new)
+    assert server.get("/").json()["version"] == "2"
+    log = server.log()
+    assert log.index("event=master.serving pid=%s" % new) < log.index("Master has been promoted")
+    assert "Traceback" not in log
+
+
+# -- 5. a stop does not wait for workers that never became ready ------------------------------
+
+def test_term_during_a_reload_whose_workers_hang_at_import_stops_at_once(workdir, servers):
+    server = servers(workdir, workers=2, config_body=READINESS + "graceful_timeout = 10\n")
+    write_app(workdir, "2", before="time.sleep(600)")
+    server.signal(signal.SIGHUP)
+    server.wait_log(r"event=worker\.booting pid=\d+ ppid=\d+ generation=2", count=2)
+    asked = time.monotonic()
+    server.signal(signal.SIGTERM)
+    assert server.wait_exit(timeout=30) == 0
+    # Nothing was in flight: the stop must not sit out graceful_timeout (10 s).
+    assert time.monotonic() - asked < 5, server.tail()
+
+
+# -- 6. systemd stays correct after a HUP ------------------------------------------------------
+
+def test_usr2_after_a_hup_tells_systemd_the_new_mainpid(workdir, servers):
+    with NotifySocket(workdir) as notify:
+        server = servers(workdir, workers=1, config_body=READINESS,
+                         env={"NOTIFY_SOCKET": notify.path})
+        notify.wait("READY=1")
+        server.signal(signal.SIGHUP)
+        server.wait_log(r"event=reload\.done generation=2")
+        write_app(workdir, "2")
+        command = upgrade_command(server)
+        out, err = command.communicate(timeout=60)
+        assert command.returncode == 0, out + err
+        new = pid_in(server.pidfile)
+        notify.wait("MAINPID=%s" % new)
+        notify.wait("new master %s serving" % new)
+        assert server.wait_exit(timeout=30) == 0
+    assert not [m for m in notify.messages if "STOPPING=1" in m], notify.messages
+
+
+def test_rolled_back_new_master_does_not_tell_systemd_it_stops(workdir, servers):
+    with NotifySocket(workdir) as notify:
+        server = servers(workdir, workers=1, config_body=READINESS,
+                         env={"NOTIFY_SOCKET": notify.path})
+        write_app(workdir, "2", **BROKEN)
+        command = upgrade_command(server)
+        out, err = command.communicate(timeout=60)
+        assert command.returncode == 3, out + err
+        notify.wait("upgrade rolled back")
+        wait_for(lambda: not os.path.exists(server.pidfile + ".2"), 20, "the new master to exit")
+    assert not [m for m in notify.messages if "STOPPING=1" in m], notify.messages
+
+
+# -- 7, 8, 9. a rolled-back upgrade leaves no trace and says why --------------------------------
+
+def control_socket_answers(workdir):
+    from gunicorn.ctl.client import ControlClient
+    with ControlClient(os.path.join(workdir, "ctl.sock"), timeout=5) as client:
+        return client.send_command("show workers")
+
+
+@pytest.mark.parametrize("fault", ["broken_release", "new_master_sigkill"])
+def test_rolled_back_upgrade_leaves_no_trace_and_a_later_one_succeeds(workdir, servers, fault):
+    server = servers(workdir, workers=2, config_body=READINESS)
+    if fault == "broken_release":
+        write_app(workdir, "2", **BROKEN)
+        command = upgrade_command(server)
+        out, err = command.communicate(timeout=60)
+        assert command.returncode == 3, out + err
+        assert "upgrade rolled back: " in err and "RuntimeError: database url missing" in err
+    else:
+        write_app(workdir, "2", before="time.sleep(30)")
+        server.signal(signal.SIGUSR2)
+        wait_for(lambda: os.path.exists(server.pidfile + ".2.status"), 20,
+                 "the new master's status file")
+        server.remember_children()
+        os.kill(pid_in(server.pidfile + ".2"), signal.SIGKILL)
+        server.wait_log(r"event=upgrade\.rollback")
+    wait_for(lambda: not os.path.exists(server.pidfile + ".2")
+             and not os.path.exists(server.pidfile + ".2.status"), 10,
+             lambda: "no .2 files: %s" % os.listdir(workdir))
+    assert server.alive() and pid_in(server.pidfile) == server.pid
+    if gunicorn.version_info >= (27,):
+        wait_for(lambda: control_socket_answers(workdir), 10, "gunicornc to answer")
+    with open(server.pidfile + ".status") as handle:
+        listed = [w["pid"] for w in json.load(handle)["workers"]]
+    assert all(process_alive(pid) for pid in listed), listed
+    write_app(workdir, "3")
+    command = upgrade_command(server)
+    out, err = command.communicate(timeout=60)
+    assert command.returncode == 0, out + err
+    assert server.version() == "3"
+
+
+def test_upgrade_rollback_names_an_unwritable_pidfile_directory(workdir, servers):
+    rundir = os.path.join(workdir, "run")
+    os.makedirs(rundir)
+    server = servers(workdir, workers=2, rundir=rundir, config_body=READINESS)
+    write_app(workdir, "2")
+    with unwritable(rundir):
+        server.signal(signal.SIGUSR2)
+        server.wait_log(r"\[ERROR\] event=upgrade\.rollback pid=%s .*reason=\"cannot write the "
+                        r"pidfile %s\.2: " % (server.pid, re.escape(server.pidfile)))
+    assert server.alive() and server.version() == "1"
+
+
+def test_upgrade_rollback_names_a_new_master_killed_by_a_signal(workdir, servers):
+    server = servers(workdir, workers=2, config_body=READINESS)
+    write_app(workdir, "2", before="time.sleep(30)")
+    server.signal(signal.SIGUSR2)
+    wait_for(lambda: os.path.exists(server.pidfile + ".2"), 20, "the new master's pidfile")
+    os.kill(pid_in(server.pidfile + ".2"), signal.SIGSEGV)
+    server.wait_log(r"event=upgrade\.rollback .*reason=\"new master killed by SIGSEGV")
+
+
+# -- 10. generation numbers are never reused ---------------------------------------------------
+
+def test_a_rolled_back_generation_number_is_not_reused(workdir, servers):
+    server = servers(workdir, workers=1, config_body=READINESS)
+    write_app(workdir, "2", **BROKEN)
+    server.signal(signal.SIGHUP)
+    server.wait_log(r"event=reload\.rollback generation=2")
+    write_app(workdir, "3")
+    server.signal(signal.SIGHUP)
+    server.wait_log(r"event=reload\.done generation=3")
+    assert server.count(r"event=reload\.start generation=2 ") == 1
+
+
+# -- 11. correctness found in review -----------------------------------------------------------
+
+def test_max_booting_zero_boots_every_missing_worker_at_once(workdir, servers):
+    server = servers(workdir, workers=2, config_body=READINESS + "graceful_max_booting = 0\n")
+    write_app(workdir, "2", before="time.sleep(2)")
+    server.signal(signal.SIGHUP)
+    server.wait_log(r"event=worker\.booting pid=\d+ ppid=\d+ generation=2", count=2)
+    server.signal(signal.SIGTTIN)  # a third worker, wanted while two still boot
+    server.wait_log(r"event=reload\.done generation=2 ")
+    lines = server.log().split("event=reload.start")[1].splitlines()
+    booted = [i for i, l in enumerate(lines) if "event=worker.booting" in l]
+    first_ready = next(i for i, l in enumerate(lines) if "event=worker.ready" in l)
+    assert len(booted) == 3 and booted[-1] < first_ready, lines
+
+
+def test_rollback_restores_listeners_pidfile_and_environment(workdir, servers):
+    server = servers(workdir, workers=1, serve=None,
+                     config_body=READINESS + "raw_env = ['STAGE=one']\n")
+    # Address and pidfile come from the config file here, so that a HUP can change them.
+    for flag in ("-b", "--pid"):
+        at = server.args.index(flag)
+        del server.args[at:at + 2]
+    config = server.args[server.args.index("-c") + 1]
+    other_pid = os.path.join(workdir, "other.pid")
+    other_port = free_port()
+    with open(config, "a") as handle:
+        handle.write("bind = ['127.0.0.1:%s']\npidfile = %r\n" % (server.port, server.pidfile))
+    server.start().wait_log("event=master.serving")
+    with open(config, "a") as handle:
+        handle.write("bind = ['127.0.0.1:%s']\npidfile = %r\nraw_env = ['STAGE=two', 'EXTRA=1']\n"
+                     % (other_port, other_pid))
+    write_app(workdir, "2", **BROKEN)
+    server.signal(signal.SIGHUP)
+    server.wait_log(r"event=reload\.rollback generation=2")
+    assert pid_in(server.pidfile) == server.pid and not os.path.exists(other_pid)
+    # A replacement of the kept generation gets the kept address and environment.
+    write_app(workdir, "1b", before="assert os.environ.get('STAGE') == 'one' "
+                                   "and 'EXTRA' not in os.environ, dict(os.environ)")
+    victim = ready_workers(server, 1)[0]
+    os.kill(victim, signal.SIGKILL)
+    server.wait_log(r"event=worker\.ready pid=(?!%s)\d+ generation=1" % victim)
+    assert server.version() == "1b"
+    with pytest.raises(requests.ConnectionError):
+        requests.get("http://127.0.0.1:%s/" % other_port, timeout=5)
+
+
+def test_a_worker_class_that_is_not_the_packs_stops_the_start_with_one_line(workdir, servers):
+    server = servers(workdir, worker="gunicorn.workers.sync.SyncWorker", serve=False)
+    code = server.wait_exit(timeout=30)
+    assert code != 0
+    assert server.count(r"worker_class=gunicorn\.workers\.sync\.SyncWorker is not a "
+                        r"gunicorn-graceful worker") == 1
+    assert "Traceback" not in server.log()
+
+
+def test_workers_dying_right_after_fork_never_crash_the_master(workdir, servers):
+    server = servers(workdir, workers=2, config_body=READINESS + (
+        "import os\n"
+        "def post_fork(server, worker):\n"
+        "    if server.generation > 1:\n"
+        "        os._exit(3)\n"))
+    for attempt in range(1, 6):
+        server.signal(signal.SIGHUP)
+        server.wait_log(r"event=reload\.rollback", count=attempt)
+    assert server.alive() and server.version() == "1"
+    assert "Traceback" not in server.log() and "KeyError" not in server.log()
