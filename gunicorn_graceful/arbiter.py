@@ -15,17 +15,26 @@ are ready and shrinks the difference by one step. Invariants:
   ready within `graceful_readiness_timeout`) is stopped; the old one keeps
   serving and one ERROR line says why. The master never exits for it.
 - A config file that fails on HUP changes nothing: the running configuration stays.
+- A reload decision never SIGKILLs a worker that may hold connections: a worker is
+  stopped with SIGTERM (one still booting exits at once on it), and SIGKILL follows
+  only when its own state bit still says booting a second later.
+- A rollback lasts as long as the master: with graceful_release_link each
+  generation is pinned to its release; without one, a replacement that cannot
+  boot makes the master `degraded` (status, systemd STATUS=) until workers are ready.
+- Generation numbers are never reused, and a file-system error is a WARNING, never a crash.
 
 USR2 (tableflip's rules): at most two masters, at most one of them not ready,
 no new upgrade until the previous one ended. The new master takes over (pidfile
 rewritten atomically, MAINPID to systemd, SIGTERM to the old master) only when
 all its workers are ready; the old master stops a new master that is not
-done within `graceful_upgrade_timeout`, and keeps serving when one dies. Every
-refusal is one ERROR line with the reason.
+done within `graceful_upgrade_timeout`, and keeps serving when one dies, with
+the reason the new master reported (`upgrade_report`), its control socket
+re-bound and no `.2` file left behind. A new master whose old master died
+promotes itself only once its own workers are ready. Every refusal is one
+ERROR line with the reason.
 """
 
 import dataclasses
-import errno
 import json
 import os
 import signal
@@ -36,16 +45,16 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.errors import HaltServer
 from gunicorn.pidfile import Pidfile
 
-from gunicorn_graceful import listeners, settings, state
+from gunicorn_graceful import files, listeners, release, settings, state, upgrade_report
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.systemd import Notifier
-from gunicorn_graceful.workers import GracefulSyncWorker, GracefulThreadWorker
+from gunicorn_graceful.workers import GracefulMixin, GracefulThreadWorker
 
 _BACKOFF_LIMIT = 30.0
 _KILL_GRACE = 1.0
 # Exit codes of the forked child of a USR2 that never became a new master.
 EXEC_FAILED = 70
-PREFLIGHT_FAILED = 71
+PRE_EXEC_FAILED = 71
 
 
 @dataclasses.dataclass
@@ -56,6 +65,8 @@ class Rollout:
     previous_generation: int
     previous_cfg: object
     previous_settings: object
+    previous_listeners: list
+    previous_pidfile: object
     started: float = dataclasses.field(default_factory=time.monotonic)
     started_at: float = dataclasses.field(default_factory=time.time)
 
@@ -66,6 +77,7 @@ class Upgrade:
 
     seq: int
     new_master: int
+    report: object
     started: float = dataclasses.field(default_factory=time.monotonic)
     exit_status: object = None
     stop_sent: float = 0.0
@@ -87,7 +99,9 @@ class GracefulArbiter(Arbiter):
     def install(cls, arbiter):
         """Turn a running stock Arbiter into a GracefulArbiter (called by on_starting)."""
         arbiter.__class__ = cls
-        arbiter.generation = 1
+        arbiter.generation = arbiter.last_generation = 1
+        arbiter.releases = {1: release.resolve(current_settings().release_link)}
+        arbiter.degraded = None
         arbiter.rollout = None
         arbiter.serving = False
         arbiter.stopping = False
@@ -95,6 +109,7 @@ class GracefulArbiter(Arbiter):
         arbiter.failure_streak = 0
         arbiter.respawn_after = 0.0
         arbiter.notifier = Notifier.take_from_environ()
+        arbiter.report_fd = upgrade_report.take(os.environ, arbiter.cfg.env_orig)
         arbiter.last_status = None
         arbiter.upgrade = None
         arbiter.upgrade_seq = 0
@@ -103,6 +118,9 @@ class GracefulArbiter(Arbiter):
         arbiter.handed_over = False
         arbiter.lame_duck_until = None
         arbiter.keep_graceful_worker()
+        reason = foreign_worker(arbiter.worker_class, arbiter.cfg)
+        if reason:
+            raise SystemExit("Error: gunicorn-graceful: " + reason)
         return arbiter
 
     def setup(self, app):
@@ -114,10 +132,7 @@ class GracefulArbiter(Arbiter):
         """Gunicorn swaps any `...SyncWorker` for its stock gthread worker when threads > 1;
         for GracefulSyncWorker that would silently drop every graceful behaviour, so the
         graceful thread worker takes its place instead, with a WARNING."""
-        configured = self.cfg.settings["worker_class"].get()
-        name = configured if isinstance(configured, str) else configured.__name__
-        if name.endswith("GracefulSyncWorker") and self.cfg.threads > 1 \
-                and self.worker_class is not GracefulSyncWorker:
+        if effective_worker_class(self.cfg) is not self.worker_class:
             self.worker_class = GracefulThreadWorker
             emit(self.log, "warning", "settings.warning",
                  problem="worker_class=GracefulSyncWorker with threads=%s: running "
@@ -126,33 +141,37 @@ class GracefulArbiter(Arbiter):
 
     # -- spawning and retiring ------------------------------------------------
 
-    def spawn_tracked(self):
-        """Fork one worker of the wanted generation and note when and for what it was born."""
-        pid = self.spawn_worker()
-        worker = self.WORKERS[pid]
+    def label_worker(self, worker):
+        """Before the fork (pre_fork): what the worker is born for.
+
+        Labelled before the fork, not after: on Gunicorn 23 a worker that dies at
+        once is reaped inside the SIGCHLD handler before `spawn_worker` returns.
+        """
         worker.generation = self.generation
+        worker.release = self.releases.get(self.generation, "")
         worker.spawned = time.monotonic()
         worker.started_at = time.time()
         worker.retired = None
+        worker.term_sent = None
         worker.kill_reason = None
         worker.seen_ready = False
-        return worker
 
     def retire(self, worker, reason):
-        """Ask a worker to drain and stop (SIGTERM); it is no longer counted as serving."""
+        """Ask a worker to stop with SIGTERM; it is no longer counted as serving.
+
+        SIGTERM whatever the worker's state: a ready one drains, one still
+        booting exits at once (`GracefulMixin.handle_exit`). The master's cached
+        view may be a tick old; a worker that became ready meanwhile may hold
+        connections, and SIGKILL would reset them.
+        """
         worker.retired = time.monotonic()
         emit(self.log, "info", "worker.retire", pid=worker.pid,
              generation=getattr(worker, "generation", 0), reason=reason)
-        self.kill_worker(worker.pid, signal.SIGTERM)
+        self.stop_worker(worker)
 
-    def discard(self, worker, reason):
-        """Stop a worker of a failed or superseded generation: drain it if it serves, else kill it."""
-        if getattr(worker, "seen_ready", False):
-            self.retire(worker, reason)
-        else:
-            worker.retired = time.monotonic()
-            worker.kill_reason = reason
-            self.kill_worker(worker.pid, signal.SIGKILL)
+    def stop_worker(self, worker):
+        worker.term_sent = time.monotonic()
+        self.kill_worker(worker.pid, signal.SIGTERM)
 
     def workers_of(self, generation):
         return [w for w in list(self.WORKERS.values())
@@ -198,16 +217,17 @@ class GracefulArbiter(Arbiter):
         missing = self.num_workers - len(members)
         if missing <= 0 or time.monotonic() < self.respawn_after:
             return
-        booting = sum(1 for w in members if not w.seen_ready)
-        limit = current_settings().max_booting or missing
-        for _ in range(max(min(missing, limit - booting), 0)):
-            self.spawn_tracked()
+        limit = current_settings().max_booting
+        if limit:  # 0: no limit
+            missing = min(missing, limit - sum(1 for w in members if not w.seen_ready))
+        for _ in range(max(missing, 0)):
+            self.spawn_worker()
 
     def retire_extras(self, members):
         """TTOU or a smaller `workers` after HUP: retire the oldest surplus workers."""
         surplus = len(members) - self.num_workers
         for worker in sorted(members, key=lambda w: w.age)[:max(surplus, 0)]:
-            self.discard(worker, "surplus")
+            self.retire(worker, "surplus")
 
     def hand_over(self, members):
         ready = sum(1 for w in members if w.seen_ready)
@@ -218,12 +238,18 @@ class GracefulArbiter(Arbiter):
         if self.rollout is not None:
             emit(self.log, "info", "reload.done", generation=self.generation,
                  duration=time.monotonic() - self.rollout.started, workers=ready)
-            self.rollout = None
+            self.finish_rollout(self.rollout)
             self.notifier.ready(self.log, "generation %s serving" % self.generation)
         elif not self.serving:
-            emit(self.log, "info", "master.serving", generation=self.generation, workers=ready)
+            emit(self.log, "info", "master.serving", pid=self.pid, generation=self.generation,
+                 workers=ready)
             if not self.master_pid:
                 self.notifier.ready(self.log, "generation %s serving" % self.generation)
+        elif self.degraded is not None:
+            emit(self.log, "info", "master.recovered", pid=self.pid, generation=self.generation,
+                 workers=ready, reason=self.degraded["reason"])
+            self.notifier.ready(self.log, "generation %s serving" % self.generation)
+        self.degraded = None
         self.serving = True
         if self.master_pid and not self.handed_over:
             self.take_over()
@@ -276,7 +302,7 @@ class GracefulArbiter(Arbiter):
         for failure in failures:
             if failure.generation != self.generation:
                 continue
-            if self.rollout is not None and self.old_workers():
+            if self.rollout is not None:
                 self.roll_back(failure)
             elif not self.serving:
                 self.halt_on_boot_failure(failure)
@@ -289,12 +315,10 @@ class GracefulArbiter(Arbiter):
              kept_generation=rollout.previous_generation, worker=failure.pid,
              after=failure.elapsed, reason=failure.reason)
         for worker in self.workers_of(rollout.generation):
-            self.discard(worker, "rollback")
+            self.retire(worker, "rollback")
         self.rollout = None
         self.generation = rollout.previous_generation
-        self.app.cfg = rollout.previous_cfg
-        settings.set_current(rollout.previous_settings)
-        self.setup(self.app)
+        self.restore(rollout)
         self.notifier.ready(self.log, "reload failed, generation %s still serving: %s"
                             % (self.generation, failure.reason))
 
@@ -306,35 +330,45 @@ class GracefulArbiter(Arbiter):
         raise HaltServer("worker %s failed to boot: %s" % (failure.pid, failure.reason), code)
 
     def back_off(self, failure):
-        """A replacement worker failed to boot while others serve: retry later, never halt."""
+        """A replacement worker failed to boot while others serve: retry later, never halt.
+
+        The master is `degraded` until its generation has all its workers ready
+        again: the status file, `gunicorn-graceful status` and systemd say so.
+        """
         self.failure_streak += 1
         delay = min(2.0 ** (self.failure_streak - 1), _BACKOFF_LIMIT)
         self.respawn_after = time.monotonic() + delay
         emit(self.log, "error", "worker.boot_failed", pid=failure.pid,
              generation=failure.generation, after=failure.elapsed, retry_in=delay,
              reason=failure.reason)
+        if self.degraded is None:
+            self.degraded = {"since": round(time.time(), 1)}
+        self.degraded.update(failures=self.failure_streak, reason=failure.reason)
+        self.notifier.status(self.log, "degraded: generation %s cannot replace workers: %s"
+                             % (self.generation, failure.reason))
 
     def murder_workers(self):
-        """Gunicorn's heartbeat timeout, plus two deadlines it does not have.
+        """Gunicorn's heartbeat timeout, plus the deadlines it does not have.
 
-        A worker that is not ready within the readiness timeout is killed
-        (Gunicorn never times out a worker before its first heartbeat), and a
-        retired worker still alive after graceful_timeout is killed, as
-        Gunicorn's stop does, so a reload cannot leave stragglers behind.
+        A worker not ready within the readiness timeout is stopped (Gunicorn never
+        times out a worker before its first heartbeat). A worker told to stop is
+        SIGKILLed when its own state bit still says booting after _KILL_GRACE (it
+        hangs where its SIGTERM handler cannot run, and has accepted nothing), or
+        when it is still draining after graceful_timeout, as Gunicorn's stop does.
         """
         super().murder_workers()
         now = time.monotonic()
         readiness_timeout = current_settings().readiness_timeout
         for worker in list(self.WORKERS.values()):
-            retired = getattr(worker, "retired", None)
-            if retired is None and not getattr(worker, "seen_ready", True) \
-                    and worker.kill_reason is None \
-                    and not state.was_ready(worker.tmp) \
-                    and now - worker.spawned > readiness_timeout:
-                worker.kill_reason = "not ready after %.1fs (graceful_readiness_timeout)" \
-                    % (now - worker.spawned)
-                self.kill_worker(worker.pid, signal.SIGKILL)
-            elif retired is not None and now - retired > self.cfg.graceful_timeout + _KILL_GRACE:
+            term_sent = getattr(worker, "term_sent", None)
+            booting = not state.was_ready(worker.tmp)
+            if term_sent is None:
+                if booting and now - worker.spawned > readiness_timeout:
+                    worker.kill_reason = "not ready after %.1fs (graceful_readiness_timeout)" \
+                        % (now - worker.spawned)
+                    self.stop_worker(worker)
+            elif now - term_sent > (_KILL_GRACE if booting
+                                    else self.cfg.graceful_timeout + _KILL_GRACE):
                 self.kill_worker(worker.pid, signal.SIGKILL)
 
     # -- reload ----------------------------------------------------------------------
@@ -355,7 +389,7 @@ class GracefulArbiter(Arbiter):
                         % (self.master_pid or self.pid, self.reexec_pid or self.pid))
             return
         previous_cfg, previous_settings = self.cfg, current_settings()
-        reset_environment(self.cfg)
+        reset_environment(previous_cfg)
         try:
             self.app.reload()
         except (Exception, SystemExit) as exc:
@@ -365,22 +399,40 @@ class GracefulArbiter(Arbiter):
             emit(self.log, "error", "reload.config_failed", config=previous_cfg.config,
                  reason=config_failure(exc), kept_generation=self.generation)
             return
-        self.apply_reloaded_config(previous_cfg)
-        self.begin_rollout(previous_cfg, previous_settings)
+        foreign = foreign_worker(effective_worker_class(self.cfg), self.cfg)
+        if foreign:
+            self.app.cfg = previous_cfg
+            settings.set_current(previous_settings)
+            apply_environment(previous_cfg)
+            emit(self.log, "error", "reload.config_failed", config=previous_cfg.config,
+                 reason=foreign, kept_generation=self.generation)
+            return
+        generation = self.last_generation + 1
+        if self.rollout is None:
+            rollout = Rollout(generation, self.generation, previous_cfg, previous_settings,
+                              self.LISTENERS, self.pidfile)
+        else:  # a HUP during a HUP: a rollback goes back to what the first one replaced
+            self.supersede(self.rollout)
+            rollout = dataclasses.replace(self.rollout, generation=generation,
+                                          started=time.monotonic(), started_at=time.time())
+        self.apply_reloaded_config(rollout.previous_cfg)
+        self.begin_rollout(rollout)
 
-    def apply_reloaded_config(self, previous_cfg):
-        """What Gunicorn's reload does with a new config, minus spawning and killing workers."""
+    def apply_reloaded_config(self, current_cfg):
+        """What Gunicorn's reload does with a new config, minus spawning and killing workers.
+
+        The listeners and pidfile it replaces stay as they are until the rollout
+        is done (`finish_rollout`), so that a rollback can restore them (`restore`).
+        """
         self.setup(self.app)
         self.log.reopen_files()
-        if previous_cfg.address != self.cfg.address:
-            for lnr in self.LISTENERS:
-                lnr.close()
+        if current_cfg.address != self.cfg.address:
             self.LISTENERS = sock.create_sockets(self.cfg, self.log)
             emit(self.log, "info", "master.listening",
                  listeners=",".join(str(lnr) for lnr in self.LISTENERS))
         self.cfg.on_reload(self)
-        if self.cfg.pidfile != previous_cfg.pidfile:
-            self.move_pidfile()
+        if self.cfg.pidfile != current_cfg.pidfile:
+            self.pidfile = self.new_pidfile(self.cfg.pidfile)
         util._setproctitle("master [%s]" % self.proc_name)
         if self.cfg.preload_app:
             emit(self.log, "warning", "reload.preload", generation=self.generation + 1,
@@ -388,32 +440,63 @@ class GracefulArbiter(Arbiter):
                         "reload its code; workers are replaced with the same code. Use USR2 "
                         "to deploy new code")
 
-    def move_pidfile(self):
-        old = self.pidfile
-        self.pidfile = None
-        if self.cfg.pidfile is not None:
-            self.pidfile = Pidfile(self.cfg.pidfile)
-            self.pidfile.create(self.pid)
-        if old is not None:
-            old.unlink()
+    def new_pidfile(self, path):
+        """A Pidfile for `path` naming this master, written atomically (None without a path)."""
+        if path is None:
+            return None
+        pidfile = Pidfile(path)
+        pidfile.pid = self.pid
+        files.write(self.log, path, "%s\n" % self.pid)
+        return pidfile
 
-    def begin_rollout(self, previous_cfg, previous_settings):
-        if self.rollout is not None:
-            for worker in self.workers_of(self.generation):
-                self.discard(worker, "superseded")
-            previous = self.rollout
-            previous_cfg, previous_settings = previous.previous_cfg, previous.previous_settings
-            previous_generation = previous.previous_generation
-        else:
-            previous_generation = self.generation
-        self.generation += 1
-        self.rollout = Rollout(self.generation, previous_generation, previous_cfg,
-                               previous_settings)
+    def begin_rollout(self, rollout):
+        """HUP: a new generation boots from the release the deploy link points to now."""
+        self.rollout = rollout
+        self.generation = self.last_generation = rollout.generation
+        self.releases[rollout.generation] = release.resolve(current_settings().release_link)
+        self.failure_streak, self.respawn_after = 0, 0.0
         self.notifier.reloading(self.log, "booting generation %s" % self.generation)
         emit(self.log, "info", "reload.start", generation=self.generation,
-             previous_generation=previous_generation, workers=self.num_workers,
+             previous_generation=rollout.previous_generation, workers=self.num_workers,
              max_booting=current_settings().max_booting)
         self.manage_workers()
+
+    def supersede(self, rollout):
+        """A newer HUP replaces a rollout still booting: stop its workers, drop what it opened."""
+        for worker in self.workers_of(rollout.generation):
+            self.retire(worker, "superseded")
+        self.releases.pop(rollout.generation, None)
+        self.drop_rollout_files(rollout)
+        self.LISTENERS, self.pidfile = rollout.previous_listeners, rollout.previous_pidfile
+
+    def finish_rollout(self, rollout):
+        """The new generation serves: close the listeners and pidfile it replaced."""
+        self.rollout = None
+        for generation in [g for g in self.releases if g < rollout.generation]:
+            del self.releases[generation]
+        if self.LISTENERS is not rollout.previous_listeners:
+            for lnr in rollout.previous_listeners:
+                lnr.close()
+        if self.pidfile is not rollout.previous_pidfile and rollout.previous_pidfile is not None:
+            files.remove(self.log, rollout.previous_pidfile.fname)
+
+    def restore(self, rollout):
+        """Rollback: the configuration, settings, environment, listeners and pidfile it replaced."""
+        self.drop_rollout_files(rollout)
+        self.releases.pop(rollout.generation, None)
+        reset_environment(self.cfg)
+        self.app.cfg = rollout.previous_cfg
+        settings.set_current(rollout.previous_settings)
+        self.setup(self.app)
+        self.LISTENERS, self.pidfile = rollout.previous_listeners, rollout.previous_pidfile
+
+    def drop_rollout_files(self, rollout):
+        """Close the listeners and remove the pidfile a rollout opened in place of the kept ones."""
+        if self.LISTENERS is not rollout.previous_listeners:
+            for lnr in self.LISTENERS:
+                lnr.close()
+        if self.pidfile is not rollout.previous_pidfile and self.pidfile is not None:
+            files.remove(self.log, self.pidfile.fname)
 
     # -- lame duck ----------------------------------------------------------------------
 
@@ -434,7 +517,8 @@ class GracefulArbiter(Arbiter):
         self.lame_duck_until = time.monotonic() + delay
         emit(self.log, "info", "master.lame_duck", pid=self.pid, delay=delay,
              workers=len(self.WORKERS))
-        self.notifier.stopping(self.log, "lame duck for %ss, then draining" % delay)
+        if self.is_service():
+            self.notifier.stopping(self.log, "lame duck for %ss, then draining" % delay)
         self.tell_lame_duck()
 
     def tell_lame_duck(self):
@@ -469,7 +553,9 @@ class GracefulArbiter(Arbiter):
             self.write_status()
             emit(self.log, "error", "upgrade.refused", pid=self.pid, reason=reason)
             return
-        self.prepare_reexec()
+        self.drop_upgrade_files()
+        report = upgrade_report.Channel()
+        self.prepare_reexec(report)
         parent = os.getpid()
         try:
             self.reexec()
@@ -477,22 +563,30 @@ class GracefulArbiter(Arbiter):
             if os.getpid() != parent:
                 os._exit(EXEC_FAILED)  # a forked child that cannot exec must never run this loop
             raise
-        self.upgrade = Upgrade(self.upgrade_seq, self.reexec_pid)
+        finally:
+            self.cfg.env_orig.pop(upgrade_report.ENV, None)
+            report.after_fork()
+        self.upgrade = Upgrade(self.upgrade_seq, self.reexec_pid, report)
         self.record_upgrade(self.upgrade, "booting")
         emit(self.log, "info", "upgrade.start", pid=self.pid, new_master=self.reexec_pid,
              timeout=current_settings().upgrade_timeout)
         self.notifier.status(self.log, "upgrading: new master %s booting" % self.reexec_pid)
 
-    def prepare_reexec(self):
-        """Fix what the new master will be started with (Gunicorn's START_CTX).
+    def prepare_reexec(self, report):
+        """Fix what the new master will be started with (Gunicorn's START_CTX and environment).
 
         Started as `python -m gunicorn`, Gunicorn re-executes `.../gunicorn/__main__.py`
         as a script, which puts the gunicorn package first on sys.path so that
         `import http` finds gunicorn.http and the new master's app fails to
         import; it is re-executed as `-m gunicorn` instead. With
         graceful_release_link, the new master starts in the release the deploy
-        symlink points to now.
+        symlink points to now. Its environment gets back systemd's NOTIFY_SOCKET,
+        which the pack took out of this process's (and a HUP's config copies
+        this process's), and carries the report channel's write end.
         """
+        if self.notifier.address:
+            self.cfg.env_orig["NOTIFY_SOCKET"] = self.notifier.address
+        self.cfg.env_orig[upgrade_report.ENV] = str(report.write_fd)
         args = self.START_CTX["args"]
         if len(args) > 1 and args[1].endswith(os.path.join("gunicorn", "__main__.py")):
             self.START_CTX["args"] = [args[0], "-m", "gunicorn"] + args[2:]
@@ -529,16 +623,39 @@ class GracefulArbiter(Arbiter):
         waited = time.monotonic() - upgrade.started
         if not self.reexec_pid:
             self.upgrade = None
+            reported = upgrade.report.reason()
             if not upgrade.stop_sent:
-                self.roll_back_upgrade(upgrade, waited, describe_master_exit(upgrade.exit_status))
+                self.roll_back_upgrade(upgrade, waited,
+                                       describe_master_exit(upgrade.exit_status, reported))
+            self.clean_up_after_upgrade(upgrade)
         elif not upgrade.stop_sent and waited > current_settings().upgrade_timeout:
             upgrade.stop_sent = time.monotonic()
             self.roll_back_upgrade(upgrade, waited, "new master not ready after %.1fs "
                                    "(graceful_upgrade_timeout)" % waited)
-            os.kill(upgrade.new_master, signal.SIGTERM)
+            signal_process(upgrade.new_master, signal.SIGTERM)
         elif upgrade.stop_sent and time.monotonic() - upgrade.stop_sent \
                 > self.cfg.graceful_timeout + _KILL_GRACE:
-            os.kill(upgrade.new_master, signal.SIGKILL)
+            signal_process(upgrade.new_master, signal.SIGKILL)
+
+    def clean_up_after_upgrade(self, upgrade):
+        """The new master is gone without taking over: nothing of it may linger.
+
+        Its `.2` pidfile and status file go (a SIGKILLed one removed neither),
+        and the control socket path it re-bound (then unlinked, or left dead)
+        is bound to this master again, so that gunicornc keeps working.
+        """
+        self.drop_upgrade_files()
+        if getattr(self, "_control_server", None) is not None:
+            super()._stop_control_server()
+            self._start_control_server()
+
+    def drop_upgrade_files(self):
+        """Remove `<pidfile>.2` and its status file: with no new master running, they are stale
+        (a SIGKILLed new master removes neither, and its pid may since belong to another
+        process, which would make the next new master refuse to start)."""
+        if self.cfg.pidfile is not None:
+            files.remove(self.log, self.cfg.pidfile + ".2.status")
+            files.remove(self.log, self.cfg.pidfile + ".2")
 
     def roll_back_upgrade(self, upgrade, waited, reason):
         emit(self.log, "error", "upgrade.rollback", pid=self.pid, new_master=upgrade.new_master,
@@ -548,26 +665,49 @@ class GracefulArbiter(Arbiter):
                             % (self.pid, reason))
 
     def take_over(self):
-        """New master, all workers ready: become the service, then retire the old master."""
+        """New master, all workers ready: become the service, then retire the old master.
+
+        The old master may be gone already (SIGKILL, OOM): then nobody is left
+        to retire, and `maybe_promote_master` completes the promotion.
+        """
         self.handed_over = True
         if self.cfg.pidfile is not None:
-            write_pidfile(self.cfg.pidfile, self.pid)
+            files.write(self.log, self.cfg.pidfile, "%s\n" % self.pid)
         self.notifier.send(self.log, MAINPID=self.pid)
         self.notifier.ready(self.log, "new master %s serving, old master %s draining"
                             % (self.pid, self.master_pid))
         emit(self.log, "info", "upgrade.handover", pid=self.pid, old_master=self.master_pid,
              generation=self.generation)
-        os.kill(self.master_pid, signal.SIGTERM)
+        upgrade_report.close(self.report_fd)
+        self.report_fd = None
+        signal_process(self.master_pid, signal.SIGTERM)
 
     def maybe_promote_master(self):
-        """Gunicorn's promotion (the old master is gone), plus one line and a fresh status file."""
-        waiting, old_status = self.master_pid, self.status_path()
+        """Gunicorn's promotion once the old master is gone, but only once this one serves.
+
+        Gunicorn promotes (moves the pidfile) as soon as its parent changed: a
+        new master whose old master was SIGKILLed would name itself in the
+        pidfile while none of its workers can answer. Gunicorn's own pidfile
+        rename is left out: it is not atomic and raises on an unwritable
+        directory; `take_over` wrote the pidfile already.
+        """
+        if not self.master_pid or self.master_pid == os.getppid() or not self.serving:
+            return
+        waiting, trial_pidfile = self.master_pid, self.pidfile
+        self.pidfile = None
         super().maybe_promote_master()
-        if waiting and not self.master_pid:
-            emit(self.log, "info", "upgrade.promoted", pid=self.pid, old_master=waiting)
-            if old_status is not None and old_status != self.status_path():
-                remove_file(old_status)
-            self.last_status = None
+        self.pidfile = self.new_pidfile(self.cfg.pidfile)
+        emit(self.log, "info", "upgrade.promoted", pid=self.pid, old_master=waiting)
+        if trial_pidfile is not None:
+            files.remove(self.log, trial_pidfile.fname + ".status")
+            files.remove(self.log, trial_pidfile.fname)
+        self.last_status = None
+
+    def halt(self, reason=None, exit_status=0):
+        """Gunicorn's halt; a new master that never took over first tells its old master why."""
+        if self.master_pid and not self.handed_over and reason:
+            upgrade_report.tell(self.report_fd, reason)
+        super().halt(reason, exit_status)
 
     def _stop_control_server(self):
         """Gunicorn >= 27: an old master handing over leaves the control socket path alone,
@@ -596,10 +736,14 @@ class GracefulArbiter(Arbiter):
         if self.reexec_pid:
             emit(self.log, "info", "upgrade.retiring", pid=self.pid, new_master=self.reexec_pid,
                  workers=len(self.WORKERS))
-        else:
+        elif self.is_service():
             self.notifier.stopping(self.log, "draining %s workers" % len(self.WORKERS))
         self.remove_status()
         super().stop(graceful)
+
+    def is_service(self):
+        """Whether systemd knows this master as the service: not a new master still on trial."""
+        return not self.master_pid or self.handed_over
 
     # -- status for operators ----------------------------------------------------------
 
@@ -610,15 +754,27 @@ class GracefulArbiter(Arbiter):
         workers = [{"pid": w.pid, "generation": getattr(w, "generation", 0),
                     "state": worker_state(w), "started_at": round(getattr(w, "started_at", 0), 1)}
                    for w in sorted(list(self.WORKERS.values()), key=lambda w: w.age)]
+        ready = sum(1 for w in workers if w["state"] == state.READY)
         rollout = None
         if self.rollout is not None:
             rollout = {"generation": self.rollout.generation,
                        "previous_generation": self.rollout.previous_generation,
                        "started_at": round(self.rollout.started_at, 1)}
-        return {"pid": self.pid, "generation": self.generation, "workers_wanted": self.num_workers,
-                "serving": self.serving, "reload": rollout, "upgrade": self.last_upgrade,
-                "upgrade_refused": self.last_refusal,
+        return {"pid": self.pid, "generation": self.generation, "state": self.state_name(ready),
+                "workers_wanted": self.num_workers, "workers_ready": ready,
+                "serving": ready > 0, "degraded": self.degraded, "reload": rollout,
+                "upgrade": self.last_upgrade, "upgrade_refused": self.last_refusal,
                 "old_master": self.master_pid or None, "workers": workers}
+
+    def state_name(self, ready):
+        """What an operator asks first: does it serve as it should?"""
+        if self.stopping or self.lame_duck_until is not None:
+            return "stopping"
+        if not self.serving:
+            return "starting"
+        if self.degraded is not None or ready == 0:
+            return "degraded"
+        return "reloading" if self.rollout is not None else "serving"
 
     def write_status(self):
         """Write the status file an operator reads with `gunicorn-graceful status` (atomic)."""
@@ -627,18 +783,12 @@ class GracefulArbiter(Arbiter):
         if path is None or snapshot == self.last_status:
             return
         self.last_status = snapshot
-        tmp = "%s.%s.tmp" % (path, self.pid)
-        try:
-            with open(tmp, "w") as handle:
-                json.dump(snapshot, handle)
-            os.replace(tmp, path)
-        except OSError as exc:
-            emit(self.log, "warning", "master.status_failed", path=path, error=exc)
+        files.write(self.log, path, json.dumps(snapshot))
 
     def remove_status(self):
         path = self.status_path()
         if path is not None:
-            remove_file(path)
+            files.remove(self.log, path)
 
 
 def worker_state(worker):
@@ -649,33 +799,48 @@ def worker_state(worker):
     return said
 
 
-def remove_file(path):
+def effective_worker_class(cfg):
+    """The class the pack runs for `cfg`: Gunicorn's choice, except that GracefulSyncWorker
+    with threads > 1 becomes GracefulThreadWorker (see `keep_graceful_worker`)."""
+    configured = cfg.settings["worker_class"].get()
+    name = configured if isinstance(configured, str) else configured.__name__
+    if name.endswith("GracefulSyncWorker") and cfg.threads > 1:
+        return GracefulThreadWorker
+    return cfg.worker_class
+
+
+def foreign_worker(worker_class, cfg):
+    """Why `worker_class` cannot run under the pack's master, or None.
+
+    No worker of another class ever says it is ready, so the master would halt
+    later with a misleading readiness reason (or a HUP would roll back).
+    """
+    if issubclass(worker_class, GracefulMixin):
+        return None
+    return ("worker_class=%s is not a gunicorn-graceful worker; use "
+            "gunicorn_graceful.workers.GracefulThreadWorker or GracefulSyncWorker "
+            "(-k on the command line overrides the config)" % cfg.worker_class_str)
+
+
+def signal_process(pid, sig):
+    """os.kill, where a process that is already gone is no error: it is what was wanted."""
     try:
-        os.unlink(path)
-    except OSError as exc:
-        if exc.errno != errno.ENOENT:
-            raise
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
 
 
-def write_pidfile(path, pid):
-    """Replace the pidfile in one rename, so a reader never finds it missing or half written."""
-    tmp = "%s.%s.tmp" % (path, pid)
-    with open(tmp, "w") as handle:
-        handle.write("%s\n" % pid)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-
-
-def describe_master_exit(status):
-    if status is None:
-        return "new master gone before it took over"
-    if os.WIFEXITED(status) and os.WEXITSTATUS(status) == PREFLIGHT_FAILED:
-        return "pre-flight import of the new release failed (see upgrade.refused above)"
-    if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXEC_FAILED:
-        return "the new master could not be executed"
-    if os.WIFSIGNALED(status):
+def describe_master_exit(status, reported=""):
+    """Why a new master ended before it took over: its signal, its own report, its exit code."""
+    if status is not None and os.WIFSIGNALED(status):
         return "new master killed by %s before it took over" \
             % signal.Signals(os.WTERMSIG(status)).name
+    if reported:
+        return reported
+    if status is None:
+        return "new master gone before it took over"
+    if os.WEXITSTATUS(status) == EXEC_FAILED:
+        return "the new master could not be executed"
     return "new master exited with code %s before it took over" % os.WEXITSTATUS(status)
 
 

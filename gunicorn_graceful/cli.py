@@ -3,7 +3,9 @@
 `gunicorn-graceful status --pidfile PATH`: what the master and each worker are
 doing. The master writes `<pidfile>.status` (atomically) whenever a worker's
 state changes; stock gunicornc cannot say this, its master never learns whether
-a worker booted.
+a worker booted. Exit 0: running (serving, reloading, starting or stopping);
+1: not running or no status file; 3: degraded (no worker ready, or workers that
+cannot be replaced), so that a monitoring check can alert on it.
 
 `gunicorn-graceful upgrade --pidfile PATH [--timeout S]`: USR2, then follow the
 upgrade to its end: exit 0 when the new master is promoted, non-zero with the
@@ -18,6 +20,7 @@ import sys
 import time
 
 POLL = 0.1
+STATUS_DEGRADED = 3
 
 
 def read_pid(pidfile):
@@ -65,16 +68,22 @@ def status(args):
         return 1
     if args.json:
         print(json.dumps(snapshot, indent=2))
-        return 0
+        return STATUS_DEGRADED if snapshot.get("state") == "degraded" else 0
     reload_ = snapshot["reload"]
-    print("master pid=%s generation=%s workers_wanted=%s serving=%s reload=%s" % (
-        snapshot["pid"], snapshot["generation"], snapshot["workers_wanted"],
-        snapshot["serving"],
-        "generation %s in progress" % reload_["generation"] if reload_ else "none"))
+    print("master pid=%s generation=%s state=%s workers_ready=%s workers_wanted=%s serving=%s "
+          "reload=%s" % (
+              snapshot["pid"], snapshot["generation"], snapshot["state"],
+              snapshot["workers_ready"], snapshot["workers_wanted"], snapshot["serving"],
+              "generation %s in progress" % reload_["generation"] if reload_ else "none"))
+    degraded = snapshot["degraded"]
+    if degraded:
+        print("degraded since=%s failures=%s reason=%s" % (
+            time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(degraded["since"])),
+            degraded["failures"], json.dumps(degraded["reason"])))
     for worker in snapshot["workers"]:
         print("worker pid=%s generation=%s state=%s" % (
             worker["pid"], worker["generation"], worker["state"]))
-    return 0
+    return STATUS_DEGRADED if snapshot["state"] == "degraded" else 0
 
 
 def read_json(path):
@@ -145,7 +154,11 @@ def upgrade(args):
         return 1
     before = read_json(args.pidfile + ".status") or {}
     seq = max((before.get(key) or {}).get("seq", 0) for key in ("upgrade", "upgrade_refused")) + 1
-    os.kill(old, signal.SIGUSR2)
+    try:
+        os.kill(old, signal.SIGUSR2)
+    except ProcessLookupError:
+        print("not running: master %s from %s is gone" % (old, args.pidfile), file=sys.stderr)
+        return 1
     progress = Progress()
     progress.say("sent USR2 to master %s" % old)
     deadline = time.monotonic() + args.timeout

@@ -8,12 +8,13 @@ user's `post_fork` keeps running and the pack's lines still appear.
 
 import functools
 import os
+import tempfile
 
 from gunicorn import __version__ as gunicorn_version
 from gunicorn import version_info as gunicorn_version_info
 
-from gunicorn_graceful import __version__, preflight, settings, state
-from gunicorn_graceful.arbiter import PREFLIGHT_FAILED, GracefulArbiter
+from gunicorn_graceful import __version__, preflight, settings, state, upgrade_report
+from gunicorn_graceful.arbiter import PRE_EXEC_FAILED, GracefulArbiter
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.workers import GracefulThreadWorker
 
@@ -47,27 +48,56 @@ def on_reload(server):
 
 
 def pre_exec(server):
-    """In the forked child of a USR2: say which release starts, optionally prove it imports."""
+    """In the forked child of a USR2: say which release starts; refuse what cannot work.
+
+    A new master that cannot write its `.2` pidfile would exit at once with a
+    traceback; one whose app cannot import (graceful_preflight) would boot
+    workers that all fail. Both are refused here, before the exec, and the
+    reason reaches the old master through the upgrade report channel.
+    """
     current = settings.current()
     cwd = server.START_CTX["cwd"]
     emit(server.log, "info", "master.reexec", pid=server.pid, cwd=cwd,
          release=os.path.realpath(cwd))
-    if current.preflight:
+    failure = pidfile_failure(server.cfg.pidfile)
+    if not failure and current.preflight:
         failure = preflight.check(server, cwd, current.readiness_timeout)
-        if failure:
-            emit(server.log, "error", "upgrade.refused", pid=os.getppid(), release=cwd,
-                 reason="pre-flight import failed: %s" % failure)
-            os._exit(PREFLIGHT_FAILED)
+        failure = failure and "pre-flight import failed: %s" % failure
+    if failure:
+        emit(server.log, "error", "upgrade.refused", pid=os.getppid(), release=cwd,
+             reason=failure)
+        upgrade_report.tell(int(server.cfg.env_orig[upgrade_report.ENV]), failure)
+        os._exit(PRE_EXEC_FAILED)
+
+
+def pidfile_failure(pidfile):
+    """Why the new master could not write `<pidfile>.2`, or None when it can."""
+    if pidfile is None:
+        return None
+    path = pidfile + ".2"
+    try:
+        fd, probe = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)))
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        return "cannot write the pidfile %s: %s" % (path, exc.strerror or exc)
+    return None
 
 
 def pre_fork(server, worker):
+    """In the master, before the fork: the worker's generation and release are set here."""
+    if isinstance(server, GracefulArbiter):
+        server.label_worker(worker)
     emit(server.log, "debug", "worker.forking", generation=getattr(server, "generation", 0),
          age=worker.age)
 
 
 def post_fork(server, worker):
-    emit(server.log, "info", "worker.booting", pid=worker.pid, ppid=server.pid,
-         generation=getattr(server, "generation", 0))
+    fields = {"pid": worker.pid, "ppid": server.pid,
+              "generation": getattr(worker, "generation", getattr(server, "generation", 0))}
+    if getattr(worker, "release", ""):
+        fields["release"] = worker.release
+    emit(server.log, "info", "worker.booting", **fields)
 
 
 def post_worker_init(worker):

@@ -116,7 +116,9 @@ class Settings:
         "parse": lambda name, value: "" if value is None else str(value),
         "doc": "The deploy symlink (for example /srv/app/current -> releases/42). A USR2 "
                "upgrade starts the new master in the release it points to at that moment, "
-               "even when Gunicorn was started from the resolved directory. Empty: Gunicorn's "
+               "even when Gunicorn was started from the resolved directory; each HUP "
+               "generation is pinned to the release it points to when the HUP comes, so a "
+               "worker replaced after a rollback loads the kept release. Empty: Gunicorn's "
                "own start directory."})
     preflight: bool = dataclasses.field(default=False, metadata={
         "parse": _switch,

@@ -5,6 +5,7 @@ are in `arbiter.py`). Each one is small and says why it exists.
 """
 
 import errno
+import os
 import signal
 import time
 
@@ -12,7 +13,7 @@ from gunicorn import util
 from gunicorn.workers.gthread import ThreadWorker
 from gunicorn.workers.sync import SyncWorker
 
-from gunicorn_graceful import health, inflight, listeners, readiness, settings, state
+from gunicorn_graceful import health, inflight, listeners, readiness, release, settings, state
 from gunicorn_graceful.events import emit
 
 
@@ -30,12 +31,18 @@ class GracefulMixin:
     health answers 503, every response closes its connection) -> draining
     (SIGTERM: stop accepting, serve what is in flight and what already waits in
     the accept queue, report every second) -> stopped (one closing line).
+
+    SIGTERM while booting ends the worker at once: it has accepted nothing, and
+    the master must never have to SIGKILL a worker that may have. A worker whose
+    master died (SIGKILL, OOM) drains as on SIGTERM instead of serving on.
     """
 
     LAME_DUCK_SIGNAL = signal.SIGUSR2
 
     def init_process(self):
+        release.enter(getattr(self, "release", ""), settings.current().release_link)
         self.settings = settings.current()
+        self.serving = False
         self.inflight = inflight.Registry()
         self.drain = inflight.DrainReporter(
             self.log, self.inflight, self.pid, self.settings.drain_log_interval,
@@ -77,7 +84,9 @@ class GracefulMixin:
 
     def run(self):
         self.drain.start()
-        state.mark_ready(self.tmp, self.ppid)
+        self.serving = True
+        if self.alive:
+            state.mark_ready(self.tmp, self.ppid)
         try:
             super().run()
             self.serve_backlog()
@@ -88,13 +97,37 @@ class GracefulMixin:
         return 0
 
     def handle_exit(self, sig, frame):
-        """SIGTERM: start draining. Runs in a signal handler: no lock, no thread start."""
+        """SIGTERM: start draining. Runs in a signal handler: no lock, no thread start.
+
+        Still booting (importing the app, running the readiness check), the
+        worker has accepted nothing and holds no request: it exits at once, from
+        wherever it is. `os._exit`, because a SystemExit raised here can land in
+        a finalizer (importlib's module-lock callbacks), where Python swallows it
+        and the import goes on.
+        """
+        if not self.serving:
+            os._exit(0)
         if self.alive:
             state.mark_draining(self.tmp)
             self.backlog = {lnr: listeners.queued(lnr) for lnr in self.sockets}
             deadline = time.monotonic() + self.cfg.graceful_timeout
             self.drain.begin(deadline, sum(self.backlog.values()))
         super().handle_exit(sig, frame)
+
+    def is_parent_alive(self):
+        """Gunicorn's check, called in the run loop; an orphan drains as on SIGTERM.
+
+        Stock Gunicorn only leaves the loop: the thread worker then keeps
+        answering kept-alive clients without `Connection: close` until
+        graceful_timeout, and resets them at the end.
+        """
+        if self.ppid == os.getppid():
+            return True
+        if self.alive:
+            emit(self.log, "warning", "worker.orphaned", pid=self.pid, ppid=self.ppid,
+                 reason="master gone; draining")
+            self.handle_exit(signal.SIGTERM, None)
+        return False
 
     def handle_quit(self, sig, frame):
         """SIGINT/SIGQUIT (worker_int): a quick stop cuts what is in flight; say what."""

@@ -55,9 +55,9 @@ def test_hup_with_code_that_raises_at_import_rolls_back_and_keeps_serving(workdi
     assert server.count(
         r"\[ERROR\] event=reload\.rollback generation=2 kept_generation=1 worker=\d+ after=\S+ "
         r"reason=\"RuntimeError: database url missing\"") == 1
-    # Fixed code on a later HUP goes through.
+    # Fixed code on a later HUP goes through, as generation 3: numbers are never reused.
     write_app(workdir, "3")
-    load = hup_under_load(server, r"event=reload\.done generation=2")
+    load = hup_under_load(server, r"event=reload\.done generation=3")
     assert_no_failures(load)
     assert server.version() == "3"
 
@@ -139,7 +139,8 @@ def test_status_command_shows_each_worker_state(workdir, servers):
     run = [sys.executable, "-m", "gunicorn_graceful.cli", "status", "--pidfile", server.pidfile]
     shown = subprocess.run(run, capture_output=True, text=True, timeout=30)
     assert shown.returncode == 0, shown.stderr
-    assert "master pid=%s generation=1 workers_wanted=2 serving=True" % server.pid in shown.stdout
+    assert ("master pid=%s generation=1 state=serving workers_ready=2 workers_wanted=2 "
+            "serving=True" % server.pid) in shown.stdout
     assert shown.stdout.count("state=ready") == 2
     raw = json.loads(subprocess.run(run + ["--json"], capture_output=True, text=True,
                                     timeout=30).stdout)

@@ -3,23 +3,15 @@
 import os
 import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 
 import gunicorn
 import pytest
 
-from support import MODULE_GUNICORN, Load, wait_for, write_app
+from support import MODULE_GUNICORN, Load, pid_in, upgrade_command, wait_for, write_app
 
 READINESS = "graceful_readiness_path = '/healthz'\n"
-
-
-def upgrade_command(server, timeout=60):
-    return subprocess.Popen([sys.executable, "-m", "gunicorn_graceful.cli", "upgrade",
-                             "--pidfile", server.pidfile, "--timeout", str(timeout)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 class PidfileWatch:
@@ -67,11 +59,6 @@ def upgrade_under_load(server, expect_code, extra=100):
     return load, out, err
 
 
-def pid_in(path):
-    with open(path) as handle:
-        return int(handle.read().strip())
-
-
 def test_usr2_to_a_good_release_hands_over_with_zero_failures(workdir, servers):
     server = servers(workdir, workers=2, config_body=READINESS)
     old = server.pid
@@ -116,7 +103,7 @@ def test_usr2_to_a_failing_release_rolls_back_and_keeps_serving(workdir, servers
     write_app(workdir, "2", **release)
     load, _, err = upgrade_under_load(server, 3)
     assert load.failures() == [], load.summary()
-    assert "upgrade rolled back: new master exited with code" in err
+    assert "upgrade rolled back: " in err and reason in err
     assert server.alive() and pid_in(server.pidfile) == server.pid
     assert server.version() == "1"
     assert reason in server.log()
@@ -171,7 +158,7 @@ def test_usr2_with_preflight_refuses_a_release_that_cannot_import(workdir, serve
     command = upgrade_command(server)
     out, err = command.communicate(timeout=60)
     assert command.returncode == 3, out + err
-    assert "pre-flight import of the new release failed" in err
+    assert "upgrade rolled back: pre-flight import failed: ModuleNotFoundError" in err
     log = server.log()
     assert "event=upgrade.refused" in log and "No module named 'no_such_module'" in log
     assert "Booting worker" not in log.split("event=upgrade.start")[1]
