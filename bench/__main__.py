@@ -1,4 +1,8 @@
-"""`python -m bench [--quick] [--out DIR]`: run everything, print the tables, write DIR/results.md."""
+"""`python -m bench [--quick] [--only NAMES] [--out DIR]`: run, print the tables, write DIR/results.md.
+
+`--only hup_storm,term_slow` runs just those restart scenarios (no HAProxy and no
+throughput runs) and writes DIR/only-<names>.md, leaving the full results alone.
+"""
 
 import argparse
 import os
@@ -13,14 +17,21 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true",
                         help="one repetition, fewer scenarios, gthread only: checks the harness")
+    parser.add_argument("--only", help="comma-separated restart scenarios to run, alone")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = parser.parse_args(argv)
+    names = {s.name for s in scenarios.SCENARIOS}
+    only = set(args.only.split(",")) if args.only else None
+    if only and not only <= names:
+        parser.error("--only: unknown scenario %s (known: %s)"
+                     % (",".join(sorted(only - names)), ",".join(sorted(names))))
     # Stopped with SIGTERM, still stop every server it started (the runs' finally blocks).
     signal.signal(signal.SIGTERM, lambda sig, frame: sys.exit(128 + sig))
     os.makedirs(args.out, exist_ok=True)
     began = time.monotonic()
     kinds = ["gthread"] if args.quick else ["sync", "gthread"]
-    chosen = [s for s in scenarios.SCENARIOS if not args.quick or s.name in scenarios.QUICK]
+    chosen = [s for s in scenarios.SCENARIOS if (s.name in only if only else
+                                                  not args.quick or s.name in scenarios.QUICK)]
     steady = 1.5 if args.quick else 3.0
 
     rows, plots = [], []
@@ -33,6 +44,15 @@ def main(argv=None):
             name = "%s-%s.png" % (scenario.name, kind)
             if report.plot(pair, os.path.join(args.out, name)):
                 plots.append(name)
+
+    if only:
+        path = os.path.join(args.out, "only-%s.md" % "-".join(sorted(only)))
+        with open(path, "w") as handle:
+            handle.write("Command: `python -m bench --only %s`. Machine: %s. Took %.0f s.\n\n%s\n"
+                         % (args.only, report.machine(), time.monotonic() - began,
+                            report.table(rows)))
+        print("wrote", path)
+        return 0
 
     if not args.quick:
         for kind in kinds:

@@ -48,6 +48,13 @@ def plain_usr2(server, workers):
     server.signal(signal.SIGUSR2)
 
 
+def hup_storm(server, workers):
+    """Ten HUPs in one second (a deploy tool retrying, a config manager looping)."""
+    for _ in range(10):
+        server.signal(signal.SIGHUP)
+        time.sleep(0.1)  # the storm's own pace, not a wait for anything
+
+
 @dataclasses.dataclass(frozen=True)
 class Scenario:
     name: str
@@ -58,13 +65,14 @@ class Scenario:
     stops: bool = False
     upgrade: bool = False  # USR2: stock runs both procedures, the pack runs plain USR2
     import_seconds: float = 0.0  # how long `before` makes the new app's import take
+    action: object = None  # what both stock and the pack get instead of one signal
 
     def variants(self):
         """(label, flavour, action) for each server run of this scenario."""
         if self.upgrade:
             return [("stock (manual)", "stock", manual_usr2),
                     ("stock (naive)", "stock", naive_usr2), ("pack", "pack", plain_usr2)]
-        return [("stock", "stock", None), ("pack", "pack", None)]
+        return [("stock", "stock", self.action), ("pack", "pack", self.action)]
 
 
 SCENARIOS = [
@@ -80,6 +88,8 @@ SCENARIOS = [
     Scenario("usr2_slow", "USR2 to a release that imports for 3 s", before="time.sleep(3)",
              window=10.0, upgrade=True, import_seconds=3.0),
     Scenario("term_slow", "TERM with slow requests in flight", signal.SIGTERM, stops=True),
+    Scenario("hup_storm", "ten HUPs in one second, same code", before="", window=10.0,
+             action=hup_storm),
 ]
 QUICK = ("hup_same", "hup_broken", "usr2_good", "term_slow")
 
