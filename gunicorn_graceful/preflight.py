@@ -13,10 +13,16 @@ _IMPORT = "from gunicorn.util import import_app; import_app(sys.argv[1])"
 
 
 def check(server, cwd, timeout):
-    """None when the app imports within `timeout` seconds, else the reason in one line."""
+    """None when the app imports within `timeout` seconds, else the reason in one line.
+
+    Fails closed: an app it cannot locate as `module:variable` (a paste config,
+    an embedded Application) refuses the upgrade rather than passing unchecked.
+    """
     app_uri = getattr(server.app, "app_uri", None)
-    if not app_uri:
-        return None
+    if not app_uri or getattr(server.cfg, "paste", None):
+        return ("cannot locate the app to import (%s); set graceful_preflight = False to "
+                "upgrade it without the check" % ("a paste config" if app_uri
+                                                   else "no module:variable given to Gunicorn"))
     # This runs in the forked child of the master, which inherited its SIGCHLD handler;
     # Gunicorn 23's reaps every child, ours included, and subprocess then reports exit 0.
     # The child execs right after, which resets the handler anyway.

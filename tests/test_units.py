@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from gunicorn_graceful import inflight, settings
+from gunicorn_graceful import inflight, preflight, settings
 from gunicorn_graceful.events import format_event, redact
 
 
@@ -134,3 +134,19 @@ def test_every_setting_is_in_the_readme_table():
         row = "| `%s` | `%s` |" % (settings.config_name(field.name), settings.env_name(field.name))
         assert row in readme, row
         assert field.metadata["doc"] in readme, field.name
+
+
+@pytest.mark.parametrize("app_uri, paste, why", [
+    (None, None, "no module:variable given to Gunicorn"),
+    ("/srv/app/production.ini#main", "/srv/app/production.ini", "a paste config"),
+])
+def test_preflight_refuses_an_app_it_cannot_locate(app_uri, paste, why):
+    class Cfg:
+        pythonpath, env_orig = None, {}
+
+    class App:
+        pass
+    server, server.app, server.cfg = App(), App(), Cfg()
+    server.app.app_uri, server.cfg.paste = app_uri, paste
+    reason = preflight.check(server, ".", 5)
+    assert reason and why in reason and "graceful_preflight = False" in reason
