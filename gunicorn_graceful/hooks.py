@@ -11,10 +11,10 @@ import os
 import tempfile
 
 from gunicorn import __version__ as gunicorn_version
-from gunicorn import version_info as gunicorn_version_info
 
-from gunicorn_graceful import __version__, preflight, settings, state, upgrade_report
-from gunicorn_graceful.arbiter import PRE_EXEC_FAILED, GracefulArbiter
+from gunicorn_graceful import __version__, compat, preflight, settings, upgrade_report
+from gunicorn_graceful.arbiter import GracefulArbiter
+from gunicorn_graceful.upgrade import PRE_EXEC_FAILED
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.workers import GracefulThreadWorker
 
@@ -30,7 +30,8 @@ def on_starting(server):
          timeout=server.cfg.timeout, keepalive=server.cfg.keepalive, **current.as_fields())
     for warning in settings.timing_warnings(server.cfg, current):
         emit(server.log, "warning", "settings.warning", problem=warning)
-    if gunicorn_version_info < (27,) and issubclass(server.worker_class, GracefulThreadWorker):
+    if not compat.THREAD_WORKER_STOP_HOOK and issubclass(server.worker_class,
+                                                         GracefulThreadWorker):
         emit(server.log, "warning", "settings.warning",
              problem="GracefulThreadWorker on Gunicorn %s stops with Gunicorn's own thread "
                      "worker shutdown, which drops kept-alive connections; use Gunicorn >= 27 "
@@ -43,8 +44,10 @@ def when_ready(server):
 
 
 def on_reload(server):
+    """The generation about to boot (numbers are never reused)."""
+    rollouts = getattr(server, "rollouts", None)
     emit(server.log, "info", "master.reload", pid=server.pid,
-         generation=getattr(server, "generation", 0) + 1)
+         generation=rollouts.last_generation + 1 if rollouts else 0)
 
 
 def pre_exec(server):
@@ -85,16 +88,16 @@ def pidfile_failure(pidfile):
 
 
 def pre_fork(server, worker):
-    """In the master, before the fork: the worker's generation and release are set here."""
+    """In the master, before the fork: the worker's record (generation, release) is made here."""
     if isinstance(server, GracefulArbiter):
-        server.label_worker(worker)
+        server.pool.label(worker)
     emit(server.log, "debug", "worker.forking", generation=getattr(server, "generation", 0),
          age=worker.age)
 
 
 def post_fork(server, worker):
     fields = {"pid": worker.pid, "ppid": server.pid,
-              "generation": getattr(worker, "generation", getattr(server, "generation", 0))}
+              "generation": getattr(server, "generation", 0)}
     if getattr(worker, "release", ""):
         fields["release"] = worker.release
     emit(server.log, "info", "worker.booting", **fields)
@@ -116,9 +119,11 @@ def worker_abort(worker):
 
 def child_exit(server, worker):
     """In the master: how the worker ended, in the state it last reported."""
-    status = getattr(worker, "exit_status", None)
-    fields = {"pid": worker.pid, "generation": getattr(worker, "generation", 0),
-              "state": state.read(worker.tmp)}
+    record = getattr(server, "records", None) and server.records.by_pid.get(worker.pid)
+    if not record:
+        return
+    status = record.exit_status
+    fields = {"pid": worker.pid, "generation": record.generation, "state": record.final_state}
     if status is not None:
         if os.WIFSIGNALED(status):
             fields["signal"] = os.WTERMSIG(status)

@@ -13,7 +13,8 @@ from gunicorn import util
 from gunicorn.workers.gthread import ThreadWorker
 from gunicorn.workers.sync import SyncWorker
 
-from gunicorn_graceful import health, inflight, listeners, readiness, release, settings, state
+from gunicorn_graceful import (compat, health, inflight, listeners, readiness, release, settings,
+                               state)
 from gunicorn_graceful.events import emit
 
 
@@ -38,9 +39,10 @@ class GracefulMixin:
     """
 
     LAME_DUCK_SIGNAL = signal.SIGUSR2
+    release = ""  # the release directory to load the app from; the master sets it before the fork
 
     def init_process(self):
-        release.enter(getattr(self, "release", ""), settings.current().release_link)
+        release.enter(self.release, settings.current().release_link)
         self.settings = settings.current()
         self.serving = False
         self.inflight = inflight.Registry()
@@ -190,8 +192,7 @@ class GracefulThreadWorker(GracefulMixin, ThreadWorker):
     """
 
     def idle_connections(self):
-        # Gunicorn 27 names the kept-alive connections keepalived_conns, 23 names them _keep.
-        return len(getattr(self, "keepalived_conns", None) or getattr(self, "_keep", ()))
+        return compat.idle_connections(self)
 
     def set_accept_enabled(self, enabled):
         """Gunicorn >= 27 calls this once with False when the worker stops: take the backlog first."""

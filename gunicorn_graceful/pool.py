@@ -1,0 +1,254 @@
+"""The worker pool: one reconcile step per master tick, as Puma's `check_workers`.
+
+The step compares the wanted generation with the workers that are ready and
+shrinks the difference by one step: notice ready workers, act on boot
+failures, spawn what is missing, retire surplus, hand over when the wanted
+generation is complete.
+
+Invariants:
+- Old workers are told to stop only when the whole wanted generation is ready,
+  so the number of workers able to serve never drops below `workers`.
+- At most `graceful_max_booting` new workers boot at once (0: no limit).
+- A worker is stopped with SIGTERM, whatever the master believes of it: a ready
+  one drains, one still booting exits at once. SIGKILL follows only when its
+  own state bit still says booting _KILL_GRACE later (it has accepted nothing),
+  or when it still drains after graceful_timeout.
+- A replacement that cannot boot while others serve is retried with back-off
+  and the pool is `degraded` (status file, systemd STATUS=) until the wanted
+  generation is complete again; the master never exits for it.
+"""
+
+import dataclasses
+import os
+import signal
+import time
+
+from gunicorn.errors import HaltServer
+
+from gunicorn_graceful import settings, state
+from gunicorn_graceful.events import emit
+from gunicorn_graceful.phase import Phase
+from gunicorn_graceful.records import Record
+
+_BACKOFF_LIMIT = 30.0
+KILL_GRACE = 1.0
+
+
+@dataclasses.dataclass
+class BootFailure:
+    pid: int
+    generation: int
+    reason: str
+    elapsed: float
+    exit_code: int
+
+
+class Pool:
+    """Spawns, watches and retires the workers of one master."""
+
+    def __init__(self, arbiter):
+        self.arbiter = arbiter
+        self.boot_failures = []
+        self.failure_streak = 0
+        self.respawn_after = 0.0
+        self.degraded = None
+
+    # -- what the pool holds -----------------------------------------------------------
+
+    def members(self, generation):
+        """Workers of `generation` the master has not told to stop."""
+        return [(w, r) for w, r in self.workers() if r.generation == generation and not r.retired]
+
+    def old(self):
+        wanted = self.arbiter.generation
+        return [(w, r) for w, r in self.workers() if r.generation != wanted and not r.retired]
+
+    def workers(self):
+        """(worker, record) for each worker Gunicorn runs."""
+        records = self.arbiter.records
+        pairs = [(w, records.of(w)) for w in list(self.arbiter.WORKERS.values())]
+        return [(w, r) for w, r in pairs if r is not None]
+
+    # -- forking and stopping -------------------------------------------------------------
+
+    def label(self, worker):
+        """Before the fork (pre_fork): the record of the worker about to be born."""
+        arbiter = self.arbiter
+        record = Record(arbiter.generation, arbiter.rollouts.release_of(arbiter.generation))
+        arbiter.records.expect(worker, record)
+        worker.release = record.release
+
+    def retire(self, worker, record, reason):
+        """Tell a worker to stop (SIGTERM); it no longer counts as serving."""
+        record.retire_reason = reason
+        emit(self.arbiter.log, "info", "worker.retire", pid=worker.pid,
+             generation=record.generation, reason=reason)
+        self.terminate(worker, record)
+
+    def terminate(self, worker, record):
+        record.term_sent = time.monotonic()
+        self.arbiter.kill_worker(worker.pid, signal.SIGTERM)
+
+    def kill(self, worker, record):
+        record.killed = True
+        self.arbiter.kill_worker(worker.pid, signal.SIGKILL)
+
+    # -- the reconcile tick ---------------------------------------------------------------
+
+    def tick(self):
+        arbiter = self.arbiter
+        arbiter.records.prune(arbiter.WORKERS)
+        self.notice_ready()
+        self.handle_boot_failures()
+        members = self.members(arbiter.generation)
+        self.spawn_missing(members)
+        self.retire_surplus(members)
+        if sum(1 for _, r in members if r.ready_at) >= arbiter.num_workers:
+            self.hand_over()
+
+    def notice_ready(self):
+        for worker, record in self.workers():
+            if record.ready_at is None and state.was_ready(worker.tmp):
+                record.ready_at = time.monotonic()
+                self.failure_streak = 0
+                emit(self.arbiter.log, "info", "worker.ready", pid=worker.pid,
+                     generation=record.generation, boot_time=record.ready_at - record.spawned)
+
+    def spawn_missing(self, members):
+        missing = self.arbiter.num_workers - len(members)
+        if missing <= 0 or time.monotonic() < self.respawn_after:
+            return
+        limit = settings.current().max_booting
+        if limit:  # 0: no limit
+            missing = min(missing, limit - sum(1 for _, r in members if not r.ready_at))
+        for _ in range(max(missing, 0)):
+            self.arbiter.spawn_worker()
+
+    def retire_surplus(self, members):
+        """TTOU or a smaller `workers` after HUP: retire the oldest surplus workers."""
+        surplus = len(members) - self.arbiter.num_workers
+        for worker, record in sorted(members, key=lambda m: m[0].age)[:max(surplus, 0)]:
+            self.retire(worker, record, "surplus")
+
+    def hand_over(self):
+        """The wanted generation is complete: retire the rest, then say what that means."""
+        arbiter = self.arbiter
+        for worker, record in self.old():
+            self.retire(worker, record, "replaced")
+        ready = len(self.members(arbiter.generation))
+        if arbiter.phase.is_in(Phase.RELOADING):
+            arbiter.rollouts.finish(ready)
+        elif arbiter.phase.is_in(Phase.STARTING, Phase.TRIAL):
+            emit(arbiter.log, "info", "master.serving", pid=arbiter.pid,
+                 generation=arbiter.generation, workers=ready)
+            if arbiter.phase.is_in(Phase.TRIAL):
+                arbiter.upgrades.take_over()
+            else:
+                arbiter.phase.move(Phase.SERVING)
+                arbiter.notifier.ready(arbiter.log, "generation %s serving" % arbiter.generation)
+        elif self.degraded is not None:
+            emit(arbiter.log, "info", "master.recovered", pid=arbiter.pid,
+                 generation=arbiter.generation, workers=ready, reason=self.degraded["reason"])
+            arbiter.notifier.ready(arbiter.log, "generation %s serving" % arbiter.generation)
+        self.degraded = None
+
+    # -- exits and failures ---------------------------------------------------------------
+
+    def exited(self, worker, status):
+        """A worker was reaped: note how it ended while its heartbeat file is still open.
+
+        On Gunicorn 23 this runs inside the SIGCHLD handler: it only records; the
+        tick acts on what it recorded.
+        """
+        record = self.arbiter.records.of(worker)
+        if record is None:
+            return
+        record.exit_status = status
+        record.final_state = state.read(worker.tmp)
+        log_signal_exit(self.arbiter.log, worker.pid, status, record)
+        if record.final_state == state.BOOTING and not record.retired:
+            reason = record.kill_reason or state.read_reason(worker.tmp) or describe_status(status)
+            self.boot_failures.append(BootFailure(
+                worker.pid, record.generation, reason, time.monotonic() - record.spawned,
+                os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1))
+
+    def handle_boot_failures(self):
+        arbiter = self.arbiter
+        failures, self.boot_failures = self.boot_failures, []
+        for failure in failures:
+            if failure.generation != arbiter.generation:
+                continue
+            if arbiter.phase.is_in(Phase.RELOADING):
+                arbiter.rollouts.roll_back(failure)
+            elif arbiter.phase.is_in(Phase.STARTING, Phase.TRIAL):
+                self.halt_on_boot_failure(failure)
+            else:
+                self.back_off(failure)
+
+    def halt_on_boot_failure(self, failure):
+        """No worker ever served: like Gunicorn, stop, but cleanly and saying why."""
+        arbiter = self.arbiter
+        code = failure.exit_code if failure.exit_code in (arbiter.WORKER_BOOT_ERROR,
+                                                          arbiter.APP_LOAD_ERROR) \
+            else arbiter.WORKER_BOOT_ERROR
+        raise HaltServer("worker %s failed to boot: %s" % (failure.pid, failure.reason), code)
+
+    def back_off(self, failure):
+        """A replacement failed to boot while others serve: retry later, never halt."""
+        arbiter = self.arbiter
+        self.failure_streak += 1
+        delay = min(2.0 ** (self.failure_streak - 1), _BACKOFF_LIMIT)
+        self.respawn_after = time.monotonic() + delay
+        emit(arbiter.log, "error", "worker.boot_failed", pid=failure.pid,
+             generation=failure.generation, after=failure.elapsed, retry_in=delay,
+             reason=failure.reason)
+        if self.degraded is None:
+            self.degraded = {"since": round(time.time(), 1)}
+        self.degraded.update(failures=self.failure_streak, reason=failure.reason)
+        arbiter.notifier.status(arbiter.log, "degraded: generation %s cannot replace workers: "
+                                "%s" % (arbiter.generation, failure.reason))
+
+    def reset_back_off(self):
+        """A new generation starts: its first workers boot at once."""
+        self.failure_streak, self.respawn_after = 0, 0.0
+
+    # -- deadlines Gunicorn does not have -------------------------------------------------
+
+    def enforce_deadlines(self):
+        """Stop a worker not ready within the readiness timeout (Gunicorn never times out a
+        worker before its first heartbeat); SIGKILL one that ignored SIGTERM (see the top)."""
+        now = time.monotonic()
+        readiness_timeout = settings.current().readiness_timeout
+        for worker, record in self.workers():
+            booting = not state.was_ready(worker.tmp)
+            if record.term_sent is None:
+                if booting and now - record.spawned > readiness_timeout:
+                    record.kill_reason = "not ready after %.1fs (graceful_readiness_timeout)" \
+                        % (now - record.spawned)
+                    self.terminate(worker, record)
+            elif now - record.term_sent > (KILL_GRACE if booting else
+                                           self.arbiter.cfg.graceful_timeout + KILL_GRACE):
+                self.kill(worker, record)
+
+
+def log_signal_exit(log, pid, status, record):
+    """Gunicorn's lines for a worker ended by a signal, its "Perhaps out of memory?" included
+    (but not for a SIGKILL the master sent itself)."""
+    if not os.WIFSIGNALED(status):
+        if os.WEXITSTATUS(status):
+            log.error("Worker (pid:%s) exited with code %s.", pid, os.WEXITSTATUS(status))
+        return
+    sig = os.WTERMSIG(status)
+    name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else sig
+    if sig == signal.SIGKILL and not record.killed:
+        log.error("Worker (pid:%s) was sent %s! Perhaps out of memory?", pid, name)
+    elif sig == signal.SIGTERM:
+        log.info("Worker (pid:%s) was sent %s!", pid, name)
+    else:
+        log.warning("Worker (pid:%s) was sent %s!", pid, name)
+
+
+def describe_status(status):
+    if os.WIFSIGNALED(status):
+        return "killed by %s before it was ready" % signal.Signals(os.WTERMSIG(status)).name
+    return "exited with code %s before it was ready" % os.WEXITSTATUS(status)

@@ -1,0 +1,206 @@
+"""HUP: a new generation boots beside the serving one and replaces it only when ready.
+
+Invariants:
+- Never fewer than `workers` ready workers while a rollout runs: the serving
+  generation is retired by the pool only when the new one is complete.
+- A rollback restores everything the reload changed: configuration, pack
+  settings, environment, listeners and pidfile; the listeners and pidfile the
+  new config replaced stay open until the new generation serves.
+- Generation numbers are never reused, a rolled-back one included.
+- With graceful_release_link, each generation is pinned to the release the link
+  pointed to when it started (see `release`).
+- A config that fails to load on HUP changes nothing.
+"""
+
+import dataclasses
+import os
+import time
+
+from gunicorn import sock, util
+from gunicorn.pidfile import Pidfile
+
+from gunicorn_graceful import compat, files, release, settings
+from gunicorn_graceful.events import emit
+from gunicorn_graceful.phase import Phase
+
+
+@dataclasses.dataclass
+class Rollout:
+    """A reload in progress: the generation being booted and what to go back to."""
+
+    generation: int
+    previous_generation: int
+    previous_cfg: object
+    previous_settings: object
+    previous_listeners: list
+    previous_pidfile: object
+    started: float = dataclasses.field(default_factory=time.monotonic)
+    started_at: float = dataclasses.field(default_factory=time.time)
+
+
+class Rollouts:
+    """The HUP side of one master: the current rollout and each generation's release."""
+
+    def __init__(self, arbiter):
+        self.arbiter = arbiter
+        self.current = None
+        self.last_generation = arbiter.generation
+        self.releases = {arbiter.generation: release.resolve(settings.current().release_link)}
+
+    def release_of(self, generation):
+        return self.releases.get(generation, "")
+
+    def reload(self):
+        """HUP: load the config again, then boot a new generation that must prove itself."""
+        arbiter = self.arbiter
+        reason = arbiter.phase.refusal("reload", old=arbiter.master_pid or arbiter.pid,
+                                       new=arbiter.reexec_pid or arbiter.pid)
+        if reason:
+            emit(arbiter.log, "error", "reload.refused", pid=arbiter.pid, reason=reason)
+            return
+        previous_cfg, previous_settings = arbiter.cfg, settings.current()
+        reset_environment(previous_cfg)
+        try:
+            arbiter.app.reload()
+            failure = arbiter.foreign_worker_reason()
+        except (Exception, SystemExit) as exc:
+            failure = config_failure(exc)
+        if failure:
+            arbiter.app.cfg = previous_cfg
+            settings.set_current(previous_settings)
+            apply_environment(previous_cfg)
+            emit(arbiter.log, "error", "reload.config_failed", config=previous_cfg.config,
+                 reason=failure, kept_generation=arbiter.generation)
+            return
+        compat.count_reload(arbiter)
+        generation = self.last_generation + 1
+        if self.current is None:
+            rollout = Rollout(generation, arbiter.generation, previous_cfg, previous_settings,
+                              arbiter.LISTENERS, arbiter.pidfile)
+        else:  # a HUP during a HUP: a rollback goes back to what the first one replaced
+            self.supersede(self.current)
+            rollout = dataclasses.replace(self.current, generation=generation,
+                                          started=time.monotonic(), started_at=time.time())
+        self.apply_config(rollout.previous_cfg)
+        self.begin(rollout)
+
+    def apply_config(self, kept_cfg):
+        """What Gunicorn's reload does with a new config, minus spawning and killing workers."""
+        arbiter = self.arbiter
+        arbiter.setup(arbiter.app)
+        arbiter.log.reopen_files()
+        if kept_cfg.address != arbiter.cfg.address:
+            arbiter.LISTENERS = sock.create_sockets(arbiter.cfg, arbiter.log)
+            emit(arbiter.log, "info", "master.listening",
+                 listeners=",".join(str(lnr) for lnr in arbiter.LISTENERS))
+        arbiter.cfg.on_reload(arbiter)
+        if arbiter.cfg.pidfile != kept_cfg.pidfile:
+            arbiter.pidfile = new_pidfile(arbiter, arbiter.cfg.pidfile)
+        util._setproctitle("master [%s]" % arbiter.proc_name)
+        if arbiter.cfg.preload_app:
+            emit(arbiter.log, "warning", "reload.preload", generation=self.last_generation + 1,
+                 reason="preload_app is on: the master imported the app once and HUP cannot "
+                        "reload its code; workers are replaced with the same code. Use USR2 "
+                        "to deploy new code")
+
+    def begin(self, rollout):
+        """A new generation boots from the release the deploy link points to now."""
+        arbiter = self.arbiter
+        self.current = rollout
+        arbiter.generation = self.last_generation = rollout.generation
+        self.releases[rollout.generation] = release.resolve(settings.current().release_link)
+        arbiter.pool.reset_back_off()
+        arbiter.phase.move(Phase.RELOADING)
+        arbiter.notifier.reloading(arbiter.log, "booting generation %s" % arbiter.generation)
+        emit(arbiter.log, "info", "reload.start", generation=arbiter.generation,
+             previous_generation=rollout.previous_generation, workers=arbiter.num_workers,
+             max_booting=settings.current().max_booting)
+        arbiter.manage_workers()
+
+    def supersede(self, rollout):
+        """A newer HUP replaces a rollout still booting: stop its workers, drop what it opened."""
+        arbiter = self.arbiter
+        for worker, record in arbiter.pool.members(rollout.generation):
+            arbiter.pool.retire(worker, record, "superseded")
+        self.releases.pop(rollout.generation, None)
+        self.drop_files(rollout)
+        arbiter.LISTENERS, arbiter.pidfile = rollout.previous_listeners, rollout.previous_pidfile
+
+    def finish(self, workers):
+        """The new generation serves: close the listeners and pidfile it replaced."""
+        arbiter, rollout = self.arbiter, self.current
+        emit(arbiter.log, "info", "reload.done", generation=arbiter.generation,
+             duration=time.monotonic() - rollout.started, workers=workers)
+        self.current = None
+        for generation in [g for g in self.releases if g < rollout.generation]:
+            del self.releases[generation]
+        if arbiter.LISTENERS is not rollout.previous_listeners:
+            for lnr in rollout.previous_listeners:
+                lnr.close()
+        if arbiter.pidfile is not rollout.previous_pidfile and rollout.previous_pidfile:
+            files.remove(arbiter.log, rollout.previous_pidfile.fname)
+        arbiter.phase.move(Phase.SERVING)
+        arbiter.notifier.ready(arbiter.log, "generation %s serving" % arbiter.generation)
+
+    def roll_back(self, failure):
+        """A worker of the new generation failed: stop it, keep the previous one serving."""
+        arbiter, rollout = self.arbiter, self.current
+        emit(arbiter.log, "error", "reload.rollback", generation=rollout.generation,
+             kept_generation=rollout.previous_generation, worker=failure.pid,
+             after=failure.elapsed, reason=failure.reason)
+        for worker, record in arbiter.pool.members(rollout.generation):
+            arbiter.pool.retire(worker, record, "rollback")
+        self.current = None
+        arbiter.generation = rollout.previous_generation
+        self.drop_files(rollout)
+        self.releases.pop(rollout.generation, None)
+        reset_environment(arbiter.cfg)
+        arbiter.app.cfg = rollout.previous_cfg
+        settings.set_current(rollout.previous_settings)
+        arbiter.setup(arbiter.app)
+        arbiter.LISTENERS, arbiter.pidfile = rollout.previous_listeners, rollout.previous_pidfile
+        arbiter.phase.move(Phase.SERVING)
+        arbiter.notifier.ready(arbiter.log, "reload failed, generation %s still serving: %s"
+                               % (arbiter.generation, failure.reason))
+
+    def drop_files(self, rollout):
+        """Close the listeners and remove the pidfile a rollout opened in place of the kept ones."""
+        arbiter = self.arbiter
+        if arbiter.LISTENERS is not rollout.previous_listeners:
+            for lnr in arbiter.LISTENERS:
+                lnr.close()
+        if arbiter.pidfile is not rollout.previous_pidfile and arbiter.pidfile is not None:
+            files.remove(arbiter.log, arbiter.pidfile.fname)
+
+
+def new_pidfile(arbiter, path):
+    """A Pidfile for `path` naming this master, written atomically (None without a path)."""
+    if path is None:
+        return None
+    pidfile = Pidfile(path)
+    pidfile.pid = arbiter.pid
+    files.write(arbiter.log, path, "%s\n" % arbiter.pid)
+    return pidfile
+
+
+def reset_environment(cfg):
+    """Undo the config's `raw_env` so the reloaded config sees the original environment."""
+    for key in cfg.env:
+        if key in cfg.env_orig:
+            os.environ[key] = cfg.env_orig[key]
+        else:
+            os.environ.pop(key, None)
+
+
+def apply_environment(cfg):
+    for key, value in cfg.env.items():
+        os.environ[key] = value
+
+
+def config_failure(exc):
+    """One line for a config that failed on HUP; Gunicorn printed its traceback to stderr."""
+    if isinstance(exc, SystemExit):
+        if isinstance(exc.code, str):
+            return exc.code
+        return "the config failed to load (exit %s); its traceback is on stderr" % exc.code
+    return "%s: %s" % (type(exc).__name__, exc)

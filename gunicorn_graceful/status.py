@@ -1,0 +1,81 @@
+"""`<pidfile>.status`: what the master and each worker are doing, for `gunicorn-graceful status`.
+
+Invariants:
+- Written atomically (one rename) and only when it changed; a write that fails
+  is one WARNING (`files`), never an exception.
+- It lists the workers Gunicorn still runs, in the state each worker says it is
+  in (its own state bit), `retiring` while a SIGTERM is on its way.
+- `serving` is true only while at least one worker is ready; `state` is
+  `degraded` while workers cannot be replaced or none is ready.
+"""
+
+import json
+
+from gunicorn_graceful import files, state
+from gunicorn_graceful.phase import Phase
+
+
+class StatusFile:
+    def __init__(self, arbiter):
+        self.arbiter = arbiter
+        self.last = None
+
+    def path(self):
+        pidfile = self.arbiter.pidfile
+        return pidfile.fname + ".status" if pidfile is not None else None
+
+    def snapshot(self):
+        arbiter = self.arbiter
+        workers = [{"pid": w.pid, "generation": r.generation,
+                    "state": worker_state(w, r), "started_at": round(r.started_at, 1)}
+                   for w, r in sorted(arbiter.pool.workers(), key=lambda p: p[0].age)]
+        ready = sum(1 for w in workers if w["state"] == state.READY)
+        rollout = arbiter.rollouts.current
+        if rollout is not None:
+            rollout = {"generation": rollout.generation,
+                       "previous_generation": rollout.previous_generation,
+                       "started_at": round(rollout.started_at, 1)}
+        return {"pid": arbiter.pid, "generation": arbiter.generation,
+                "state": self.state_name(ready), "phase": arbiter.phase.value.value,
+                "workers_wanted": arbiter.num_workers, "workers_ready": ready,
+                "serving": ready > 0, "degraded": arbiter.pool.degraded, "reload": rollout,
+                "upgrade": arbiter.upgrades.last, "upgrade_refused": arbiter.upgrades.last_refusal,
+                "old_master": arbiter.master_pid or None, "workers": workers}
+
+    def state_name(self, ready):
+        """What an operator asks first: does it serve as it should?"""
+        phase = self.arbiter.phase
+        if phase.is_in(Phase.STOPPING, Phase.LAME_DUCK):
+            return "stopping"
+        if phase.is_in(Phase.STARTING, Phase.TRIAL):
+            return "starting"
+        if self.arbiter.pool.degraded is not None or ready == 0:
+            return "degraded"
+        return {Phase.RELOADING: "reloading", Phase.UPGRADING: "upgrading"}.get(
+            phase.value, "serving")
+
+    def write(self):
+        path = self.path()
+        if path is None:
+            return
+        snapshot = self.snapshot()
+        if snapshot != self.last:
+            self.last = snapshot
+            files.write(self.arbiter.log, path, json.dumps(snapshot))
+
+    def remove(self):
+        path = self.path()
+        if path is not None:
+            files.remove(self.arbiter.log, path)
+
+    def forget(self):
+        """The path changed (promotion): write the next snapshot even if it is the same."""
+        self.last = None
+
+
+def worker_state(worker, record):
+    """booting, ready or draining as the worker says; retiring while a SIGTERM is on its way."""
+    said = state.read(worker.tmp)
+    if record.retired and said != state.DRAINING:
+        return "retiring"
+    return said

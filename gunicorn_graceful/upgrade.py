@@ -1,0 +1,244 @@
+"""USR2: a new master beside the old one, handed the service only when it is ready.
+
+tableflip's rules. Invariants:
+- At most two masters, at most one of them not ready; no new upgrade until the
+  previous one ended (refusals: `phase.REFUSALS` and `refusal` below).
+- The pidfile always names a live master that serves: the new master rewrites
+  it (atomically) only when all its workers are ready, also when its old
+  master died meanwhile; then it is promoted.
+- Only the master that is the service speaks for it to systemd: MAINPID and
+  READY from a new master at its take-over, never STOPPING from one on trial.
+- A new master that fails or is late is rolled back by the old master, which
+  keeps serving, logs the reason the new master reported (`upgrade_report`),
+  removes `<pidfile>.2` and its status file, and re-binds the control socket.
+"""
+
+import dataclasses
+import os
+import signal
+import time
+
+from gunicorn_graceful import compat, files, settings, upgrade_report
+from gunicorn_graceful.events import emit
+from gunicorn_graceful.phase import Phase
+
+# Exit codes of the forked child of a USR2 that never became a new master.
+EXEC_FAILED = 70
+PRE_EXEC_FAILED = 71
+_KILL_GRACE = 1.0
+
+
+@dataclasses.dataclass
+class Upgrade:
+    """A USR2 upgrade, as its old master sees it."""
+
+    seq: int
+    new_master: int
+    report: object
+    started: float = dataclasses.field(default_factory=time.monotonic)
+    exit_status: object = None
+    stop_sent: float = 0.0
+
+
+class Upgrades:
+    """The USR2 side of one master: as an old master, and as a new master on trial."""
+
+    def __init__(self, arbiter):
+        self.arbiter = arbiter
+        self.current = None
+        self.seq = 0
+        self.last = None        # the last upgrade's outcome, for the status file
+        self.last_refusal = None
+        self.report_fd = upgrade_report.take(os.environ, arbiter.cfg.env_orig)
+
+    # -- the old master -------------------------------------------------------------------
+
+    def start(self):
+        """USR2: start a new master that takes over only once all its workers are ready."""
+        arbiter = self.arbiter
+        self.seq += 1
+        reason = self.refusal()
+        if reason:
+            self.last_refusal = {"seq": self.seq, "reason": reason}
+            arbiter.status.write()
+            emit(arbiter.log, "error", "upgrade.refused", pid=arbiter.pid, reason=reason)
+            return
+        self.drop_files()
+        report = upgrade_report.Channel()
+        self.prepare_reexec(report)
+        parent = os.getpid()
+        try:
+            arbiter.reexec()
+        except BaseException:
+            if os.getpid() != parent:
+                os._exit(EXEC_FAILED)  # a forked child that cannot exec must never run this loop
+            raise
+        finally:
+            arbiter.cfg.env_orig.pop(upgrade_report.ENV, None)
+            report.after_fork()
+        self.current = Upgrade(self.seq, arbiter.reexec_pid, report)
+        arbiter.phase.move(Phase.UPGRADING)
+        self.record(self.current, "booting")
+        emit(arbiter.log, "info", "upgrade.start", pid=arbiter.pid, new_master=arbiter.reexec_pid,
+             timeout=settings.current().upgrade_timeout)
+        arbiter.notifier.status(arbiter.log, "upgrading: new master %s booting"
+                                % arbiter.reexec_pid)
+
+    def refusal(self):
+        """Why a USR2 cannot start now, or None. Each reason avoids a half state."""
+        arbiter = self.arbiter
+        reason = arbiter.phase.refusal("upgrade", old=arbiter.master_pid or arbiter.pid,
+                                       new=arbiter.reexec_pid or arbiter.pid,
+                                       generation=arbiter.generation)
+        if reason:
+            return reason
+        if os.getpid() == 1:
+            return ("this master is PID 1: its exit would end the container; run it under an "
+                    "init (tini, dumb-init) or use HUP")
+        if arbiter.cfg.reuse_port:
+            return "reuse_port is on: Gunicorn cannot hand its listeners to a new master"
+        return None
+
+    def prepare_reexec(self, report):
+        """Fix what the new master will be started with (Gunicorn's START_CTX and environment).
+
+        Started as `python -m gunicorn`, Gunicorn re-executes `.../gunicorn/__main__.py`
+        as a script, which puts the gunicorn package first on sys.path so that
+        `import http` finds gunicorn.http and the new master's app fails to
+        import; it is re-executed as `-m gunicorn` instead. With
+        graceful_release_link, the new master starts in the release the deploy
+        symlink points to now. Its environment gets back systemd's NOTIFY_SOCKET,
+        which the pack took out of this process's (and a HUP's config copies
+        this process's), and carries the report channel's write end.
+        """
+        arbiter = self.arbiter
+        if arbiter.notifier.address:
+            arbiter.cfg.env_orig["NOTIFY_SOCKET"] = arbiter.notifier.address
+        arbiter.cfg.env_orig[upgrade_report.ENV] = str(report.write_fd)
+        args = arbiter.START_CTX["args"]
+        if len(args) > 1 and args[1].endswith(os.path.join("gunicorn", "__main__.py")):
+            arbiter.START_CTX["args"] = [args[0], "-m", "gunicorn"] + args[2:]
+        if settings.current().release_link:
+            arbiter.START_CTX["cwd"] = settings.current().release_link
+
+    def new_master_exited(self, status):
+        """Reaped (possibly inside the SIGCHLD handler): only note it; `watch` acts."""
+        if self.current is not None:
+            self.current.exit_status = status
+
+    def watch(self):
+        """Old master, each tick: roll back when the new master died or ran out of time."""
+        arbiter, upgrade = self.arbiter, self.current
+        if upgrade is None:
+            return
+        waited = time.monotonic() - upgrade.started
+        if not arbiter.reexec_pid:
+            self.current = None
+            reported = upgrade.report.reason()
+            if not upgrade.stop_sent:
+                self.roll_back(upgrade, waited, describe_master_exit(upgrade.exit_status,
+                                                                     reported))
+            self.clean_up()
+        elif not upgrade.stop_sent and waited > settings.current().upgrade_timeout:
+            upgrade.stop_sent = time.monotonic()
+            self.roll_back(upgrade, waited, "new master not ready after %.1fs "
+                           "(graceful_upgrade_timeout)" % waited)
+            signal_process(upgrade.new_master, signal.SIGTERM)
+        elif upgrade.stop_sent and time.monotonic() - upgrade.stop_sent \
+                > arbiter.cfg.graceful_timeout + _KILL_GRACE:
+            signal_process(upgrade.new_master, signal.SIGKILL)
+
+    def roll_back(self, upgrade, waited, reason):
+        arbiter = self.arbiter
+        emit(arbiter.log, "error", "upgrade.rollback", pid=arbiter.pid,
+             new_master=upgrade.new_master, after=waited, reason=reason)
+        self.record(upgrade, "rolled_back", reason)
+        arbiter.phase.move(Phase.SERVING)
+        arbiter.notifier.ready(arbiter.log, "upgrade rolled back, master %s still serving: %s"
+                               % (arbiter.pid, reason))
+
+    def clean_up(self):
+        """The new master is gone without taking over: nothing of it may linger.
+
+        Its `.2` pidfile and status file go (a SIGKILLed one removed neither),
+        and the control socket path it re-bound (then unlinked, or left dead)
+        is bound to this master again, so that gunicornc keeps working.
+        """
+        self.drop_files()
+        compat.rebind_control_socket(self.arbiter)
+
+    def drop_files(self):
+        """Remove `<pidfile>.2` and its status file: with no new master running they are stale
+        (and a stale one naming a pid that is alive again would stop the next new master)."""
+        pidfile = self.arbiter.cfg.pidfile
+        if pidfile is not None:
+            files.remove(self.arbiter.log, pidfile + ".2.status")
+            files.remove(self.arbiter.log, pidfile + ".2")
+
+    def record(self, upgrade, state_name, reason=""):
+        """The outcome `gunicorn-graceful upgrade` follows in the status file."""
+        self.last = {"seq": upgrade.seq, "state": state_name, "new_master": upgrade.new_master,
+                     "reason": reason}
+        self.arbiter.status.write()
+
+    # -- the new master -------------------------------------------------------------------
+
+    def take_over(self):
+        """All workers ready: become the service, then retire the old master.
+
+        The old master may be gone already (SIGKILL, OOM): then nobody is left
+        to retire, and `promote` completes the promotion.
+        """
+        arbiter = self.arbiter
+        arbiter.phase.move(Phase.TAKING_OVER)
+        if arbiter.cfg.pidfile is not None:
+            files.write(arbiter.log, arbiter.cfg.pidfile, "%s\n" % arbiter.pid)
+        arbiter.notifier.send(arbiter.log, MAINPID=arbiter.pid)
+        arbiter.notifier.ready(arbiter.log, "new master %s serving, old master %s draining"
+                               % (arbiter.pid, arbiter.master_pid))
+        emit(arbiter.log, "info", "upgrade.handover", pid=arbiter.pid,
+             old_master=arbiter.master_pid, generation=arbiter.generation)
+        upgrade_report.close(self.report_fd)
+        self.report_fd = None
+        signal_process(arbiter.master_pid, signal.SIGTERM)
+
+    def may_promote(self):
+        """Gunicorn promotes as soon as its parent changed; the pack waits until it serves."""
+        arbiter = self.arbiter
+        return arbiter.master_pid and arbiter.master_pid != os.getppid() \
+            and arbiter.phase.is_in(Phase.TAKING_OVER)
+
+    def promoted(self, old_master, trial_pidfile):
+        arbiter = self.arbiter
+        arbiter.phase.move(Phase.SERVING)
+        emit(arbiter.log, "info", "upgrade.promoted", pid=arbiter.pid, old_master=old_master)
+        if trial_pidfile is not None:
+            files.remove(arbiter.log, trial_pidfile.fname + ".status")
+            files.remove(arbiter.log, trial_pidfile.fname)
+
+    def report_halt(self, reason):
+        """A new master on trial that halts tells its old master why."""
+        if reason and self.arbiter.phase.is_in(Phase.TRIAL):
+            upgrade_report.tell(self.report_fd, reason)
+
+
+def signal_process(pid, sig):
+    """os.kill, where a process that is already gone is no error: it is what was wanted."""
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def describe_master_exit(status, reported=""):
+    """Why a new master ended before it took over: its signal, its own report, its exit code."""
+    if status is not None and os.WIFSIGNALED(status):
+        return "new master killed by %s before it took over" \
+            % signal.Signals(os.WTERMSIG(status)).name
+    if reported:
+        return reported
+    if status is None:
+        return "new master gone before it took over"
+    if os.WEXITSTATUS(status) == EXEC_FAILED:
+        return "the new master could not be executed"
+    return "new master exited with code %s before it took over" % os.WEXITSTATUS(status)
