@@ -1,0 +1,103 @@
+"""Every Gunicorn internal the pack relies on, detected by feature, never by version number.
+
+Each entry names what the pack needs and how it is found. `tests/test_compat.py`
+asserts every one of them on the installed Gunicorn, so an internal that a
+Gunicorn release renames or drops fails loudly there instead of silently
+falling back here. Supported: the releases CI runs (see the README).
+"""
+
+import inspect
+
+from gunicorn.arbiter import Arbiter
+from gunicorn.workers.gthread import ThreadWorker
+from gunicorn.workers.sync import SyncWorker
+from gunicorn.workers.workertmp import WorkerTmp
+
+# Methods the pack overrides or calls, with the parameters it passes (contract-tested).
+ARBITER_METHODS = {
+    "setup": ["self", "app"], "manage_workers": ["self"], "reap_workers": ["self"],
+    "murder_workers": ["self"], "reload": ["self"], "handle_term": ["self"],
+    "handle_usr2": ["self"], "maybe_promote_master": ["self"], "reexec": ["self"],
+    "halt": ["self", "reason", "exit_status"], "stop": ["self", "graceful"],
+    "spawn_worker": ["self"], "kill_worker": ["self", "pid", "sig"],
+}
+ARBITER_ATTRIBUTES = ["WORKERS", "LISTENERS", "reexec_pid", "master_pid", "pidfile", "systemd",
+                      "START_CTX", "WORKER_BOOT_ERROR", "APP_LOAD_ERROR", "worker_class",
+                      "num_workers", "SIG_QUEUE"]
+WORKER_METHODS = {
+    "init_process": ["self"], "load_wsgi": ["self"], "init_signals": ["self"], "run": ["self"],
+    "handle_exit": ["self", "sig", "frame"], "handle_quit": ["self", "sig", "frame"],
+    "handle_abort": ["self", "sig", "frame"],
+}
+# Called in each worker's run loop; returns False when the master is gone.
+PARENT_CHECK = {SyncWorker: "is_parent_alive", ThreadWorker: "is_parent_alive"}
+# The sync worker handles one accepted client with `handle(listener, client, addr)`.
+SYNC_HANDLE = ["self", "listener", "client", "addr"]
+PIDFILE_ATTRIBUTES = ["fname", "pid"]
+
+# Gunicorn >= 27's thread worker stops through `set_accept_enabled(False)`, accepts with
+# `accept(listener)`, and answers kept-alive clients with `Connection: close` meanwhile:
+# the graceful thread worker hooks its drain there. Without it (23-26) it runs Gunicorn's
+# own thread-worker shutdown.
+THREAD_WORKER_STOP_HOOK = hasattr(ThreadWorker, "set_accept_enabled")
+
+# Gunicorn 23 reaps children inside its SIGCHLD handler (handle_chld(sig, frame)); newer
+# releases queue the signal (signal_chld) and reap in the main loop. The pack's reap only
+# records in either case, and labels a worker before its fork (records.expect).
+REAPS_IN_SIGNAL_HANDLER = not hasattr(Arbiter, "signal_chld")
+
+# Gunicorn's heartbeat is the mtime of the worker's tmp file (WorkerTmp.notify uses utime),
+# which leaves its permission bits free for the worker's state (see `state`).
+HEARTBEAT_BY_MTIME = "utime" in inspect.getsource(WorkerTmp.notify) \
+    and "chmod" not in inspect.getsource(WorkerTmp.notify)
+
+# The thread worker's kept-alive connections: `keepalived_conns` (27), `_keep` (23-26).
+KEEPALIVE_ATTRIBUTE = "keepalived_conns" \
+    if "self.keepalived_conns" in inspect.getsource(ThreadWorker.__init__) else "_keep"
+
+# Gunicorn >= 27: a control socket for gunicornc, started after the first workers.
+CONTROL_SOCKET = hasattr(Arbiter, "_start_control_server") \
+    and hasattr(Arbiter, "_stop_control_server")
+
+# Gunicorn >= 27: the dirty arbiter is a child too, reaped by its own handler.
+DIRTY_ARBITER = hasattr(Arbiter, "handle_dirty_arbiter_exit")
+
+# Gunicorn >= 27 counts reloads in `_stats`.
+RELOAD_STATS = "_stats['reloads']" in inspect.getsource(Arbiter.reload)
+
+
+def idle_connections(worker):
+    """How many kept-alive connections a thread worker holds between requests."""
+    return len(getattr(worker, KEEPALIVE_ATTRIBUTE, None) or ())
+
+
+def is_dirty_arbiter(arbiter, pid):
+    return DIRTY_ARBITER and pid == arbiter.dirty_arbiter_pid
+
+
+def count_reload(arbiter):
+    """Gunicorn's own reload counter, which the pack's reload must keep counting."""
+    if RELOAD_STATS:
+        arbiter._stats["reloads"] += 1
+
+
+def rebind_control_socket(arbiter):
+    """Bind the control socket path to this master again (a new master of it took the path)."""
+    if CONTROL_SOCKET and arbiter._control_server is not None:
+        Arbiter._stop_control_server(arbiter)
+        arbiter._start_control_server()
+
+
+def report_metrics(arbiter):
+    """The metric lines stock `manage_workers` logs (the worker gauge; on 27 the backlog)."""
+    count = len(arbiter.WORKERS)
+    if getattr(arbiter, "_last_logged_active_worker_count", count) != count:
+        arbiter._last_logged_active_worker_count = count
+        arbiter.log.debug("{0} workers".format(count), extra={
+            "metric": "gunicorn.workers", "value": count, "mtype": "gauge"})
+    if getattr(arbiter.cfg, "enable_backlog_metric", False):
+        backlog = sum(lnr.get_backlog() or 0 for lnr in arbiter.LISTENERS)
+        if backlog >= 0:
+            arbiter.log.debug("socket backlog: {0}".format(backlog), extra={
+                "metric": "gunicorn.backlog", "value": backlog, "mtype": "histogram"})
+

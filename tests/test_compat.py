@@ -1,0 +1,102 @@
+"""The contract with Gunicorn: every internal `compat` names is there, as the pack uses it.
+
+These run on every Gunicorn release CI runs. A release that renames or drops an
+internal fails here, by name, instead of the pack silently falling back.
+"""
+
+import inspect
+import os
+import stat
+import tempfile
+
+import pytest
+from gunicorn.arbiter import Arbiter
+from gunicorn.config import Config
+from gunicorn.pidfile import Pidfile
+from gunicorn.workers.base import Worker
+from gunicorn.workers.gthread import ThreadWorker
+from gunicorn.workers.sync import SyncWorker
+from gunicorn.workers.workertmp import WorkerTmp
+
+from gunicorn_graceful import compat
+
+
+def parameters(function):
+    return list(inspect.signature(function).parameters)
+
+
+@pytest.mark.parametrize("name", sorted(compat.ARBITER_METHODS))
+def test_arbiter_method_is_there_with_the_parameters_the_pack_passes(name):
+    assert parameters(getattr(Arbiter, name)) == compat.ARBITER_METHODS[name]
+
+
+@pytest.mark.parametrize("name", sorted(compat.WORKER_METHODS))
+def test_worker_method_is_there_with_the_parameters_the_pack_passes(name):
+    assert parameters(getattr(Worker, name)) == compat.WORKER_METHODS[name]
+
+
+def test_arbiter_instance_has_the_attributes_the_pack_reads():
+    class App:
+        cfg = Config()
+    arbiter = Arbiter(App())
+    missing = [name for name in compat.ARBITER_ATTRIBUTES if not hasattr(arbiter, name)]
+    assert missing == []
+    assert arbiter.cfg.env_orig is not None and "args" in arbiter.START_CTX
+
+
+def test_each_worker_checks_its_parent_with_the_method_the_pack_overrides():
+    for worker_class, name in compat.PARENT_CHECK.items():
+        source = inspect.getsource(worker_class)
+        assert "self.%s()" % name in source or hasattr(worker_class, name), worker_class
+    assert parameters(SyncWorker.handle) == compat.SYNC_HANDLE
+
+
+def test_the_thread_worker_stop_hook_is_whole_when_detected():
+    if compat.THREAD_WORKER_STOP_HOOK:
+        assert parameters(ThreadWorker.set_accept_enabled) == ["self", "enabled"]
+        assert parameters(ThreadWorker.accept) == ["self", "listener"]
+        assert "self.set_accept_enabled(False)" in inspect.getsource(ThreadWorker.run)
+    else:
+        assert "set_accept_enabled" not in inspect.getsource(ThreadWorker)
+
+
+def test_the_kept_alive_connections_attribute_is_the_detected_one():
+    assert ("self.%s = " % compat.KEEPALIVE_ATTRIBUTE) in inspect.getsource(ThreadWorker.__init__)
+
+
+def test_reaping_happens_where_detected():
+    if compat.REAPS_IN_SIGNAL_HANDLER:
+        assert parameters(Arbiter.handle_chld) == ["self", "sig", "frame"]
+        assert "self.reap_workers()" in inspect.getsource(Arbiter.handle_chld)
+    else:
+        assert parameters(Arbiter.handle_chld) == ["self"]
+
+
+def test_the_heartbeat_leaves_the_permission_bits_to_the_worker_state():
+    assert compat.HEARTBEAT_BY_MTIME
+
+    tmp = WorkerTmp(Config())
+    try:
+        os.fchmod(tmp.fileno(), stat.S_IXUSR | stat.S_IXGRP)
+        tmp.notify()
+        assert stat.S_IMODE(os.fstat(tmp.fileno()).st_mode) & (stat.S_IXUSR | stat.S_IXGRP) \
+            == stat.S_IXUSR | stat.S_IXGRP
+    finally:
+        tmp.close()
+
+
+def test_the_pidfile_object_has_what_the_pack_sets():
+    with tempfile.TemporaryDirectory() as directory:
+        pidfile = Pidfile(os.path.join(directory, "x.pid"))
+        pidfile.create(os.getpid())
+        assert all(hasattr(pidfile, name) for name in compat.PIDFILE_ATTRIBUTES)
+        pidfile.unlink()
+
+
+def test_optional_internals_are_whole_when_detected():
+    if compat.CONTROL_SOCKET:
+        assert parameters(Arbiter._stop_control_server) == ["self"]
+    if compat.DIRTY_ARBITER:
+        assert parameters(Arbiter.handle_dirty_arbiter_exit) == ["self", "wpid", "status"]
+    if compat.RELOAD_STATS:
+        assert "'reloads'" in inspect.getsource(Arbiter.__init__)
