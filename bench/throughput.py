@@ -68,8 +68,7 @@ def one(flavour, kind, seconds):
     try:
         measure(server.port, 0.5)  # warm-up: imports, first connections
         rps = measure(server.port, seconds)
-        server.remember_children()
-        workers = sorted(server.children)
+        workers = server.children()
         return {"rps": rps, "master_rss": rss_kib(server.pid),
                 "worker_rss": rss_kib(workers[0]) if workers else None}
     finally:

@@ -7,6 +7,7 @@ pids this code started, even when a test fails.
 
 import collections
 import contextlib
+import itertools
 import os
 import re
 import shutil
@@ -17,12 +18,13 @@ import sys
 import threading
 import time
 
-import gunicorn
 import requests
 
-# The graceful thread worker drains gracefully only on Gunicorn >= 27 (its gthread worker
-# has the stop path it builds on); on older releases the tests cover the sync worker.
-WORKERS = ["sync", "gthread"] if gunicorn.version_info >= (27,) else ["sync"]
+from gunicorn_graceful import compat
+
+# The graceful thread worker drains gracefully only where Gunicorn's gthread worker has the
+# stop path it builds on (compat.THREAD_WORKER_STOP_HOOK); elsewhere the tests cover sync.
+WORKERS = ["sync", "gthread"] if compat.THREAD_WORKER_STOP_HOOK else ["sync"]
 DEFAULT_WORKER = WORKERS[-1]
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -32,6 +34,7 @@ _SCRIPT = os.path.join(os.path.dirname(sys.executable), "gunicorn")
 GUNICORN = [_SCRIPT] if os.path.exists(_SCRIPT) else [sys.executable, "-m", "gunicorn"]
 MODULE_GUNICORN = [sys.executable, "-m", "gunicorn"]
 POLL = 0.05
+_SERVER_NUMBERS = itertools.count(1)
 
 APP_TEMPLATE = '''\
 import os
@@ -57,7 +60,7 @@ def app(environ, start_response):
 
 def control_socket_args(workdir):
     """Gunicorn >= 27 opens a control socket in ~/.gunicorn by default: give each server its own."""
-    if gunicorn.version_info >= (27,):
+    if compat.CONTROL_SOCKET:
         return ["--control-socket", os.path.join(workdir, "ctl.sock")]
     return []
 
@@ -182,19 +185,20 @@ class NotifySocket:
 
 
 class Server:
-    """One Gunicorn master started by this test, with its log in a file."""
+    """One Gunicorn master started by this test, in a process group of its own, with its log
+    in a file. It binds port 0 unless told a port (a restart on the same one): the kernel
+    picks a free port and `port` reads it from Gunicorn's "Listening at" line."""
 
     def __init__(self, workdir, config, app="testapp:app", worker=DEFAULT_WORKER, workers=2,
-                 extra_args=(), env=None, rundir=None, launcher=GUNICORN, port=None):
+                 extra_args=(), env=None, rundir=None, launcher=GUNICORN, port=0):
         self.workdir = workdir
-        self.port = port or free_port()
-        self.url = "http://127.0.0.1:%s" % self.port
+        self._port = port or None
         rundir = rundir or workdir  # pidfile and log: outside workdir when it is a symlink
         self.pidfile = os.path.join(rundir, "gunicorn.pid")
-        self.logpath = os.path.join(rundir, "gunicorn-%s.log" % self.port)
+        self.logpath = os.path.join(rundir, "gunicorn-%s.log" % next(_SERVER_NUMBERS))
         worker_class = {"gthread": "gunicorn_graceful.workers.GracefulThreadWorker",
                         "sync": "gunicorn_graceful.workers.GracefulSyncWorker"}.get(worker, worker)
-        self.args = launcher + ["-c", config, "-b", "127.0.0.1:%s" % self.port,
+        self.args = launcher + ["-c", config, "-b", "127.0.0.1:%s" % port,
                                 "-w", str(workers), "-k", worker_class, "--pid", self.pidfile,
                                 "--chdir", workdir, "--pythonpath", ROOT,
                                 *control_socket_args(workdir),
@@ -204,13 +208,24 @@ class Server:
         self.env.pop("NOTIFY_SOCKET", None)
         self.env.update(env or {})
         self.proc = None
-        self.children = set()
 
     def start(self):
         self._log = open(self.logpath, "ab")
         self.proc = subprocess.Popen(self.args, cwd=self.workdir, env=self.env,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
+                                     stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
         return self
+
+    @property
+    def port(self):
+        if self._port is None:
+            found = self.wait_log(r"Listening at: http://127\.0\.0\.1:(\d+)")
+            self._port = int(found.group(1))
+        return self._port
+
+    @property
+    def url(self):
+        return "http://127.0.0.1:%s" % self.port
 
     def wait_http(self, timeout=30):
         """Wait until the server answers 200 on / (works for stock Gunicorn too)."""
@@ -239,11 +254,12 @@ class Server:
         return len(re.findall(pattern, self.log()))
 
     def wait_log(self, pattern, timeout=30, count=1):
+        """Wait until `pattern` is logged `count` times; the last match."""
         def seen():
-            self.remember_children()
-            return self.count(pattern) >= count
-        return wait_for(seen, timeout, lambda: "%r in the log of %s:\n%s"
-                        % (pattern, self.url, self.tail()))
+            found = list(re.finditer(pattern, self.log()))
+            return found[-1] if len(found) >= count else None
+        return wait_for(seen, timeout, lambda: "%r in %s:\n%s"
+                        % (pattern, self.logpath, self.tail()))
 
     def wait_started(self, path, count=1, timeout=10):
         """Wait until the app has begun `count` requests to `path` (see APP_TEMPLATE)."""
@@ -259,7 +275,6 @@ class Server:
         return "\n".join(self.log().splitlines()[-lines:])
 
     def signal(self, sig):
-        self.remember_children()
         os.kill(self.pid, sig)
 
     def masters(self):
@@ -273,20 +288,13 @@ class Server:
                 pass
         return pids
 
-    def remember_children(self):
-        """Note every process of this server's family, so cleanup can stop exactly those."""
-        if self.proc is None:
-            return
-        todo = list(self.masters() | self.children)
-        while todo:
-            pid = todo.pop()
-            try:
-                with open("/proc/%s/task/%s/children" % (pid, pid)) as handle:
-                    found = {int(child) for child in handle.read().split()}
-            except OSError:
-                continue
-            todo.extend(found - self.children)
-            self.children.update(found)
+    def children(self):
+        """The master's child processes now (its workers), from /proc."""
+        try:
+            with open("/proc/%s/task/%s/children" % (self.pid, self.pid)) as handle:
+                return sorted(int(pid) for pid in handle.read().split())
+        except OSError:
+            return []
 
     def wait_exit(self, timeout=60):
         try:
@@ -305,23 +313,21 @@ class Server:
         return self.get("/").json()["version"]
 
     def stop(self):
-        """Stop what this test started: the master by pid, then any worker it left behind."""
+        """Stop what this test started: its process group (the master, every new master a
+        USR2 forked, every worker, orphans included): SIGQUIT to the master, then SIGKILL."""
         if self.proc is None:
             return
-        self.remember_children()
-        family = self.masters() - {self.pid}
         if self.alive():
             self.proc.send_signal(signal.SIGQUIT)
             try:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        for pid in family | self.children:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except OSError:
                 pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:  # the whole group is gone already
+            pass
+        self.proc.wait(timeout=10)
         self._log.close()
 
 
@@ -349,11 +355,20 @@ backend app
 """
 
 
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+# tests/run.sh installs HAProxy when it runs as root; otherwise its tests skip, saying so.
+HAPROXY_MISSING = None if os.path.exists(HAPROXY) or os.geteuid() == 0 else (
+    "haproxy is not installed and tests/run.sh needs root to install it (apt-get install haproxy)")
+
+
 class HAProxy:
-    """A real HAProxy on 127.0.0.1 in front of `backends` ({name: port}), with active checks."""
+    """A real HAProxy on 127.0.0.1 in front of `backends` ({name: port}), with active checks.
+
+    Its frontend port comes from `free_port` (HAProxy does not report a port it picked).
+    """
 
     def __init__(self, workdir, backends, health="/health"):
-        self.binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
+        self.binary = HAPROXY
         self.port = free_port()
         self.url = "http://127.0.0.1:%s" % self.port
         self.stats = os.path.join(workdir, "haproxy.sock")

@@ -5,12 +5,12 @@ import subprocess
 
 import pytest
 
-from support import GUNICORN, ROOT, Server, free_port, write_config
+from support import GUNICORN, ROOT, write_config
 
 
 def run_gunicorn(workdir, config_body, env=None, timeout=30):
     config = write_config(workdir, body=config_body)
-    args = GUNICORN + ["-c", config, "-b", "127.0.0.1:%s" % free_port(), "--chdir", workdir,
+    args = GUNICORN + ["-c", config, "-b", "127.0.0.1:0", "--chdir", workdir,
                        "--pythonpath", ROOT, "testapp:app"]
     return subprocess.run(args, cwd=workdir, env=dict(os.environ, **(env or {})),
                           capture_output=True, text=True, timeout=timeout)

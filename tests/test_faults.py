@@ -12,11 +12,11 @@ import signal
 import threading
 import time
 
-import gunicorn
 import pytest
 import requests
 
-from support import (WORKERS, Load, NotifySocket, cli, free_port, pid_in, process_alive, unwritable,
+from gunicorn_graceful import compat
+from support import (WORKERS, Load, NotifySocket, cli, pid_in, process_alive, unwritable,
                      upgrade_command, wait_for, write_app)
 
 READINESS = "graceful_readiness_path = '/healthz'\n"
@@ -184,7 +184,6 @@ def test_usr2_hands_over_when_the_pidfile_directory_turns_unwritable(workdir, se
         server.signal(signal.SIGUSR2)
         wait_for(lambda: os.path.exists(server.pidfile + ".2"), 20, "the new master's pidfile")
         new = pid_in(server.pidfile + ".2")
-        server.remember_children()
         with unwritable(rundir):
             server.wait_log(r"event=upgrade\.promoted pid=%s" % new, timeout=40)
             assert server.wait_exit(timeout=40) == 0
@@ -269,7 +268,6 @@ def test_new_master_promotes_itself_only_when_ready_after_the_old_master_died(wo
     server.signal(signal.SIGUSR2)
     wait_for(lambda: os.path.exists(server.pidfile + ".2"), 20, "the new master's pidfile")
     new = pid_in(server.pidfile + ".2")
-    server.remember_children()
     os.kill(server.pid, signal.SIGKILL)
     server.proc.wait(timeout=10)
     wait_for(lambda: read_pid(server.pidfile) == new, 40,
@@ -353,14 +351,13 @@ def test_rolled_back_upgrade_leaves_no_trace_and_a_later_one_succeeds(workdir, s
         server.signal(signal.SIGUSR2)
         wait_for(lambda: os.path.exists(server.pidfile + ".2.status"), 20,
                  "the new master's status file")
-        server.remember_children()
         os.kill(pid_in(server.pidfile + ".2"), signal.SIGKILL)
         server.wait_log(r"event=upgrade\.rollback")
     wait_for(lambda: not os.path.exists(server.pidfile + ".2")
              and not os.path.exists(server.pidfile + ".2.status"), 10,
              lambda: "no .2 files: %s" % os.listdir(workdir))
     assert server.alive() and pid_in(server.pidfile) == server.pid
-    if gunicorn.version_info >= (27,):
+    if compat.CONTROL_SOCKET:
         wait_for(lambda: control_socket_answers(workdir), 10, "gunicornc to answer")
     with open(server.pidfile + ".status") as handle:
         listed = [w["pid"] for w in json.load(handle)["workers"]]
@@ -430,17 +427,19 @@ def test_rollback_restores_listeners_pidfile_and_environment(workdir, servers):
         del server.args[at:at + 2]
     config = server.args[server.args.index("-c") + 1]
     other_pid = os.path.join(workdir, "other.pid")
-    other_port = free_port()
     with open(config, "a") as handle:
-        handle.write("bind = ['127.0.0.1:%s']\npidfile = %r\n" % (server.port, server.pidfile))
+        handle.write("bind = ['127.0.0.1:0']\npidfile = %r\n" % server.pidfile)
     server.start().wait_log("event=master.serving")
-    with open(config, "a") as handle:
-        handle.write("bind = ['127.0.0.1:%s']\npidfile = %r\nraw_env = ['STAGE=two', 'EXTRA=1']\n"
-                     % (other_port, other_pid))
+    with open(config, "a") as handle:  # one more listener: a new address
+        handle.write("bind = ['127.0.0.1:0', '127.0.0.1:0']\npidfile = %r\n"
+                     "raw_env = ['STAGE=two', 'EXTRA=1']\n" % other_pid)
     write_app(workdir, "2", **BROKEN)
     server.signal(signal.SIGHUP)
     server.wait_log(r"event=reload\.rollback generation=2")
     assert pid_in(server.pidfile) == server.pid and not os.path.exists(other_pid)
+    opened = server.wait_log(r"event=master\.listening listeners=http://127\.0\.0\.1:\d+,"
+                             r"http://127\.0\.0\.1:(\d+)")
+    other_port = int(opened.group(1))
     # A replacement of the kept generation gets the kept address and environment.
     write_app(workdir, "1b", before="assert os.environ.get('STAGE') == 'one' "
                                    "and 'EXTRA' not in os.environ, dict(os.environ)")

@@ -14,7 +14,9 @@ import sys
 
 import pytest
 
-from support import HAProxy, Load, write_app
+from support import HAPROXY_MISSING, HAProxy, Load, write_app
+
+pytestmark = pytest.mark.skipif(HAPROXY_MISSING is not None, reason=str(HAPROXY_MISSING))
 
 CONFIG = ("graceful_health_path = '/health'\ngraceful_shutdown_delay = 1.5\n"
           "graceful_readiness_path = '/healthz'\n")

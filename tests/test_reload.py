@@ -127,6 +127,7 @@ def test_max_booting_bounds_new_workers_booting_at_once(workdir, servers):
     assert_no_failures(load)
     lines = [l for l in server.log().splitlines()
              if "generation=2" in l and ("worker.booting" in l or "worker.ready" in l)]
+    assert sum("worker.booting" in l for l in lines) == 3, lines
     booting = 0
     for line in lines:
         booting += 1 if "worker.booting" in line else -1
