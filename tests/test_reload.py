@@ -42,6 +42,8 @@ def test_hup_with_same_code_replaces_every_worker_with_zero_failures(workdir, se
     assert server.alive()
     assert server.count(r"event=worker\.retire pid=\d+ generation=1 reason=replaced") == 2
     assert server.count(r"event=worker\.ready pid=\d+ generation=2") == 2
+    assert server.count(r"event=master\.phase pid=\d+ from=serving to=reloading") == 1
+    assert server.count(r"event=master\.phase pid=\d+ from=reloading to=serving") == 1
 
 
 @pytest.mark.parametrize("worker", WORKERS)
@@ -187,3 +189,14 @@ def test_systemd_hears_ready_only_when_workers_serve_and_reloading_around_hup(wo
     assert int(messages[1].split("\n")[1].split("=")[1]) > 0
     assert messages[2].startswith("READY=1\n") and "generation 2 serving" in messages[2]
     assert messages[3].startswith("STOPPING=1\n")
+
+
+def test_hup_while_the_first_generation_boots_is_refused_and_it_still_starts(workdir, servers):
+    write_app(workdir, "1", before="time.sleep(2)")
+    server = servers(workdir, workers=1, config_body=READINESS, serve=False)
+    server.wait_log(r"event=worker\.booting pid=\d+ ppid=\d+ generation=1")
+    server.signal(signal.SIGHUP)
+    server.wait_log(r"\[ERROR\] event=reload\.refused pid=%s reason=\"the first generation is "
+                    r"still booting" % server.pid)
+    server.wait_log(r"event=master\.serving")
+    assert server.version() == "1" and server.count(r"event=reload\.start") == 0
