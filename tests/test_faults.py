@@ -118,7 +118,8 @@ def test_kept_worker_that_cannot_be_replaced_reports_degraded_until_a_good_hup(w
         shown = cli("status", "--pidfile", server.pidfile)
         assert shown.returncode == 0, shown.stdout + shown.stderr
         assert "state=serving" in shown.stdout and "workers_ready=2" in shown.stdout
-        assert server.version() == "3" and not process_alive(survivor)
+        assert server.version() == "3"
+        wait_for(lambda: not process_alive(survivor), 30, "the kept worker to drain and exit")
         notify.wait("READY=1\nSTATUS=generation 3 serving")
 
 
