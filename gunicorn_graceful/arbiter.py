@@ -8,6 +8,7 @@ is done by one collaborator per concern, each stating its invariants:
 - `phase`: the master's one phase value and what each phase refuses;
 - `records`: one record per worker pid;
 - `pool`: the reconcile tick (spawn, ready, retire, boot failures, deadlines);
+- `recycle`: ready-first recycling (max_requests, memory, age);
 - `rollout`: HUP generations, rollback, pinned releases;
 - `upgrade`: USR2, as old master and as new master;
 - `stop`: lame duck, door, drain;
@@ -21,7 +22,7 @@ import os
 
 from gunicorn.arbiter import Arbiter
 
-from gunicorn_graceful import compat, rollout, upgrade
+from gunicorn_graceful import compat, recycle, rollout, upgrade
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.phase import Phase, PhaseKeeper
 from gunicorn_graceful.pool import Pool
@@ -47,6 +48,7 @@ class GracefulArbiter(Arbiter):
         arbiter.notifier = Notifier.take_from_environ()
         arbiter.records = Records()
         arbiter.pool = Pool(arbiter)
+        arbiter.recycler = recycle.Recycler(arbiter)
         arbiter.rollouts = rollout.Rollouts(arbiter)
         arbiter.upgrades = upgrade.Upgrades(arbiter)
         arbiter.stopper = Stop(arbiter)

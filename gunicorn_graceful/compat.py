@@ -31,8 +31,12 @@ WORKER_METHODS = {
 }
 # Called in each worker's run loop; returns False when the master is gone.
 PARENT_CHECK = {SyncWorker: "is_parent_alive", ThreadWorker: "is_parent_alive"}
-# The sync worker handles one accepted client with `handle(listener, client, addr)`.
+# The sync worker handles one accepted client with `handle(listener, client, addr)`, and each
+# request with `handle_request(listener, req, client, addr)`; the thread worker each request
+# with `handle_request(req, conn)`. Both count max_requests there against `self.max_requests`.
 SYNC_HANDLE = ["self", "listener", "client", "addr"]
+SYNC_HANDLE_REQUEST = ["self", "listener", "req", "client", "addr"]
+THREAD_HANDLE_REQUEST = ["self", "req", "conn"]
 PIDFILE_ATTRIBUTES = ["fname", "pid"]
 
 # Gunicorn >= 27's thread worker stops through `set_accept_enabled(False)`, accepts with

@@ -25,7 +25,7 @@ import time
 
 from gunicorn.errors import HaltServer
 
-from gunicorn_graceful import settings, state
+from gunicorn_graceful import recycle, settings, state
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.phase import Phase
 from gunicorn_graceful.records import Record
@@ -74,7 +74,8 @@ class Pool:
     def label(self, worker):
         """Before the fork (pre_fork): the record of the worker about to be born."""
         arbiter = self.arbiter
-        record = Record(arbiter.generation, arbiter.rollouts.release_of(arbiter.generation))
+        record = Record(arbiter.generation, arbiter.rollouts.release_of(arbiter.generation),
+                        age_jitter=recycle.age_jitter(settings.current().max_worker_age_jitter))
         arbiter.records.expect(worker, record)
         worker.release = record.release
 
@@ -101,10 +102,17 @@ class Pool:
         self.notice_ready()
         self.handle_boot_failures()
         members = self.members(arbiter.generation)
+        if arbiter.recycler.active():
+            arbiter.recycler.notice(members)
         self.spawn_missing(members)
         self.retire_surplus(members)
+        arbiter.recycler.retire_replaced(members)
+        members = self.members(arbiter.generation)
         if sum(1 for _, r in members if r.ready_at) >= arbiter.num_workers:
             self.hand_over()
+        if self.degraded is not None and sum(1 for _, r in members if r.ready_at
+                                             and r.recycle is None) >= arbiter.num_workers:
+            self.recovered()
 
     def notice_ready(self):
         for worker, record in self.workers():
@@ -115,19 +123,22 @@ class Pool:
                      generation=record.generation, boot_time=record.ready_at - record.spawned)
 
     def spawn_missing(self, members):
-        missing = self.arbiter.num_workers - len(members)
-        if missing <= 0 or time.monotonic() < self.respawn_after:
+        """Replace what is missing (crash, TTIN, a new generation), then what is recycled."""
+        if time.monotonic() < self.respawn_after:
             return
+        missing = self.arbiter.num_workers - len(members)
         limit = settings.current().max_booting
-        if limit:  # 0: no limit
+        if limit and missing > 0:  # 0: no limit
             missing = min(missing, limit - sum(1 for _, r in members if not r.ready_at))
-        for _ in range(max(missing, 0)):
+        for _ in range(max(missing, 0) + self.arbiter.recycler.replacements(members)):
             self.arbiter.spawn_worker()
 
     def retire_surplus(self, members):
-        """TTOU or a smaller `workers` after HUP: retire the oldest surplus workers."""
-        surplus = len(members) - self.arbiter.num_workers
-        for worker, record in sorted(members, key=lambda m: m[0].age)[:max(surplus, 0)]:
+        """TTOU or a smaller `workers` after HUP: retire the oldest surplus workers (workers
+        waiting to be recycled are not surplus: they go when their replacement is ready)."""
+        staying = [m for m in members if m[1].recycle is None]
+        surplus = len(staying) - self.arbiter.num_workers
+        for worker, record in sorted(staying, key=lambda m: m[0].age)[:max(surplus, 0)]:
             self.retire(worker, record, "surplus")
 
     def hand_over(self):
@@ -146,10 +157,14 @@ class Pool:
             else:
                 arbiter.phase.move(Phase.SERVING)
                 arbiter.notifier.ready(arbiter.log, "generation %s serving" % arbiter.generation)
-        elif self.degraded is not None:
-            emit(arbiter.log, "info", "master.recovered", pid=arbiter.pid,
-                 generation=arbiter.generation, workers=ready, reason=self.degraded["reason"])
-            arbiter.notifier.ready(arbiter.log, "generation %s serving" % arbiter.generation)
+
+    def recovered(self):
+        """Every wanted worker is ready again (none waits for a replacement): not degraded."""
+        arbiter = self.arbiter
+        emit(arbiter.log, "info", "master.recovered", pid=arbiter.pid,
+             generation=arbiter.generation, workers=arbiter.num_workers,
+             reason=self.degraded["reason"])
+        arbiter.notifier.ready(arbiter.log, "generation %s serving" % arbiter.generation)
         self.degraded = None
 
     # -- exits and failures ---------------------------------------------------------------

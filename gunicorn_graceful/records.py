@@ -28,6 +28,8 @@ class Record:
     kill_reason: str = None         # why the master stopped it before it was ready
     killed: bool = False            # the master sent SIGKILL itself
     told_lame_duck: bool = False
+    age_jitter: float = 0.0          # added to graceful_max_worker_age for this worker
+    recycle: dict = None            # why and since when it waits to be recycled
     final_state: str = None         # the state bit read just before its file closed
     exit_status: int = None
 

@@ -47,10 +47,20 @@ def _count(name, value):
     return number
 
 
+def _mebibytes(name, value):
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = -1
+    if not number >= 0:
+        raise SettingError(name, value, "a size in MiB >= 0 (0 means no limit)")
+    return number
+
+
 def _path(name, value):
     value = "" if value is None else str(value)
     if value and not value.startswith("/"):
-        raise SettingError(name, value, "an URL path starting with '/', or empty for none")
+        raise SettingError(name, value, "a URL path starting with '/', or empty for none")
     return value
 
 
@@ -106,7 +116,23 @@ class Settings:
     max_booting: int = dataclasses.field(default=0, metadata={
         "parse": _count,
         "doc": "How many new workers may boot at once during a reload (bounds memory and "
-               "CPU on big hosts). 0: all of them."})
+               "CPU on big hosts). 0: all of them. Recycling boots at most this many "
+               "replacements at once, 1 when it is 0."})
+
+    max_worker_rss: float = dataclasses.field(default=0.0, metadata={
+        "parse": _mebibytes,
+        "doc": "Recycle a worker whose resident memory exceeds this many MiB (checked by the "
+               "worker between requests and by the master every second): its replacement "
+               "boots first, then it drains. 0: no limit."})
+    max_worker_age: float = dataclasses.field(default=0.0, metadata={
+        "parse": _seconds(0, False),
+        "doc": "Recycle a worker after this many seconds (plus a random part of "
+               "graceful_max_worker_age_jitter), replacement first. 0: no limit."})
+    max_worker_age_jitter: float = dataclasses.field(default=0.0, metadata={
+        "parse": _seconds(0, False),
+        "doc": "Up to this many seconds added at random to each worker's "
+               "graceful_max_worker_age, so workers started together do not all retire "
+               "together (as max_requests_jitter does for max_requests)."})
 
     upgrade_timeout: float = dataclasses.field(default=60.0, metadata={
         "parse": _seconds(0, True),

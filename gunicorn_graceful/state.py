@@ -18,6 +18,7 @@ DRAINING = "draining"
 
 _READY_BIT = stat.S_IXUSR
 _DRAINING_BIT = stat.S_IXGRP
+_RECYCLE_BIT = stat.S_IXOTH
 _REASON_LIMIT = 1024
 
 
@@ -42,6 +43,28 @@ def mark_ready(tmp, master_pid):
 def mark_draining(tmp):
     """In the worker: no longer accepting, finishing what is in flight."""
     _set_bits(tmp, _DRAINING_BIT)
+
+
+def mark_recycle(tmp, master_pid, details):
+    """In the worker: it reached a recycling limit and asks to be replaced; it keeps serving.
+
+    `details` (reason, served, memory) go where a boot failure's reason would:
+    a worker that asks to be recycled has booted.
+    """
+    write_reason(tmp, details)
+    _set_bits(tmp, _RECYCLE_BIT)
+    try:
+        os.kill(master_pid, signal.SIGCHLD)
+    except OSError:
+        pass
+
+
+def wants_recycle(tmp):
+    """In the master: whether the worker asked to be replaced."""
+    try:
+        return bool(os.fstat(tmp.fileno()).st_mode & _RECYCLE_BIT)
+    except (OSError, ValueError):
+        return False
 
 
 def write_reason(tmp, reason):

@@ -29,7 +29,7 @@ class StatusFile:
         workers = [{"pid": w.pid, "generation": r.generation,
                     "state": worker_state(w, r), "started_at": round(r.started_at, 1)}
                    for w, r in sorted(arbiter.pool.workers(), key=lambda p: p[0].age)]
-        ready = sum(1 for w in workers if w["state"] == state.READY)
+        ready = sum(1 for w in workers if w["state"] in (state.READY, "recycling"))
         rollout = arbiter.rollouts.current
         if rollout is not None:
             rollout = {"generation": rollout.generation,
@@ -78,4 +78,6 @@ def worker_state(worker, record):
     said = state.read(worker.tmp)
     if record.retired and said != state.DRAINING:
         return "retiring"
+    if said == state.READY and record.recycle is not None:
+        return "recycling"
     return said

@@ -13,8 +13,8 @@ from gunicorn import util
 from gunicorn.workers.gthread import ThreadWorker
 from gunicorn.workers.sync import SyncWorker
 
-from gunicorn_graceful import (compat, health, inflight, listeners, readiness, release, settings,
-                               state)
+from gunicorn_graceful import (compat, health, inflight, listeners, readiness, recycle, release,
+                               settings, state)
 from gunicorn_graceful.events import emit
 
 
@@ -45,6 +45,7 @@ class GracefulMixin:
         release.enter(self.release, settings.current().release_link)
         self.settings = settings.current()
         self.serving = False
+        self.limits = recycle.WorkerLimits(self)
         self.inflight = inflight.Registry()
         self.drain = inflight.DrainReporter(
             self.log, self.inflight, self.pid, self.settings.drain_log_interval,
@@ -63,6 +64,7 @@ class GracefulMixin:
         try:
             super().load_wsgi()
             readiness.check(self.wsgi, self.settings)
+            self.limits.check_boot_size()
         except BaseException as exc:
             state.write_reason(self.tmp, describe(exc))
             raise
@@ -183,6 +185,13 @@ class GracefulSyncWorker(GracefulMixin, SyncWorker):
         self.handle(listener, client, addr)
         return True
 
+    def handle_request(self, listener, req, client, addr):
+        """Gunicorn's, then the recycling limits (its own max_requests exit is disabled)."""
+        try:
+            return super().handle_request(listener, req, client, addr)
+        finally:
+            self.limits.after_request()
+
 
 class GracefulThreadWorker(GracefulMixin, ThreadWorker):
     """Gunicorn's gthread worker that also serves what waited in the accept queue at SIGTERM.
@@ -201,10 +210,14 @@ class GracefulThreadWorker(GracefulMixin, ThreadWorker):
         super().set_accept_enabled(enabled)
 
     def handle_request(self, req, conn):
-        """In lame duck every response closes its connection, so clients move elsewhere."""
+        """In lame duck every response closes its connection, so clients move elsewhere;
+        after it, the recycling limits (Gunicorn's own max_requests exit is disabled)."""
         if self.lame_duck:
             req.must_close = True
-        return super().handle_request(req, conn)
+        try:
+            return super().handle_request(req, conn)
+        finally:
+            self.limits.after_request()
 
     def _accept_one(self, listener):
         before = self.nr_conns

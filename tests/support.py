@@ -44,6 +44,7 @@ from examples.flask_app import create_app
 
 _app = create_app({version!r})
 _started = os.path.join(os.path.dirname(os.path.abspath(__file__)), "started.log")
+_grown = []  # /grow?mib=N keeps N MiB, written so that they are resident
 
 
 def app(environ, start_response):
@@ -51,6 +52,10 @@ def app(environ, start_response):
     if {record}:
         with open(_started, "a") as handle:
             handle.write(environ["PATH_INFO"] + "\\n")
+    if environ["PATH_INFO"] == "/grow":
+        _grown.append(b"x" * (int(environ["QUERY_STRING"].partition("=")[2]) << 20))
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [b"grown\\n"]
     if environ["PATH_INFO"] == "/healthz" and {healthz} != 200:
         start_response("{healthz} Not Ready", [("Content-Type", "text/plain")])
         return [b"not ready\\n"]

@@ -51,6 +51,14 @@ def test_each_worker_checks_its_parent_with_the_method_the_pack_overrides():
     assert parameters(SyncWorker.handle) == compat.SYNC_HANDLE
 
 
+def test_requests_are_handled_and_counted_where_the_pack_hooks_recycling():
+    assert parameters(SyncWorker.handle_request) == compat.SYNC_HANDLE_REQUEST
+    assert parameters(ThreadWorker.handle_request) == compat.THREAD_HANDLE_REQUEST
+    for worker_class in (SyncWorker, ThreadWorker):
+        assert "self.nr >= self.max_requests" in inspect.getsource(worker_class), worker_class
+    assert "self.max_requests = cfg.max_requests + jitter" in inspect.getsource(Worker.__init__)
+
+
 def test_the_thread_worker_stop_hook_is_whole_when_detected():
     if compat.THREAD_WORKER_STOP_HOOK:
         assert parameters(ThreadWorker.set_accept_enabled) == ["self", "enabled"]

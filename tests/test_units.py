@@ -94,7 +94,10 @@ def test_settings_come_from_config_then_environment():
 @pytest.mark.parametrize("name, value, allowed", [
     ("graceful_drain_log_interval", "soon", "a number of seconds > 0"),
     ("graceful_deadline_warning", -1, "a number of seconds >= 0"),
-    ("graceful_readiness_path", "healthz", "an URL path starting with '/'"),
+    ("graceful_readiness_path", "healthz", "a URL path starting with '/'"),
+    ("graceful_max_worker_rss", "-5", "a size in MiB >= 0"),
+    ("graceful_max_worker_age", "soon", "a number of seconds >= 0"),
+    ("graceful_max_worker_age_jitter", "-1", "a number of seconds >= 0"),
     ("graceful_readiness_callable", "nocolon", "'module:function'"),
     ("graceful_max_booting", "2.5", "a whole number >= 0"),
     ("graceful_readines_path", "/h", "a known setting name"),

@@ -1,0 +1,130 @@
+"""Ready-first recycling: a worker past a limit goes only once its replacement is ready."""
+
+import json
+import signal
+import threading
+import time
+
+import pytest
+
+from support import WORKERS, Load, cli, wait_for, write_app
+
+READINESS = "graceful_readiness_path = '/healthz'\n"
+BROKEN = {"before": "raise RuntimeError('database url missing')"}
+
+
+class ReadyCount:
+    """Samples the status file every 50 ms: the fewest workers able to serve at any sample."""
+
+    def __init__(self, server):
+        self.server, self.fewest, self.samples = server, None, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        deadline = time.monotonic() + 120
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            try:
+                with open(self.server.pidfile + ".status") as handle:
+                    workers = json.load(handle)["workers"]
+            except (OSError, ValueError):
+                workers = None
+            if workers is not None:
+                serving = sum(1 for w in workers if w["state"] in ("ready", "recycling"))
+                self.fewest = serving if self.fewest is None else min(self.fewest, serving)
+                self.samples += 1
+            time.sleep(0.05)  # the sampling period, not a wait for a condition
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def recycle_under_load(server, pattern, count, slow_threads=0):
+    """Load until `pattern` (a recycle line) was logged `count` times; the load."""
+    load = Load(server.url, threads=4, slow_threads=slow_threads,
+                slow_path="/slow?seconds=0.3").start()
+    try:
+        server.wait_log(pattern, count=count, timeout=60)
+        load.wait_count(len(load.results) + 50)
+    finally:
+        load.stop()
+    print(load.summary())
+    return load
+
+
+@pytest.mark.parametrize("worker", WORKERS)
+def test_max_requests_recycles_ready_first_with_zero_failures(workdir, servers, worker):
+    server = servers(workdir, worker=worker, workers=2,
+                     config_body=READINESS + "max_requests = 20\nmax_requests_jitter = 5\n")
+    with ReadyCount(server) as ready:
+        load = recycle_under_load(server, r"event=worker\.recycle pid=\d+ reason=max_requests "
+                                  r"served=\d+ rss_mib=\S+ replacement=\d+ after=\S+", 4,
+                                  slow_threads=1)
+    assert load.failures() == [], load.summary()
+    assert ready.samples > 10 and ready.fewest >= 2, (ready.samples, ready.fewest)
+    assert "Autorestarting worker" not in server.log()  # Gunicorn's own exit is disabled
+    assert server.count(r"event=worker\.retire pid=\d+ generation=1 reason=recycled") >= 4
+
+
+def test_a_worker_that_grows_past_the_memory_limit_is_recycled(workdir, servers):
+    server = servers(workdir, workers=2,
+                     config_body=READINESS + "graceful_max_worker_rss = 150\n")
+    load = Load(server.url, threads=4).start()
+    try:
+        load.wait_count(50)
+        grown = server.get("/grow?mib=200", timeout=30)
+        assert grown.status_code == 200
+        server.wait_log(r"event=worker\.recycle pid=\d+ reason=rss served=\S+ rss_mib=2\d\d")
+        load.wait_count(len(load.results) + 100)
+    finally:
+        load.stop()
+    assert load.failures() == [], load.summary()
+
+
+def test_workers_are_recycled_by_age_one_at_a_time(workdir, servers):
+    server = servers(workdir, workers=2, config_body=READINESS + (
+        "graceful_max_worker_age = 2\ngraceful_max_worker_age_jitter = 1\n"))
+    with ReadyCount(server) as ready:
+        load = recycle_under_load(server, r"event=worker\.recycle pid=\d+ reason=age ", 3)
+    assert load.failures() == [], load.summary()
+    assert ready.fewest >= 2, ready.fewest
+    lines = [line for line in server.log().splitlines()
+             if "event=worker.booting" in line or "event=worker.ready" in line]
+    booting = 0
+    for line in lines[2:]:  # after the first generation: at most one replacement boots at once
+        booting += 1 if "worker.booting" in line else -1
+        assert booting <= 1, lines
+
+
+@pytest.mark.parametrize("worker", WORKERS)
+def test_recycling_after_a_rollback_never_costs_the_old_worker(workdir, servers, worker):
+    server = servers(workdir, worker=worker, workers=2,
+                     config_body=READINESS + "max_requests = 20\n")
+    write_app(workdir, "2", **BROKEN)  # in place: nothing to pin, the code on disk is broken
+    server.signal(signal.SIGHUP)
+    server.wait_log(r"event=reload\.rollback generation=2")
+    load = recycle_under_load(server, r"\[ERROR\] event=worker\.boot_failed .*generation=1 ", 2)
+    assert load.failures() == [], load.summary()
+    assert {r.version for r in load.results} == {"1"}
+    shown = cli("status", "--pidfile", server.pidfile)
+    assert shown.returncode == 3 and "state=degraded" in shown.stdout, shown.stdout
+    assert "state=recycling" in shown.stdout, shown.stdout
+    write_app(workdir, "3")
+    server.signal(signal.SIGHUP)
+    server.wait_log(r"event=reload\.done generation=3")
+    wait_for(lambda: cli("status", "--pidfile", server.pidfile).returncode == 0, 10,
+             "the degraded state to clear")
+    assert server.version() == "3"
+
+
+def test_a_memory_limit_below_the_boot_size_fails_the_start_with_one_line(workdir, servers):
+    server = servers(workdir, workers=1, serve=False,
+                     config_body="graceful_max_worker_rss = 1\n")
+    assert server.wait_exit(timeout=30) != 0
+    assert server.count(r"invalid setting graceful_max_worker_rss=1\.0: allowed a size above "
+                        r"this worker's \S+ MiB after boot") >= 1
