@@ -10,9 +10,14 @@ cannot be replaced), so that a monitoring check can alert on it.
 `gunicorn-graceful upgrade --pidfile PATH [--timeout S]`: USR2, then follow the
 upgrade to its end: exit 0 when the new master is promoted, non-zero with the
 reason when the upgrade is refused, rolled back or out of time.
+
+`gunicorn-graceful init [DIR] [--systemd] [--kubernetes] [--haproxy] [--force]`:
+write the config template (and deployment examples) shipped with the package,
+so that a `pip install` user gets the same files as `conf/` in the repository.
 """
 
 import argparse
+import importlib.resources
 import json
 import os
 import signal
@@ -122,6 +127,9 @@ def upgrade_step(pidfile, old, seq, progress):
         print("upgrade refused: %s" % refusal["reason"], file=sys.stderr)
         return 2
     record = snapshot.get("upgrade") or {}
+    if record.get("seq") == seq and record["state"] == "refused":
+        print("upgrade refused: %s" % record["reason"], file=sys.stderr)
+        return 2
     if record.get("seq") == seq and record["state"] == "rolled_back":
         print("upgrade rolled back: %s" % record["reason"], file=sys.stderr)
         return 3
@@ -152,7 +160,15 @@ def upgrade(args):
     old = master_pid(args.pidfile)
     if old is None:
         return 1
-    before = read_json(args.pidfile + ".status") or {}
+    if not alive(old):
+        print("not running: master %s from %s is gone" % (old, args.pidfile), file=sys.stderr)
+        return 1
+    before = read_json(args.pidfile + ".status")
+    if before is None:
+        print("upgrade refused: master %s has no status file %s.status: is it started with the "
+              "gunicorn-graceful config pack? Nothing was sent." % (old, args.pidfile),
+              file=sys.stderr)
+        return 2
     seq = max((before.get(key) or {}).get("seq", 0) for key in ("upgrade", "upgrade_refused")) + 1
     try:
         os.kill(old, signal.SIGUSR2)
@@ -172,6 +188,34 @@ def upgrade(args):
     return 5
 
 
+TEMPLATES = {  # what `init` writes: the config always, the rest on request
+    "config": "graceful.py", "systemd": "myapp.service", "kubernetes": "deployment.yaml",
+    "haproxy": "haproxy.cfg"}
+
+
+def template(name):
+    return importlib.resources.files("gunicorn_graceful").joinpath("templates", name).read_text()
+
+
+def init(args):
+    """Write the templates into DIR; refuse to overwrite anything without --force."""
+    names = [TEMPLATES["config"]] + [TEMPLATES[k] for k in ("systemd", "kubernetes", "haproxy")
+                                     if getattr(args, k)]
+    targets = [os.path.join(args.dir, name) for name in names]
+    existing = [path for path in targets if os.path.exists(path)]
+    if existing and not args.force:
+        print("not written: %s already exists (--force overwrites)" % ", ".join(existing),
+              file=sys.stderr)
+        return 2
+    os.makedirs(args.dir, exist_ok=True)
+    for name, path in zip(names, targets):
+        with open(path, "w") as handle:
+            handle.write(template(name))
+        print("wrote %s" % path)
+    print("next: gunicorn -c %s yourapp:app" % targets[0])
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="gunicorn-graceful")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -185,6 +229,14 @@ def main(argv=None):
     upgrade_parser.add_argument("--timeout", type=float, default=120.0,
                                 help="seconds to follow the upgrade (default 120)")
     upgrade_parser.set_defaults(run=upgrade)
+    init_parser = commands.add_parser(
+        "init", help="write the config template (and deployment examples) into DIR")
+    init_parser.add_argument("dir", nargs="?", default=".", help="where to write (default .)")
+    for name in ("systemd", "kubernetes", "haproxy"):
+        init_parser.add_argument("--" + name, action="store_true",
+                                 help="also write %s" % TEMPLATES[name])
+    init_parser.add_argument("--force", action="store_true", help="overwrite existing files")
+    init_parser.set_defaults(run=init)
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -1,0 +1,68 @@
+"""A pip user's path: install (not editable), `gunicorn-graceful init`, start, check status."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from support import ROOT, cli, wait_for
+
+TEMPLATES = {"conf/graceful.py": "graceful.py", "conf/systemd/myapp.service": "myapp.service",
+             "conf/kubernetes/deployment.yaml": "deployment.yaml",
+             "conf/haproxy/haproxy.cfg": "haproxy.cfg"}
+APP = '''def app(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"hello from a pip install\\n"]
+'''
+
+
+@pytest.mark.parametrize("repo_path, name", sorted(TEMPLATES.items()))
+def test_the_repository_conf_files_are_the_packaged_templates(repo_path, name):
+    with open(os.path.join(ROOT, repo_path)) as repo, \
+            open(os.path.join(ROOT, "gunicorn_graceful", "templates", name)) as packaged:
+        assert repo.read() == packaged.read()
+
+
+def test_init_refuses_to_overwrite_without_force(tmp_path):
+    first = cli("init", str(tmp_path), "--haproxy")
+    assert first.returncode == 0 and "wrote %s" % (tmp_path / "haproxy.cfg") in first.stdout
+    again = cli("init", str(tmp_path))
+    assert again.returncode == 2 and "already exists (--force overwrites)" in again.stderr
+    assert cli("init", str(tmp_path), "--force").returncode == 0
+
+
+def test_pip_install_then_init_then_gunicorn_serves(tmp_path):
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    pip = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q",
+                          "--disable-pip-version-check", ROOT],
+                         capture_output=True, text=True, timeout=600)
+    assert pip.returncode == 0, pip.stderr[-2000:]
+    site = tmp_path / "site"
+    init = subprocess.run([str(venv / "bin" / "gunicorn-graceful"), "init", str(site)],
+                          capture_output=True, text=True, timeout=60)
+    assert init.returncode == 0, init.stderr
+    assert "next: gunicorn -c %s yourapp:app" % (site / "graceful.py") in init.stdout
+    (site / "app.py").write_text(APP)
+    log = open(tmp_path / "gunicorn.log", "wb")
+    proc = subprocess.Popen([str(venv / "bin" / "gunicorn"), "-c", "graceful.py", "-b",
+                             "127.0.0.1:0", "app:app"], cwd=str(site), stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        text = lambda: (tmp_path / "gunicorn.log").read_text(errors="replace")
+        wait_for(lambda: "event=master.serving" in text(), 30, lambda: text()[-3000:])
+        shown = subprocess.run([str(venv / "bin" / "gunicorn-graceful"), "status", "--pidfile",
+                                str(site / "gunicorn.pid")], capture_output=True, text=True,
+                               timeout=30)
+        assert shown.returncode == 0 and "state=serving" in shown.stdout, shown.stdout
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=40) == 0
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
+        log.close()
