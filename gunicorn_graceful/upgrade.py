@@ -135,7 +135,9 @@ class Upgrades:
         if not arbiter.reexec_pid:
             self.current = None
             reported = upgrade.report.reason()
-            if not upgrade.stop_sent:
+            if refused_before_exec(upgrade.exit_status):
+                self.refused_before_exec(upgrade, reported)
+            elif not upgrade.stop_sent:
                 self.roll_back(upgrade, waited, describe_master_exit(upgrade.exit_status,
                                                                      reported))
             self.clean_up()
@@ -155,6 +157,16 @@ class Upgrades:
         self.record(upgrade, "rolled_back", reason)
         arbiter.phase.move(Phase.SERVING)
         arbiter.notifier.ready(arbiter.log, "upgrade rolled back, master %s still serving: %s"
+                               % (arbiter.pid, reason))
+
+    def refused_before_exec(self, upgrade, reason):
+        """The forked child's checks (pidfile, pre-flight import) refused: no new master ran."""
+        arbiter = self.arbiter
+        reason = reason or "the checks before the exec failed"
+        emit(arbiter.log, "error", "upgrade.refused", pid=arbiter.pid, reason=reason)
+        self.record(upgrade, "refused", reason)
+        arbiter.phase.move(Phase.SERVING)
+        arbiter.notifier.ready(arbiter.log, "upgrade refused, master %s still serving: %s"
                                % (arbiter.pid, reason))
 
     def clean_up(self):
@@ -228,6 +240,11 @@ def signal_process(pid, sig):
         os.kill(pid, sig)
     except ProcessLookupError:
         pass
+
+
+def refused_before_exec(status):
+    return status is not None and os.WIFEXITED(status) \
+        and os.WEXITSTATUS(status) == PRE_EXEC_FAILED
 
 
 def describe_master_exit(status, reported=""):

@@ -370,14 +370,14 @@ def test_rolled_back_upgrade_leaves_no_trace_and_a_later_one_succeeds(workdir, s
     assert server.version() == "3"
 
 
-def test_upgrade_rollback_names_an_unwritable_pidfile_directory(workdir, servers):
+def test_an_upgrade_that_cannot_write_its_pidfile_is_refused_with_that_reason(workdir, servers):
     rundir = os.path.join(workdir, "run")
     os.makedirs(rundir)
     server = servers(workdir, workers=2, rundir=rundir, config_body=READINESS)
     write_app(workdir, "2")
     with unwritable(rundir):
         server.signal(signal.SIGUSR2)
-        server.wait_log(r"\[ERROR\] event=upgrade\.rollback pid=%s .*reason=\"cannot write the "
+        server.wait_log(r"\[ERROR\] event=upgrade\.refused pid=%s reason=\"cannot write the "
                         r"pidfile %s\.2: " % (server.pid, re.escape(server.pidfile)))
     assert server.alive() and server.version() == "1"
 
