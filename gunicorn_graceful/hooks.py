@@ -21,6 +21,9 @@ from gunicorn_graceful.workers import GracefulThreadWorker
 
 def on_starting(server):
     """Install the graceful master, then log the effective settings once."""
+    problem = settings.callable_problem(settings.current())
+    if problem:
+        raise SystemExit("Error: gunicorn-graceful: " + problem)
     GracefulArbiter.install(server)
     emit(server.log, "info", "master.starting", pid=server.pid, version=__version__,
          gunicorn=gunicorn_version, worker_class=server.cfg.worker_class_str,
@@ -28,7 +31,7 @@ def on_starting(server):
     current = settings.current()
     emit(server.log, "info", "settings", graceful_timeout=server.cfg.graceful_timeout,
          timeout=server.cfg.timeout, keepalive=server.cfg.keepalive, **current.as_fields())
-    for warning in settings.timing_warnings(server.cfg, current):
+    for warning in settings.timing_warnings(server.cfg, current) + settings.name_warnings():
         emit(server.log, "warning", "settings.warning", problem=warning)
     if not compat.THREAD_WORKER_STOP_HOOK and issubclass(server.worker_class,
                                                          GracefulThreadWorker):
@@ -137,8 +140,10 @@ def worker_exit(server, worker):
 
 
 def nworkers_changed(server, new_value, old_value):
-    emit(server.log, "info", "master.workers", wanted=new_value,
-         previous="none" if old_value is None else old_value)
+    """A change of `workers` (TTIN, TTOU, a reload). Gunicorn's first call comes from its
+    constructor, before "Starting gunicorn": `master.starting` carries that value."""
+    if old_value is not None and new_value != old_value:
+        emit(server.log, "info", "master.workers", wanted=new_value, previous=old_value)
 
 
 def on_exit(server):
@@ -168,7 +173,7 @@ def install(namespace):
     start (exit 1) and a HUP keeps the running configuration.
     """
     try:
-        settings.set_current(settings.load(namespace))
+        settings.set_current(settings.load(namespace), settings.near_misses(namespace))
     except settings.SettingError as exc:
         raise SystemExit("Error: gunicorn-graceful: %s" % exc)
     for name, pack_hook in HOOKS.items():

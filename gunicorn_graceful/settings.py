@@ -9,7 +9,10 @@ allowed.
 """
 
 import dataclasses
+import difflib
+import importlib.util
 import os
+import types
 
 from gunicorn.config import KNOWN_SETTINGS
 
@@ -108,7 +111,9 @@ class Settings:
     readiness_callable: str = dataclasses.field(default="", metadata={
         "parse": _callable_ref,
         "doc": "'module:function' called with the WSGI app in a new worker; it must return "
-               "true for the worker to count as ready. Runs after the readiness path."})
+               "true for the worker to count as ready. Runs after the readiness path. At start "
+               "the master checks that the module can be found, without importing it (its "
+               "import runs in the workers only)."})
     readiness_timeout: float = dataclasses.field(default=30.0, metadata={
         "parse": _seconds(0, True),
         "doc": "Seconds a new worker has from fork to ready (app loaded, checks passed). "
@@ -215,7 +220,35 @@ def load(namespace, environ=None):
     return Settings(**values)
 
 
+def near_misses(namespace, environ=None):
+    """Names that look like a pack setting but are not one, each with the closest name.
+
+    A typo (`gracefull_readiness_timeout`), a missing prefix (`readiness_path`)
+    or a misspelt variable (`GRACEFUL_READINES_PATH`) would otherwise have no
+    effect and say nothing.
+    """
+    environ = os.environ if environ is None else environ
+    ours = [config_name(f.name) for f in Settings.fields()]
+    warnings = []
+    for key, value in namespace.items():
+        if key in ours or key in _GUNICORN_NAMES or key.startswith("_") \
+                or callable(value) or isinstance(value, types.ModuleType):
+            continue
+        guess = ("graceful_" + key) if ("graceful_" + key) in ours else next(
+            iter(difflib.get_close_matches(key, ours, n=1, cutoff=0.85)), None)
+        if guess:
+            warnings.append("%s in the config is not a setting: did you mean %s?" % (key, guess))
+    known_env = [env_name(f.name) for f in Settings.fields()]
+    for key in environ:
+        if key.startswith("GRACEFUL_") and key not in known_env:
+            guess = next(iter(difflib.get_close_matches(key, known_env, n=1, cutoff=0.8)), None)
+            warnings.append("%s in the environment is not a setting%s" % (
+                key, ": did you mean %s?" % guess if guess else ""))
+    return warnings
+
+
 _current = None
+_name_warnings = []
 
 
 def current():
@@ -229,9 +262,38 @@ def current():
     return _current
 
 
-def set_current(settings):
-    global _current
+def set_current(settings, name_warnings=None):
+    """Install the settings of this process (and the near misses found with them)."""
+    global _current, _name_warnings
     _current = settings
+    if name_warnings is not None:
+        _name_warnings = name_warnings
+
+
+def name_warnings():
+    return list(_name_warnings)
+
+
+def callable_problem(settings):
+    """Why graceful_readiness_callable cannot work, or None; checked in the master at start.
+
+    The module is located, not imported: its import (and whatever it does) runs
+    in each worker, as the app's does. A missing function is reported by the
+    first worker that looks it up.
+    """
+    module = settings.readiness_callable.partition(":")[0]
+    if not module:
+        return None
+    try:
+        found = importlib.util.find_spec(module)
+    except (ImportError, ValueError) as exc:
+        found, why = None, str(exc)
+    else:
+        why = "no module named %r on the Python path" % module
+    if found is None:
+        return str(SettingError("graceful_readiness_callable", settings.readiness_callable,
+                                "'module:function' with an importable module (%s)" % why))
+    return None
 
 
 GRACE_MARGIN = 2

@@ -7,9 +7,11 @@ are in `arbiter.py`). Each one is small and says why it exists.
 import errno
 import os
 import signal
+import sys
 import time
 
 from gunicorn import util
+from gunicorn.arbiter import Arbiter
 from gunicorn.workers.gthread import ThreadWorker
 from gunicorn.workers.sync import SyncWorker
 
@@ -59,12 +61,18 @@ class GracefulMixin:
         """Load the app, prove it ready, then track its requests.
 
         A failure leaves its reason in the heartbeat file for the master's
-        ERROR line, then lets Gunicorn's own boot-failure exit happen.
+        ERROR line. A failed readiness check is an expected outcome: one ERROR
+        line and a boot-error exit, no traceback; anything else keeps Gunicorn's
+        own boot-failure handling, traceback included.
         """
         try:
             super().load_wsgi()
             readiness.check(self.wsgi, self.settings)
             self.limits.check_boot_size()
+        except (readiness.NotReady, settings.SettingError) as exc:
+            state.write_reason(self.tmp, describe(exc))
+            emit(self.log, "error", "worker.not_ready", pid=self.pid, reason=describe(exc))
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
         except BaseException as exc:
             state.write_reason(self.tmp, describe(exc))
             raise

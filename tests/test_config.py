@@ -1,6 +1,7 @@
 """The config pack at start: bad settings stop it with one clear line, user hooks keep running."""
 
 import os
+import re
 import subprocess
 
 import pytest
@@ -30,6 +31,29 @@ def test_a_bad_setting_stops_the_start_with_one_line(workdir, body, env, needle)
     assert "Listening at" not in done.stderr
 
 
+def test_a_readiness_callable_that_cannot_be_found_stops_the_start_with_one_line(workdir):
+    done = run_gunicorn(workdir, "graceful_readiness_callable = 'nosuch:thing'\n")
+    assert done.returncode == 1
+    assert done.stderr.count("Error: gunicorn-graceful: invalid setting "
+                             "graceful_readiness_callable='nosuch:thing': allowed 'module:function' "
+                             "with an importable module (no module named 'nosuch' on the Python "
+                             "path)") == 1, done.stderr
+    assert "Traceback" not in done.stderr and "Listening at" not in done.stderr
+
+
+def test_near_miss_setting_names_are_warned_about_with_the_closest_name(workdir, servers):
+    server = servers(workdir, workers=1, env={"GRACEFUL_READINES_PATH": "/healthz"},
+                     config_body="gracefull_readiness_timeout = 5\nreadiness_path = '/healthz'\n")
+    for line in ("gracefull_readiness_timeout in the config is not a setting: did you mean "
+                 "graceful_readiness_timeout?",
+                 "readiness_path in the config is not a setting: did you mean "
+                 "graceful_readiness_path?",
+                 "GRACEFUL_READINES_PATH in the environment is not a setting: did you mean "
+                 "GRACEFUL_READINESS_PATH?"):
+        assert server.count(r"\[WARNING\] event=settings\.warning problem=\"%s\""
+                            % re.escape(line)) == 1, line
+
+
 def test_user_hooks_chain_after_the_pack_hooks(workdir, servers):
     marker = os.path.join(workdir, "user-hooks.txt")
     body = (
@@ -49,10 +73,13 @@ def test_user_hooks_chain_after_the_pack_hooks(workdir, servers):
 
 def test_every_lifecycle_hook_logs_one_line(workdir, servers):
     server = servers(workdir, workers=1)
+    server.signal(21)  # SIGTTIN: one more worker
+    server.wait_log(r"event=master\.workers wanted=2 previous=1")
     for line in ("event=master.starting", "event=settings graceful_timeout=",
                  "event=master.listening", "event=worker.booting", "event=worker.loaded",
-                 "event=worker.ready", "event=master.serving", "event=master.workers wanted=1"):
+                 "event=worker.ready", "event=master.serving"):
         assert line in server.log(), line
+    assert server.log().index("Starting gunicorn") < server.log().index("event=master.")
     server.signal(15)
     server.wait_exit(timeout=30)
     for line in ("event=master.stopping", "event=worker.stopped", "event=worker.exit",

@@ -84,6 +84,11 @@ def test_hup_with_failing_readiness_path_rolls_back(workdir, servers, worker):
     assert server.version() == "1"
     assert 'reason="NotReady: readiness path /healthz answered 503"' in server.log()
     assert not [r for r in load.results if r.version == "2"]
+    # An expected outcome, said once per worker: no traceback, nothing printed twice.
+    log = server.log()
+    assert server.count(r"\[ERROR\] event=worker\.not_ready pid=\d+ reason=\"NotReady: "
+                        r"readiness path /healthz answered 503\"") >= 1
+    assert "Traceback" not in log and "Exception in worker process" not in log
 
 
 def test_worker_hanging_at_import_is_stopped_at_the_readiness_timeout(workdir, servers):
