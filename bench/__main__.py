@@ -34,23 +34,26 @@ def main(argv=None):
                                                   not args.quick or s.name in scenarios.QUICK)]
     steady = 1.5 if args.quick else 3.0
 
-    rows, plots = [], []
+    rows, plots, runs = [], [], {}
     for scenario in chosen:
         for kind in kinds:
             pair = [scenarios.run(label, flavour, action, kind, scenario, steady)
                      for label, flavour, action in scenario.variants()]
+            runs.update(((scenario.name, kind, run["flavour"]), run) for run in pair)
             rows += [report.row(run) for run in pair]
             print(report.table(rows[-len(pair):]), flush=True)
             name = "%s-%s.png" % (scenario.name, kind)
             if report.plot(pair, os.path.join(args.out, name)):
                 plots.append(name)
 
+    recycling = report.recycling_table(runs)
+    print(recycling)
     if only:
         path = os.path.join(args.out, "only-%s.md" % "-".join(sorted(only)))
         with open(path, "w") as handle:
-            handle.write("Command: `python -m bench --only %s`. Machine: %s. Took %.0f s.\n\n%s\n"
+            handle.write("Command: `python -m bench --only %s`. Machine: %s. Took %.0f s.\n\n%s\n\n%s\n"
                          % (args.only, report.machine(), time.monotonic() - began,
-                            report.table(rows)))
+                            report.table(rows), recycling))
         print("wrote", path)
         return 0
 
@@ -85,6 +88,9 @@ def main(argv=None):
         "again in turn; stock checked on the app's /healthz, the pack on its health path with "
         "a 1.5 s lame duck.",
         "## Restarts", report.table(rows),
+        "## Recycling", "max_requests 200, jitter 50, against the same 12 s without recycling "
+        "(stock: the worker exits, then its replacement boots; the pack: the replacement boots "
+        "first).", recycling or "(not run)",
         "## Steady-state throughput and memory",
         "Raw-socket clients (%d threads) on `/` of the example Flask app; stock and pack "
         "runs alternate." % throughput.CLIENTS,

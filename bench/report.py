@@ -34,6 +34,22 @@ def row(run):
             _s(None if handed_over is None else handed_over - run["scenario"].import_seconds)]
 
 
+def recycling_table(runs):
+    """Successful answers in the window with max_requests recycling against the same run
+    without it (scenarios recycle and recycle_off), for each worker kind and server."""
+    def served(run):
+        return sum(1 for r in run["results"] if r.ok and r.started >= run["signal_at"])
+    rows = []
+    for (name, kind, flavour), run in sorted(runs.items()):
+        reference = runs.get(("recycle_off", kind, flavour))
+        if name == "recycle" and reference is not None:
+            with_, without = served(run), served(reference)
+            rows.append([kind, flavour, str(with_), str(without),
+                         "%.2f" % (with_ / without) if without else "-"])
+    return table(rows, ("worker", "server", "successful, recycling", "successful, no recycling",
+                        "ratio")) if rows else ""
+
+
 def table(rows, columns=COLUMNS):
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]

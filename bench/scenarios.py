@@ -15,11 +15,9 @@ WORKER_CLASSES = {
              "gthread": "gunicorn_graceful.workers.GracefulThreadWorker"},
 }
 COMMON = "graceful_timeout = 30\ntimeout = 30\nkeepalive = 2\n"
-CONFIGS = {
-    "stock": COMMON,
-    "pack": "from gunicorn_graceful.conf import *  # noqa\n" + COMMON
-            + "graceful_readiness_path = '/healthz'\ninstall(globals())\n",
-}
+PACK = ("from gunicorn_graceful.conf import *  # noqa\n", "graceful_readiness_path = '/healthz'\n"
+        "install(globals())\n")
+RECYCLING = "max_requests = 200\nmax_requests_jitter = 50\n"
 LOAD_THREADS = 6
 SLOW_THREADS = 1  # plus one client that only asks for /slow?seconds=0.5
 WORKERS = 3
@@ -66,6 +64,7 @@ class Scenario:
     upgrade: bool = False  # USR2: stock runs both procedures, the pack runs plain USR2
     import_seconds: float = 0.0  # how long `before` makes the new app's import take
     action: object = None  # what both stock and the pack get instead of one signal
+    config: str = ""  # Gunicorn settings both servers get (e.g. max_requests)
 
     def variants(self):
         """(label, flavour, action) for each server run of this scenario."""
@@ -90,14 +89,24 @@ SCENARIOS = [
     Scenario("term_slow", "TERM with slow requests in flight", signal.SIGTERM, stops=True),
     Scenario("hup_storm", "ten HUPs in one second, same code", before="", window=10.0,
              action=hup_storm),
+    Scenario("recycle_off", "steady load for 12 s, no recycling (the reference for recycle)",
+             window=12.0),
+    Scenario("recycle", "steady load for 12 s, max_requests 200, jitter 50", window=12.0,
+             config=RECYCLING),
+    Scenario("hup_broken_recycle", "HUP to code that raises at import, then max_requests 200 "
+             "(jitter 50) recycling on the code on disk", signal.SIGHUP,
+             before="raise RuntimeError('database url missing')", window=12.0,
+             config=RECYCLING),
 ]
 QUICK = ("hup_same", "hup_broken", "usr2_good", "term_slow")
 
 
-def write_config(workdir, flavour):
+def write_config(workdir, flavour, extra=""):
+    """The config file: the same Gunicorn settings for both, the pack's lines around them."""
+    head, tail = PACK if flavour == "pack" else ("", "")
     path = os.path.join(workdir, "bench_conf.py")
     with open(path, "w") as handle:
-        handle.write(CONFIGS[flavour])
+        handle.write(head + COMMON + extra + tail)
     return path
 
 
@@ -113,11 +122,11 @@ def rss_kib(pid):
     return None
 
 
-def start_server(flavour, kind, app="testapp:app", workers=WORKERS):
+def start_server(flavour, kind, app="testapp:app", workers=WORKERS, config=""):
     """A server of this flavour and worker kind on a fresh app release "1"; caller stops it."""
     workdir = tempfile.mkdtemp(prefix="gg-bench-")
     write_app(workdir, "1", record=False)
-    server = Server(workdir, write_config(workdir, flavour), app=app,
+    server = Server(workdir, write_config(workdir, flavour, config), app=app,
                     worker=WORKER_CLASSES[flavour][kind], workers=workers)
     server.start()
     try:
@@ -165,7 +174,7 @@ def watch_window(server, until):
 
 def run(label, flavour, action, kind, scenario, steady_seconds):
     """One run: steady load, then the scenario's action, then its window; the raw results."""
-    server = start_server(flavour, kind)
+    server = start_server(flavour, kind, config=scenario.config)
     try:
         load = Load(server.url, threads=LOAD_THREADS, slow_threads=SLOW_THREADS,
                     max_seconds=steady_seconds + scenario.window + 60, timeout=30).start()

@@ -1,6 +1,6 @@
 """A deploy with two releases and a `current` symlink, upgraded under load with USR2.
 
-    python examples/deploy_demo.py
+    .venv/bin/python examples/deploy_demo.py   # after the README's first command
 
 Builds releases/1 and releases/2 of the example app in a scratch directory,
 starts Gunicorn with the graceful config pack from `current -> releases/1`,
