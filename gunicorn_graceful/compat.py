@@ -35,15 +35,18 @@ PARENT_CHECK = {SyncWorker: "is_parent_alive", ThreadWorker: "is_parent_alive"}
 # request with `handle_request(listener, req, client, addr)`; the thread worker each request
 # with `handle_request(req, conn)`. Both count max_requests there against `self.max_requests`.
 SYNC_HANDLE = ["self", "listener", "client", "addr"]
+ACCEPT = ["self", "listener"]  # both workers' accept(listener), which the pack wraps
 SYNC_HANDLE_REQUEST = ["self", "listener", "req", "client", "addr"]
 THREAD_HANDLE_REQUEST = ["self", "req", "conn"]
 PIDFILE_ATTRIBUTES = ["fname", "pid"]
 
 # Gunicorn >= 27's thread worker stops through `set_accept_enabled(False)`, accepts with
-# `accept(listener)`, and answers kept-alive clients with `Connection: close` meanwhile:
-# the graceful thread worker hooks its drain there. Without it (23-26) it runs Gunicorn's
-# own thread-worker shutdown.
-THREAD_WORKER_STOP_HOOK = hasattr(ThreadWorker, "set_accept_enabled")
+# `accept(listener)`, and keeps kept-alive connections a moment (`_cap_keepalive`) to answer
+# them with `Connection: close`: the graceful thread worker hooks its drain there. 24-26 have
+# the first two but reset kept-alive clients at stop; 23 has neither. Without all three the
+# graceful thread worker runs Gunicorn's own thread-worker shutdown (a WARNING says so).
+THREAD_WORKER_STOP_HOOK = hasattr(ThreadWorker, "set_accept_enabled") \
+    and hasattr(ThreadWorker, "_cap_keepalive")
 
 # Gunicorn 23 reaps children inside its SIGCHLD handler (handle_chld(sig, frame)); newer
 # releases queue the signal (signal_chld) and reap in the main loop. The pack's reap only

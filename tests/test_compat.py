@@ -6,6 +6,7 @@ internal fails here, by name, instead of the pack silently falling back.
 
 import inspect
 import os
+import re
 import stat
 import tempfile
 
@@ -49,6 +50,7 @@ def test_each_worker_checks_its_parent_with_the_method_the_pack_overrides():
         source = inspect.getsource(worker_class)
         assert "self.%s()" % name in source or hasattr(worker_class, name), worker_class
     assert parameters(SyncWorker.handle) == compat.SYNC_HANDLE
+    assert parameters(SyncWorker.accept) == compat.ACCEPT
 
 
 def test_requests_are_handled_and_counted_where_the_pack_hooks_recycling():
@@ -63,9 +65,14 @@ def test_the_thread_worker_stop_hook_is_whole_when_detected():
     if compat.THREAD_WORKER_STOP_HOOK:
         assert parameters(ThreadWorker.set_accept_enabled) == ["self", "enabled"]
         assert parameters(ThreadWorker.accept) == ["self", "listener"]
+        # A connection taken at SIGTERM is served through accept() with a stand-in listener.
+        used = set(re.findall(r"listener\.(\w+)\(", inspect.getsource(ThreadWorker.accept)))
+        assert used <= {"accept", "getsockname"}, used
         assert "self.set_accept_enabled(False)" in inspect.getsource(ThreadWorker.run)
+        assert "self._cap_keepalive(" in inspect.getsource(ThreadWorker.run)
     else:
-        assert "set_accept_enabled" not in inspect.getsource(ThreadWorker)
+        assert not ("def set_accept_enabled" in inspect.getsource(ThreadWorker)
+                    and "def _cap_keepalive" in inspect.getsource(ThreadWorker))
 
 
 def test_the_kept_alive_connections_attribute_is_the_detected_one():
