@@ -138,9 +138,11 @@ class DrainReporter:
     per request about to be cut. `finish()` ends it with one closing line.
     """
 
-    def __init__(self, log, registry, pid, interval, warn_before, idle=lambda: 0):
+    def __init__(self, log, registry, pid, interval, warn_before, idle=lambda: 0,
+                 reading=lambda: 0):
         self.log, self.registry, self.pid = log, registry, pid
         self.interval, self.warn_before, self.idle = interval, warn_before, idle
+        self.reading = reading  # connections still sending their request (not in the app yet)
         self.started = self.deadline = None
         self.queued = self._served_before = 0
         self._begun = threading.Event()
@@ -167,7 +169,8 @@ class DrainReporter:
             if self._done.is_set():
                 return
         emit(self.log, "info", "drain.start", pid=self.pid, in_flight=len(self.registry),
-             idle_conns=self.idle(), queued=self.queued, time_left=self.deadline - self.started)
+             idle_conns=self.idle(), reading=self.reading(), queued=self.queued,
+             time_left=self.deadline - self.started)
         warned = False
         while not self._done.is_set():
             now = time.monotonic()
@@ -182,16 +185,21 @@ class DrainReporter:
             self._done.wait(max(min(wait, left), 0.01))
 
     def _report(self, now, left, requests, warned):
+        reading = self.reading()
         fields = {"pid": self.pid, "in_flight": len(requests), "idle_conns": self.idle(),
-                  "time_left": max(left, 0.0)}
+                  "reading": reading, "time_left": max(left, 0.0)}
         if requests:
             oldest = requests[0]
             fields.update(oldest_method=oldest.method, oldest_path=oldest.path,
                           oldest_age=oldest.age(now))
         emit(self.log, "info", "drain.progress", **fields)
-        if not warned and requests and left <= self.warn_before:
+        if not warned and (requests or reading) and left <= self.warn_before:
             log_requests(self.log, "warning", "drain.cut", requests, self.pid,
                          time_left=max(left, 0.0))
+            if reading:
+                emit(self.log, "warning", "drain.cut_reading", pid=self.pid, reading=reading,
+                     time_left=max(left, 0.0),
+                     reason="clients still sending their request at the deadline")
             return True
         return warned
 

@@ -1,20 +1,29 @@
-"""The listening socket at shutdown: count what waits in it, and close its door.
+"""The listening socket at shutdown: count what waits in it, close its door, shut it.
 
 When the last process holding a listener closes it, every connection still in
 its accept queue is reset, although those clients have sent their requests.
-A full stop therefore first closes the door (new SYNs are dropped, so a new
-client is refused cleanly once the socket is gone, before it sent anything),
-then lets the workers accept what is queued. The door is a classic BPF filter
-that drops every packet reaching the listener; connections already queued are
-sockets of their own and keep working. Linux only: elsewhere the door stays
-open and the count is 0, which is Gunicorn's own behaviour.
+A full stop therefore:
+1. closes the door: a classic BPF filter that drops every packet reaching the
+   listener, so nothing new enters the queue (connections already queued are
+   sockets of their own and keep working);
+2. takes what waits in the queue: the master shuts an empty queue at once; else
+   the first worker to get SIGTERM accepts all of it (`take_queue`);
+3. shuts the listener (`shutdown`): it stops listening for every process that
+   holds it, so a new client is refused at once, before it sent anything,
+   while the workers drain what they took.
+A SYN that arrived between 1 and 3 (a few milliseconds at most) was dropped and
+is refused on its retransmission. Linux TCP only: elsewhere (and on unix
+sockets) the door stays open and the count is 0, which is Gunicorn's own
+behaviour.
 """
 
 import ctypes
+import errno
 import socket
 import struct
 
-_SO_ATTACH_FILTER = 26
+_SO_ATTACH_FILTER = _SO_GET_FILTER = 26
+_TAKE_LIMIT = 65536  # more than any accept queue holds
 _TCP_INFO_LEN = 104
 _TCPI_UNACKED = 8 + 4  # after 8 one-byte fields: rto, ato, snd_mss, rcv_mss, unacked
 _DROP_ALL = struct.pack("HBBI", 0x06, 0, 0, 0)  # BPF_RET | BPF_K, return 0 bytes
@@ -38,6 +47,47 @@ def queued(sock):
         return 0
     fields = struct.unpack("8B24I", info[:_TCP_INFO_LEN])
     return fields[_TCPI_UNACKED]
+
+
+def door_closed(sock):
+    """Whether the door of `sock` is closed (only a full stop attaches a filter to it)."""
+    if not _is_tcp(sock):
+        return False
+    try:
+        return sock.getsockopt(socket.SOL_SOCKET, _SO_GET_FILTER) != 0
+    except OSError:
+        return False
+
+
+def take_queue(sock):
+    """Accept every connection waiting in `sock`'s queue: [(client, addr)].
+
+    Only system calls: safe in a signal handler. A listener shut already (by
+    the master, or another worker) has nothing left to take.
+    """
+    taken = []
+    try:
+        sock.setblocking(False)
+    except OSError:
+        return taken
+    for _ in range(_TAKE_LIMIT):
+        try:
+            taken.append(sock.accept())
+        except (BlockingIOError, InterruptedError):
+            break
+        except OSError as exc:
+            if exc.errno != errno.ECONNABORTED:
+                break
+    return taken
+
+
+def shut(sock):
+    """Stop listening on `sock` for every process holding it: new clients are refused."""
+    try:
+        sock.shutdown(socket.SHUT_RD)
+    except OSError:
+        return False
+    return True
 
 
 def close_door(sock):

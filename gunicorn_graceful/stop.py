@@ -3,9 +3,11 @@
 Invariants:
 - TERM never waits for workers that never became ready: a booting worker exits
   at once on SIGTERM (`GracefulMixin.handle_exit`).
-- The door (a socket filter refusing new connections) closes only when this
-  master is the last holder of its listeners: not while a USR2 child or parent
-  shares them, not with systemd socket activation, not with reuse_port.
+- The door (a socket filter dropping new connections) closes, and the listener
+  is shut (new clients refused at once), only when this master is the last
+  holder of its listeners: not while a USR2 child or parent shares them, not
+  with systemd socket activation, not with reuse_port. What waited in the
+  queue is taken and served first (`listeners`).
 - In lame duck nothing is spawned or replaced; each ready worker is told once.
 - A file error (status file, pidfile) never stops the stop: `files` warns.
 - Only the master that is the service sends systemd STOPPING=1.
@@ -77,9 +79,12 @@ class Stop:
         last_holder = (arbiter.reexec_pid == arbiter.master_pid == 0 and not arbiter.systemd
                        and not arbiter.cfg.reuse_port)
         if graceful and last_holder:
-            closed = [str(lnr) for lnr in arbiter.LISTENERS if listeners.close_door(lnr)]
+            closed = [lnr for lnr in arbiter.LISTENERS if listeners.close_door(lnr)]
+            # Nothing waits: refuse new clients now; else the first worker takes the queue.
+            shut = [lnr for lnr in closed if not listeners.queued(lnr) and listeners.shut(lnr)]
             emit(arbiter.log, "info", "master.stopping", pid=arbiter.pid,
-                 door_closed=",".join(closed) or "none", workers=len(arbiter.WORKERS),
+                 door_closed=",".join(map(str, closed)) or "none",
+                 shut=",".join(map(str, shut)) or "none", workers=len(arbiter.WORKERS),
                  graceful_timeout=arbiter.cfg.graceful_timeout)
         if arbiter.reexec_pid:
             emit(arbiter.log, "info", "upgrade.retiring", pid=arbiter.pid,

@@ -51,8 +51,10 @@ class GracefulMixin:
         self.inflight = inflight.Registry()
         self.drain = inflight.DrainReporter(
             self.log, self.inflight, self.pid, self.settings.drain_log_interval,
-            self.settings.deadline_warning, idle=self.idle_connections)
-        self.backlog = {}
+            self.settings.deadline_warning, idle=self.idle_connections,
+            reading=self.reading_connections)
+        self.backlog = {}   # retiring: listener -> how many waited when SIGTERM came
+        self.taken = []     # a full stop: (listener, client, addr) taken from the queue
         self.lame_duck = False
         health.quiet(self.log, self.settings)
         super().init_process()
@@ -108,6 +110,9 @@ class GracefulMixin:
     def idle_connections(self):
         return 0
 
+    def reading_connections(self):
+        return 0
+
     def handle_exit(self, sig, frame):
         """SIGTERM: start draining. Runs in a signal handler: no lock, no thread start.
 
@@ -121,10 +126,27 @@ class GracefulMixin:
             os._exit(0)
         if self.alive:
             state.mark_draining(self.tmp)
-            self.backlog = {lnr: listeners.queued(lnr) for lnr in self.sockets}
+            self.take_share()
             deadline = time.monotonic() + self.cfg.graceful_timeout
-            self.drain.begin(deadline, sum(self.backlog.values()))
+            self.drain.begin(deadline, len(self.taken) + sum(self.backlog.values()))
         super().handle_exit(sig, frame)
+
+    def take_share(self):
+        """What of the accept queue this worker serves (signal-safe: system calls only).
+
+        A full stop (the master closed the door): all that waits, taken now, and
+        the listener shut, so new clients are refused at once instead of
+        waiting for the last worker to exit; whoever comes first takes it all, so
+        the shares add up. Retiring only (HUP, recycling, an orphan): the socket
+        stays with the other workers; at most what waited now, accepted later.
+        """
+        for listener in self.sockets:
+            if listeners.door_closed(listener):
+                self.taken.extend((listener, client, addr)
+                                  for client, addr in listeners.take_queue(listener))
+                listeners.shut(listener)
+            else:
+                self.backlog[listener] = listeners.queued(listener)
 
     def is_parent_alive(self):
         """Gunicorn's check, called in the run loop; an orphan drains as on SIGTERM.
@@ -156,42 +178,80 @@ class GracefulMixin:
         inflight.log_requests(self.log, "warning", event, requests, self.pid)
         inflight.log_stacks(self.log, requests, self.pid)
 
+    def accept(self, *args):
+        """Gunicorn's accept; on a listener the stop shut already, there is nothing to accept.
+
+        The master shuts an empty listener right after closing its door, and
+        SIGTERM reaches the workers a moment later: a worker already woken for
+        it gets EINVAL, which Gunicorn would raise and crash the worker on.
+        (`*args`: the thread worker of Gunicorn 23 takes (server, listener).)
+        """
+        try:
+            return super().accept(*args)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            return None
+
     def serve_backlog(self):
         """Hook for the sync worker, which must serve its share of the accept queue itself."""
 
-    def take_backlog(self, accept_one):
-        """Accept, for each listener, at most what waited in its queue when SIGTERM came.
+    def take_backlog(self, serve_one):
+        """Serve this worker's share of the queue (see `take_share`) with `serve_one`.
 
-        The bound keeps a retiring worker from serving forever when other
-        workers keep the listener open and new connections keep coming; on a
-        full stop the master has closed the door, so the count is all there is.
+        A retiring worker accepts at most what waited when SIGTERM came: the
+        bound keeps it from serving forever while the other workers keep the
+        listener open and new connections keep coming.
         """
+        taken, self.taken = self.taken, []
+        for listener, client, addr in taken:
+            serve_one(listener, client, addr)
         for listener, count in self.backlog.items():
             for _ in range(count):
-                if not accept_one(listener):
+                try:
+                    client, addr = listener.accept()
+                except (BlockingIOError, InterruptedError):
                     break
+                except OSError as exc:
+                    if exc.errno == errno.ECONNABORTED:
+                        continue
+                    break
+                serve_one(listener, client, addr)
         self.backlog = {}
 
 
 class GracefulSyncWorker(GracefulMixin, SyncWorker):
     """Gunicorn's sync worker that also serves what waited in the accept queue at SIGTERM."""
 
+    reading_peer = None  # the client whose request this worker is reading, if any
+
+    def init_signals(self):
+        """SIGTERM interrupts a blocking read, so a drain starts (and is reported) while the
+        worker waits for a slow client; Python retries the read after the handler (PEP 475).
+        Gunicorn sets the opposite to spare requests from EINTR, from before Python retried."""
+        super().init_signals()
+        signal.siginterrupt(signal.SIGTERM, True)
+
+    def handle(self, listener, client, addr):
+        self.reading_peer = addr
+        try:
+            return super().handle(listener, client, addr)
+        finally:
+            self.reading_peer = None
+
+    def reading_connections(self):
+        """One while the worker reads a request that has not reached the app yet."""
+        return 1 if self.reading_peer is not None and not len(self.inflight) else 0
+
     def serve_backlog(self):
         for sock in self.sockets:
             sock.setblocking(False)
-        self.take_backlog(self._accept_one)
+        self.take_backlog(self._serve)
 
-    def _accept_one(self, listener):
-        try:
-            client, addr = listener.accept()
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError as exc:
-            return exc.errno == errno.ECONNABORTED
+    def _serve(self, listener, client, addr):
         client.setblocking(True)
         util.close_on_exec(client)
         self.handle(listener, client, addr)
-        return True
 
     def handle_request(self, listener, req, client, addr):
         """Gunicorn's, then the recycling limits (its own max_requests exit is disabled)."""
@@ -211,10 +271,14 @@ class GracefulThreadWorker(GracefulMixin, ThreadWorker):
     def idle_connections(self):
         return compat.idle_connections(self)
 
+    def reading_connections(self):
+        """Connections held but neither kept alive nor in the app: a request still being read."""
+        return max(self.nr_conns - self.idle_connections() - len(self.inflight), 0)
+
     def set_accept_enabled(self, enabled):
         """Gunicorn >= 27 calls this once with False when the worker stops: take the backlog first."""
         if not enabled and not self.alive:
-            self.take_backlog(self._accept_one)
+            self.take_backlog(self._serve)
         super().set_accept_enabled(enabled)
 
     def handle_request(self, req, conn):
@@ -227,7 +291,19 @@ class GracefulThreadWorker(GracefulMixin, ThreadWorker):
         finally:
             self.limits.after_request()
 
-    def _accept_one(self, listener):
-        before = self.nr_conns
-        self.accept(listener)
-        return self.nr_conns > before
+    def _serve(self, listener, client, addr):
+        """Through Gunicorn's own accept path (counting, connection, thread pool)."""
+        self.accept(_Accepted(listener, client, addr))
+
+
+class _Accepted:
+    """A listener whose accept() returns a connection this worker accepted already."""
+
+    def __init__(self, listener, client, addr):
+        self.listener, self.client, self.addr = listener, client, addr
+
+    def accept(self):
+        return self.client, self.addr
+
+    def getsockname(self):
+        return self.listener.getsockname()
