@@ -46,14 +46,14 @@ def main(argv=None):
             if report.plot(pair, os.path.join(args.out, name)):
                 plots.append(name)
 
-    recycling = report.recycling_table(runs)
-    print(recycling)
+    recycling, stopping = report.recycling_table(runs), report.stop_table(runs)
+    print(recycling, stopping, sep="\n\n")
     if only:
         path = os.path.join(args.out, "only-%s.md" % "-".join(sorted(only)))
         with open(path, "w") as handle:
-            handle.write("Command: `python -m bench --only %s`. Machine: %s. Took %.0f s.\n\n%s\n\n%s\n"
+            handle.write("Command: `python -m bench --only %s`. Machine: %s. Took %.0f s.\n\n%s\n\n%s\n\n%s\n"
                          % (args.only, report.machine(), time.monotonic() - began,
-                            report.table(rows), recycling))
+                            report.table(rows), recycling, stopping))
         print("wrote", path)
         return 0
 
@@ -91,6 +91,9 @@ def main(argv=None):
         "## Recycling", "max_requests 200, jitter 50, against the same 12 s without recycling "
         "(stock: the worker exits, then its replacement boots; the pack: the replacement boots "
         "first).", recycling or "(not run)",
+        "## A new client during a stop", "Clients that connect between SIGTERM and the "
+        "master's exit (term_slow): refused before sending is clean, failed after sending is "
+        "not; how long a refused one waited.", stopping or "(not run)",
         "## Steady-state throughput and memory",
         "Raw-socket clients (%d threads) on `/` of the example Flask app; stock and pack "
         "runs alternate." % throughput.CLIENTS,

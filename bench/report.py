@@ -34,6 +34,27 @@ def row(run):
             _s(None if handed_over is None else handed_over - run["scenario"].import_seconds)]
 
 
+def stop_table(runs):
+    """What a client that connects between SIGTERM and the master's exit meets (term_slow)."""
+    rows = []
+    for (name, kind, flavour), run in sorted(runs.items()):
+        if name != "term_slow" or run.get("exited_at") is None:
+            continue
+        new = [r for r in run["results"] if run["signal_at"] <= r.started < run["exited_at"]]
+        refused = sorted(r.ended - r.started for r in new if r.kind in ("refused",
+                                                                        "connect_timeout"))
+        after_send = sum(1 for r in new if not r.ok and r.kind not in ("refused",
+                                                                       "connect_timeout"))
+        waits = ["-"] * 3 if not refused else [
+            _ms(metrics.percentile(refused, q)) for q in (0.5, 0.99)] + [_ms(refused[-1])]
+        rows.append([kind, flavour, "%.2f s" % (run["exited_at"] - run["signal_at"]),
+                     str(len(new)), str(sum(1 for r in new if r.ok)), str(len(refused)),
+                     str(after_send)] + waits)
+    return table(rows, ("worker", "server", "TERM to exit", "new clients", "served",
+                        "refused before sending", "failed after sending", "refused after p50",
+                        "p99", "max")) if rows else ""
+
+
 def recycling_table(runs):
     """Successful answers in the window with max_requests recycling against the same run
     without it (scenarios recycle and recycle_off), for each worker kind and server."""

@@ -187,9 +187,10 @@ def run(label, flavour, action, kind, scenario, steady_seconds):
             action(server, WORKERS)
         elif scenario.signal is not None:
             server.signal(scenario.signal)
-        exit_code = old_exit = None
+        exit_code = old_exit = exited_at = None
         if scenario.stops:
             exit_code = server.wait_exit(timeout=60)
+            exited_at = time.monotonic()
             time.sleep(1.0)  # keep the load on for a second: what does a new client meet?
         else:
             old_exit = watch_window(server, signal_at + scenario.window)
@@ -199,6 +200,7 @@ def run(label, flavour, action, kind, scenario, steady_seconds):
                 "signal_at": signal_at, "window_end": window_end, "steady_from": steady_from,
                 "master": master_outcome(server, scenario, exit_code),
                 "handed_over": old_exit - signal_at if old_exit and scenario.upgrade else None,
+                "exited_at": exited_at,
                 "new_version": "2" if scenario.before is not None else None}
     finally:
         stop_server(server)

@@ -134,6 +134,21 @@ def upgrade_command(server, timeout=60):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+def usr2_new_master(server, timeout=20):
+    """USR2 to the server's master; the new master's pid, once its `.2` pidfile names it."""
+    server.signal(signal.SIGUSR2)
+    wait_for(lambda: os.path.exists(server.pidfile + ".2"), timeout, "the new master's pidfile")
+    return wait_for(lambda: read_pid(server.pidfile + ".2"), timeout, "the new master's pid")
+
+
+def read_pid(path):
+    """The pid in a pidfile, or None while it is missing or half written."""
+    try:
+        return pid_in(path)
+    except (OSError, ValueError):
+        return None
+
+
 @contextlib.contextmanager
 def unwritable(directory):
     """No entry of `directory` can be created or removed (root too: `chattr +i`, EPERM)."""
@@ -150,27 +165,28 @@ def unwritable(directory):
             os.chmod(directory, 0o755)
 
 
-class NotifySocket:
-    """A fake systemd notify socket that collects every message a master sends."""
+class Watcher:
+    """A bounded background loop, run as a context manager: `step()` every `period` seconds
+    for at most `limit` seconds, until the block ends or `step()` returns False."""
 
-    def __init__(self, directory):
-        self.path = os.path.join(directory, "notify.sock")
-        self.messages = []
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self._sock.bind(self.path)
-        self._sock.settimeout(0.2)
+    period, limit = 0.05, 300
+
+    def __init__(self):
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + self.limit
         while not self._stop.is_set() and time.monotonic() < deadline:
-            try:
-                self.messages.append(self._sock.recv(4096).decode())
-            except socket.timeout:
-                continue
-            except OSError:
+            if self.step() is False:
                 return
+            self._stop.wait(self.period)
+
+    def step(self):
+        raise NotImplementedError
+
+    def close(self):
+        """After the loop stopped."""
 
     def __enter__(self):
         self._thread.start()
@@ -179,6 +195,32 @@ class NotifySocket:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join(timeout=5)
+        self.close()
+
+
+class NotifySocket(Watcher):
+    """A fake systemd notify socket that collects every message a master sends."""
+
+    period = 0  # recv waits by itself
+
+    def __init__(self, directory):
+        super().__init__()
+        self.path = os.path.join(directory, "notify.sock")
+        self.messages = []
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(self.path)
+        self._sock.settimeout(0.2)
+
+    def step(self):
+        try:
+            self.messages.append(self._sock.recv(4096).decode())
+        except socket.timeout:
+            return True
+        except OSError:
+            return False
+        return True
+
+    def close(self):
         self._sock.close()
 
     def wait(self, text, timeout=30):

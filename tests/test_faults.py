@@ -16,8 +16,8 @@ import pytest
 import requests
 
 from gunicorn_graceful import compat
-from support import (WORKERS, Load, NotifySocket, cli, pid_in, process_alive, unwritable,
-                     upgrade_command, wait_for, write_app)
+from support import (WORKERS, Load, NotifySocket, cli, pid_in, process_alive, read_pid,
+                     unwritable, upgrade_command, usr2_new_master, wait_for, write_app)
 
 READINESS = "graceful_readiness_path = '/healthz'\n"
 BROKEN = {"before": "raise RuntimeError('database url missing')"}
@@ -36,13 +36,6 @@ def ready_workers(server, count):
             return [w["pid"] for w in workers]
         return None
     return wait_for(listed, 20, lambda: "%s ready workers:\n%s" % (count, server.tail()))
-
-
-def read_pid(path):
-    try:
-        return pid_in(path)
-    except (OSError, ValueError):
-        return None
 
 
 def make_release(root, name, **app):
@@ -182,9 +175,7 @@ def test_usr2_hands_over_when_the_pidfile_directory_turns_unwritable(workdir, se
     load = Load(server.url, threads=4).start()
     try:
         load.wait_count(50)
-        server.signal(signal.SIGUSR2)
-        wait_for(lambda: os.path.exists(server.pidfile + ".2"), 20, "the new master's pidfile")
-        new = pid_in(server.pidfile + ".2")
+        new = usr2_new_master(server)
         with unwritable(rundir):
             server.wait_log(r"event=upgrade\.promoted pid=%s" % new, timeout=40)
             assert server.wait_exit(timeout=40) == 0
@@ -266,9 +257,7 @@ def test_orphaned_thread_worker_tells_kept_alive_clients_to_close(workdir, serve
 def test_new_master_promotes_itself_only_when_ready_after_the_old_master_died(workdir, servers):
     server = servers(workdir, workers=2, config_body=READINESS)
     write_app(workdir, "2", before="time.sleep(3)")
-    server.signal(signal.SIGUSR2)
-    wait_for(lambda: os.path.exists(server.pidfile + ".2"), 20, "the new master's pidfile")
-    new = pid_in(server.pidfile + ".2")
+    new = usr2_new_master(server)
     os.kill(server.pid, signal.SIGKILL)
     server.proc.wait(timeout=10)
     wait_for(lambda: read_pid(server.pidfile) == new, 40,
@@ -385,9 +374,7 @@ def test_an_upgrade_that_cannot_write_its_pidfile_is_refused_with_that_reason(wo
 def test_upgrade_rollback_names_a_new_master_killed_by_a_signal(workdir, servers):
     server = servers(workdir, workers=2, config_body=READINESS)
     write_app(workdir, "2", before="time.sleep(30)")
-    server.signal(signal.SIGUSR2)
-    wait_for(lambda: os.path.exists(server.pidfile + ".2"), 20, "the new master's pidfile")
-    os.kill(pid_in(server.pidfile + ".2"), signal.SIGSEGV)
+    os.kill(usr2_new_master(server), signal.SIGSEGV)
     server.wait_log(r"event=upgrade\.rollback .*reason=\"new master killed by SIGSEGV")
 
 

@@ -2,46 +2,33 @@
 
 import json
 import signal
-import threading
-import time
 
 import pytest
 
-from support import WORKERS, Load, cli, wait_for, write_app
+from support import WORKERS, Load, Watcher, cli, wait_for, write_app
 
 READINESS = "graceful_readiness_path = '/healthz'\n"
 BROKEN = {"before": "raise RuntimeError('database url missing')"}
 
 
-class ReadyCount:
+class ReadyCount(Watcher):
     """Samples the status file every 50 ms: the fewest workers able to serve at any sample."""
 
+    limit = 120
+
     def __init__(self, server):
+        super().__init__()
         self.server, self.fewest, self.samples = server, None, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self):
-        deadline = time.monotonic() + 120
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            try:
-                with open(self.server.pidfile + ".status") as handle:
-                    workers = json.load(handle)["workers"]
-            except (OSError, ValueError):
-                workers = None
-            if workers is not None:
-                serving = sum(1 for w in workers if w["state"] in ("ready", "recycling"))
-                self.fewest = serving if self.fewest is None else min(self.fewest, serving)
-                self.samples += 1
-            time.sleep(0.05)  # the sampling period, not a wait for a condition
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(timeout=5)
+    def step(self):
+        try:
+            with open(self.server.pidfile + ".status") as handle:
+                workers = json.load(handle)["workers"]
+        except (OSError, ValueError):
+            return
+        serving = sum(1 for w in workers if w["state"] in ("ready", "recycling"))
+        self.fewest = serving if self.fewest is None else min(self.fewest, serving)
+        self.samples += 1
 
 
 def recycle_under_load(server, pattern, count, slow_threads=0):

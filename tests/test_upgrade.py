@@ -3,43 +3,31 @@
 import os
 import signal
 import socket
-import threading
-import time
 
 import pytest
 
 from gunicorn_graceful import compat
-from support import MODULE_GUNICORN, Load, pid_in, upgrade_command, wait_for, write_app
+from support import (MODULE_GUNICORN, Load, Watcher, pid_in, upgrade_command, usr2_new_master,
+                     write_app)
 
 READINESS = "graceful_readiness_path = '/healthz'\n"
 
 
-class PidfileWatch:
+class PidfileWatch(Watcher):
     """Reads the pidfile in a loop: it must always exist and name a live master."""
 
+    period, limit = 0.005, 120
+
     def __init__(self, path):
+        super().__init__()
         self.path, self.problems, self.seen = path, [], set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self):
-        deadline = time.monotonic() + 120
-        while not self._stop.is_set() and time.monotonic() < deadline:
-            try:
-                with open(self.path) as handle:
-                    pid = int(handle.read().strip())
-                self.seen.add(pid)
-            except (OSError, ValueError) as exc:
-                self.problems.append(repr(exc))
-            time.sleep(0.005)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(timeout=5)
+    def step(self):
+        try:
+            with open(self.path) as handle:
+                self.seen.add(int(handle.read().strip()))
+        except (OSError, ValueError) as exc:
+            self.problems.append(repr(exc))
 
 
 def upgrade_under_load(server, expect_code, extra=100):
@@ -124,9 +112,7 @@ def test_new_master_killed_mid_upgrade_is_rolled_back(workdir, servers):
     load = Load(server.url, threads=4).start()
     try:
         load.wait_count(50)
-        server.signal(signal.SIGUSR2)
-        wait_for(lambda: os.path.exists(server.pidfile + ".2"), 20, "the new master's pidfile")
-        new = pid_in(server.pidfile + ".2")
+        new = usr2_new_master(server)
         os.kill(new, signal.SIGKILL)
         server.wait_log(r"event=upgrade\.rollback", timeout=20)
         load.wait_count(len(load.results) + 100)
