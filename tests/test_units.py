@@ -58,13 +58,31 @@ def test_drain_reporter_logs_progress_cut_requests_and_done():
     registry.end(key)
     reporter.finish()
     texts = [text for _, text in log.lines]
-    assert texts[0].startswith("event=drain.start pid=42 in_flight=1 idle_conns=0 queued=3")
+    assert texts[0].startswith("event=drain.start pid=42 in_flight=1 idle_conns=0 reading=0 "
+                               "queued=3")
     assert any(t.startswith("event=drain.progress pid=42 in_flight=1") for t in texts)
     cut = [(lvl, t) for lvl, t in log.lines if "drain.cut" in t]
     assert len(cut) == 1 and cut[0][0] == "warning"
     assert "method=GET path=/slow?[redacted] peer=127.0.0.1:5000" in cut[0][1]
     assert texts[-1].startswith("event=drain.done pid=42") and "served=1 in_flight=0" in texts[-1]
     assert not any("secret" in t for t in texts)
+
+
+def test_drain_reporter_counts_and_warns_about_clients_still_sending_their_request():
+    log = Lines()
+    reporter = inflight.DrainReporter(log, inflight.Registry(), 42, interval=0.05,
+                                      warn_before=0.1, reading=lambda: 1)
+    reporter.start()
+    reporter.begin(time.monotonic() + 0.3, queued=0)
+    deadline = time.monotonic() + 5
+    while not any("drain.cut_reading" in text for _, text in log.lines) \
+            and time.monotonic() < deadline:
+        time.sleep(0.02)
+    reporter.finish()
+    assert any(t.startswith("event=drain.progress pid=42 in_flight=0 idle_conns=0 reading=1 ")
+               for _, t in log.lines)
+    cut = [(lvl, t) for lvl, t in log.lines if "drain.cut_reading" in t]
+    assert len(cut) == 1 and cut[0][0] == "warning" and "reading=1" in cut[0][1]
 
 
 def test_drain_reporter_says_nothing_when_no_drain_began():
