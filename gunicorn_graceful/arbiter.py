@@ -32,8 +32,6 @@ from gunicorn_graceful.stop import Stop
 from gunicorn_graceful.systemd import Notifier
 from gunicorn_graceful.workers import GracefulMixin, GracefulThreadWorker
 
-EXEC_FAILED, PRE_EXEC_FAILED = upgrade.EXEC_FAILED, upgrade.PRE_EXEC_FAILED
-
 
 class GracefulArbiter(Arbiter):
     """Gunicorn's Arbiter with readiness-gated reloads, rollback and a door-closing stop."""
