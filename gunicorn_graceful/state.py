@@ -27,17 +27,22 @@ def _set_bits(tmp, bits):
     os.fchmod(tmp.fileno(), mode | bits)
 
 
-def mark_ready(tmp, master_pid):
-    """In the worker: ready to serve; nudge the master so it need not wait for its next tick.
+def _nudge(master_pid):
+    """Wake the master so it need not wait for its next tick.
 
     SIGCHLD is the nudge: every Gunicorn master already wakes up and reaps on it,
     and a reap that finds nobody is harmless.
     """
-    _set_bits(tmp, _READY_BIT)
     try:
         os.kill(master_pid, signal.SIGCHLD)
     except OSError:
         pass
+
+
+def mark_ready(tmp, master_pid):
+    """In the worker: ready to serve."""
+    _set_bits(tmp, _READY_BIT)
+    _nudge(master_pid)
 
 
 def mark_draining(tmp):
@@ -53,10 +58,7 @@ def mark_recycle(tmp, master_pid, details):
     """
     write_reason(tmp, details)
     _set_bits(tmp, _RECYCLE_BIT)
-    try:
-        os.kill(master_pid, signal.SIGCHLD)
-    except OSError:
-        pass
+    _nudge(master_pid)
 
 
 def wants_recycle(tmp):

@@ -21,11 +21,11 @@ import time
 from gunicorn_graceful import compat, files, settings, upgrade_report
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.phase import Phase
+from gunicorn_graceful.pool import KILL_GRACE
 
 # Exit codes of the forked child of a USR2 that never became a new master.
 EXEC_FAILED = 70
 PRE_EXEC_FAILED = 71
-_KILL_GRACE = 1.0
 
 
 @dataclasses.dataclass
@@ -135,7 +135,7 @@ class Upgrades:
         if not arbiter.reexec_pid:
             self.current = None
             reported = upgrade.report.reason()
-            if refused_before_exec(upgrade.exit_status):
+            if exited_pre_exec_refused(upgrade.exit_status):
                 self.refused_before_exec(upgrade, reported)
             elif not upgrade.stop_sent:
                 self.roll_back(upgrade, waited, describe_master_exit(upgrade.exit_status,
@@ -147,7 +147,7 @@ class Upgrades:
                            "(graceful_upgrade_timeout)" % waited)
             signal_process(upgrade.new_master, signal.SIGTERM)
         elif upgrade.stop_sent and time.monotonic() - upgrade.stop_sent \
-                > arbiter.cfg.graceful_timeout + _KILL_GRACE:
+                > arbiter.cfg.graceful_timeout + KILL_GRACE:
             signal_process(upgrade.new_master, signal.SIGKILL)
 
     def roll_back(self, upgrade, waited, reason):
@@ -242,7 +242,8 @@ def signal_process(pid, sig):
         pass
 
 
-def refused_before_exec(status):
+def exited_pre_exec_refused(status):
+    """Whether the forked child exited on its own pre-exec checks (no new master ran)."""
     return status is not None and os.WIFEXITED(status) \
         and os.WEXITSTATUS(status) == PRE_EXEC_FAILED
 
