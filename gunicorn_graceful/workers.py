@@ -125,11 +125,15 @@ class GracefulMixin:
         if not self.serving:
             os._exit(0)
         if self.alive:
-            state.mark_draining(self.tmp)
             self.take_share()
-            deadline = time.monotonic() + self.cfg.graceful_timeout
-            self.drain.begin(deadline, len(self.taken) + sum(self.backlog.values()))
+            self.begin_drain()
         super().handle_exit(sig, frame)
+
+    def begin_drain(self):
+        """Signal-safe: say "draining" to the master and start the drain report."""
+        state.mark_draining(self.tmp)
+        deadline = time.monotonic() + self.cfg.graceful_timeout
+        self.drain.begin(deadline, len(self.taken) + sum(self.backlog.values()))
 
     def take_share(self):
         """What of the accept queue this worker serves (signal-safe: system calls only).
@@ -149,7 +153,9 @@ class GracefulMixin:
                 self.backlog[listener] = listeners.queued(listener)
 
     def is_parent_alive(self):
-        """Gunicorn's check, called in the run loop; an orphan drains as on SIGTERM.
+        """Gunicorn's check, called in the run loop; an orphan drains as on SIGTERM, but
+        takes no share of the accept queue: what waits there belongs to whoever still
+        listens (a new master of a USR2), not to the old code.
 
         Stock Gunicorn only leaves the loop: the thread worker then keeps
         answering kept-alive clients without `Connection: close` until
@@ -160,7 +166,8 @@ class GracefulMixin:
         if self.alive:
             emit(self.log, "warning", "worker.orphaned", pid=self.pid, ppid=self.ppid,
                  reason="master gone; draining")
-            self.handle_exit(signal.SIGTERM, None)
+            self.begin_drain()
+            super().handle_exit(signal.SIGTERM, None)
         return False
 
     def handle_quit(self, sig, frame):
@@ -179,13 +186,19 @@ class GracefulMixin:
         inflight.log_stacks(self.log, requests, self.pid)
 
     def accept(self, *args):
-        """Gunicorn's accept; on a listener the stop shut already, there is nothing to accept.
+        """Gunicorn's accept, unless the master is gone or the listener was shut.
 
-        The master shuts an empty listener right after closing its door, and
-        SIGTERM reaches the workers a moment later: a worker already woken for
-        it gets EINVAL, which Gunicorn would raise and crash the worker on.
-        (`*args`: the thread worker of Gunicorn 23 takes (server, listener).)
+        An orphan must not take a new client: Gunicorn's sync worker checks its
+        parent only once its accept loop runs dry, so it would serve new clients
+        with the old code while a new master's workers wait for them. The master
+        shuts an empty listener right after closing its door, and SIGTERM reaches
+        the workers a moment later: a worker already woken for it gets EINVAL,
+        which Gunicorn would raise and crash the worker on. (`*args`: the thread
+        worker of Gunicorn 23 takes (server, listener).)
         """
+        if self.ppid != os.getppid():
+            self.is_parent_alive()  # drains as on SIGTERM: the run loop ends
+            return None
         try:
             return super().accept(*args)
         except OSError as exc:
