@@ -6,6 +6,7 @@ Gunicorn release renames or drops fails loudly there instead of silently
 falling back here. Supported: the releases CI runs (see the README).
 """
 
+import importlib.util
 import inspect
 
 from gunicorn.arbiter import Arbiter
@@ -71,6 +72,14 @@ DIRTY_ARBITER = hasattr(Arbiter, "handle_dirty_arbiter_exit")
 
 # Gunicorn >= 27 counts reloads in `_stats`.
 RELOAD_STATS = "_stats['reloads']" in inspect.getsource(Arbiter.reload)
+
+# Gunicorn >= 24: its native asyncio worker (`gunicorn.workers.gasgi.ASGIWorker`), which the
+# graceful one extends: it keeps its asyncio servers in `servers`, counts connections in
+# `nr_conns`, runs the app's lifespan through `lifespan`, stops through `_shutdown()` and gets
+# SIGTERM through `handle_exit_signal()` (contract-tested where it exists).
+NATIVE_ASGI = importlib.util.find_spec("gunicorn.workers.gasgi") is not None
+NATIVE_ASGI_METHODS = {"_shutdown": ["self"], "handle_exit_signal": ["self"],
+                       "_serve": ["self"], "load_wsgi": ["self"]}
 
 
 def idle_connections(worker):

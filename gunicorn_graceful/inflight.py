@@ -53,8 +53,11 @@ class Registry:
         self.finished = 0
 
     def begin(self, environ):
+        return self.add(Request(environ))
+
+    def add(self, request):
         key = next(self._ids)
-        self._requests[key] = Request(environ)
+        self._requests[key] = request
         return key
 
     def end(self, key):
@@ -113,8 +116,9 @@ def log_requests(log, level, event, requests, pid, **extra):
     """One line per request: what an operator needs to find it in the access log."""
     now = time.monotonic()
     for request in requests:
+        kind = {"kind": request.kind} if hasattr(request, "kind") else {}
         emit(log, level, event, pid=pid, method=request.method, path=request.path,
-             peer=request.peer, age=request.age(now), **extra)
+             peer=request.peer, age=request.age(now), **kind, **extra)
 
 
 def log_stacks(log, requests, pid):
@@ -139,10 +143,11 @@ class DrainReporter:
     """
 
     def __init__(self, log, registry, pid, interval, warn_before, idle=lambda: 0,
-                 reading=lambda: 0):
+                 reading=lambda: 0, extra=dict):
         self.log, self.registry, self.pid = log, registry, pid
         self.interval, self.warn_before, self.idle = interval, warn_before, idle
         self.reading = reading  # connections still sending their request (not in the app yet)
+        self.extra = extra  # more fields for the start and progress lines (ASGI: by kind)
         self.started = self.deadline = None
         self.queued = self._served_before = 0
         self._begun = threading.Event()
@@ -170,7 +175,7 @@ class DrainReporter:
                 return
         emit(self.log, "info", "drain.start", pid=self.pid, in_flight=len(self.registry),
              idle_conns=self.idle(), reading=self.reading(), queued=self.queued,
-             time_left=self.deadline - self.started)
+             time_left=self.deadline - self.started, **self.extra())
         warned = False
         while not self._done.is_set():
             now = time.monotonic()
@@ -187,7 +192,7 @@ class DrainReporter:
     def _report(self, now, left, requests, warned):
         reading = self.reading()
         fields = {"pid": self.pid, "in_flight": len(requests), "idle_conns": self.idle(),
-                  "reading": reading, "time_left": max(left, 0.0)}
+                  "reading": reading, **self.extra(), "time_left": max(left, 0.0)}
         if requests:
             oldest = requests[0]
             fields.update(oldest_method=oldest.method, oldest_path=oldest.path,

@@ -5,13 +5,21 @@ code imported, the routes answer and the warm-up ran, without a network hop
 and without the worker accepting a single connection first.
 """
 
+import asyncio
 import importlib
+import inspect
 import io
 import sys
 
 
 class NotReady(Exception):
     """The check failed; the message is the one line the master logs."""
+
+
+def describe(exc):
+    """The last line of a traceback: what an operator needs in one ERROR line."""
+    text = str(exc).strip().splitlines()
+    return "%s: %s" % (type(exc).__name__, text[-1]) if text else type(exc).__name__
 
 
 def _environ(path):
@@ -52,14 +60,68 @@ def _load_callable(ref):
     return getattr(importlib.import_module(module), attr)
 
 
+def _judge_path(settings, code):
+    if not 200 <= code < 300:
+        raise NotReady("readiness path %s answered %s" % (settings.readiness_path, code))
+
+
+def _judge_callable(settings, result):
+    if not result:
+        raise NotReady("readiness callable %s returned false" % settings.readiness_callable)
+
+
 def check(app, settings):
     """Raise NotReady with the reason unless the app is ready to serve."""
     for path in settings.readiness_warmup:
         call(app, path)
     if settings.readiness_path:
-        code = call(app, settings.readiness_path)
-        if not 200 <= code < 300:
-            raise NotReady("readiness path %s answered %s" % (settings.readiness_path, code))
+        _judge_path(settings, call(app, settings.readiness_path))
     if settings.readiness_callable:
-        if not _load_callable(settings.readiness_callable)(app):
-            raise NotReady("readiness callable %s returned false" % settings.readiness_callable)
+        _judge_callable(settings, _load_callable(settings.readiness_callable)(app))
+
+
+async def call_asgi(app, path, state):
+    """GET `path` from the ASGI app in-process, with the lifespan state; the status it answered."""
+    path_info, _, query = path.partition("?")
+    scope = {
+        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1", "method": "GET", "scheme": "http", "path": path_info,
+        "raw_path": path_info.encode(), "query_string": query.encode(), "root_path": "",
+        "headers": [(b"host", b"localhost"), (b"user-agent", b"gunicorn-graceful-readiness")],
+        "client": ("127.0.0.1", 0), "server": ("localhost", 0), "state": dict(state),
+    }
+    status = []
+    answered = asyncio.get_running_loop().create_future()
+    messages = iter([{"type": "http.request", "body": b"", "more_body": False}])
+
+    async def receive():
+        message = next(messages, None)
+        if message is None:
+            await answered  # the client "leaves" once the response is complete
+            message = {"type": "http.disconnect"}
+        return message
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            status.append(message["status"])
+        elif not message.get("more_body") and not answered.done():
+            answered.set_result(None)
+
+    try:
+        await app(scope, receive, send)
+    finally:
+        answered.cancel()
+    if not status:
+        raise NotReady("readiness path %s sent no status" % path)
+    return status[0]
+
+
+async def check_asgi(app, settings, state):
+    """`check` for an ASGI app; the callable may be a coroutine function."""
+    for path in settings.readiness_warmup:
+        await call_asgi(app, path, state)
+    if settings.readiness_path:
+        _judge_path(settings, await call_asgi(app, settings.readiness_path, state))
+    if settings.readiness_callable:
+        result = _load_callable(settings.readiness_callable)(app)
+        _judge_callable(settings, await result if inspect.isawaitable(result) else result)

@@ -139,6 +139,18 @@ class Settings:
                "graceful_max_worker_age, so workers started together do not all retire "
                "together (as max_requests_jitter does for max_requests)."})
 
+    lifespan_shutdown_timeout: float = dataclasses.field(default=5.0, metadata={
+        "parse": _seconds(0, False),
+        "doc": "ASGI workers: seconds kept at the end of a drain for the app's lifespan "
+               "shutdown. Connections still open graceful_timeout minus this after SIGTERM are "
+               "cut, so the shutdown always runs, and the worker exits by graceful_timeout."})
+    websocket_close_delay: float = dataclasses.field(default=0.0, metadata={
+        "parse": _seconds(0, False),
+        "doc": "ASGI workers: seconds the app has, from the start of a drain, to close its "
+               "WebSockets itself (its handlers wait on the draining API) before the worker "
+               "closes the rest with 1012 (restart) or 1001 (stop). 0: the worker closes them "
+               "at once."})
+
     upgrade_timeout: float = dataclasses.field(default=60.0, metadata={
         "parse": _seconds(0, True),
         "doc": "Seconds the old master gives a USR2 upgrade to take over (new master up, all "

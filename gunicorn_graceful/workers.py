@@ -1,7 +1,8 @@
 """Gunicorn's sync and gthread workers, plus a drain that loses no request and says what it does.
 
-Every override of a worker internal of Gunicorn is in this file (the master's
-are in `arbiter.py`). Each one is small and says why it exists.
+Every override of a sync or gthread worker internal of Gunicorn is in this file
+(the master's are in `arbiter.py`, the asyncio workers' in `worker_asgi.py` and
+`worker_uvicorn.py`). Each one is small and says why it exists.
 """
 
 import errno
@@ -18,12 +19,6 @@ from gunicorn.workers.sync import SyncWorker
 from gunicorn_graceful import (compat, health, inflight, listeners, readiness, recycle, release,
                                settings, state)
 from gunicorn_graceful.events import emit
-
-
-def describe(exc):
-    """The last line of a traceback: what an operator needs in one ERROR line."""
-    text = str(exc).strip().splitlines()
-    return "%s: %s" % (type(exc).__name__, text[-1]) if text else type(exc).__name__
 
 
 class GracefulMixin:
@@ -52,7 +47,7 @@ class GracefulMixin:
         self.drain = inflight.DrainReporter(
             self.log, self.inflight, self.pid, self.settings.drain_log_interval,
             self.settings.deadline_warning, idle=self.idle_connections,
-            reading=self.reading_connections)
+            reading=self.reading_connections, extra=self.drain_fields)
         self.backlog = {}   # retiring: listener -> how many waited when SIGTERM came
         self.taken = []     # a full stop: (listener, client, addr) taken from the queue
         self.lame_duck = False
@@ -69,17 +64,28 @@ class GracefulMixin:
         """
         try:
             super().load_wsgi()
-            readiness.check(self.wsgi, self.settings)
-            self.limits.check_boot_size()
+            self.check_loaded()
         except (readiness.NotReady, settings.SettingError) as exc:
-            state.write_reason(self.tmp, describe(exc))
-            emit(self.log, "error", "worker.not_ready", pid=self.pid, reason=describe(exc))
+            self.refuse(readiness.describe(exc))
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
         except BaseException as exc:
-            state.write_reason(self.tmp, describe(exc))
+            state.write_reason(self.tmp, readiness.describe(exc))
             raise
+        self.wrap_app()
+
+    def check_loaded(self):
+        """The app is loaded: is it ready? (The ASGI workers ask inside the lifespan.)"""
+        readiness.check(self.wsgi, self.settings)
+        self.limits.check_boot_size()
+
+    def wrap_app(self):
         self.wsgi = health.wrap(inflight.track(self.wsgi, self.inflight), self.settings,
                                 self.health_state)
+
+    def refuse(self, reason):
+        """Not ready: the reason for the master's rollback line, and one ERROR line here."""
+        state.write_reason(self.tmp, reason)
+        emit(self.log, "error", "worker.not_ready", pid=self.pid, reason=reason)
 
     def health_state(self):
         if not self.alive:
@@ -98,17 +104,28 @@ class GracefulMixin:
 
     def run(self):
         self.drain.start()
-        self.serving = True
-        if self.alive:
-            state.mark_ready(self.tmp, self.ppid)
         try:
+            self.before_serving()
             super().run()
             self.serve_backlog()
         finally:
             self.drain.finish()
 
+    def before_serving(self):
+        """The app is loaded and checked: the WSGI workers are ready now."""
+        self.became_ready()
+
+    def became_ready(self):
+        """From now on SIGTERM drains instead of ending the worker; the master may count it."""
+        self.serving = True
+        if self.alive:
+            state.mark_ready(self.tmp, self.ppid)
+
     def idle_connections(self):
         return 0
+
+    def drain_fields(self):
+        return {}
 
     def reading_connections(self):
         return 0
@@ -320,3 +337,15 @@ class _Accepted:
 
     def getsockname(self):
         return self.listener.getsockname()
+
+
+def __getattr__(name):
+    """The ASGI workers, imported on first use: uvicorn is an optional extra, and the
+    native asgi worker needs Gunicorn >= 24."""
+    if name == "GracefulASGIWorker":
+        from gunicorn_graceful.worker_asgi import GracefulASGIWorker
+        return GracefulASGIWorker
+    if name == "GracefulUvicornWorker":
+        from gunicorn_graceful.worker_uvicorn import GracefulUvicornWorker
+        return GracefulUvicornWorker
+    raise AttributeError("module %r has no attribute %r" % (__name__, name))

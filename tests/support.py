@@ -249,7 +249,7 @@ class Server:
                                 "-w", str(workers), "-k", worker_class, "--pid", self.pidfile,
                                 "--chdir", workdir, "--pythonpath", ROOT,
                                 *control_socket_args(workdir),
-                                "--threads", "1" if "sync" in worker.lower() else "4",
+                                "--threads", "4" if "thread" in worker.lower() else "1",
                                 *extra_args, app]
         self.env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
         self.env.pop("NOTIFY_SOCKET", None)

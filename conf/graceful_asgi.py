@@ -1,0 +1,1 @@
+../gunicorn_graceful/templates/graceful_asgi.py

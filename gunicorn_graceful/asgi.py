@@ -1,0 +1,272 @@
+"""Around an ASGI app, whatever server runs it: the draining API, the guard, the app's lifespan.
+
+The graceful ASGI workers wrap the app in `Guard`, an ASGI middleware, so the
+same code serves Gunicorn's native asgi worker and uvicorn's:
+- it answers the health and liveness paths itself, and in lame duck makes every
+  response close its connection;
+- it lists what is in flight (requests, server-sent-event streams, WebSockets)
+  for the drain report, and can close every open WebSocket with a code of its
+  choosing;
+- it speaks the lifespan protocol to the server itself, and to the app when the
+  app speaks it: the readiness check runs between the app's startup and the
+  server's first accept, and the app's shutdown is bounded by the drain.
+
+The draining API (`Draining`) is what an app sees: `scope["state"]["graceful_draining"]`
+(Starlette and FastAPI: `request.state.graceful_draining`), or
+`gunicorn_graceful.asgi.draining()` anywhere in the worker process.
+"""
+
+import asyncio
+import time
+
+from gunicorn_graceful import health, inflight, readiness
+from gunicorn_graceful.events import emit, redact
+
+GOING_AWAY = 1001       # WebSocket close code on a stop
+SERVICE_RESTART = 1012  # on a reload, a recycle, an upgrade: come back in a moment
+STATE_KEY = "graceful_draining"
+
+_HEALTH_HEADERS = [(b"content-type", b"text/plain"), (b"cache-control", b"no-store")]
+_CLOSE = (b"connection", b"close")
+
+
+class Draining:
+    """Whether this worker drains: set once, when the drain starts.
+
+    `await draining.wait()` in a server-sent-event generator or a WebSocket
+    handler ends it cleanly (a final event, the app's own close) before the
+    worker closes or cuts it. `reason` is "stop" or "restart"; `close_code` the
+    WebSocket code the worker closes with (1001 on a stop, 1012 on a restart).
+    Futures, not an asyncio.Event: it is made before the worker's loop exists.
+    """
+
+    def __init__(self):
+        self.reason = None
+        self.close_code = None
+        self._waiters = []
+
+    def is_set(self):
+        return self.reason is not None
+
+    async def wait(self):
+        if self.reason is None:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            await waiter
+
+    def set(self, reason):
+        """In the worker, at drain start (in its event loop)."""
+        if self.reason is not None:
+            return
+        self.reason = reason
+        self.close_code = GOING_AWAY if reason == "stop" else SERVICE_RESTART
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+_current = Draining()
+
+
+def draining():
+    """This worker's `Draining`, for code that has no request scope at hand."""
+    return _current
+
+
+class Call(inflight.Request):
+    """One HTTP request, stream or WebSocket in flight, from its ASGI scope."""
+
+    __slots__ = ("kind", "task", "cut")
+
+    def __init__(self, scope, kind="http"):
+        super().__init__(scope)
+        self.kind, self.task, self.cut = kind, asyncio.current_task(), False
+        self.thread = None  # every call shares the loop's thread: no per-call stack
+
+    @property
+    def method(self):
+        return self.environ.get("method", "GET") if self.kind != "websocket" else "WEBSOCKET"
+
+    @property
+    def path(self):
+        query = self.environ.get("query_string", b"")
+        path = self.environ.get("path", "/")
+        return redact(path + ("?" + query.decode("latin-1") if query else ""))
+
+    @property
+    def peer(self):
+        client = self.environ.get("client") or ("-", "-")
+        return "%s:%s" % tuple(client[:2])
+
+
+class Guard:
+    """The ASGI middleware of the graceful workers (see the module docstring)."""
+
+    def __init__(self, app, worker):
+        self.app, self.worker = app, worker
+        self.registry = worker.inflight
+        self.health_paths = {worker.settings.health_path, worker.settings.liveness_path} - {""}
+        self.websockets = {}  # registry key -> coroutine function closing that socket
+        self.app_lifespan = None
+
+    async def __call__(self, scope, receive, send):
+        kind = scope["type"]
+        if kind == "http":
+            if scope["path"] in self.health_paths:
+                return await self.answer_health(scope, send)
+            return await self.http(scope, receive, send)
+        if kind == "websocket":
+            return await self.websocket(scope, receive, send)
+        if kind == "lifespan":
+            return await self.lifespan(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+    async def answer_health(self, scope, send):
+        now = self.worker.health_state()
+        ok = now == health.SERVING or scope["path"] == self.worker.settings.liveness_path
+        await send({"type": "http.response.start", "status": 200 if ok else 503,
+                    "headers": list(_HEALTH_HEADERS)})
+        await send({"type": "http.response.body", "body": (now + "\n").encode()})
+
+    async def http(self, scope, receive, send):
+        call = Call(scope)
+        key = self.registry.add(call)
+        worker = self.worker
+
+        async def tracked_send(message):
+            if message["type"] == "http.response.start":
+                headers = message.get("headers") or []
+                if worker.lame_duck or not worker.alive:
+                    message = dict(message, headers=list(headers) + [_CLOSE])
+                if any(name.lower() == b"content-type" and value.startswith(b"text/event-stream")
+                       for name, value in headers):
+                    call.kind = "stream"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracked_send)
+        except asyncio.CancelledError:
+            if not (call.cut and worker.CUT_QUIETLY):
+                raise
+        finally:
+            self.registry.end(key)
+            worker.limits.after_request()
+
+    async def websocket(self, scope, receive, send):
+        call = Call(scope, "websocket")
+        key = None
+        closing = []  # set once this worker closed the socket: the app's later sends are moot
+
+        async def close(code, reason):
+            closing.append(code)
+            await send({"type": "websocket.close", "code": code, "reason": reason})
+
+        async def tracked_send(message):
+            nonlocal key
+            if closing and message["type"] in ("websocket.send", "websocket.close"):
+                return
+            await send(message)
+            if message["type"] == "websocket.accept":
+                key = self.registry.add(call)
+                self.websockets[key] = close
+
+        try:
+            await self.app(scope, receive, tracked_send)
+        except asyncio.CancelledError:
+            if not (call.cut and self.worker.CUT_QUIETLY):
+                raise
+        finally:
+            if key is not None:
+                self.websockets.pop(key, None)
+                self.registry.end(key)
+
+    def close_websockets(self, code, reason):
+        """Send every open WebSocket a close frame; the handshakes run as tasks of their own."""
+        return [asyncio.ensure_future(close(code, reason)) for close in list(self.websockets.values())]
+
+    async def lifespan(self, scope, receive, send):
+        """The server's lifespan: the app's startup, the readiness check, then (at the end of
+        the drain) the app's shutdown, bounded by what the drain has left."""
+        state = scope.setdefault("state", {})
+        state[STATE_KEY] = self.worker.draining
+        await receive()  # lifespan.startup
+        self.app_lifespan = AppLifespan(self.app, scope, self.worker)
+        failure = await self.app_lifespan.startup()
+        if failure is None:
+            failure = await self.worker.prove_ready(self.app, state)
+        if failure is not None:
+            await self.app_lifespan.shutdown(self.worker.settings.lifespan_shutdown_timeout)
+            await send({"type": "lifespan.startup.failed", "message": failure})
+            return
+        self.worker.became_ready()
+        await send({"type": "lifespan.startup.complete"})
+        await receive()  # lifespan.shutdown
+        await self.app_lifespan.shutdown(self.worker.lifespan_time_left())
+        await send({"type": "lifespan.shutdown.complete"})
+
+
+class AppLifespan:
+    """The app's side of the lifespan protocol, run as a task of its own.
+
+    An app that raises before it asked for its first message does not speak
+    lifespan (uvicorn and Gunicorn treat it the same way): it starts as ready.
+    """
+
+    def __init__(self, app, scope, worker):
+        self.app, self.scope, self.worker = app, scope, worker
+        self.inbox, self.outbox = asyncio.Queue(), asyncio.Queue()
+        self.asked = False
+        self.started = False
+        self.task = None
+
+    async def _receive(self):
+        self.asked = True
+        return await self.inbox.get()
+
+    async def _run(self):
+        await self.app(self.scope, self._receive, self.outbox.put)
+
+    async def _reply(self, timeout=None):
+        """The app's next message, or None when it returned or raised (or `timeout` ran out)."""
+        getter = asyncio.ensure_future(self.outbox.get())
+        done, _ = await asyncio.wait({getter, self.task}, timeout=timeout,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if getter in done:
+            return getter.result()
+        getter.cancel()
+        return None
+
+    async def startup(self):
+        """None when the app started (or has no lifespan), else why it failed."""
+        self.task = asyncio.ensure_future(self._run())
+        self.inbox.put_nowait({"type": "lifespan.startup"})
+        reply = await self._reply()
+        if reply is not None and reply["type"] == "lifespan.startup.complete":
+            self.started = True
+            return None
+        if reply is not None:
+            return "lifespan startup failed: %s" % (reply.get("message") or "no message")
+        error = self.task.exception()
+        if error is not None and self.asked:
+            return "lifespan startup raised %s" % readiness.describe(error)
+        return None
+
+    async def shutdown(self, timeout):
+        """The app's shutdown, cancelled after `timeout` seconds (one WARNING then)."""
+        if not self.started:
+            return
+        self.started = False
+        started = time.monotonic()
+        self.inbox.put_nowait({"type": "lifespan.shutdown"})
+        reply = await self._reply(timeout=max(timeout, 0.0))
+        if reply is None and not self.task.done():
+            self.task.cancel()
+            emit(self.worker.log, "warning", "lifespan.shutdown_timeout", pid=self.worker.pid,
+                 timeout=max(timeout, 0.0),
+                 reason="the app's lifespan shutdown did not finish in time; cancelled")
+        elif reply is not None and reply["type"] == "lifespan.shutdown.failed":
+            emit(self.worker.log, "error", "lifespan.shutdown_failed", pid=self.worker.pid,
+                 reason=reply.get("message", ""))
+        emit(self.worker.log, "info", "lifespan.shutdown", pid=self.worker.pid,
+             duration=time.monotonic() - started)

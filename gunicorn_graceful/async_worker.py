@@ -1,0 +1,222 @@
+"""The graceful life of an asyncio (ASGI) worker, whichever server runs the connections.
+
+Gunicorn's asgi worker and uvicorn's both wait for connections without
+heartbeating (the master kills the worker at `timeout`), never close a
+WebSocket with a code that tells the client why, and skip or delay the app's
+lifespan shutdown when the drain runs out. Here the drain, in order:
+1. SIGTERM: the worker says "draining" (state bit), the app's `Draining` is set,
+   a heartbeat task keeps the master's timeout away until the worker exits;
+2. stops accepting: on a full stop (the master closed the door) only once the
+   listen queue is empty, so what waited there is served, then shuts the listener;
+3. closes every open WebSocket: 1001 (going away) on a stop, 1012 (service
+   restart) on a reload, a recycle or an upgrade; after
+   `graceful_websocket_close_delay`, when the app wants to close its own first;
+4. serves what is in flight, reporting once a second, until the cut:
+   `graceful_timeout - graceful_lifespan_shutdown_timeout` after SIGTERM;
+5. cuts what is left (one WARNING each, already logged before the cut);
+6. runs the app's lifespan shutdown, bounded so the worker exits by graceful_timeout.
+
+The server-specific steps (servers, connections, lifespan) are the few methods
+each worker class defines; every override of a server's internals is there.
+"""
+
+import asyncio
+import errno
+import os
+import signal
+import time
+
+from gunicorn_graceful import asgi, listeners, readiness, settings, state
+from gunicorn_graceful.events import emit
+from gunicorn_graceful.workers import GracefulMixin
+
+_POLL = 0.05
+_CUT_WAIT = 1.0  # after the cut: how long cancelled calls get to unwind
+_CLOSE_REASONS = {"stop": "server stopping", "restart": "server restarting"}
+
+
+def check_settings(cfg):
+    """What the drain must fit in; a SystemExit naming the setting, at start, in the master."""
+    current = settings.current()
+    reserved = current.lifespan_shutdown_timeout + current.websocket_close_delay
+    if cfg.graceful_timeout > 0 and reserved >= cfg.graceful_timeout:
+        raise SystemExit(
+            "Error: gunicorn-graceful: graceful_lifespan_shutdown_timeout=%s plus "
+            "graceful_websocket_close_delay=%s must stay below graceful_timeout=%s (allowed: "
+            "their sum < graceful_timeout, so connections get time to finish)"
+            % (current.lifespan_shutdown_timeout, current.websocket_close_delay,
+               cfg.graceful_timeout))
+
+
+def _quiet_shut_listener(loop, context):
+    """A full stop shuts the listener (see `listeners`) a moment before SIGTERM reaches the
+    worker: asyncio's accept then fails with EINVAL until the worker closes its servers,
+    and would log a traceback each time. Anything else goes to the default handler."""
+    error = context.get("exception")
+    if isinstance(error, OSError) and error.errno == errno.EINVAL \
+            and "_accept_connection" in repr(context.get("handle")):
+        return
+    loop.default_exception_handler(context)
+
+
+class AsyncGracefulMixin(GracefulMixin):
+    """The drain of an asyncio worker (see the module docstring).
+
+    A subclass defines: APP_ATTRIBUTE (where its base keeps the app),
+    CUT_QUIETLY (whether a cancelled call should end quietly, for servers that
+    log a cancellation as an app error), close_servers, open_connections,
+    release_idle, abort_connections and shutdown_lifespan.
+    """
+
+    APP_ATTRIBUTE = "wsgi"
+    CUT_QUIETLY = False
+
+    def init_process(self):
+        self.draining = asgi.draining()
+        self.guard = None
+        self.cut_at = self.deadline = None
+        self.heartbeat = self.first_steps = None
+        self.orphaned = False
+        super().init_process()
+
+    def init_signals(self):
+        """The base's signals, plus SIGTERM ending a booting worker at once: the event loop's
+        own handler would only run once the app is imported and the loop turns."""
+        super().init_signals()
+        signal.signal(signal.SIGTERM, self.handle_exit)
+
+    def handle_exit(self, sig, frame):
+        """SIGTERM outside the server's own handling: only a booting worker acts on it."""
+        if not self.serving:
+            os._exit(0)
+
+    def check_loaded(self):
+        self.limits.check_boot_size()
+
+    def wrap_app(self):
+        self.guard = asgi.Guard(getattr(self, self.APP_ATTRIBUTE), self)
+        setattr(self, self.APP_ATTRIBUTE, self.guard)
+
+    def before_serving(self):
+        """Not yet ready: the guard says so from inside the lifespan (`became_ready`)."""
+
+    def became_ready(self):
+        asyncio.get_running_loop().set_exception_handler(_quiet_shut_listener)
+        super().became_ready()
+
+    async def prove_ready(self, app, lifespan_state):
+        """None when the app passed its readiness check, else the reason (already logged)."""
+        try:
+            await readiness.check_asgi(app, self.settings, lifespan_state)
+            return None
+        except readiness.NotReady as exc:
+            reason = readiness.describe(exc)
+        except Exception as exc:  # an unexpected failure keeps its traceback
+            self.log.exception("readiness check raised")
+            reason = readiness.describe(exc)
+        self.refuse(reason)
+        return reason
+
+    def stop_reason(self):
+        """A full stop closed the listeners' door; anything else is a restart."""
+        return "stop" if any(listeners.door_closed(s) for s in self.sockets) else "restart"
+
+    def check_parent(self):
+        """False once the master is gone: the worker then drains as on a restart."""
+        if self.ppid == os.getppid():
+            return True
+        if not self.orphaned:
+            self.orphaned = True
+            emit(self.log, "warning", "worker.orphaned", pid=self.pid, ppid=self.ppid,
+                 reason="master gone; draining")
+        return False
+
+    def start_drain(self):
+        """In the event loop: the drain begins now (idempotent)."""
+        if self.heartbeat is not None:
+            return
+        now = time.monotonic()
+        self.deadline = now + self.cfg.graceful_timeout
+        self.cut_at = self.deadline - self.settings.lifespan_shutdown_timeout
+        self.alive = False
+        state.mark_draining(self.tmp)
+        self.draining.set("restart" if self.orphaned else self.stop_reason())
+        self.drain.begin(self.cut_at, 0)
+        self.heartbeat = asyncio.ensure_future(self._beat())
+        self.first_steps = asyncio.ensure_future(self._first_steps())
+
+    async def _first_steps(self):
+        """Steps 2 and 3, at once: the server's own loop may notice SIGTERM only later."""
+        await self.stop_accepting()
+        await self.close_websockets()
+
+    async def _beat(self):
+        while True:
+            self.notify()
+            await asyncio.sleep(1.0)
+
+    async def graceful_shutdown(self):
+        """Steps 2 to 6 of the module docstring."""
+        self.start_drain()
+        try:
+            await self.first_steps
+            self.release_idle()
+            if not await self.wait_until(self.drained, self.cut_at):
+                await self.cut()
+            await self.shutdown_lifespan()
+        finally:
+            self.heartbeat.cancel()
+
+    async def wait_until(self, condition, deadline):
+        """Poll `condition` until it holds (True) or `deadline` (monotonic) passes (False)."""
+        while not condition():
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(_POLL)
+        return True
+
+    def drained(self):
+        return not len(self.inflight) and not self.open_connections()
+
+    async def stop_accepting(self):
+        if self.draining.reason == "stop":
+            await self.wait_until(lambda: not any(listeners.queued(s) for s in self.sockets),
+                                  self.cut_at)
+            for sock in self.sockets:
+                listeners.shut(sock)
+        self.close_servers()
+
+    async def close_websockets(self):
+        delay = self.settings.websocket_close_delay
+        if delay and self.guard.websockets:
+            await self.wait_until(lambda: not self.guard.websockets,
+                                  min(time.monotonic() + delay, self.cut_at))
+        if self.guard.websockets:
+            code = self.draining.close_code
+            emit(self.log, "info", "drain.websockets_close", pid=self.pid,
+                 websockets=len(self.guard.websockets), code=code)
+            self.guard.close_websockets(code, _CLOSE_REASONS[self.draining.reason])
+
+    async def cut(self):
+        """The deadline for connections: end every call still running (each was reported)."""
+        calls = self.inflight.snapshot()
+        for call in calls:
+            call.cut = True
+        self.abort_connections()
+        for call in calls:
+            if call.task is not None and not call.task.done():
+                call.task.cancel()
+        await self.wait_until(lambda: not len(self.inflight), time.monotonic() + _CUT_WAIT)
+
+    def lifespan_time_left(self):
+        """What the app's lifespan shutdown may take: its setting, within the deadline."""
+        budget = self.settings.lifespan_shutdown_timeout
+        if self.deadline is None:
+            return budget
+        return max(min(budget, self.deadline - time.monotonic()), 0.0)
+
+    def drain_fields(self):
+        """What the drain lines add for an ASGI worker: long-lived calls by kind."""
+        calls = self.inflight.snapshot()
+        return {"websockets": sum(1 for c in calls if c.kind == "websocket"),
+                "streams": sum(1 for c in calls if c.kind == "stream")}

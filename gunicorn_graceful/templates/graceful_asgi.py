@@ -1,0 +1,32 @@
+"""gunicorn-graceful config pack for ASGI apps (Starlette, FastAPI): edit this file.
+
+    gunicorn -c graceful_asgi.py myapp:app
+
+Everything the WSGI pack does (readiness-gated HUP, rollback, USR2, drain report,
+lame duck), plus: the app's lifespan startup runs before the readiness check, every
+open WebSocket gets a close frame when its worker drains (1012 on a restart, 1001 on
+a stop), the app learns that its worker drains (`request.state.graceful_draining`),
+and the lifespan shutdown always runs before graceful_timeout.
+"""
+
+from gunicorn_graceful.conf import *  # noqa: F401,F403  (the pack: hooks and defaults)
+
+bind = "127.0.0.1:8000"
+workers = 2
+# Gunicorn's native asgi worker (Gunicorn >= 24), or uvicorn's with the [uvicorn] extra:
+worker_class = "gunicorn_graceful.workers.GracefulASGIWorker"
+# worker_class = "gunicorn_graceful.workers.GracefulUvicornWorker"
+graceful_timeout = 30   # drain time, lifespan shutdown included
+timeout = 30
+keepalive = 2
+pidfile = "gunicorn.pid"  # in the working directory; /run/<app>/... under systemd
+
+# The pack's own settings (GRACEFUL_<NAME> in the environment wins over these).
+graceful_readiness_path = "/ready"         # called in-process after the lifespan startup; 2xx
+graceful_readiness_timeout = 30
+graceful_lifespan_shutdown_timeout = 5     # kept for the lifespan shutdown at the drain's end
+graceful_websocket_close_delay = 0         # > 0: the app closes its own WebSockets first
+# graceful_health_path = "/-/ready"        # 200 serving, 503 in lame duck and draining
+# graceful_shutdown_delay = 2              # lame duck before the drain, behind a balancer
+
+install(globals())  # keep last: validates graceful_* and chains your hooks

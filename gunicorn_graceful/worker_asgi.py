@@ -1,0 +1,69 @@
+"""The graceful worker on Gunicorn's native asyncio worker (Gunicorn >= 24).
+
+Every override of that worker's internals is here (see `compat.NATIVE_ASGI`);
+the drain itself is `async_worker`'s.
+"""
+
+import os
+
+from gunicorn.workers import base
+
+from gunicorn_graceful import async_worker, compat
+
+if compat.NATIVE_ASGI:
+    from gunicorn.workers.gasgi import ASGIWorker
+
+    class GracefulASGIWorker(async_worker.AsyncGracefulMixin, ASGIWorker):
+        """Gunicorn's asgi worker with the pack's drain, readiness and WebSocket close codes."""
+
+        APP_ATTRIBUTE = "asgi"
+        CUT_QUIETLY = False  # a cancelled call is a client that left, to Gunicorn: quiet
+
+        @classmethod
+        def check_config(cls, cfg, log):
+            super().check_config(cfg, log)
+            if getattr(cfg, "asgi_lifespan", "auto") == "off":
+                raise SystemExit("Error: gunicorn-graceful: asgi_lifespan=off leaves no place "
+                                 "for the readiness check (allowed: auto, on)")
+            async_worker.check_settings(cfg)
+
+        def handle_exit_signal(self):
+            """SIGTERM, from the event loop: start the drain at once, not at the next
+            one-second tick of the base's serving loop."""
+            if not self.serving:
+                os._exit(0)
+            self.start_drain()
+
+        async def _shutdown(self):
+            """The base's loop ended (SIGTERM, or the master is gone): the pack's drain."""
+            self.check_parent()
+            await self.graceful_shutdown()
+
+        def close_servers(self):
+            for server in self.servers:
+                server.close()
+
+        def open_connections(self):
+            return self.nr_conns
+
+        def release_idle(self):
+            """Nothing: with `alive` false every response closes its connection, and an idle
+            kept-alive connection closes at its keepalive timeout."""
+
+        def abort_connections(self):
+            """Nothing: cancelling a call makes Gunicorn close its connection."""
+
+        async def shutdown_lifespan(self):
+            if self.lifespan is not None:
+                await self.lifespan.shutdown()
+
+else:
+    class GracefulASGIWorker(base.Worker):
+        """Stands in on a Gunicorn without a native asgi worker: refuses to start, in one line."""
+
+        @classmethod
+        def check_config(cls, cfg, log):
+            from gunicorn import __version__
+            raise SystemExit("Error: gunicorn-graceful: GracefulASGIWorker needs Gunicorn's "
+                             "native asgi worker (Gunicorn >= 24; this is %s); use "
+                             "gunicorn_graceful.workers.GracefulUvicornWorker" % __version__)

@@ -1,0 +1,98 @@
+"""The graceful worker on uvicorn-worker's `UvicornWorker` (extra: gunicorn-graceful[uvicorn]).
+
+Every override of uvicorn's internals is here: the server's exit signal and its
+`shutdown`, replaced by the pack's drain (`async_worker`); its connections
+(`server_state.connections`), closed or aborted there.
+"""
+
+import os
+import signal
+import sys
+
+from gunicorn.arbiter import Arbiter
+from uvicorn.server import Server
+from uvicorn_worker import UvicornWorker
+
+from gunicorn_graceful import async_worker
+
+
+class GracefulServer(Server):
+    """uvicorn's server, draining the pack's way on SIGTERM (its own stop on SIGINT/SIGQUIT)."""
+
+    def __init__(self, config, worker):
+        super().__init__(config)
+        self.worker = worker
+
+    def handle_exit(self, sig, frame):
+        """uvicorn's signal handler: a booting worker has accepted nothing and ends at once."""
+        if not self.worker.serving:
+            os._exit(0)
+        super().handle_exit(sig, frame)
+        if sig == signal.SIGQUIT:
+            self.force_exit = True
+
+    async def shutdown(self, sockets=None):
+        if self.force_exit:
+            return await super().shutdown(sockets)
+        await self.worker.graceful_shutdown()
+
+
+class GracefulUvicornWorker(async_worker.AsyncGracefulMixin, UvicornWorker):
+    """uvicorn-worker's UvicornWorker with the pack's drain, readiness and WebSocket close codes."""
+
+    APP_ATTRIBUTE = "wsgi"
+    CUT_QUIETLY = True  # uvicorn logs a cancelled call as an app error; the cut is logged already
+
+    @classmethod
+    def check_config(cls, cfg, log):
+        async_worker.check_settings(cfg)
+
+    def init_process(self):
+        self.server = None
+        super().init_process()
+
+    def handle_exit(self, sig, frame):
+        """Also SIGQUIT, which UvicornWorker routes here: Gunicorn's quick stop."""
+        if sig == signal.SIGQUIT and self.server is not None:
+            self.server.handle_exit(sig, frame)
+            return
+        super().handle_exit(sig, frame)
+
+    async def _serve(self):
+        """UvicornWorker's, with the graceful server; the pack recycles (not uvicorn's limit)."""
+        self.config.app = self.wsgi
+        self.config.limit_max_requests = None
+        self.server = GracefulServer(self.config, self)
+        self._install_sigquit_handler()
+        await self.server.serve(sockets=self.sockets)
+        if not self.server.started:
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
+
+    async def callback_notify(self):
+        """uvicorn's heartbeat tick; UvicornWorker never checks that its master lives."""
+        self.notify()
+        if not self.check_parent():
+            self.server.should_exit = True
+
+    def close_servers(self):
+        for server in self.server.servers:
+            server.close()
+
+    def open_connections(self):
+        return len(self.server.server_state.connections)
+
+    def release_idle(self):
+        """HTTP connections: an idle one closes now, a busy one after its response
+        (uvicorn's own `shutdown()` of a connection; WebSockets were closed already)."""
+        for connection in list(self.server.server_state.connections):
+            if hasattr(connection, "cycle"):
+                connection.shutdown()
+
+    def abort_connections(self):
+        for connection in list(self.server.server_state.connections):
+            transport = getattr(connection, "transport", None)
+            if transport is not None:
+                transport.abort()
+
+    async def shutdown_lifespan(self):
+        await self.server.lifespan.shutdown()
