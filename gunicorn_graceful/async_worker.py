@@ -65,7 +65,12 @@ class AsyncGracefulMixin(GracefulMixin):
     A subclass defines: APP_ATTRIBUTE (where its base keeps the app),
     CUT_QUIETLY (whether a cancelled call should end quietly, for servers that
     log a cancellation as an app error), close_servers, open_connections,
-    release_idle, abort_connections and shutdown_lifespan.
+    abort_connections and shutdown_lifespan.
+
+    Kept-alive connections are not closed at drain start: a client may be sending its
+    next request at that moment and would see a reset. Every response of a draining
+    worker closes its connection (the guard adds `Connection: close`), and an idle one
+    closes at its keepalive timeout.
     """
 
     APP_ATTRIBUTE = "wsgi"
@@ -160,7 +165,6 @@ class AsyncGracefulMixin(GracefulMixin):
         self.start_drain()
         try:
             await self.first_steps
-            self.release_idle()
             if not await self.wait_until(self.drained, self.cut_at):
                 await self.cut()
             await self.shutdown_lifespan()

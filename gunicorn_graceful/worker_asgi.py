@@ -46,10 +46,6 @@ if compat.NATIVE_ASGI:
         def open_connections(self):
             return self.nr_conns
 
-        def release_idle(self):
-            """Nothing: with `alive` false every response closes its connection, and an idle
-            kept-alive connection closes at its keepalive timeout."""
-
         def abort_connections(self):
             """Nothing: cancelling a call makes Gunicorn close its connection."""
 

@@ -81,13 +81,6 @@ class GracefulUvicornWorker(async_worker.AsyncGracefulMixin, UvicornWorker):
     def open_connections(self):
         return len(self.server.server_state.connections)
 
-    def release_idle(self):
-        """HTTP connections: an idle one closes now, a busy one after its response
-        (uvicorn's own `shutdown()` of a connection; WebSockets were closed already)."""
-        for connection in list(self.server.server_state.connections):
-            if hasattr(connection, "cycle"):
-                connection.shutdown()
-
     def abort_connections(self):
         for connection in list(self.server.server_state.connections):
             transport = getattr(connection, "transport", None)

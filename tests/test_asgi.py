@@ -1,0 +1,273 @@
+"""The graceful ASGI workers under real signals, with real WebSocket, SSE and HTTP clients."""
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import requests
+import websockets
+
+from gunicorn_graceful import compat
+from support import ROOT, Load, wait_for
+
+CLASSES = ["gunicorn_graceful.workers.GracefulUvicornWorker"]
+if compat.NATIVE_ASGI:
+    CLASSES.append("gunicorn_graceful.workers.GracefulASGIWorker")
+IDS = [name.rsplit(".", 1)[1] for name in CLASSES]
+
+ASGI_APP = '''\
+import os
+{before}
+os.environ["APP_VERSION"] = {version!r}
+from examples.asgi_app import app as _app
+
+_started = os.path.join(os.path.dirname(os.path.abspath(__file__)), "started.log")
+
+
+async def app(scope, receive, send):
+    # Tests poll this file to know a request reached the app, instead of sleeping.
+    if scope["type"] != "lifespan":
+        with open(_started, "a") as handle:
+            handle.write(scope["path"] + "\\n")
+    await _app(scope, receive, send)
+'''
+CONFIG = 'graceful_readiness_path = "/ready"\n'
+
+
+def write_asgi_app(workdir, version, before=""):
+    with open(os.path.join(workdir, "asgiapp.py"), "w") as handle:
+        handle.write(ASGI_APP.format(version=version, before=before))
+
+
+@pytest.fixture
+def asgi(workdir, servers):
+    """Start an ASGI server: `asgi(worker_class, config_body=..., workers=...)`."""
+    write_asgi_app(workdir, "1")
+    marker = os.path.join(workdir, "lifespan.log")
+
+    def start(worker, config_body=CONFIG, workers=2, env=None, **kwargs):
+        env = dict({"EXAMPLE_LIFESPAN_MARKER": marker}, **(env or {}))
+        server = servers(workdir, worker=worker, workers=workers, app="asgiapp:app",
+                         config_body=config_body, env=env, **kwargs)
+        server.marker = marker
+        return server
+    return start
+
+
+def shutdowns(server):
+    if not os.path.exists(server.marker):
+        return 0
+    with open(server.marker) as handle:
+        return sum(1 for line in handle if line.startswith("shutdown"))
+
+
+class Sockets:
+    """WebSocket clients in a thread of their own: open, echo once, record the close code."""
+
+    def __init__(self, url, count):
+        self.url, self.count = url.replace("http://", "ws://") + "/ws", count
+        self.echoes, self.codes = [], []
+        self.opened = threading.Event()
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._all()), daemon=True)
+
+    def start(self):
+        self.thread.start()
+        assert self.opened.wait(15), "WebSockets did not open"
+        return self
+
+    async def _all(self):
+        await asyncio.gather(*(self._one() for _ in range(self.count)))
+
+    async def _one(self):
+        async with websockets.connect(self.url, open_timeout=10, close_timeout=5) as ws:
+            await ws.send("hello")
+            self.echoes.append(await asyncio.wait_for(ws.recv(), 10))
+            if len(self.echoes) == self.count:
+                self.opened.set()
+            try:
+                await asyncio.wait_for(ws.recv(), 60)
+            except websockets.ConnectionClosed as closed:
+                self.codes.append((closed.rcvd.code if closed.rcvd else None, time.monotonic()))
+
+    def join(self, timeout=30):
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "WebSocket clients still open"
+        return [code for code, _ in self.codes]
+
+
+def echo_pid(server):
+    async def once():
+        async with websockets.connect(server.url.replace("http://", "ws://") + "/ws",
+                                      open_timeout=10) as ws:
+            await ws.send("again")
+            return int((await asyncio.wait_for(ws.recv(), 10)).rsplit(" ", 1)[1])
+    return asyncio.run(once())
+
+
+@pytest.mark.parametrize("worker", CLASSES, ids=IDS)
+def test_term_closes_websockets_with_1001_and_finishes_http(asgi, worker):
+    server = asgi(worker)
+    sockets = Sockets(server.url, 5).start()
+    slow = {}
+    thread = threading.Thread(target=lambda: slow.update(
+        response=requests.get(server.url + "/slow?seconds=2", timeout=20)), daemon=True)
+    thread.start()
+    server.wait_started("/slow")
+    server.signal(signal.SIGTERM)
+    assert server.wait_exit(timeout=30) == 0
+    exited = time.monotonic()
+    assert sockets.join() == [1001] * 5, server.tail()
+    assert all(at <= exited for _, at in sockets.codes)
+    thread.join(10)
+    assert slow["response"].status_code == 200
+    assert server.count(r"event=drain\.websockets_close pid=\d+ websockets=\d+ code=1001") >= 1
+    assert shutdowns(server) == 2
+
+
+@pytest.mark.parametrize("worker", CLASSES, ids=IDS)
+def test_hup_closes_old_websockets_with_1012_and_loses_no_request(asgi, workdir, worker):
+    server = asgi(worker)
+    old_pids = {pid for pid in server.children()}
+    sockets = Sockets(server.url, 4).start()
+    load = Load(server.url, threads=4).start()
+    load.wait_count(50)
+    write_asgi_app(workdir, "2")
+    server.signal(signal.SIGHUP)
+    server.wait_log("event=reload.done")
+    codes = sockets.join()
+    wait_for(lambda: load.results and load.results[-1].version == "2", 20, "version 2 served")
+    load.stop()
+    assert codes == [1012] * 4, server.tail()
+    assert load.failures() == [], load.summary()
+    assert echo_pid(server) not in old_pids  # a client that reconnects reaches the new generation
+
+
+@pytest.mark.parametrize("worker", CLASSES, ids=IDS)
+def test_sse_stream_ends_with_its_final_event(asgi, worker):
+    server = asgi(worker, workers=1)
+    client = socket.create_connection(("127.0.0.1", server.port), timeout=20)
+    client.sendall(b"GET /events?every=0.2 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    received = b""
+    deadline = time.monotonic() + 15
+    while b"tick 1" not in received and time.monotonic() < deadline:
+        chunk = client.recv(4096)
+        assert chunk, received
+        received += chunk
+    server.signal(signal.SIGTERM)
+    while time.monotonic() < deadline:
+        chunk = client.recv(4096)
+        if not chunk:
+            break
+        received += chunk
+    client.close()
+    assert b"event: bye\r\ndata: stop" in received or b"event: bye\ndata: stop" in received
+    assert server.wait_exit(timeout=20) == 0
+    assert server.count(r"event=drain\.cut") == 0
+
+
+@pytest.mark.parametrize("worker", CLASSES, ids=IDS)
+def test_cut_at_the_deadline_still_runs_the_lifespan_shutdown(asgi, worker):
+    server = asgi(worker, workers=1, config_body=CONFIG + (
+        "graceful_timeout = 4\ngraceful_lifespan_shutdown_timeout = 1.5\n"
+        "graceful_deadline_warning = 1\n"))
+    outcome = {}
+
+    def stuck():
+        try:
+            outcome["response"] = requests.get(server.url + "/slow?seconds=30", timeout=20)
+        except requests.RequestException as exc:
+            outcome["error"] = exc
+    thread = threading.Thread(target=stuck, daemon=True)
+    thread.start()
+    server.wait_started("/slow")
+    started = time.monotonic()
+    server.signal(signal.SIGTERM)
+    assert server.wait_exit(timeout=20) == 0
+    assert time.monotonic() - started < 6
+    thread.join(10)
+    assert "error" in outcome  # the stuck request was cut
+    assert server.count(r"event=drain\.cut pid=\d+ method=GET path=/slow\?\[redacted\]") == 1
+    assert shutdowns(server) == 1
+    assert "WORKER TIMEOUT" not in server.log()
+
+
+@pytest.mark.parametrize("worker", CLASSES, ids=IDS)
+def test_slow_lifespan_shutdown_is_bounded_and_reported(asgi, worker):
+    server = asgi(worker, workers=1, env={"EXAMPLE_LIFESPAN_SHUTDOWN_SECONDS": "30"},
+                  config_body=CONFIG + "graceful_timeout = 5\n"
+                  "graceful_lifespan_shutdown_timeout = 1\n")
+    started = time.monotonic()
+    server.signal(signal.SIGTERM)
+    assert server.wait_exit(timeout=20) == 0
+    assert time.monotonic() - started < 4
+    assert server.count(r"event=lifespan\.shutdown_timeout pid=\d+ timeout=1\.00") == 1
+
+
+@pytest.mark.parametrize("worker", CLASSES, ids=IDS)
+def test_broken_asgi_code_on_hup_rolls_back(asgi, workdir, worker):
+    server = asgi(worker)
+    load = Load(server.url, threads=4).start()
+    load.wait_count(50)
+    write_asgi_app(workdir, "2", before="raise RuntimeError('deploy broke the import')")
+    server.signal(signal.SIGHUP)
+    server.wait_log("event=reload.rollback ")
+    load.wait_count(len(load.results) + 50)
+    load.stop()
+    assert load.failures() == [], load.summary()
+    assert {r.version for r in load.results if r.ok} == {"1"}
+    assert "deploy broke the import" in server.log()
+    assert server.alive()
+
+
+@pytest.mark.parametrize("worker", CLASSES, ids=IDS)
+def test_failing_readiness_path_rolls_back_hup_with_one_line(asgi, workdir, worker):
+    server = asgi(worker)
+    write_asgi_app(workdir, "2")
+    with open(os.path.join(workdir, "gunicorn_conf.py")) as handle:
+        body = handle.read()
+    with open(os.path.join(workdir, "gunicorn_conf.py"), "w") as handle:
+        handle.write(body.replace('"/ready"', '"/missing"'))
+    server.signal(signal.SIGHUP)
+    server.wait_log("event=reload.rollback ")
+    assert server.count(r"event=worker\.not_ready pid=\d+ reason=\"NotReady: readiness path "
+                        r"/missing answered 404\"") >= 1
+    assert requests.get(server.url + "/", timeout=5).json()["version"] == "1"
+
+
+@pytest.mark.parametrize("worker", CLASSES, ids=IDS)
+def test_long_drain_outlives_timeout_by_heartbeating(asgi, worker):
+    server = asgi(worker, workers=1, config_body=CONFIG + "graceful_timeout = 60\ntimeout = 10\n")
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(
+        response=requests.get(server.url + "/slow?seconds=20", timeout=40)), daemon=True)
+    thread.start()
+    server.wait_started("/slow")
+    server.signal(signal.SIGTERM)
+    assert server.wait_exit(timeout=40) == 0
+    thread.join(10)
+    assert outcome["response"].status_code == 200
+    assert "WORKER TIMEOUT" not in server.log()
+    assert shutdowns(server) == 1
+
+
+def test_importing_the_workers_does_not_import_uvicorn():
+    code = ("import sys, gunicorn_graceful.workers, gunicorn_graceful.hooks; "
+            "print('uvicorn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, timeout=30)
+    assert out.stdout.strip() == "False", out.stderr
+
+
+def test_lifespan_budget_must_fit_in_graceful_timeout(asgi):
+    server = asgi(CLASSES[0], serve=False, config_body=CONFIG + (
+        "graceful_timeout = 5\ngraceful_lifespan_shutdown_timeout = 5\n"))
+    assert server.wait_exit(timeout=20) != 0
+    assert server.count(r"Error: gunicorn-graceful: graceful_lifespan_shutdown_timeout=5\.0 "
+                        r"plus graceful_websocket_close_delay=0\.0 must stay below "
+                        r"graceful_timeout=5") == 1
