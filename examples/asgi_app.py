@@ -1,5 +1,6 @@
 """An example Starlette app for the graceful ASGI workers: a JSON route, a slow route, a
-WebSocket echo and a server-sent-event stream that ends cleanly when its worker drains.
+WebSocket echo, a WebSocket that closes itself when its worker drains, and a
+server-sent-event stream that ends cleanly when its worker drains.
 
     gunicorn -c conf/graceful_asgi.py examples.asgi_app:app
 
@@ -72,7 +73,16 @@ async def echo(websocket):
         pass
 
 
+async def polite(websocket):
+    """A socket that says goodbye itself, with a code of its own, when its worker drains
+    (with graceful_websocket_close_delay set, the worker waits for it)."""
+    await websocket.accept()
+    draining = websocket.state.graceful_draining
+    await draining.wait()
+    await websocket.close(code=4000, reason="see you after the %s" % draining.reason)
+
+
 app = Starlette(lifespan=lifespan, routes=[
     Route("/", home), Route("/slow", slow), Route("/ready", ready), Route("/events", events),
-    WebSocketRoute("/ws", echo),
+    WebSocketRoute("/ws", echo), WebSocketRoute("/ws-polite", polite),
 ])

@@ -11,7 +11,7 @@ cannot be replaced), so that a monitoring check can alert on it.
 upgrade to its end: exit 0 when the new master is promoted, non-zero with the
 reason when the upgrade is refused, rolled back or out of time.
 
-`gunicorn-graceful init [DIR] [--systemd] [--kubernetes] [--haproxy] [--force]`:
+`gunicorn-graceful init [DIR] [--asgi] [--systemd] [--kubernetes] [--haproxy] [--force]`:
 write the config template (and deployment examples) shipped with the package,
 so that a `pip install` user gets the same files as `conf/` in the repository.
 """
@@ -188,9 +188,9 @@ def upgrade(args):
     return 5
 
 
-TEMPLATES = {  # what `init` writes: the config always, the rest on request
-    "config": "graceful.py", "systemd": "myapp.service", "kubernetes": "deployment.yaml",
-    "haproxy": "haproxy.cfg"}
+TEMPLATES = {  # what `init` writes: a config always (ASGI's with --asgi), the rest on request
+    "config": "graceful.py", "asgi": "graceful_asgi.py", "systemd": "myapp.service",
+    "kubernetes": "deployment.yaml", "haproxy": "haproxy.cfg"}
 
 
 def template(name):
@@ -199,8 +199,8 @@ def template(name):
 
 def init(args):
     """Write the templates into DIR; refuse to overwrite anything without --force."""
-    names = [TEMPLATES["config"]] + [TEMPLATES[k] for k in ("systemd", "kubernetes", "haproxy")
-                                     if getattr(args, k)]
+    names = [TEMPLATES["asgi" if args.asgi else "config"]] + [
+        TEMPLATES[k] for k in ("systemd", "kubernetes", "haproxy") if getattr(args, k)]
     targets = [os.path.join(args.dir, name) for name in names]
     existing = [path for path in targets if os.path.exists(path)]
     if existing and not args.force:
@@ -235,6 +235,8 @@ def main(argv=None):
     for name in ("systemd", "kubernetes", "haproxy"):
         init_parser.add_argument("--" + name, action="store_true",
                                  help="also write %s" % TEMPLATES[name])
+    init_parser.add_argument("--asgi", action="store_true",
+                             help="write the ASGI config (%s) instead" % TEMPLATES["asgi"])
     init_parser.add_argument("--force", action="store_true", help="overwrite existing files")
     init_parser.set_defaults(run=init)
     args = parser.parse_args(argv)

@@ -110,7 +110,8 @@ class Settings:
                "(comma-separated in the environment). Their status is not checked."})
     readiness_callable: str = dataclasses.field(default="", metadata={
         "parse": _callable_ref,
-        "doc": "'module:function' called with the WSGI app in a new worker; it must return "
+        "doc": "'module:function' called with the app (WSGI, or ASGI: then it may be a "
+               "coroutine function) in a new worker; it must return "
                "true for the worker to count as ready. Runs after the readiness path. At start "
                "the master checks that the module can be found, without importing it (its "
                "import runs in the workers only)."})

@@ -30,5 +30,5 @@ for line in 23:'gunicorn==23.0.0' 24:'gunicorn>=24,<25' 25:'gunicorn>=25,<26' 26
   echo "== contract and restart tests, $("$dir"/bin/python -m gunicorn --version 2>&1 | head -1)"
   "$dir"/bin/python -m pytest -q tests/test_compat.py tests/test_drain.py tests/test_reload.py \
     tests/test_upgrade.py tests/test_lame_duck.py tests/test_haproxy.py tests/test_faults.py \
-    tests/test_recycle.py
+    tests/test_recycle.py tests/test_asgi.py
 done

@@ -5,6 +5,7 @@ time and count; traffic goes to 127.0.0.1 only; a server is stopped by the
 pids this code started, even when a test fails.
 """
 
+import asyncio
 import collections
 import contextlib
 import itertools
@@ -19,6 +20,7 @@ import threading
 import time
 
 import requests
+import websockets
 
 from gunicorn_graceful import compat
 
@@ -61,6 +63,30 @@ def app(environ, start_response):
         return [b"not ready\\n"]
     return _app(environ, start_response)
 '''
+
+
+ASGI_APP = '''\
+import os
+{before}
+os.environ["APP_VERSION"] = {version!r}
+from examples.asgi_app import app as _app
+
+_started = os.path.join(os.path.dirname(os.path.abspath(__file__)), "started.log")
+
+
+async def app(scope, receive, send):
+    # Tests poll this file to know a request reached the app, instead of sleeping.
+    if {record} and scope["type"] != "lifespan":
+        with open(_started, "a") as handle:
+            handle.write(scope["path"] + "\\n")
+    await _app(scope, receive, send)
+'''
+
+
+def write_asgi_app(directory, version, before="", record=True):
+    """The example Starlette app as release `version` (APP_VERSION), recording what starts."""
+    with open(os.path.join(directory, "asgiapp.py"), "w") as handle:
+        handle.write(ASGI_APP.format(version=version, before=before, record=record))
 
 
 def control_socket_args(workdir):
@@ -570,3 +596,37 @@ class Load:
         kinds = collections.Counter(r.kind for r in self.results)
         versions = collections.Counter(r.version for r in self.results if r.ok)
         return "requests=%s %s versions=%s" % (len(self.results), dict(kinds), dict(versions))
+
+
+class Sockets:
+    """WebSocket clients in a thread of their own: open, echo once, record the close code."""
+
+    def __init__(self, url, count):
+        self.url, self.count = url.replace("http://", "ws://") + "/ws", count
+        self.echoes, self.codes = [], []
+        self.opened = threading.Event()
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._all()), daemon=True)
+
+    def start(self):
+        self.thread.start()
+        assert self.opened.wait(15), "WebSockets did not open"
+        return self
+
+    async def _all(self):
+        await asyncio.gather(*(self._one() for _ in range(self.count)))
+
+    async def _one(self):
+        async with websockets.connect(self.url, open_timeout=10, close_timeout=5) as ws:
+            await ws.send("hello")
+            self.echoes.append(await asyncio.wait_for(ws.recv(), 10))
+            if len(self.echoes) == self.count:
+                self.opened.set()
+            try:
+                await asyncio.wait_for(ws.recv(), 60)
+            except websockets.ConnectionClosed as closed:
+                self.codes.append((closed.rcvd.code if closed.rcvd else None, time.monotonic()))
+
+    def join(self, timeout=30):
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "WebSocket clients still open"
+        return [code for code, _ in self.codes]

@@ -14,35 +14,14 @@ import requests
 import websockets
 
 from gunicorn_graceful import compat
-from support import ROOT, Load, wait_for
+from support import ROOT, Load, Sockets, wait_for, write_asgi_app
 
 CLASSES = ["gunicorn_graceful.workers.GracefulUvicornWorker"]
 if compat.NATIVE_ASGI:
     CLASSES.append("gunicorn_graceful.workers.GracefulASGIWorker")
 IDS = [name.rsplit(".", 1)[1] for name in CLASSES]
 
-ASGI_APP = '''\
-import os
-{before}
-os.environ["APP_VERSION"] = {version!r}
-from examples.asgi_app import app as _app
-
-_started = os.path.join(os.path.dirname(os.path.abspath(__file__)), "started.log")
-
-
-async def app(scope, receive, send):
-    # Tests poll this file to know a request reached the app, instead of sleeping.
-    if scope["type"] != "lifespan":
-        with open(_started, "a") as handle:
-            handle.write(scope["path"] + "\\n")
-    await _app(scope, receive, send)
-'''
 CONFIG = 'graceful_readiness_path = "/ready"\n'
-
-
-def write_asgi_app(workdir, version, before=""):
-    with open(os.path.join(workdir, "asgiapp.py"), "w") as handle:
-        handle.write(ASGI_APP.format(version=version, before=before))
 
 
 @pytest.fixture
@@ -65,40 +44,6 @@ def shutdowns(server):
         return 0
     with open(server.marker) as handle:
         return sum(1 for line in handle if line.startswith("shutdown"))
-
-
-class Sockets:
-    """WebSocket clients in a thread of their own: open, echo once, record the close code."""
-
-    def __init__(self, url, count):
-        self.url, self.count = url.replace("http://", "ws://") + "/ws", count
-        self.echoes, self.codes = [], []
-        self.opened = threading.Event()
-        self.thread = threading.Thread(target=lambda: asyncio.run(self._all()), daemon=True)
-
-    def start(self):
-        self.thread.start()
-        assert self.opened.wait(15), "WebSockets did not open"
-        return self
-
-    async def _all(self):
-        await asyncio.gather(*(self._one() for _ in range(self.count)))
-
-    async def _one(self):
-        async with websockets.connect(self.url, open_timeout=10, close_timeout=5) as ws:
-            await ws.send("hello")
-            self.echoes.append(await asyncio.wait_for(ws.recv(), 10))
-            if len(self.echoes) == self.count:
-                self.opened.set()
-            try:
-                await asyncio.wait_for(ws.recv(), 60)
-            except websockets.ConnectionClosed as closed:
-                self.codes.append((closed.rcvd.code if closed.rcvd else None, time.monotonic()))
-
-    def join(self, timeout=30):
-        self.thread.join(timeout)
-        assert not self.thread.is_alive(), "WebSocket clients still open"
-        return [code for code, _ in self.codes]
 
 
 def echo_pid(server):
@@ -254,6 +199,23 @@ def test_long_drain_outlives_timeout_by_heartbeating(asgi, worker):
     assert outcome["response"].status_code == 200
     assert "WORKER TIMEOUT" not in server.log()
     assert shutdowns(server) == 1
+
+
+@pytest.mark.parametrize("worker", CLASSES, ids=IDS)
+def test_app_closes_its_own_websockets_first_within_the_delay(asgi, worker):
+    server = asgi(worker, workers=1, config_body=CONFIG + "graceful_websocket_close_delay = 3\n")
+
+    async def polite():
+        async with websockets.connect(server.url.replace("http://", "ws://") + "/ws-polite",
+                                      open_timeout=10) as ws:
+            server.signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(ws.recv(), 20)
+            except websockets.ConnectionClosed as closed:
+                return closed.rcvd.code, closed.rcvd.reason
+    assert asyncio.run(polite()) == (4000, "see you after the stop")
+    assert server.wait_exit(timeout=20) == 0
+    assert server.count("event=drain.websockets_close") == 0  # nothing was left to close
 
 
 def test_importing_the_workers_does_not_import_uvicorn():

@@ -115,3 +115,19 @@ def test_optional_internals_are_whole_when_detected():
         assert parameters(Arbiter.handle_dirty_arbiter_exit) == ["self", "wpid", "status"]
     if compat.RELOAD_STATS:
         assert "'reloads'" in inspect.getsource(Arbiter.__init__)
+
+
+def test_native_asgi_worker_has_what_the_graceful_one_overrides_or_refuses_in_one_line():
+    """Where Gunicorn has its asgi worker, every method the pack overrides and every
+    attribute it reads are there; where not (23), GracefulASGIWorker refuses at start."""
+    from gunicorn_graceful.workers import GracefulASGIWorker
+    if not compat.NATIVE_ASGI:
+        with pytest.raises(SystemExit, match="needs Gunicorn's native asgi worker"):
+            GracefulASGIWorker.check_config(Config(), None)
+        return
+    from gunicorn.workers.gasgi import ASGIWorker
+    for name, expected in compat.NATIVE_ASGI_METHODS.items():
+        assert parameters(getattr(ASGIWorker, name)) == expected, name
+    init = inspect.getsource(ASGIWorker.__init__)
+    for attribute in ("self.servers", "self.nr_conns", "self.lifespan"):
+        assert attribute in init, attribute

@@ -9,7 +9,8 @@ import pytest
 
 from support import ROOT, cli, wait_for
 
-TEMPLATES = {"conf/graceful.py": "graceful.py", "conf/systemd/myapp.service": "myapp.service",
+TEMPLATES = {"conf/graceful.py": "graceful.py", "conf/graceful_asgi.py": "graceful_asgi.py",
+             "conf/systemd/myapp.service": "myapp.service",
              "conf/kubernetes/deployment.yaml": "deployment.yaml",
              "conf/haproxy/haproxy.cfg": "haproxy.cfg"}
 APP = '''def app(environ, start_response):
@@ -31,6 +32,13 @@ def test_init_refuses_to_overwrite_without_force(tmp_path):
     again = cli("init", str(tmp_path))
     assert again.returncode == 2 and "already exists (--force overwrites)" in again.stderr
     assert cli("init", str(tmp_path), "--force").returncode == 0
+
+
+def test_init_asgi_writes_the_asgi_config(tmp_path):
+    written = cli("init", str(tmp_path), "--asgi")
+    assert written.returncode == 0, written.stderr
+    assert "next: gunicorn -c %s yourapp:app" % (tmp_path / "graceful_asgi.py") in written.stdout
+    assert "GracefulASGIWorker" in (tmp_path / "graceful_asgi.py").read_text()
 
 
 def test_pip_install_then_init_then_gunicorn_serves(tmp_path):
