@@ -137,7 +137,7 @@ class Guard:
         async def tracked_send(message):
             if message["type"] == "http.response.start":
                 headers = message.get("headers") or []
-                if worker.lame_duck or not worker.alive:
+                if worker.lame_duck or worker.draining.is_set():
                     message = dict(message, headers=list(headers) + [_CLOSE])
                 if any(name.lower() == b"content-type" and value.startswith(b"text/event-stream")
                        for name, value in headers):

@@ -26,7 +26,7 @@ import os
 import signal
 import time
 
-from gunicorn_graceful import asgi, listeners, readiness, settings, state
+from gunicorn_graceful import asgi, health, listeners, readiness, settings, state
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.workers import GracefulMixin
 
@@ -102,6 +102,12 @@ class AsyncGracefulMixin(GracefulMixin):
         self.guard = asgi.Guard(getattr(self, self.APP_ATTRIBUTE), self)
         setattr(self, self.APP_ATTRIBUTE, self.guard)
 
+    def health_state(self):
+        """`alive` stays true while an asyncio worker drains (see `start_drain`)."""
+        if self.draining.is_set():
+            return health.DRAINING
+        return health.LAME_DUCK if self.lame_duck else health.SERVING
+
     def before_serving(self):
         """Not yet ready: the guard says so from inside the lifespan (`became_ready`)."""
 
@@ -137,13 +143,17 @@ class AsyncGracefulMixin(GracefulMixin):
         return False
 
     def start_drain(self):
-        """In the event loop: the drain begins now (idempotent)."""
+        """In the event loop: the drain begins now (idempotent).
+
+        `alive` stays true: Gunicorn's asgi worker closes a kept-alive connection once
+        `alive` is false, also right after a response that announced keep-alive, and a
+        client sending its next request on it at that moment sees it dropped. Draining
+        responses announce `Connection: close` instead (the guard)."""
         if self.heartbeat is not None:
             return
         now = time.monotonic()
         self.deadline = now + self.cfg.graceful_timeout
         self.cut_at = self.deadline - self.settings.lifespan_shutdown_timeout
-        self.alive = False
         state.mark_draining(self.tmp)
         self.draining.set("restart" if self.orphaned else self.stop_reason())
         self.drain.begin(self.cut_at, 0)
@@ -165,7 +175,7 @@ class AsyncGracefulMixin(GracefulMixin):
         self.start_drain()
         try:
             await self.first_steps
-            if not await self.wait_until(self.drained, self.cut_at):
+            if not await self.wait_drained():
                 await self.cut()
             await self.shutdown_lifespan()
         finally:
@@ -178,6 +188,16 @@ class AsyncGracefulMixin(GracefulMixin):
                 return False
             await asyncio.sleep(_POLL)
         return True
+
+    async def wait_drained(self):
+        """Drained twice in a row, a poll apart, or False at the cut: a connection accepted
+        right before the servers closed is counted only once its transport exists, a loop
+        turn or two after the accept, and would be dropped by the exit."""
+        while await self.wait_until(self.drained, self.cut_at):
+            await asyncio.sleep(_POLL)
+            if self.drained():
+                return True
+        return False
 
     def drained(self):
         return not len(self.inflight) and not self.open_connections()

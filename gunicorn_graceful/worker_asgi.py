@@ -4,6 +4,7 @@ Every override of that worker's internals is here (see `compat.NATIVE_ASGI`);
 the drain itself is `async_worker`'s.
 """
 
+import asyncio
 import os
 
 from gunicorn.workers import base
@@ -18,6 +19,7 @@ if compat.NATIVE_ASGI:
 
         APP_ATTRIBUTE = "asgi"
         CUT_QUIETLY = False  # a cancelled call is a client that left, to Gunicorn: quiet
+        serving_task = draining_task = None
 
         @classmethod
         def check_config(cls, cfg, log):
@@ -27,15 +29,29 @@ if compat.NATIVE_ASGI:
                                  "for the readiness check (allowed: auto, on)")
             async_worker.check_settings(cfg)
 
+        async def _serve(self):
+            """The base's, remembering its task: the drain ends its serving loop."""
+            self.serving_task = asyncio.current_task()
+            await super()._serve()
+
         def handle_exit_signal(self):
-            """SIGTERM, from the event loop: start the drain at once, not at the next
-            one-second tick of the base's serving loop."""
+            """SIGTERM, from the event loop: drain at once (not at the next one-second tick
+            of the base's serving loop), then end that loop; `alive` stays true meanwhile
+            (see AsyncGracefulMixin.start_drain)."""
             if not self.serving:
                 os._exit(0)
-            self.start_drain()
+            if self.heartbeat is None:
+                self.draining_task = asyncio.ensure_future(self._drain_then_exit())
+
+        async def _drain_then_exit(self):
+            await self.graceful_shutdown()
+            self.alive = False
+            self.serving_task.cancel()  # the base's loop catches it and calls _shutdown
 
         async def _shutdown(self):
-            """The base's loop ended (SIGTERM, or the master is gone): the pack's drain."""
+            """The base's loop ended: after our drain, or because the master is gone."""
+            if self.draining_task is not None:
+                return
             self.check_parent()
             await self.graceful_shutdown()
 

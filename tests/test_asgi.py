@@ -14,7 +14,8 @@ import requests
 import websockets
 
 from gunicorn_graceful import compat
-from support import ROOT, Load, Sockets, wait_for, write_asgi_app
+from support import (ROOT, Load, Sockets, process_alive, usr2_new_master, wait_for,
+                     write_asgi_app)
 
 CLASSES = ["gunicorn_graceful.workers.GracefulUvicornWorker"]
 if compat.NATIVE_ASGI:
@@ -216,6 +217,81 @@ def test_app_closes_its_own_websockets_first_within_the_delay(asgi, worker):
     assert asyncio.run(polite()) == (4000, "see you after the stop")
     assert server.wait_exit(timeout=20) == 0
     assert server.count("event=drain.websockets_close") == 0  # nothing was left to close
+
+
+@pytest.mark.parametrize("worker", CLASSES, ids=IDS)
+def test_lame_duck_answers_503_and_closes_kept_alive_connections(asgi, worker):
+    server = asgi(worker, config_body=CONFIG + "graceful_health_path = '/health'\n"
+                  "graceful_liveness_path = '/live'\ngraceful_shutdown_delay = 3\n")
+    assert requests.get(server.url + "/health", timeout=5).status_code == 200
+    load = Load(server.url, threads=4).start()
+    try:
+        load.wait_count(50)
+        server.signal(signal.SIGTERM)
+        server.wait_log(r"event=master\.lame_duck pid=")
+        wait_for(lambda: requests.get(server.url + "/health", timeout=5).status_code == 503, 5,
+                 "/health to answer 503")
+        assert requests.get(server.url + "/live", timeout=5).text.strip() == "lame duck"
+        with requests.Session() as session:
+            kept = session.get(server.url + "/", timeout=5)
+        assert kept.status_code == 200 and kept.headers["connection"] == "close"
+        assert server.wait_exit(timeout=30) == 0
+    finally:
+        load.stop()
+    assert load.failures(allow=("refused", "connect_timeout")) == [], load.summary()
+
+
+@pytest.mark.parametrize("worker", CLASSES, ids=IDS)
+def test_max_requests_recycles_ready_first_with_zero_failures(asgi, worker):
+    server = asgi(worker, config_body=CONFIG + "max_requests = 40\nmax_requests_jitter = 5\n")
+    load = Load(server.url, threads=4).start()
+    try:
+        server.wait_log(r"event=worker\.recycle pid=\d+ reason=max_requests", count=4)
+    finally:
+        load.stop()
+    assert load.failures() == [], load.summary()
+    assert "Maximum request limit" not in server.log()  # uvicorn's own exit is disabled
+
+
+@pytest.mark.parametrize("worker", CLASSES, ids=IDS)
+def test_workers_of_a_killed_master_finish_their_work_and_exit(asgi, worker):
+    server = asgi(worker)
+    workers = server.children()
+    sockets = Sockets(server.url, 2).start()
+    outcome = {}
+    thread = threading.Thread(target=lambda: outcome.update(
+        response=requests.get(server.url + "/slow?seconds=2", timeout=20)), daemon=True)
+    thread.start()
+    server.wait_started("/slow")
+    os.kill(server.pid, signal.SIGKILL)
+    server.proc.wait(timeout=10)
+    thread.join(20)
+    assert outcome["response"].status_code == 200
+    assert sockets.join() == [1012, 1012]
+    wait_for(lambda: not any(process_alive(pid) for pid in workers), 30,
+             lambda: "the orphaned workers to exit:\n" + server.tail())
+    assert server.count(r"event=worker\.orphaned pid=\d+ ppid=%s" % server.pid) == 2
+
+
+@pytest.mark.parametrize("worker", CLASSES, ids=IDS)
+def test_usr2_hands_over_and_old_websockets_get_1012(asgi, worker):
+    server = asgi(worker)
+    sockets = Sockets(server.url, 3).start()
+    load = Load(server.url, threads=4).start()
+    new_master = None
+    try:
+        load.wait_count(50)
+        new_master = usr2_new_master(server)
+        assert server.wait_exit(timeout=40) == 0  # the old master retires once the new serves
+        codes = sockets.join()
+        load.wait_count(len(load.results) + 50)
+    finally:
+        load.stop()
+        if new_master is not None:  # it runs in the server's process group: stopped either way
+            os.kill(new_master, signal.SIGTERM)
+    wait_for(lambda: not process_alive(new_master), 30, "the new master to stop")
+    assert codes == [1012] * 3
+    assert load.failures() == [], load.summary()
 
 
 def test_importing_the_workers_does_not_import_uvicorn():
