@@ -64,7 +64,7 @@ class AsyncGracefulMixin(GracefulMixin):
 
     A subclass defines: APP_ATTRIBUTE (where its base keeps the app),
     CUT_QUIETLY (whether a cancelled call should end quietly, for servers that
-    log a cancellation as an app error), close_servers, open_connections,
+    log a cancellation as an app error), asyncio_servers, open_connections,
     abort_connections and shutdown_lifespan.
 
     Kept-alive connections are not closed at drain start: a client may be sending its
@@ -175,7 +175,7 @@ class AsyncGracefulMixin(GracefulMixin):
         self.start_drain()
         try:
             await self.first_steps
-            if not await self.wait_drained():
+            if not await self.wait_until(self.drained, self.cut_at):
                 await self.cut()
             await self.shutdown_lifespan()
         finally:
@@ -189,16 +189,6 @@ class AsyncGracefulMixin(GracefulMixin):
             await asyncio.sleep(_POLL)
         return True
 
-    async def wait_drained(self):
-        """Drained twice in a row, a poll apart, or False at the cut: a connection accepted
-        right before the servers closed is counted only once its transport exists, a loop
-        turn or two after the accept, and would be dropped by the exit."""
-        while await self.wait_until(self.drained, self.cut_at):
-            await asyncio.sleep(_POLL)
-            if self.drained():
-                return True
-        return False
-
     def drained(self):
         return not len(self.inflight) and not self.open_connections()
 
@@ -208,7 +198,24 @@ class AsyncGracefulMixin(GracefulMixin):
                                   self.cut_at)
             for sock in self.sockets:
                 listeners.shut(sock)
-        self.close_servers()
+        await self.close_servers()
+
+    async def close_servers(self):
+        """Stop accepting, then close the asyncio servers, without dropping a client.
+
+        A connection asyncio accepted just before `Server.close()` but has not yet given
+        a transport fails to attach to the closed server, and asyncio drops it silently:
+        the client, whose request was sent, gets a reset. So: no more accepts first,
+        then a turn of the loop for those connections to attach, then the close."""
+        loop = asyncio.get_running_loop()
+        servers = self.asyncio_servers()
+        for server in servers:
+            for sock in server.sockets or ():
+                loop.remove_reader(sock.fileno())
+        for _ in range(2):  # one turn to make their transports, one for connection_made
+            await asyncio.sleep(0)
+        for server in servers:
+            server.close()
 
     async def close_websockets(self):
         delay = self.settings.websocket_close_delay

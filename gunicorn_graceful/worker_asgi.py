@@ -55,9 +55,8 @@ if compat.NATIVE_ASGI:
             self.check_parent()
             await self.graceful_shutdown()
 
-        def close_servers(self):
-            for server in self.servers:
-                server.close()
+        def asyncio_servers(self):
+            return self.servers
 
         def open_connections(self):
             return self.nr_conns

@@ -74,9 +74,8 @@ class GracefulUvicornWorker(async_worker.AsyncGracefulMixin, UvicornWorker):
         if not self.check_parent():
             self.server.should_exit = True
 
-    def close_servers(self):
-        for server in self.server.servers:
-            server.close()
+    def asyncio_servers(self):
+        return self.server.servers
 
     def open_connections(self):
         return len(self.server.server_state.connections)
