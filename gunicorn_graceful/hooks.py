@@ -132,11 +132,12 @@ def child_exit(server, worker):
             fields["signal"] = os.WTERMSIG(status)
         else:
             fields["code"] = os.WEXITSTATUS(status)
-    emit(server.log, "info", "worker.exit", **fields)
+    emit(server.log, "info", "worker.exited", **fields)
 
 
 def worker_exit(server, worker):
-    emit(server.log, "info", "worker.stopped", pid=worker.pid)
+    """In the worker, its last line; the master's line about the same exit is `worker.exited`."""
+    emit(server.log, "info", "worker.exiting", pid=worker.pid)
 
 
 def nworkers_changed(server, new_value, old_value):

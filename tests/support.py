@@ -20,7 +20,6 @@ import threading
 import time
 
 import requests
-import websockets
 
 from gunicorn_graceful import compat
 
@@ -616,6 +615,9 @@ class Sockets:
         await asyncio.gather(*(self._one() for _ in range(self.count)))
 
     async def _one(self):
+        # Imported here: this module is also the deploy demo's load generator, and the
+        # [examples] install it runs under has no websockets.
+        import websockets
         async with websockets.connect(self.url, open_timeout=10, close_timeout=5) as ws:
             await ws.send("hello")
             self.echoes.append(await asyncio.wait_for(ws.recv(), 10))

@@ -82,7 +82,7 @@ def test_every_lifecycle_hook_logs_one_line(workdir, servers):
     assert server.log().index("Starting gunicorn") < server.log().index("event=master.")
     server.signal(15)
     server.wait_exit(timeout=30)
-    for line in ("event=master.stopping", "event=worker.stopped", "event=worker.exit",
+    for line in ("event=master.stopping", "event=worker.exiting", "event=worker.exited",
                  "event=master.exit"):
         assert line in server.log(), line
 

@@ -135,7 +135,7 @@ def test_hup_storm_under_load_loses_no_request(workdir, servers, worker):
     print(load.summary())
     assert load.failures() == [], load.summary()
     assert server.alive()
-    killed_ready = re.findall(r"event=worker\.exit pid=\d+ generation=\d+ state=(?:ready|draining) "
+    killed_ready = re.findall(r"event=worker\.exited pid=\d+ generation=\d+ state=(?:ready|draining) "
                               r"signal=9", server.log())
     assert killed_ready == []
     assert "Traceback" not in server.log()
