@@ -196,6 +196,7 @@ class Guard:
         if failure is None:
             failure = await self.worker.prove_ready(self.app, state)
         if failure is not None:
+            self.worker.refuse(failure)
             await self.app_lifespan.shutdown(self.worker.settings.lifespan_shutdown_timeout)
             await send({"type": "lifespan.startup.failed", "message": failure})
             return
@@ -245,8 +246,9 @@ class AppLifespan:
         if reply is not None and reply["type"] == "lifespan.startup.complete":
             self.started = True
             return None
-        if reply is not None:
-            return "lifespan startup failed: %s" % (reply.get("message") or "no message")
+        if reply is not None:  # Starlette sends the whole traceback: its last line says it
+            lines = (reply.get("message") or "").strip().splitlines()
+            return "lifespan startup failed: %s" % (lines[-1] if lines else "no message")
         error = self.task.exception()
         if error is not None and self.asked:
             return "lifespan startup raised %s" % readiness.describe(error)

@@ -116,7 +116,7 @@ class AsyncGracefulMixin(GracefulMixin):
         super().became_ready()
 
     async def prove_ready(self, app, lifespan_state):
-        """None when the app passed its readiness check, else the reason (already logged)."""
+        """None when the app passed its readiness check, else the reason."""
         try:
             await readiness.check_asgi(app, self.settings, lifespan_state)
             return None
@@ -125,7 +125,6 @@ class AsyncGracefulMixin(GracefulMixin):
         except Exception as exc:  # an unexpected failure keeps its traceback
             self.log.exception("readiness check raised")
             reason = readiness.describe(exc)
-        self.refuse(reason)
         return reason
 
     def stop_reason(self):

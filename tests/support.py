@@ -66,6 +66,7 @@ def app(environ, start_response):
 
 ASGI_APP = '''\
 import os
+import time
 {before}
 os.environ["APP_VERSION"] = {version!r}
 from examples.asgi_app import app as _app
@@ -78,6 +79,8 @@ async def app(scope, receive, send):
     if {record} and scope["type"] != "lifespan":
         with open(_started, "a") as handle:
             handle.write(scope["path"] + "\\n")
+    if scope["type"] == "http" and scope["path"] == "/block":
+        time.sleep(2)  # blocks the event loop: new connections wait in the listen queue
     await _app(scope, receive, send)
 '''
 

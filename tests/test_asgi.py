@@ -294,6 +294,97 @@ def test_usr2_hands_over_and_old_websockets_get_1012(asgi, worker):
     assert load.failures() == [], load.summary()
 
 
+STARTUP_APP = '''\
+import asyncio
+import contextlib
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+
+@contextlib.asynccontextmanager
+async def lifespan(app):
+    {startup}
+    yield
+
+
+async def home(request):
+    return PlainTextResponse("ok")
+
+app = Starlette(lifespan=lifespan, routes=[Route("/", home), Route("/ready", home)])
+'''
+
+
+def write_startup_app(workdir, startup):
+    with open(os.path.join(workdir, "asgiapp.py"), "w") as handle:
+        handle.write(STARTUP_APP.format(startup=startup))
+
+
+@pytest.mark.parametrize("worker", CLASSES, ids=IDS)
+def test_a_failing_lifespan_startup_on_hup_rolls_back_with_its_reason(asgi, workdir, worker):
+    server = asgi(worker)
+    write_startup_app(workdir, "raise RuntimeError('cache warm-up failed')")
+    server.signal(signal.SIGHUP)
+    server.wait_log("event=reload.rollback ")
+    assert server.count(r"event=reload\.rollback .*reason=\"lifespan startup failed: .*"
+                        r"cache warm-up failed") == 1, server.tail()
+    assert requests.get(server.url + "/", timeout=5).json()["version"] == "1"
+
+
+@pytest.mark.parametrize("worker", CLASSES, ids=IDS)
+def test_a_hanging_lifespan_startup_on_hup_is_killed_and_rolled_back(asgi, workdir, worker):
+    server = asgi(worker, config_body=CONFIG + "graceful_readiness_timeout = 3\n")
+    write_startup_app(workdir, "await asyncio.sleep(60)")
+    server.signal(signal.SIGHUP)
+    server.wait_log("event=reload.rollback ", timeout=20)
+    assert requests.get(server.url + "/", timeout=5).json()["version"] == "1"
+
+
+@pytest.mark.parametrize("worker", CLASSES, ids=IDS)
+def test_term_while_the_lifespan_startup_hangs_stops_at_once(asgi, workdir, worker):
+    write_startup_app(workdir, "await asyncio.sleep(60)")
+    server = asgi(worker, serve=False)
+    server.wait_log(r"event=worker\.loaded pid=\d+", count=2)
+    started = time.monotonic()
+    server.signal(signal.SIGTERM)
+    assert server.wait_exit(timeout=20) == 0
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("worker", CLASSES, ids=IDS)
+def test_term_serves_the_connections_waiting_in_the_listen_queue(asgi, worker):
+    server = asgi(worker, workers=1)
+    blocker = threading.Thread(target=lambda: requests.get(server.url + "/block", timeout=20),
+                               daemon=True)
+    blocker.start()
+    server.wait_started("/block")  # the worker's event loop is blocked for 2 s from here
+    answers = []
+
+    def queued_client():
+        try:
+            answers.append(requests.get(server.url + "/", timeout=20,
+                                        headers={"Connection": "close"}).status_code)
+        except requests.RequestException as exc:
+            answers.append(repr(exc))
+    clients = [threading.Thread(target=queued_client, daemon=True) for _ in range(5)]
+    for client in clients:
+        client.start()
+    wait_for(lambda: _queued(server.port) >= 5, 5, "5 connections in the listen queue")
+    server.signal(signal.SIGTERM)
+    for client in clients:
+        client.join(20)
+    assert answers == [200] * 5, answers
+    assert server.wait_exit(timeout=20) == 0
+    assert server.count(r"event=master\.stopping .*door_closed=http") == 1
+
+
+def _queued(port):
+    """Connections waiting in the accept queue of the listener on `port` (from `ss`)."""
+    out = subprocess.run(["ss", "-ltnH", "sport = :%d" % port], capture_output=True, text=True,
+                         timeout=10).stdout.split()
+    return int(out[1]) if len(out) > 1 else 0
+
+
 def test_importing_the_workers_does_not_import_uvicorn():
     code = ("import sys, gunicorn_graceful.workers, gunicorn_graceful.hooks; "
             "print('uvicorn' in sys.modules)")
