@@ -125,9 +125,13 @@ class Guard:
     async def answer_health(self, scope, send):
         now = self.worker.health_state()
         ok = now == health.SERVING or scope["path"] == self.worker.settings.liveness_path
+        body = (now + "\n").encode()
+        headers = _HEALTH_HEADERS + [(b"content-length", str(len(body)).encode())]
+        if self.worker.lame_duck or self.worker.draining.is_set():
+            headers.append(_CLOSE)
         await send({"type": "http.response.start", "status": 200 if ok else 503,
-                    "headers": list(_HEALTH_HEADERS)})
-        await send({"type": "http.response.body", "body": (now + "\n").encode()})
+                    "headers": headers})
+        await send({"type": "http.response.body", "body": body})
 
     async def http(self, scope, receive, send):
         call = Call(scope)
@@ -198,8 +202,7 @@ class Guard:
         if failure is not None:
             self.worker.refuse(failure)
             await self.app_lifespan.shutdown(self.worker.settings.lifespan_shutdown_timeout)
-            await send({"type": "lifespan.startup.failed", "message": failure})
-            return
+            self.worker.exit_not_ready()
         self.worker.became_ready()
         await send({"type": "lifespan.startup.complete"})
         await receive()  # lifespan.shutdown

@@ -26,6 +26,8 @@ import os
 import signal
 import time
 
+from gunicorn.arbiter import Arbiter
+
 from gunicorn_graceful import asgi, health, listeners, readiness, settings, state
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.workers import GracefulMixin
@@ -126,6 +128,15 @@ class AsyncGracefulMixin(GracefulMixin):
             self.log.exception("readiness check raised")
             reason = readiness.describe(exc)
         return reason
+
+    def exit_not_ready(self):
+        """End a worker that failed to start, from inside the lifespan, before any accept.
+
+        Not through the server: Gunicorn 24-26's asgi worker takes a failed lifespan
+        startup for "no lifespan support" and serves anyway, and a SystemExit raised in
+        the lifespan task is swallowed by both servers. The master reads the reason from
+        the heartbeat file (`refuse`) and rolls the generation back."""
+        os._exit(Arbiter.WORKER_BOOT_ERROR)
 
     def stop_reason(self):
         """A full stop closed the listeners' door; anything else is a restart."""
