@@ -93,6 +93,12 @@ def run(kind, flavour, worker_class, scenario, steady_seconds=3.0):
         stop(server)
 
 
+def after_sending(run):
+    """Failures of requests that were sent: a refused connect was never a request."""
+    return str(sum(1 for r in run["results"]
+                   if not r.ok and r.kind not in ("refused", "connect_timeout")))
+
+
 def codes_cell(run):
     counts = collections.Counter("none (1006)" if c is None else str(c) for c in run["codes"])
     return ", ".join("%s x%d" % (code, n) for code, n in sorted(counts.items())) or "-"
@@ -128,7 +134,8 @@ def main(out):
         for kind, stock_class, pack_class in PAIRS:
             for flavour, worker_class in (("stock", stock_class), ("pack", pack_class)):
                 result = run(kind, flavour, worker_class, scenario)
-                rows.append(report.row(result)[:12] + [codes_cell(result)])
+                rows.append(report.row(result)[:12] + [after_sending(result),
+                                                        codes_cell(result)])
                 print(report.table(rows[-1:], COLUMNS), flush=True)
     comparisons = [compare(kind, stock_class, pack_class) for kind, stock_class, pack_class
                    in PAIRS]
@@ -138,7 +145,9 @@ def main(out):
             report.machine(), time.monotonic() - began),
         "App: examples/asgi_app.py (Starlette). Load: %d closed-loop `requests` threads on "
         "`/`, half keep-alive, no retries; %d WebSocket clients (echo) where the scenario "
-        "says so. Workers: %d. graceful_timeout 10 s. *WebSocket close codes*: what each "
+        "says so. Workers: %d. graceful_timeout 10 s. *failed after sending*: failures "
+        "other than a refused connect (after TERM, new clients are refused before they "
+        "send anything, by design). *WebSocket close codes*: what each "
         "client received; none (1006): the connection ended without a close frame. uvicorn: "
         "`uvicorn_worker.UvicornWorker` against `GracefulUvicornWorker`; asgi: Gunicorn's "
         "`asgi` worker against `GracefulASGIWorker`." % (LOAD_THREADS, SOCKETS, WORKERS),
@@ -155,4 +164,4 @@ def main(out):
     return 0
 
 
-COLUMNS = report.COLUMNS[:12] + ("WebSocket close codes",)
+COLUMNS = report.COLUMNS[:12] + ("failed after sending", "WebSocket close codes")

@@ -108,6 +108,7 @@ class Guard:
         self.registry = worker.inflight
         self.health_paths = {worker.settings.health_path, worker.settings.liveness_path} - {""}
         self.websockets = {}  # registry key -> coroutine function closing that socket
+        self.closing = []  # the tasks sending close frames, once the drain began
         self.app_lifespan = None
 
     async def __call__(self, scope, receive, send):
@@ -186,8 +187,10 @@ class Guard:
                 self.registry.end(key)
 
     def close_websockets(self, code, reason):
-        """Send every open WebSocket a close frame; the handshakes run as tasks of their own."""
-        return [asyncio.ensure_future(close(code, reason)) for close in list(self.websockets.values())]
+        """Send every open WebSocket a close frame; the handshakes run as tasks of their own
+        (kept here: the loop holds only weak references to tasks)."""
+        self.closing = [asyncio.ensure_future(close(code, reason))
+                        for close in list(self.websockets.values())]
 
     async def lifespan(self, scope, receive, send):
         """The server's lifespan: the app's startup, the readiness check, then (at the end of
@@ -249,9 +252,8 @@ class AppLifespan:
         if reply is not None and reply["type"] == "lifespan.startup.complete":
             self.started = True
             return None
-        if reply is not None:  # Starlette sends the whole traceback: its last line says it
-            lines = (reply.get("message") or "").strip().splitlines()
-            return "lifespan startup failed: %s" % (lines[-1] if lines else "no message")
+        if reply is not None:
+            return "lifespan startup failed: %s" % _last_line(reply)
         error = self.task.exception()
         if error is not None and self.asked:
             return "lifespan startup raised %s" % readiness.describe(error)
@@ -272,6 +274,13 @@ class AppLifespan:
                  reason="the app's lifespan shutdown did not finish in time; cancelled")
         elif reply is not None and reply["type"] == "lifespan.shutdown.failed":
             emit(self.worker.log, "error", "lifespan.shutdown_failed", pid=self.worker.pid,
-                 reason=reply.get("message", ""))
+                 reason=_last_line(reply))
         emit(self.worker.log, "info", "lifespan.shutdown", pid=self.worker.pid,
              duration=time.monotonic() - started)
+
+
+def _last_line(reply):
+    """A lifespan failure's message in one line: Starlette sends the whole traceback, whose
+    last line says what failed."""
+    lines = (reply.get("message") or "").strip().splitlines()
+    return lines[-1] if lines else "no message"

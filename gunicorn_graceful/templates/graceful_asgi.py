@@ -16,6 +16,7 @@ workers = 2
 # Gunicorn's native asgi worker (Gunicorn >= 24), or uvicorn's with the [uvicorn] extra:
 worker_class = "gunicorn_graceful.workers.GracefulASGIWorker"
 # worker_class = "gunicorn_graceful.workers.GracefulUvicornWorker"
+threads = 1             # one event loop per worker; the pack's default of 4 is for gthread
 graceful_timeout = 30   # drain time, lifespan shutdown included
 timeout = 30
 keepalive = 2
