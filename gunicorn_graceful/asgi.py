@@ -75,18 +75,31 @@ def draining():
 
 
 class Call(inflight.Request):
-    """One HTTP request, stream or WebSocket in flight, from its ASGI scope."""
+    """One HTTP request, stream or WebSocket in flight, from its ASGI scope.
 
-    __slots__ = ("kind", "task", "cut")
+    On the hot path of every request: it stores references only. Whether an HTTP
+    call is a stream (its response is `text/event-stream`) is read from the response
+    headers when a report asks (`kind`)."""
 
-    def __init__(self, scope, kind="http"):
-        super().__init__(scope)
-        self.kind, self.task, self.cut = kind, asyncio.current_task(), False
-        self.thread = None  # every call shares the loop's thread: no per-call stack
+    __slots__ = ("websocket", "task", "cut", "headers")
+
+    def __init__(self, scope, websocket=False):
+        self.environ, self.started, self.thread = scope, time.monotonic(), None
+        self.websocket, self.task, self.cut, self.headers = websocket, asyncio.current_task(), \
+            False, ()
+
+    @property
+    def kind(self):
+        if self.websocket:
+            return "websocket"
+        for name, value in self.headers:
+            if name.lower() == b"content-type":
+                return "stream" if value.startswith(b"text/event-stream") else "http"
+        return "http"
 
     @property
     def method(self):
-        return self.environ.get("method", "GET") if self.kind != "websocket" else "WEBSOCKET"
+        return "WEBSOCKET" if self.websocket else self.environ.get("method", "GET")
 
     @property
     def path(self):
@@ -112,11 +125,31 @@ class Guard:
         self.app_lifespan = None
 
     async def __call__(self, scope, receive, send):
+        """HTTP inline (the hot path: one coroutine layer less), the rest by type."""
         kind = scope["type"]
         if kind == "http":
             if scope["path"] in self.health_paths:
                 return await self.answer_health(scope, send)
-            return await self.http(scope, receive, send)
+            call = Call(scope)
+            registry, worker, draining = self.registry, self.worker, self.worker.draining
+            key = registry.add(call)
+
+            async def tracked_send(message):
+                if message["type"] == "http.response.start":
+                    call.headers = message.get("headers") or ()
+                    if worker.lame_duck or draining.reason is not None:
+                        message = dict(message, headers=list(call.headers) + [_CLOSE])
+                await send(message)
+
+            try:
+                await self.app(scope, receive, tracked_send)
+            except asyncio.CancelledError:
+                if not (call.cut and worker.CUT_QUIETLY):
+                    raise
+            finally:
+                registry.end(key)
+                worker.limits.after_request()
+            return None
         if kind == "websocket":
             return await self.websocket(scope, receive, send)
         if kind == "lifespan":
@@ -134,32 +167,8 @@ class Guard:
                     "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
-    async def http(self, scope, receive, send):
-        call = Call(scope)
-        key = self.registry.add(call)
-        worker = self.worker
-
-        async def tracked_send(message):
-            if message["type"] == "http.response.start":
-                headers = message.get("headers") or []
-                if worker.lame_duck or worker.draining.is_set():
-                    message = dict(message, headers=list(headers) + [_CLOSE])
-                if any(name.lower() == b"content-type" and value.startswith(b"text/event-stream")
-                       for name, value in headers):
-                    call.kind = "stream"
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracked_send)
-        except asyncio.CancelledError:
-            if not (call.cut and worker.CUT_QUIETLY):
-                raise
-        finally:
-            self.registry.end(key)
-            worker.limits.after_request()
-
     async def websocket(self, scope, receive, send):
-        call = Call(scope, "websocket")
+        call = Call(scope, websocket=True)
         key = None
         closing = []  # set once this worker closed the socket: the app's later sends are moot
 

@@ -77,6 +77,7 @@ class AsyncGracefulMixin(GracefulMixin):
 
     APP_ATTRIBUTE = "wsgi"
     CUT_QUIETLY = False
+    THREADED = False  # every request ends in the event loop's thread
 
     def init_process(self):
         self.draining = asgi.draining()

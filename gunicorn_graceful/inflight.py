@@ -6,7 +6,6 @@ bump under an uncontended lock. Reading takes a snapshot with `list()`,
 atomic too, from any thread.
 """
 
-import itertools
 import sys
 import threading
 import time
@@ -46,22 +45,27 @@ class Request:
 class Registry:
     """Requests in flight in this worker, and how many finished since the drain began."""
 
-    def __init__(self):
-        self._requests = {}
-        self._ids = itertools.count()
-        self._lock = threading.Lock()
+    def __init__(self, threads=True):
+        """`threads`: requests end in several threads (gthread), so the count of finished
+        ones takes a lock; in an event loop they all end in one thread."""
+        self._requests = {}  # request -> request: the key is the object itself
+        self._lock = threading.Lock() if threads else None
         self.finished = 0
 
     def begin(self, environ):
         return self.add(Request(environ))
 
     def add(self, request):
-        key = next(self._ids)
-        self._requests[key] = request
-        return key
+        """Register `request`; it is its own key for `end`."""
+        self._requests[request] = request
+        return request
 
     def end(self, key):
-        if self._requests.pop(key, None) is not None:
+        if self._requests.pop(key, None) is None:
+            return
+        if self._lock is None:
+            self.finished += 1
+        else:
             with self._lock:
                 self.finished += 1
 

@@ -36,6 +36,7 @@ class GracefulMixin:
     """
 
     LAME_DUCK_SIGNAL = signal.SIGUSR2
+    THREADED = True  # requests may end in several threads (see inflight.Registry)
     release = ""  # the release directory to load the app from; the master sets it before the fork
 
     def init_process(self):
@@ -43,7 +44,7 @@ class GracefulMixin:
         self.settings = settings.current()
         self.serving = False
         self.limits = recycle.WorkerLimits(self)
-        self.inflight = inflight.Registry()
+        self.inflight = inflight.Registry(threads=self.THREADED)
         self.drain = inflight.DrainReporter(
             self.log, self.inflight, self.pid, self.settings.drain_log_interval,
             self.settings.deadline_warning, idle=self.idle_connections,
