@@ -119,7 +119,13 @@ class Recycler:
         return max(min(needed, limit - in_transit), 0)
 
     def retire_replaced(self, members):
-        """Each ready replacement lets one waiting worker go, the one that asked first."""
+        """Each ready worker beyond the wanted count lets one waiting worker go, the one
+        that asked first.
+
+        Usually that worker is a fresh replacement. After a paused spell (a reload
+        rolled back) every ready worker may be waiting, the replacements included: then
+        the newest of the others is named as the replacement; there always is one, as
+        at least one more worker than wanted is ready."""
         arbiter = self.arbiter
         if not self.active():
             return
@@ -127,9 +133,10 @@ class Recycler:
                          key=lambda m: m[1].recycle["noticed"])
         ready = sum(1 for _, r in members if r.ready_at and r.recycle is None)
         spare = ready + len(waiting) - arbiter.num_workers
-        for worker, record in waiting[:max(spare, 0)]:
-            replacement = max((m for m in members if m[1].recycle is None and m[1].ready_at),
-                              key=lambda m: m[1].spawned)
+        going = waiting[:max(spare, 0)]
+        for worker, record in going:
+            replacement = max((m for m in members if m[1].ready_at and m not in going),
+                              key=lambda m: (m[1].recycle is None, m[1].spawned))
             emit(arbiter.log, "info", "worker.recycle", pid=worker.pid,
                  reason=record.recycle.get("reason"), served=record.recycle.get("served", "-"),
                  rss_mib=record.recycle.get("rss_mib"), replacement=replacement[0].pid,

@@ -85,6 +85,21 @@ async def app(scope, receive, send):
 '''
 
 
+def make_release(root, name, **app):
+    """releases/<name> under `root`, holding the test app as release `name`."""
+    path = os.path.join(root, "releases", name)
+    os.makedirs(path)
+    write_app(path, name, **app)
+    return path
+
+
+def point_link(link, target):
+    """Switch the deploy symlink atomically, as deploy tools do."""
+    tmp = link + ".new"
+    os.symlink(target, tmp)
+    os.replace(tmp, link)
+
+
 def write_asgi_app(directory, version, before="", record=True):
     """The example Starlette app as release `version` (APP_VERSION), recording what starts."""
     with open(os.path.join(directory, "asgiapp.py"), "w") as handle:

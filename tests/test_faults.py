@@ -16,8 +16,9 @@ import pytest
 import requests
 
 from gunicorn_graceful import compat
-from support import (WORKERS, Load, NotifySocket, cli, pid_in, process_alive, read_pid,
-                     unwritable, upgrade_command, usr2_new_master, wait_for, write_app)
+from support import (WORKERS, Load, NotifySocket, cli, make_release, pid_in, point_link,
+                     process_alive, read_pid, unwritable, upgrade_command, usr2_new_master,
+                     wait_for, write_app)
 
 READINESS = "graceful_readiness_path = '/healthz'\n"
 BROKEN = {"before": "raise RuntimeError('database url missing')"}
@@ -36,20 +37,6 @@ def ready_workers(server, count):
             return [w["pid"] for w in workers]
         return None
     return wait_for(listed, 20, lambda: "%s ready workers:\n%s" % (count, server.tail()))
-
-
-def make_release(root, name, **app):
-    path = os.path.join(root, "releases", name)
-    os.makedirs(path)
-    write_app(path, name, **app)
-    return path
-
-
-def point_link(link, target):
-    """Switch the deploy symlink atomically, as deploy tools do."""
-    tmp = link + ".new"
-    os.symlink(target, tmp)
-    os.replace(tmp, link)
 
 
 # -- 1. a rollback lasts as long as the master ---------------------------------------------

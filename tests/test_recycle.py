@@ -1,11 +1,13 @@
 """Ready-first recycling: a worker past a limit goes only once its replacement is ready."""
 
 import json
+import os
 import signal
 
 import pytest
 
-from support import WORKERS, Load, Watcher, cli, wait_for, write_app
+from support import (WORKERS, Load, Watcher, cli, make_release, point_link, wait_for,
+                     write_app)
 
 READINESS = "graceful_readiness_path = '/healthz'\n"
 BROKEN = {"before": "raise RuntimeError('database url missing')"}
@@ -115,3 +117,30 @@ def test_a_memory_limit_below_the_boot_size_fails_the_start_with_one_line(workdi
     assert server.wait_exit(timeout=30) != 0
     assert server.count(r"invalid setting graceful_max_worker_rss=1\.0: allowed a size above "
                         r"this worker's \S+ MiB after boot") >= 1
+
+
+def test_workers_that_all_asked_during_a_rolled_back_reload_are_recycled_one_by_one(
+        tmp_path, servers):
+    """While a reload runs, recycling waits: every worker of the kept generation, the
+    replacement that was booting included, may ask meanwhile. After the rollback more
+    workers wait than are wanted, none of them a fresh replacement; the master once
+    crashed there (`max()` of nothing) on Gunicorn 24."""
+    root = str(tmp_path)
+    link = os.path.join(root, "current")
+    point_link(link, make_release(root, "1"))
+    make_release(root, "2", before="time.sleep(1.5)\nraise RuntimeError('late failure')")
+    server = servers(link, workers=2, rundir=root, config_dir=root,
+                     config_body=READINESS + "max_requests = 20\nmax_requests_jitter = 0\n"
+                     "graceful_release_link = %r\n" % link)
+    load = Load(server.url, threads=4).start()
+    try:
+        server.wait_log(r"event=worker\.recycle pid=", count=2)
+        point_link(link, os.path.join(root, "releases", "2"))
+        server.signal(signal.SIGHUP)
+        server.wait_log(r"event=reload\.rollback generation=2")
+        recycled = server.count(r"event=worker\.recycle pid=")
+        server.wait_log(r"event=worker\.recycle pid=", count=recycled + 4, timeout=60)
+    finally:
+        load.stop()
+    assert server.alive() and "Unhandled exception" not in server.log(), server.tail()
+    assert load.failures() == [], load.summary()
