@@ -82,7 +82,7 @@ class AsyncGracefulMixin(GracefulMixin):
     def init_process(self):
         self.draining = asgi.draining()
         self.guard = None
-        self.cut_at = self.deadline = None
+        self.cut_at = self.deadline = self.drain_began = None
         self.heartbeat = self.first_steps = None
         self.orphaned = False
         super().init_process()
@@ -162,7 +162,7 @@ class AsyncGracefulMixin(GracefulMixin):
         responses announce `Connection: close` instead (the guard)."""
         if self.heartbeat is not None:
             return
-        now = time.monotonic()
+        now = self.drain_began = time.monotonic()
         self.deadline = now + self.cfg.graceful_timeout
         self.cut_at = self.deadline - self.settings.lifespan_shutdown_timeout
         state.mark_draining(self.tmp)

@@ -8,6 +8,7 @@ falling back here. Supported: the releases CI runs (see the README).
 
 import importlib.util
 import inspect
+import re
 
 from gunicorn.arbiter import Arbiter
 from gunicorn.workers.gthread import ThreadWorker
@@ -80,6 +81,20 @@ RELOAD_STATS = "_stats['reloads']" in inspect.getsource(Arbiter.reload)
 NATIVE_ASGI = importlib.util.find_spec("gunicorn.workers.gasgi") is not None
 NATIVE_ASGI_METHODS = {"_shutdown": ["self"], "handle_exit_signal": ["self"],
                        "_serve": ["self"], "load_wsgi": ["self"]}
+
+
+def _counts_connections():
+    """Gunicorn 25's asgi protocol returns early from `connection_lost` once `_closed` is
+    set, which its own close of a connection does first: `nr_conns` then never goes down.
+    24, 26 and 27 count right."""
+    if not NATIVE_ASGI:
+        return False
+    from gunicorn.asgi.protocol import ASGIProtocol
+    lost = inspect.getsource(ASGIProtocol.connection_lost)
+    return not re.search(r"if self\._closed:\s+return", lost)
+
+
+NATIVE_ASGI_COUNTS_CONNECTIONS = _counts_connections()
 
 
 def idle_connections(worker):

@@ -6,6 +6,7 @@ the drain itself is `async_worker`'s.
 
 import asyncio
 import os
+import time
 
 from gunicorn.workers import base
 
@@ -59,7 +60,12 @@ if compat.NATIVE_ASGI:
             return self.servers
 
         def open_connections(self):
-            return self.nr_conns
+            """Gunicorn's count; where it leaks (see compat), the connections are taken as
+            closed once no call has run for `keepalive` seconds into the drain: a draining
+            worker's responses close their connections, and idle ones close at keepalive."""
+            if compat.NATIVE_ASGI_COUNTS_CONNECTIONS:
+                return self.nr_conns
+            return int(time.monotonic() < self.drain_began + self.cfg.keepalive)
 
         def abort_connections(self):
             """Nothing: cancelling a call makes Gunicorn close its connection."""
