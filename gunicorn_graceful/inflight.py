@@ -2,7 +2,8 @@
 
 The registry sits on the hot path of every request, so registering is one dict
 store (atomic under the GIL) and unregistering one dict pop plus a counter
-bump under an uncontended lock. Reading takes a snapshot with `list()`,
+bump (under an uncontended lock where requests end in several threads; an
+event loop needs none). Reading takes a snapshot with `list()`,
 atomic too, from any thread.
 """
 
