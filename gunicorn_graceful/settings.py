@@ -10,8 +10,10 @@ allowed.
 
 import dataclasses
 import difflib
+import importlib.machinery
 import importlib.util
 import os
+import sys
 import types
 
 from gunicorn.config import KNOWN_SETTINGS
@@ -290,22 +292,45 @@ def name_warnings():
 def callable_problem(settings):
     """Why graceful_readiness_callable cannot work, or None; checked in the master at start.
 
-    The module is located, not imported: its import (and whatever it does) runs
-    in each worker, as the app's does. A missing function is reported by the
-    first worker that looks it up.
+    The module is located, not imported (`locate`): the master must never hold
+    application code, since every worker forked after a HUP inherits its
+    modules and would run the code the master saw at start. Its import (and
+    whatever it does) runs in each worker, as the app's does. A missing
+    function is reported by the first worker that looks it up.
     """
     module = settings.readiness_callable.partition(":")[0]
     if not module:
         return None
-    try:
-        found = importlib.util.find_spec(module)
-    except (ImportError, ValueError) as exc:
-        found, why = None, str(exc)
-    else:
-        why = "no module named %r on the Python path" % module
-    if found is None:
+    why = locate(module)
+    if why:
         return str(SettingError("graceful_readiness_callable", settings.readiness_callable,
                                 "'module:function' with an importable module (%s)" % why))
+    return None
+
+
+def locate(dotted):
+    """Why the module `dotted` cannot be found on sys.path, or None; imports nothing.
+
+    `importlib.util.find_spec("a.b")` imports the package `a` to read its
+    `__path__`; here each level is looked up in the previous one's directories.
+    """
+    if dotted in sys.modules:  # the master imported it already (the standard library)
+        return None
+    path = None
+    for depth, part in enumerate(dotted.split(".")):
+        name = ".".join(dotted.split(".")[:depth + 1])
+        if not part.isidentifier():
+            return "%r is not a module name" % dotted
+        try:
+            spec = importlib.machinery.PathFinder.find_spec(name, path) \
+                or (importlib.util.find_spec(name) if depth == 0 else None)
+        except (ImportError, ValueError) as exc:
+            return str(exc)
+        if spec is None:
+            return "no module named %r on the Python path" % name
+        path = spec.submodule_search_locations
+        if path is None and name != dotted:
+            return "%r is not a package" % name
     return None
 
 
