@@ -4,13 +4,25 @@ Operators grep these lines and tests assert on them, so the wording is stable
 and every value is quoted only when it has to be.
 """
 
+import re
+
+
+# Control characters (C0, DEL, C1) in a value would let a client forge a line or move the
+# cursor of an operator's terminal through a request path: each one is written as \xNN.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def _escape(match):
+    return "\\x%02x" % ord(match.group())
+
 
 def _value(value):
     if isinstance(value, float):
         return "%.2f" % value
     text = str(value)
-    if text == "" or any(c in text for c in ' "=\t\n'):
-        return '"%s"' % text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ")
+    if text == "" or any(c in text for c in ' "=') or _CONTROL.search(text):
+        text = text.replace("\\", "\\\\").replace('"', '\\"')
+        return '"%s"' % _CONTROL.sub(_escape, text)
     return text
 
 

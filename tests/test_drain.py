@@ -1,5 +1,6 @@
 """SIGTERM under load: every request sent before the master exits is answered, and the drain is logged."""
 
+import os
 import re
 import signal
 import socket
@@ -9,7 +10,7 @@ import time
 import pytest
 import requests
 
-from support import WORKERS, Load
+from support import WORKERS, Load, wait_for
 
 BEFORE_SEND = ("refused", "connect_timeout")
 
@@ -172,3 +173,37 @@ def test_a_client_still_sending_its_request_is_reported_and_listed_as_cut(workdi
         server.wait_exit(timeout=30)
     finally:
         slowloris.close()
+
+
+SLEEPY_APP = '''\
+import time
+
+
+def app(environ, start_response):
+    open("started", "w").close()
+    time.sleep(30)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"late"]
+'''
+
+
+def test_control_characters_in_a_cut_request_path_are_escaped_in_the_log(workdir, servers):
+    """A client cannot forge a log line or drive the operator's terminal through its path."""
+    with open(os.path.join(workdir, "sleepy.py"), "w") as handle:
+        handle.write(SLEEPY_APP)
+    server = servers(workdir, app="sleepy:app", workers=1,
+                     config_body="graceful_timeout = 3\ngraceful_deadline_warning = 1.5\n")
+    sock = _send_raw(server.port, "/a%0d%0a[ERROR]%1b[2Kevent=master.exit")
+    try:
+        wait_for(lambda: os.path.exists(os.path.join(workdir, "started")), 10,
+                 "the request to reach the app")
+        server.signal(signal.SIGTERM)
+        server.wait_exit(timeout=20)
+    finally:
+        sock.close()
+    log = server.log()
+    assert server.count(r'event=drain\.cut pid=\d+ method=GET '
+                        r'path="/a\\x0d\\x0a\[ERROR\]\\x1b\[2Kevent=master\.exit"') == 1, \
+        server.tail()
+    assert "\r" not in log and "\x1b" not in log
+    assert not any(line.startswith("[ERROR]") for line in log.splitlines())

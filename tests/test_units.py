@@ -99,6 +99,12 @@ def test_event_lines_quote_only_what_needs_it():
     assert redact("/p?q=1") == "/p?[redacted]" and redact("/p") == "/p"
 
 
+def test_event_lines_escape_every_control_character():
+    line = format_event("a.b", path="/a\r\n\x1b[2K\x00\x7f\x85\t")
+    assert line == 'event=a.b path="/a\\x0d\\x0a\\x1b[2K\\x00\\x7f\\x85\\x09"'
+    assert not any(ord(c) < 32 or 127 <= ord(c) < 160 for c in line)
+
+
 def test_settings_come_from_config_then_environment():
     loaded = settings.load({"graceful_drain_log_interval": 2, "graceful_readiness_path": "/h"},
                            {"GRACEFUL_READINESS_PATH": "/ready",
