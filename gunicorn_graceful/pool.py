@@ -254,7 +254,7 @@ def log_signal_exit(log, pid, status, record):
             log.error("Worker (pid:%s) exited with code %s.", pid, os.WEXITSTATUS(status))
         return
     sig = os.WTERMSIG(status)
-    name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else sig
+    name = signal_name(sig)
     if sig == signal.SIGKILL and not record.killed:
         log.error("Worker (pid:%s) was sent %s! Perhaps out of memory?", pid, name)
     elif sig == signal.SIGTERM:
@@ -265,5 +265,14 @@ def log_signal_exit(log, pid, status, record):
 
 def describe_status(status):
     if os.WIFSIGNALED(status):
-        return "killed by %s before it was ready" % signal.Signals(os.WTERMSIG(status)).name
+        return "killed by %s before it was ready" % signal_name(os.WTERMSIG(status))
     return "exited with code %s before it was ready" % os.WEXITSTATUS(status)
+
+
+def signal_name(number):
+    """SIGSEGV for 11; a number Python has no name for (SIGRTMIN+1 is 35) stays a number,
+    since `signal.Signals(35)` raises and a reap must never raise."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return "signal %s" % number

@@ -21,7 +21,7 @@ import time
 from gunicorn_graceful import compat, files, settings, upgrade_report
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.phase import Phase
-from gunicorn_graceful.pool import KILL_GRACE
+from gunicorn_graceful.pool import KILL_GRACE, signal_name
 
 # Exit codes of the forked child of a USR2 that never became a new master.
 EXEC_FAILED = 70
@@ -252,7 +252,7 @@ def describe_master_exit(status, reported=""):
     """Why a new master ended before it took over: its signal, its own report, its exit code."""
     if status is not None and os.WIFSIGNALED(status):
         return "new master killed by %s before it took over" \
-            % signal.Signals(os.WTERMSIG(status)).name
+            % signal_name(os.WTERMSIG(status))
     if reported:
         return reported
     if status is None:
