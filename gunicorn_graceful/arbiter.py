@@ -22,7 +22,7 @@ import os
 
 from gunicorn.arbiter import Arbiter
 
-from gunicorn_graceful import compat, recycle, rollout, upgrade
+from gunicorn_graceful import compat, recycle, release, rollout, upgrade
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.phase import Phase, PhaseKeeper
 from gunicorn_graceful.pool import Pool
@@ -33,13 +33,22 @@ from gunicorn_graceful.systemd import Notifier
 from gunicorn_graceful.workers import GracefulMixin, GracefulThreadWorker
 
 
+WORKER_CLASSES = ("GracefulThreadWorker", "GracefulSyncWorker", "GracefulUvicornWorker",
+                  "GracefulASGIWorker")
+
+
 class GracefulArbiter(Arbiter):
     """Gunicorn's Arbiter with readiness-gated reloads, rollback and a door-closing stop."""
 
     @classmethod
-    def install(cls, arbiter):
-        """Turn a running stock Arbiter into a GracefulArbiter (called by on_starting)."""
+    def install(cls, arbiter, check_config):
+        """Turn a running stock Arbiter into a GracefulArbiter (called by on_starting).
+
+        `check_config(cfg, log)` (from `hooks`) says why a config cannot run under
+        the pack and chains the hooks it defined after `install(globals())`.
+        """
         arbiter.__class__ = cls
+        arbiter.check_config = check_config
         arbiter.generation = 1
         arbiter.phase = PhaseKeeper(arbiter.log, arbiter.pid,
                                     Phase.TRIAL if arbiter.master_pid else Phase.STARTING)
@@ -52,7 +61,7 @@ class GracefulArbiter(Arbiter):
         arbiter.stopper = Stop(arbiter)
         arbiter.status = StatusFile(arbiter)
         arbiter.keep_graceful_worker()
-        reason = arbiter.foreign_worker_reason()
+        reason = arbiter.foreign_worker_reason(arbiter.cfg) or check_config(arbiter.cfg, arbiter.log)
         if reason:
             raise SystemExit("Error: gunicorn-graceful: " + reason)
         return arbiter
@@ -73,17 +82,17 @@ class GracefulArbiter(Arbiter):
                          "GracefulThreadWorker, as Gunicorn runs gthread for sync with threads; "
                          "set threads = 1 for the sync worker" % self.cfg.threads)
 
-    def foreign_worker_reason(self):
-        """Why the configured worker class cannot run under this master, or None.
+    def foreign_worker_reason(self, cfg):
+        """Why the worker class `cfg` configures cannot run under this master, or None.
 
         No worker of another class ever says it is ready, so the master would
         halt later with a misleading readiness reason (or a HUP roll back).
         """
-        if issubclass(effective_worker_class(self.cfg), GracefulMixin):
+        if issubclass(effective_worker_class(cfg), GracefulMixin):
             return None
-        return ("worker_class=%s is not a gunicorn-graceful worker; use "
-                "gunicorn_graceful.workers.GracefulThreadWorker or GracefulSyncWorker "
-                "(-k on the command line overrides the config)" % self.cfg.worker_class_str)
+        return ("worker_class=%s is not a gunicorn-graceful worker; use one of "
+                "gunicorn_graceful.workers.%s (-k on the command line overrides the config)"
+                % (cfg.worker_class_str, ", ".join(WORKER_CLASSES)))
 
     # -- Gunicorn's main loop -------------------------------------------------------------
 
@@ -99,6 +108,23 @@ class GracefulArbiter(Arbiter):
         self.pool.tick()
         compat.report_metrics(self)
         self.status.write()
+
+    def spawn_worker(self):
+        """Gunicorn's, with the worker's record (generation, release) made before the fork.
+
+        Not in the pre_fork hook: a config that defines its own `pre_fork` after
+        `install(globals())` replaces it, and the pool, seeing no worker, forked
+        `workers` more on every tick. The worker inherits its release from here.
+        """
+        record = self.pool.new_record()
+        self.records.expect(record)
+        release.forking(record.release)
+        pid = None
+        try:
+            pid = super().spawn_worker()
+        finally:
+            self.records.spawned(pid)
+        return pid
 
     def murder_workers(self):
         """Gunicorn's heartbeat timeout, plus the deadlines it does not have (`pool`)."""

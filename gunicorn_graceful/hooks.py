@@ -12,7 +12,7 @@ import tempfile
 
 from gunicorn import __version__ as gunicorn_version
 
-from gunicorn_graceful import __version__, compat, preflight, settings, upgrade_report
+from gunicorn_graceful import __version__, compat, preflight, release, settings, upgrade_report
 from gunicorn_graceful.arbiter import GracefulArbiter
 from gunicorn_graceful.upgrade import PRE_EXEC_FAILED
 from gunicorn_graceful.events import emit
@@ -24,7 +24,7 @@ def on_starting(server):
     problem = settings.callable_problem(settings.current())
     if problem:
         raise SystemExit("Error: gunicorn-graceful: " + problem)
-    GracefulArbiter.install(server)
+    GracefulArbiter.install(server, check_config)
     emit(server.log, "info", "master.starting", pid=server.pid, version=__version__,
          gunicorn=gunicorn_version, worker_class=server.cfg.worker_class_str,
          workers=server.cfg.workers)
@@ -91,9 +91,8 @@ def pidfile_failure(pidfile):
 
 
 def pre_fork(server, worker):
-    """In the master, before the fork: the worker's record (generation, release) is made here."""
-    if isinstance(server, GracefulArbiter):
-        server.pool.label(worker)
+    """In the master, before the fork (the worker's record is made by the arbiter, not here:
+    a config may replace this hook)."""
     emit(server.log, "debug", "worker.forking", generation=getattr(server, "generation", 0),
          age=worker.age)
 
@@ -101,8 +100,8 @@ def pre_fork(server, worker):
 def post_fork(server, worker):
     fields = {"pid": worker.pid, "ppid": server.pid,
               "generation": getattr(server, "generation", 0)}
-    if getattr(worker, "release", ""):
-        fields["release"] = worker.release
+    if release.own():
+        fields["release"] = release.own()
     emit(server.log, "info", "worker.booting", **fields)
 
 
@@ -154,6 +153,8 @@ def on_exit(server):
 HOOKS = {fn.__name__: fn for fn in (
     on_starting, when_ready, on_reload, pre_exec, pre_fork, post_fork, post_worker_init,
     worker_int, worker_abort, child_exit, worker_exit, nworkers_changed, on_exit)}
+for _hook in HOOKS.values():
+    _hook.graceful_hook = True
 
 
 def chain(pack_hook, user_hook):
@@ -163,6 +164,7 @@ def chain(pack_hook, user_hook):
         pack_hook(*args)
         return user_hook(*args)
     chained.graceful_chain = (pack_hook, user_hook)
+    chained.graceful_hook = True
     return chained
 
 
@@ -171,7 +173,9 @@ def install(namespace):
 
     Called as the last line of a config file with its `globals()`. A bad
     setting raises SystemExit with one line naming it, so Gunicorn stops at
-    start (exit 1) and a HUP keeps the running configuration.
+    start (exit 1) and a HUP keeps the running configuration. A hook the config
+    defines after this line replaces the pack's: `check_config` chains it at
+    start and on each HUP.
     """
     try:
         settings.set_current(settings.load(namespace), settings.near_misses(namespace))
@@ -181,5 +185,27 @@ def install(namespace):
         hook = namespace.get(name)
         if hook is None:
             namespace[name] = pack_hook
-        elif hook is not pack_hook and not hasattr(hook, "graceful_chain"):
+        elif not getattr(hook, "graceful_hook", False):
             namespace[name] = chain(pack_hook, hook)
+
+
+def check_config(cfg, log):
+    """Why a loaded config cannot run under the pack, or None; chains the hooks it defined
+    after `install(globals())` (one WARNING each).
+
+    Without the pack's hooks the master would lose its lifecycle lines; without
+    its `on_starting` the config does not use the pack at all (a HUP to it is
+    refused: the running master would keep the pack's decisions on settings it
+    no longer reads).
+    """
+    if not getattr(cfg.on_starting, "graceful_hook", False):
+        return ("the config does not install gunicorn-graceful: it must end with "
+                "install(globals()) and define no on_starting after it")
+    for name, pack_hook in HOOKS.items():
+        hook = cfg.settings[name].get()
+        if not getattr(hook, "graceful_hook", False):
+            cfg.set(name, chain(pack_hook, hook))
+            emit(log, "warning", "settings.warning",
+                 problem="%s is defined after install(globals()): it runs after the pack's %s; "
+                         "define hooks before install(globals())" % (name, name))
+    return None

@@ -64,20 +64,18 @@ class Pool:
         return [(w, r) for w, r in self.workers() if r.generation != wanted and not r.retired]
 
     def workers(self):
-        """(worker, record) for each worker Gunicorn runs."""
+        """(worker, record) for each worker Gunicorn runs, every one of them counted."""
         records = self.arbiter.records
-        pairs = [(w, records.of(w)) for w in list(self.arbiter.WORKERS.values())]
-        return [(w, r) for w, r in pairs if r is not None]
+        return [(w, records.of(w) or records.adopt(w, self.new_record()))
+                for w in list(self.arbiter.WORKERS.values()) if w.pid]
 
     # -- forking and stopping -------------------------------------------------------------
 
-    def label(self, worker):
-        """Before the fork (pre_fork): the record of the worker about to be born."""
+    def new_record(self):
+        """The record of a worker of the wanted generation, made before its fork."""
         arbiter = self.arbiter
-        record = Record(arbiter.generation, arbiter.rollouts.release_of(arbiter.generation),
-                        age_jitter=recycle.age_jitter(settings.current().max_worker_age_jitter))
-        arbiter.records.expect(worker, record)
-        worker.release = record.release
+        return Record(arbiter.generation, arbiter.rollouts.release_of(arbiter.generation),
+                      age_jitter=recycle.age_jitter(settings.current().max_worker_age_jitter))
 
     def retire(self, worker, record, reason):
         """Tell a worker to stop (SIGTERM); it no longer counts as serving."""

@@ -1,10 +1,14 @@
 """The pack's own record of each worker, keyed by pid, instead of attributes on Gunicorn's.
 
 Invariants:
-- Every worker the master forks has exactly one record, labelled before the
-  fork (`expect`, from pre_fork): on Gunicorn 23 a worker that dies at once is
+- Every worker the master forks has exactly one record, made before the fork
+  (`expect`, from the arbiter's `spawn_worker`, not from the pre_fork hook that
+  a user's config can replace): on Gunicorn 23 a worker that dies at once is
   reaped inside the SIGCHLD handler before `spawn_worker` returns, and its
   exit must still find the generation it was born for.
+- A worker Gunicorn runs without a record (none is known to happen) is adopted
+  into the current generation, never ignored: an ignored worker is one the
+  pool does not count, and it would fork another in its place on every tick.
 - A record leaves the table only after the worker was reaped and `child_exit`
   ran (`drop`), or when Gunicorn forgot the worker itself (`prune`).
 - Decisions about a worker's connections are taken from the worker's own state
@@ -39,34 +43,40 @@ class Record:
 
 
 class Records:
-    """pid -> Record, plus the records of workers whose fork has not returned a pid yet."""
+    """pid -> Record, plus the record of the worker being forked now (`next`)."""
 
     def __init__(self):
         self.by_pid = {}
-        self._pending = {}
+        self.next = None
 
-    def expect(self, worker, record):
-        """Before the fork: `record` belongs to `worker`, whose pid is not known yet."""
-        self._pending[id(worker)] = (worker, record)
+    def expect(self, record):
+        """Before Gunicorn's spawn_worker: the record of the worker it creates and forks."""
+        self.next = record
+
+    def spawned(self, pid):
+        """After spawn_worker returned in the master (pid None: it raised before the fork)."""
+        if pid and self.next is not None:
+            self.by_pid.setdefault(pid, self.next)
+        self.next = None
 
     def of(self, worker):
-        """The record of a Gunicorn Worker object (binding an expected one on first sight)."""
+        """The record of a Gunicorn Worker object; a worker forked but not yet returned from
+        spawn_worker (reaped in Gunicorn 23's SIGCHLD handler) takes `next`."""
         record = self.by_pid.get(worker.pid)
-        if record is None and worker.pid:
-            entry = self._pending.get(id(worker))
-            if entry is not None and entry[0] is worker:
-                del self._pending[id(worker)]
-                record = self.by_pid[worker.pid] = entry[1]
+        if record is None and worker.pid and self.next is not None:
+            record = self.by_pid[worker.pid] = self.next
+            self.next = None
         return record
+
+    def adopt(self, worker, record):
+        """A worker Gunicorn runs that has no record counts, as `record` (see the top)."""
+        return self.by_pid.setdefault(worker.pid, record)
 
     def drop(self, pid):
         self.by_pid.pop(pid, None)
 
     def prune(self, workers):
-        """Each tick, with Gunicorn's WORKERS: bind what was forked, forget what Gunicorn
-        forgot without a reap (kill_worker's ESRCH path) or never forked."""
-        for worker in list(workers.values()):
-            self.of(worker)
-        self._pending.clear()
+        """Each tick, with Gunicorn's WORKERS: forget what Gunicorn forgot without a reap
+        (kill_worker's ESRCH path)."""
         for pid in [pid for pid in self.by_pid if pid not in workers]:
             del self.by_pid[pid]

@@ -62,7 +62,8 @@ class Rollouts:
         reset_environment(previous_cfg)
         try:
             arbiter.app.reload()
-            failure = arbiter.foreign_worker_reason()
+            failure = arbiter.check_config(arbiter.app.cfg, arbiter.log) \
+                or arbiter.foreign_worker_reason(arbiter.app.cfg)
         except (Exception, SystemExit) as exc:
             failure = config_failure(exc)
         if failure:

@@ -264,6 +264,7 @@ def near_misses(namespace, environ=None):
 
 _current = None
 _name_warnings = []
+_installed = False
 
 
 def current():
@@ -278,11 +279,17 @@ def current():
 
 
 def set_current(settings, name_warnings=None):
-    """Install the settings of this process (and the near misses found with them)."""
-    global _current, _name_warnings
+    """Install the settings of this process (and the near misses found with them: only the
+    config pack's `install` passes those, which is how `installed` knows it ran)."""
+    global _current, _name_warnings, _installed
     _current = settings
     if name_warnings is not None:
-        _name_warnings = name_warnings
+        _name_warnings, _installed = name_warnings, True
+
+
+def installed():
+    """Whether a config in this process called the pack's `install(globals())`."""
+    return _installed
 
 
 def name_warnings():

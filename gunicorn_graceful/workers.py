@@ -37,10 +37,14 @@ class GracefulMixin:
 
     LAME_DUCK_SIGNAL = signal.SIGUSR2
     THREADED = True  # requests may end in several threads (see inflight.Registry)
-    release = ""  # the release directory to load the app from; the master sets it before the fork
 
     def init_process(self):
-        release.enter(self.release, settings.current().release_link)
+        if settings.installed() and not getattr(self.cfg.on_starting, "graceful_hook", False):
+            self.refuse("on_starting is defined after install(globals()) and replaced the "
+                        "pack's: the master runs without gunicorn-graceful; define hooks "
+                        "before install(globals())")
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
+        release.enter(release.own(), settings.current().release_link)
         self.settings = settings.current()
         self.serving = False
         self.limits = recycle.WorkerLimits(self)

@@ -10,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import requests
@@ -74,3 +75,64 @@ def test_checking_a_dotted_readiness_callable_imports_nothing_of_the_app(tmp_pat
     assert good == "None"
     assert "graceful_readiness_callable" in bad and "no module named 'myapp.nothing'" in bad
     assert imported == "[]"
+
+
+def most_children(server, seconds):
+    """The most workers the master ran at once, sampled every 50 ms for `seconds`."""
+    most, deadline = 0, time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        most = max(most, len(server.children()))
+        time.sleep(0.05)
+    return most
+
+
+def append_to_config(server, text):
+    with open(server.args[server.args.index("-c") + 1], "a") as handle:
+        handle.write(text)
+
+
+def test_a_user_pre_fork_after_install_is_chained_and_the_pool_stays_bounded(workdir, servers):
+    server = servers(workdir, workers=2, serve=None)
+    append_to_config(server, "def pre_fork(server, worker):\n"
+                             "    server.log.info('user pre_fork %s', worker.age)\n")
+    server.start_serving()
+    assert most_children(server, 2) == 2, server.tail()
+    assert server.count(r"event=settings\.warning problem=\"pre_fork is defined after "
+                        r"install\(globals\(\)\)") == 1
+    assert server.count(r"user pre_fork \d+") == 2
+    server.signal(signal.SIGHUP)
+    server.wait_log(r"event=worker\.exited pid=\d+ generation=1", count=2)
+    assert most_children(server, 1) == 2, server.tail()
+    assert server.count(r"user pre_fork \d+") == 4
+
+
+def test_a_user_on_starting_after_install_stops_the_start_with_one_line(workdir, servers):
+    server = servers(workdir, workers=2, serve=None)
+    append_to_config(server, "def on_starting(server):\n    pass\n")
+    server.start()
+    assert server.wait_exit(timeout=30) != 0
+    assert server.count(r"event=worker\.not_ready pid=\d+ reason=\"on_starting is defined after "
+                        r"install\(globals\(\)\)") >= 1, server.tail()
+
+
+@pytest.mark.parametrize("config, reason", [
+    ("workers = 2\n", r"the config does not install gunicorn-graceful"),
+    ("from gunicorn_graceful.conf import *\nworker_class = 'sync'\ninstall(globals())\n",
+     r"worker_class=sync is not a gunicorn-graceful worker; use one of "
+     r"gunicorn_graceful\.workers\.GracefulThreadWorker, GracefulSyncWorker, "
+     r"GracefulUvicornWorker, GracefulASGIWorker"),
+])
+def test_hup_to_a_config_the_pack_cannot_run_is_refused_and_nothing_changes(
+        workdir, servers, config, reason):
+    server = servers(workdir, workers=2, worker="sync", serve=None, config_body="worker_class = "
+                     "'gunicorn_graceful.workers.GracefulSyncWorker'\n")
+    at = server.args.index("-k")
+    del server.args[at:at + 2]  # the worker class comes from the config
+    server.start_serving()
+    with open(server.args[server.args.index("-c") + 1], "w") as handle:
+        handle.write(config)
+    server.signal(signal.SIGHUP)
+    server.wait_log(r"event=reload\.config_failed config=\S+ reason=\"%s" % reason)
+    assert most_children(server, 1) == 2, server.tail()
+    assert server.alive() and server.version() == "1"
+    assert "event=reload.start" not in server.log()
