@@ -84,6 +84,11 @@ class Upgrades:
         arbiter.notifier.status(arbiter.log, "upgrading: new master %s booting"
                                 % arbiter.reexec_pid)
 
+    def handing_over(self):
+        """Old master: whether the SIGTERM that came is the new master taking over (it says so
+        on the report channel first), not an operator's stop."""
+        return self.current is not None and self.current.report.handed_over()
+
     def refusal(self):
         """Why a USR2 cannot start now, or None. Each reason avoids a half state."""
         arbiter = self.arbiter
@@ -210,6 +215,7 @@ class Upgrades:
                                % (arbiter.pid, arbiter.master_pid))
         emit(arbiter.log, "info", "upgrade.handover", pid=arbiter.pid,
              old_master=arbiter.master_pid, generation=arbiter.generation)
+        upgrade_report.tell(self.report_fd, upgrade_report.HANDOVER)
         upgrade_report.close(self.report_fd)
         self.report_fd = None
         signal_process(arbiter.master_pid, signal.SIGTERM)

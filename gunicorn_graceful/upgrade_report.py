@@ -11,6 +11,7 @@ exit code, even when the log or the pidfile directory cannot be written.
 import os
 
 ENV = "GRACEFUL_UPGRADE_REPORT_FD"
+HANDOVER = "handover"  # the new master's line just before its SIGTERM to the old master
 _LIMIT = 4096
 
 
@@ -21,22 +22,34 @@ class Channel:
         self.read_fd, self.write_fd = os.pipe()
         os.set_blocking(self.read_fd, False)
         os.set_inheritable(self.write_fd, True)
+        self.lines = []
 
     def after_fork(self):
         """In the old master: only the new master keeps the write end."""
         os.close(self.write_fd)
         self.write_fd = None
 
-    def reason(self):
-        """The last line the new master wrote, or ""; closes the channel."""
+    def read(self):
+        """Every line written so far (the read end stays open)."""
         try:
             data = os.read(self.read_fd, _LIMIT)
         except OSError:
             data = b""
+        self.lines += [line.strip() for line in data.decode("utf-8", "replace").splitlines()
+                       if line.strip()]
+        return self.lines
+
+    def handed_over(self):
+        """Whether the new master said it takes over: the SIGTERM that follows is its own."""
+        return HANDOVER in self.read()
+
+    def reason(self):
+        """The last line the new master wrote about a failure, or ""; closes the channel."""
+        try:
+            lines = [line for line in self.read() if line != HANDOVER]
         finally:
             os.close(self.read_fd)
-        lines = [line for line in data.decode("utf-8", "replace").splitlines() if line.strip()]
-        return lines[-1].strip() if lines else ""
+        return lines[-1] if lines else ""
 
 
 def take(environ, env_orig):

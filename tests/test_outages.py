@@ -8,11 +8,13 @@ master is still up and the service still answers.
 import os
 import signal
 
-import pytest
+import requests
 
-from support import NotifySocket, process_alive, usr2_new_master, wait_for, write_app
+from support import (NotifySocket, Watcher, pid_in, upgrade_command, usr2_new_master,
+                     write_app)
 
 READINESS = "graceful_readiness_path = '/healthz'\n"
+HEALTH = "graceful_health_path = '/health'\n"
 NAMELESS = signal.SIGRTMIN + 1  # Python has no name for it: signal.Signals(35) raises
 
 
@@ -46,3 +48,52 @@ def test_a_new_master_killed_by_a_nameless_signal_is_a_rollback(workdir, servers
                     r'reason="new master killed by signal %s before it took over"'
                     % (server.pid, new_master, int(NAMELESS)))
     assert server.alive() and server.version() == "1", server.tail()
+
+
+def test_a_hand_over_with_a_shutdown_delay_never_tells_systemd_it_stops(workdir, servers):
+    """The old master drains for its new master: no STOPPING=1 (systemd would stop the unit,
+    new master included), no lame duck (its workers' 503s would take the backend out)."""
+    with NotifySocket(workdir) as notify:
+        server = servers(workdir, workers=2, config_body=READINESS + HEALTH
+                         + "graceful_shutdown_delay = 2\n", env={"NOTIFY_SOCKET": notify.path})
+        notify.wait("READY=1")
+        write_app(workdir, "2")
+        command = upgrade_command(server)
+        health = HealthProbe(server.url + "/health")
+        with health:
+            out, err = command.communicate(timeout=60)
+            assert command.returncode == 0, out + err
+            new = pid_in(server.pidfile)
+            notify.wait("MAINPID=%s" % new)
+            assert server.wait_exit(timeout=30) == 0
+        assert server.version() == "2"
+    assert not [m for m in notify.messages if "STOPPING=1" in m], notify.messages
+    assert server.count(r'event=master\.lame_duck_skipped pid=%s reason="hand-over to new '
+                        r'master %s"' % (server.pid, new)) == 1, server.tail()
+    assert "event=master.lame_duck " not in server.log()
+    assert health.answers and set(health.answers) == {200}, health.answers
+
+
+def test_an_operator_term_with_a_shutdown_delay_still_has_its_lame_duck(workdir, servers):
+    with NotifySocket(workdir) as notify:
+        server = servers(workdir, workers=1, config_body=READINESS
+                         + "graceful_shutdown_delay = 1\n", env={"NOTIFY_SOCKET": notify.path})
+        notify.wait("READY=1")
+        server.signal(signal.SIGTERM)
+        assert server.wait_exit(timeout=30) == 0
+        notify.wait("STOPPING=1")
+    assert server.count(r"event=master\.lame_duck pid=%s delay=1\.00" % server.pid) == 1
+
+
+class HealthProbe(Watcher):
+    """Asks the health path on a fresh connection every 50 ms; the status of each answer."""
+
+    def __init__(self, url):
+        super().__init__()
+        self.url, self.answers = url, []
+
+    def step(self):
+        try:
+            self.answers.append(requests.get(self.url, timeout=2).status_code)
+        except requests.RequestException as exc:
+            self.answers.append(type(exc).__name__)
