@@ -71,6 +71,11 @@ def status(args):
         print("master %s is running without a status file (%s): is it started with the "
               "gunicorn-graceful config pack?" % (pid, exc), file=sys.stderr)
         return 1
+    problem = stale(snapshot, pid)
+    if problem:
+        print("stale status file %s.status: %s" % (args.pidfile, problem), file=sys.stderr)
+        if snapshot.get("pid") != pid:
+            return 1
     if args.json:
         print(json.dumps(snapshot, indent=2))
         return STATUS_DEGRADED if snapshot.get("state") == "degraded" else 0
@@ -89,6 +94,30 @@ def status(args):
         print("worker pid=%s generation=%s state=%s" % (
             worker["pid"], worker["generation"], worker["state"]))
     return STATUS_DEGRADED if snapshot["state"] == "degraded" else 0
+
+
+def stale(snapshot, pid):
+    """What in the status file is no longer true, or None; corrects the snapshot in place.
+
+    The master rewrites it on every change, but a write can fail (an unwritable
+    directory) and a SIGKILLed master leaves its last one behind: a worker that
+    is gone is listed as `gone` and counts as not ready; a file written by
+    another master than the pidfile's (a reused pid) is not this master's.
+    """
+    if snapshot.get("pid") != pid:
+        return "written by master %s, the pidfile names %s" % (snapshot.get("pid"), pid)
+    gone = [w for w in snapshot["workers"] if not alive(w["pid"])]
+    if not gone:
+        return None
+    for worker in gone:
+        worker["state"] = "gone"
+    snapshot["workers_ready"] = sum(1 for w in snapshot["workers"]
+                                    if w["state"] in ("ready", "recycling"))
+    snapshot["serving"] = snapshot["workers_ready"] > 0
+    if snapshot["workers_ready"] < snapshot["workers_wanted"]:
+        snapshot["state"] = "degraded"
+    return "worker(s) %s listed but gone (the master could not rewrite it)" \
+        % ",".join(str(w["pid"]) for w in gone)
 
 
 def read_json(path):

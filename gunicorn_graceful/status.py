@@ -2,7 +2,8 @@
 
 Invariants:
 - Written atomically (one rename) and only when it changed; a write that fails
-  is one WARNING (`files`), never an exception.
+  is one WARNING (`files`), never an exception, and is tried again every tick
+  until it lands (else `status` would list the previous generation's workers).
 - It lists the workers Gunicorn still runs, in the state each worker says it is
   in (its own state bit), `retiring` while a SIGTERM is on its way.
 - `serving` is true only while at least one worker is ready; `state` is
@@ -59,9 +60,8 @@ class StatusFile:
         if path is None:
             return
         snapshot = self.snapshot()
-        if snapshot != self.last:
-            self.last = snapshot
-            files.write(self.arbiter.log, path, json.dumps(snapshot))
+        if snapshot != self.last and files.write(self.arbiter.log, path, json.dumps(snapshot)):
+            self.last = snapshot  # a failed write is tried again on the next tick
 
     def remove(self):
         path = self.path()

@@ -5,13 +5,14 @@ shutdown delay, a hook of their own) with real processes, and asserts that the
 master is still up and the service still answers.
 """
 
+import json
 import os
 import signal
 
 import requests
 
-from support import (NotifySocket, Watcher, pid_in, upgrade_command, usr2_new_master,
-                     write_app)
+from support import (NotifySocket, Watcher, cli, pid_in, unwritable, upgrade_command,
+                     usr2_new_master, wait_for, write_app)
 
 READINESS = "graceful_readiness_path = '/healthz'\n"
 HEALTH = "graceful_health_path = '/health'\n"
@@ -71,6 +72,7 @@ def test_a_hand_over_with_a_shutdown_delay_never_tells_systemd_it_stops(workdir,
     assert server.count(r'event=master\.lame_duck_skipped pid=%s reason="hand-over to new '
                         r'master %s"' % (server.pid, new)) == 1, server.tail()
     assert "event=master.lame_duck " not in server.log()
+    assert "GRACEFUL_UPGRADE_REPORT_FD" not in server.log()  # the pack's own variable
     assert health.answers and set(health.answers) == {200}, health.answers
 
 
@@ -97,3 +99,70 @@ class HealthProbe(Watcher):
             self.answers.append(requests.get(self.url, timeout=2).status_code)
         except requests.RequestException as exc:
             self.answers.append(type(exc).__name__)
+
+
+def test_a_status_write_that_failed_during_a_hup_lands_once_the_directory_is_writable(
+        workdir, servers):
+    rundir = os.path.join(workdir, "run")
+    os.makedirs(rundir)
+    server = servers(workdir, workers=2, rundir=rundir, config_body=READINESS)
+    first = {w["pid"] for w in status_workers(server)}
+    with unwritable(rundir):
+        server.signal(signal.SIGHUP)
+        server.wait_log(r"event=worker\.exited pid=\d+ generation=1", count=2)
+        # Meanwhile `status` sees the old file: it must not call dead workers ready.
+        shown = cli("status", "--pidfile", server.pidfile)
+        assert shown.returncode == 3, shown.stdout + shown.stderr
+        assert "listed but gone" in shown.stderr and "state=ready" not in shown.stdout
+    server.wait_log(r"event=reload\.done generation=2")
+    wait_for(lambda: {w["pid"] for w in status_workers(server)}.isdisjoint(first), 10,
+             lambda: "the status file to name generation 2:\n" + server.tail())
+    shown = cli("status", "--pidfile", server.pidfile)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert shown.stdout.count("generation=2 state=ready") == 2, shown.stdout
+    assert server.count(r"\[WARNING\] event=master\.file_failed .*action=write "
+                        r"path=\S+gunicorn\.pid\.status") == 1
+
+
+def test_status_ignores_a_leftover_status_file_of_another_master(workdir, servers):
+    """A SIGKILLed master leaves its status file; the pidfile now names another live process
+    (here this test's own, as a reused pid would)."""
+    server = servers(workdir, workers=1, config_body=READINESS)
+    with open(server.pidfile + ".status") as handle:
+        left = json.load(handle)
+    server.stop()
+    with open(server.pidfile, "w") as handle:
+        handle.write("%s\n" % os.getpid())
+    with open(server.pidfile + ".status", "w") as handle:
+        json.dump(left, handle)
+    shown = cli("status", "--pidfile", server.pidfile)
+    assert shown.returncode == 1, shown.stdout + shown.stderr
+    assert "written by master %s, the pidfile names %s" % (left["pid"], os.getpid()) \
+        in shown.stderr
+
+
+def status_workers(server):
+    try:
+        with open(server.pidfile + ".status") as handle:
+            return json.load(handle)["workers"]
+    except (OSError, ValueError):
+        return []
+
+
+def test_a_symlink_planted_beside_the_pidfile_is_never_followed(workdir, servers):
+    """A local user cannot make the (root) master truncate or chmod another file through
+    the temporary names it writes the pidfile and status file with."""
+    server = servers(workdir, workers=1, config_body=READINESS)
+    victim = os.path.join(workdir, "victim")
+    with open(victim, "w") as handle:
+        handle.write("precious\n")
+    os.chmod(victim, 0o600)
+    for name in (server.pidfile, server.pidfile + ".status"):
+        os.symlink(victim, "%s.%s.tmp" % (name, server.pid))
+    server.signal(signal.SIGHUP)
+    server.wait_log(r"event=reload\.done generation=2")
+    wait_for(lambda: {w["generation"] for w in status_workers(server)} == {2}, 10,
+             "the status file to name generation 2")
+    with open(victim) as handle:
+        assert handle.read() == "precious\n"
+    assert os.stat(victim).st_mode & 0o777 == 0o600

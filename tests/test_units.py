@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from gunicorn_graceful import inflight, preflight, settings
+from gunicorn_graceful import files, inflight, preflight, settings
 from gunicorn_graceful.events import format_event, redact
 
 
@@ -177,3 +177,16 @@ def test_preflight_refuses_an_app_it_cannot_locate(app_uri, paste, why):
     server.app.app_uri, server.cfg.paste = app_uri, paste
     reason = preflight.check(server, ".", 5)
     assert reason and why in reason and "graceful_preflight = False" in reason
+
+
+def test_a_file_failure_is_logged_again_after_the_path_worked_in_between(tmp_path):
+    log, target = Lines(), str(tmp_path / "missing" / "app.pid")
+    assert not files.write(log, target, "1\n") and not files.write(log, target, "1\n")
+    assert len(log.lines) == 1  # once per spell, not every tick
+    (tmp_path / "missing").mkdir()
+    assert files.write(log, target, "1\n")
+    (tmp_path / "missing" / "app.pid").unlink()
+    (tmp_path / "missing").rmdir()
+    assert not files.write(log, target, "1\n")
+    assert len(log.lines) == 2 and all("event=master.file_failed" in t for _, t in log.lines)
+    assert list(tmp_path.iterdir()) == []  # no temporary file left behind
