@@ -22,7 +22,7 @@ import os
 
 from gunicorn.arbiter import Arbiter
 
-from gunicorn_graceful import compat, recycle, release, rollout, upgrade
+from gunicorn_graceful import compat, forked, recycle, rollout, upgrade
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.phase import Phase, PhaseKeeper
 from gunicorn_graceful.pool import Pool
@@ -114,11 +114,13 @@ class GracefulArbiter(Arbiter):
 
         Not in the pre_fork hook: a config that defines its own `pre_fork` after
         `install(globals())` replaces it, and the pool, seeing no worker, forked
-        `workers` more on every tick. The worker inherits its release from here.
+        `workers` more on every tick. The worker inherits its release from here,
+        and which listeners it must close (`forked`).
         """
         record = self.pool.new_record()
         self.records.expect(record)
-        release.forking(record.release)
+        forked.prepare(record.release, [lnr.fileno() for lnr in self.rollouts.held()
+                                        if lnr not in self.LISTENERS])
         pid = None
         try:
             pid = super().spawn_worker()

@@ -12,7 +12,7 @@ import tempfile
 
 from gunicorn import __version__ as gunicorn_version
 
-from gunicorn_graceful import __version__, compat, preflight, release, settings, upgrade_report
+from gunicorn_graceful import __version__, compat, forked, preflight, settings, upgrade_report
 from gunicorn_graceful.arbiter import GracefulArbiter
 from gunicorn_graceful.upgrade import PRE_EXEC_FAILED
 from gunicorn_graceful.events import emit
@@ -100,8 +100,8 @@ def pre_fork(server, worker):
 def post_fork(server, worker):
     fields = {"pid": worker.pid, "ppid": server.pid,
               "generation": getattr(server, "generation", 0)}
-    if release.own():
-        fields["release"] = release.own()
+    if forked.release:
+        fields["release"] = forked.release
     emit(server.log, "info", "worker.booting", **fields)
 
 

@@ -12,20 +12,6 @@ app from its generation's release.
 import os
 import sys
 
-_forking = ""  # in the master: the release of the worker being forked; in a worker: its own
-
-
-def forking(release):
-    """In the master, just before a fork: the release the forked worker inherits (`own`)."""
-    global _forking
-    _forking = release
-
-
-def own():
-    """In a worker: the release its master forked it for ("" without a link)."""
-    return _forking
-
-
 def resolve(link):
     """The directory `link` points to now, or "" without a link."""
     return os.path.realpath(link) if link else ""

@@ -16,10 +16,10 @@ import dataclasses
 import os
 import time
 
-from gunicorn import sock, util
+from gunicorn import util
 from gunicorn.pidfile import Pidfile
 
-from gunicorn_graceful import compat, files, release, settings
+from gunicorn_graceful import binds, compat, files, release, settings
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.phase import Phase
 
@@ -60,10 +60,15 @@ class Rollouts:
             return
         previous_cfg, previous_settings = arbiter.cfg, settings.current()
         reset_environment(previous_cfg)
+        new_listeners = arbiter.LISTENERS
         try:
             arbiter.app.reload()
             failure = arbiter.check_config(arbiter.app.cfg, arbiter.log) \
                 or arbiter.foreign_worker_reason(arbiter.app.cfg)
+            if not failure and binds.changed(previous_cfg, arbiter.app.cfg):
+                new_listeners = binds.reopen(arbiter.app.cfg, self.held(), arbiter.log)
+        except binds.BindFailure as exc:
+            failure = str(exc)
         except (Exception, SystemExit) as exc:
             failure = config_failure(exc)
         if failure:
@@ -79,19 +84,26 @@ class Rollouts:
             rollout = Rollout(generation, arbiter.generation, previous_cfg, previous_settings,
                               arbiter.LISTENERS, arbiter.pidfile)
         else:  # a HUP during a HUP: a rollback goes back to what the first one replaced
-            self.supersede(self.current)
+            self.supersede(self.current, new_listeners)
             rollout = dataclasses.replace(self.current, generation=generation,
                                           started=time.monotonic(), started_at=time.time())
-        self.apply_config(rollout.previous_cfg)
+        self.apply_config(rollout.previous_cfg, new_listeners)
         self.begin(rollout)
 
-    def apply_config(self, kept_cfg):
-        """What Gunicorn's reload does with a new config, minus spawning and killing workers."""
+    def held(self):
+        """Every listener the master holds now: the serving ones and a booting rollout's."""
+        previous = self.current.previous_listeners if self.current else []
+        return self.arbiter.LISTENERS + [lnr for lnr in previous
+                                         if lnr not in self.arbiter.LISTENERS]
+
+    def apply_config(self, kept_cfg, new_listeners):
+        """What Gunicorn's reload does with a new config, minus spawning and killing workers
+        (the listeners were opened by `reload`, where a failure could still be refused)."""
         arbiter = self.arbiter
         arbiter.setup(arbiter.app)
         arbiter.log.reopen_files()
-        if kept_cfg.address != arbiter.cfg.address:
-            arbiter.LISTENERS = sock.create_sockets(arbiter.cfg, arbiter.log)
+        if new_listeners is not arbiter.LISTENERS:
+            arbiter.LISTENERS = new_listeners
             emit(arbiter.log, "info", "master.listening",
                  listeners=",".join(str(lnr) for lnr in arbiter.LISTENERS))
         arbiter.cfg.on_reload(arbiter)
@@ -118,13 +130,14 @@ class Rollouts:
              max_booting=settings.current().max_booting)
         arbiter.manage_workers()
 
-    def supersede(self, rollout):
-        """A newer HUP replaces a rollout still booting: stop its workers, drop what it opened."""
+    def supersede(self, rollout, new_listeners):
+        """A newer HUP replaces a rollout still booting: stop its workers, drop what it opened
+        (but the listeners the newer one keeps)."""
         arbiter = self.arbiter
         for worker, record in arbiter.pool.members(rollout.generation):
             arbiter.pool.retire(worker, record, "superseded")
         self.releases.pop(rollout.generation, None)
-        self.drop_files(rollout)
+        self.drop_files(rollout, keep=new_listeners)
         arbiter.LISTENERS, arbiter.pidfile = rollout.previous_listeners, rollout.previous_pidfile
 
     def finish(self, workers):
@@ -135,9 +148,7 @@ class Rollouts:
         self.current = None
         for generation in [g for g in self.releases if g < rollout.generation]:
             del self.releases[generation]
-        if arbiter.LISTENERS is not rollout.previous_listeners:
-            for lnr in rollout.previous_listeners:
-                lnr.close()
+        binds.close_unused(rollout.previous_listeners, keep=arbiter.LISTENERS)
         if arbiter.pidfile is not rollout.previous_pidfile and rollout.previous_pidfile:
             files.remove(arbiter.log, rollout.previous_pidfile.fname)
         arbiter.phase.move(Phase.SERVING)
@@ -164,12 +175,10 @@ class Rollouts:
         arbiter.notifier.ready(arbiter.log, "reload failed, generation %s still serving: %s"
                                % (arbiter.generation, failure.reason))
 
-    def drop_files(self, rollout):
+    def drop_files(self, rollout, keep=()):
         """Close the listeners and remove the pidfile a rollout opened in place of the kept ones."""
         arbiter = self.arbiter
-        if arbiter.LISTENERS is not rollout.previous_listeners:
-            for lnr in arbiter.LISTENERS:
-                lnr.close()
+        binds.close_unused(arbiter.LISTENERS, keep=list(rollout.previous_listeners) + list(keep))
         if arbiter.pidfile is not rollout.previous_pidfile and arbiter.pidfile is not None:
             files.remove(arbiter.log, arbiter.pidfile.fname)
 

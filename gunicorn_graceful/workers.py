@@ -16,8 +16,8 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.workers.gthread import ThreadWorker
 from gunicorn.workers.sync import SyncWorker
 
-from gunicorn_graceful import (compat, health, inflight, listeners, readiness, recycle, release,
-                               settings, state)
+from gunicorn_graceful import (compat, forked, health, inflight, listeners, readiness, recycle,
+                               release, settings, state)
 from gunicorn_graceful.events import emit
 
 
@@ -44,7 +44,8 @@ class GracefulMixin:
                         "pack's: the master runs without gunicorn-graceful; define hooks "
                         "before install(globals())")
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
-        release.enter(release.own(), settings.current().release_link)
+        forked.close_stale()
+        release.enter(forked.release, settings.current().release_link)
         self.settings = settings.current()
         self.serving = False
         self.limits = recycle.WorkerLimits(self)

@@ -15,7 +15,7 @@ import time
 import pytest
 import requests
 
-from support import Load, ROOT, free_port, wait_for, write_config
+from support import Load, ROOT, free_port, wait_for, write_app, write_config
 
 PACKAGE_APP = '''\
 from myapp.version import VERSION
@@ -136,3 +136,133 @@ def test_hup_to_a_config_the_pack_cannot_run_is_refused_and_nothing_changes(
     assert most_children(server, 1) == 2, server.tail()
     assert server.alive() and server.version() == "1"
     assert "event=reload.start" not in server.log()
+
+
+# -- bind: addresses that stay keep their listener; a bind that fails is one refusal -----------
+
+def bound_server(servers, workdir, bind, extra=""):
+    """A server whose listeners come from the config's `bind` (not from the command line)."""
+    server = servers(workdir, workers=2, serve=None, config_body=bind_body(bind) + extra)
+    at = server.args.index("-b")
+    del server.args[at:at + 2]
+    server._port = next(int(b.rsplit(":", 1)[1]) for b in bind if not b.startswith("unix:"))
+    return server.start_serving()
+
+
+def bind_body(bind):
+    return "bind = %r\ngraceful_readiness_path = '/healthz'\n" % (bind,)
+
+
+def rebind(server, workdir, bind, extra=""):
+    write_config(workdir, body=bind_body(bind) + extra)
+    server.signal(signal.SIGHUP)
+
+
+def answers(url):
+    try:
+        return requests.get(url, timeout=5).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def refused(port):
+    """Whether a connection to `port` is refused at once (nothing listens on it any more)."""
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def unix_answers(path):
+    """Whether an HTTP GET / over the unix socket `path` gets a 200."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(path)
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+            return sock.recv(64).startswith(b"HTTP/1.1 200")
+    except OSError:
+        return False
+
+
+def test_hup_that_adds_a_bind_address_serves_both_and_the_first_never_stops(workdir, servers):
+    one, two = free_port(), free_port()
+    server = bound_server(servers, workdir, ["127.0.0.1:%s" % one])
+    load = Load("http://127.0.0.1:%s" % one, threads=4).start()
+    try:
+        load.wait_count(50)
+        rebind(server, workdir, ["127.0.0.1:%s" % one, "127.0.0.1:%s" % two])
+        server.wait_log(r"event=reload\.done generation=2")
+        load.wait_count(len(load.results) + 50)
+    finally:
+        load.stop()
+    assert load.failures() == [], load.summary()
+    assert answers("http://127.0.0.1:%s/" % two) and answers("http://127.0.0.1:%s/" % one)
+    assert "Connection in use" not in server.log() and "Retrying" not in server.log()
+    rebind(server, workdir, ["127.0.0.1:%s" % two])  # and away from the first
+    server.wait_log(r"event=reload\.done generation=3")
+    wait_for(lambda: refused(one), 10, "the first port to refuse connections")
+    assert answers("http://127.0.0.1:%s/" % two) and server.alive()
+
+
+@pytest.mark.parametrize("move, reason", [
+    ("0.0.0.0:{port}", r"cannot bind 0\.0\.0\.0:{port}: EADDRINUSE \(Address already in use\)"),
+    ("192.0.2.1:{port}", r"cannot bind 192\.0\.2\.1:{port}: EADDRNOTAVAIL"),
+    ("127.0.0.1:{busy}", r"cannot bind 127\.0\.0\.1:{busy}: EADDRINUSE"),
+])
+def test_hup_to_a_bind_that_fails_is_one_refusal_and_everything_is_kept(workdir, servers, move,
+                                                                       reason):
+    port = free_port()
+    with socket.socket() as busy:  # another service holds this one
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        values = {"port": port, "busy": busy.getsockname()[1]}
+        server = bound_server(servers, workdir, ["127.0.0.1:%s" % port])
+        started = time.monotonic()
+        rebind(server, workdir, ["127.0.0.1:%s" % port, move.format(**values)])
+        server.wait_log(r"\[ERROR\] event=reload\.config_failed config=\S+ reason=\"%s"
+                        % reason.format(**values))
+        assert time.monotonic() - started < 4  # no five retries a second apart
+    assert server.alive() and answers("http://127.0.0.1:%s/" % port)
+    assert "event=reload.start" not in server.log() and "Retrying" not in server.log()
+    rebind(server, workdir, ["127.0.0.1:%s" % port])  # the next good HUP goes through
+    server.wait_log(r"event=reload\.done generation=2")
+
+
+def test_hup_with_a_missing_certificate_is_one_refusal(workdir, servers):
+    port = free_port()
+    server = bound_server(servers, workdir, ["127.0.0.1:%s" % port])
+    missing = os.path.join(workdir, "missing.pem")
+    rebind(server, workdir, ["127.0.0.1:%s" % port], "certfile = %r\nkeyfile = %r\n"
+           % (missing, missing))
+    server.wait_log(r"\[ERROR\] event=reload\.config_failed config=\S+ reason=\"certfile %s "
+                    r"does not exist\"" % missing)
+    assert server.alive() and answers("http://127.0.0.1:%s/" % port)
+    assert "Unhandled exception" not in server.log()
+
+
+def test_a_unix_socket_kept_across_hups_and_a_rollback_always_accepts(workdir, servers):
+    port, path = free_port(), os.path.join(workdir, "app.sock")
+    extra = os.path.join(workdir, "extra.sock")
+    server = bound_server(servers, workdir, ["127.0.0.1:%s" % port, "unix:" + path])
+    assert unix_answers(path)
+    inode = os.stat(path).st_ino
+    # A HUP that adds a unix path, with code that cannot boot: rolled back.
+    write_app(workdir, "2", before="raise RuntimeError('broken')")
+    rebind(server, workdir, ["127.0.0.1:%s" % port, "unix:" + path, "unix:" + extra])
+    server.wait_log(r"event=reload\.rollback generation=2")
+    assert unix_answers(path) and os.stat(path).st_ino == inode
+    assert not os.path.exists(extra)  # what the rolled-back config opened is gone
+    # Fixed code, and the tcp address moves to the unix path only: still one socket inode.
+    write_app(workdir, "3")
+    rebind(server, workdir, ["unix:" + path])
+    server.wait_log(r"event=reload\.done generation=3")
+    assert unix_answers(path) and os.stat(path).st_ino == inode
+    wait_for(lambda: refused(port), 10, "the tcp port to refuse connections")
+    # And back from unix to tcp.
+    rebind(server, workdir, ["127.0.0.1:%s" % port])
+    server.wait_log(r"event=reload\.done generation=4")
+    assert answers("http://127.0.0.1:%s/" % port) and not os.path.exists(path)
