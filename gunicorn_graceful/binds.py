@@ -41,11 +41,13 @@ def reopen(cfg, held, log):
         path = getattr(cfg, name)
         if path and not os.path.exists(path):
             raise BindFailure("%s %s does not exist" % (name, path))
-    by_address = {address_of(lnr): lnr for lnr in held}
+    reusable = list(held)
     opened, wanted = [], []
     for address in cfg.address:
-        if address in by_address:
-            wanted.append(by_address[address])
+        same = next((lnr for lnr in reusable if address_of(lnr) == address), None)
+        if same is not None:  # each listener serves one entry (port 0 twice is two ports)
+            reusable.remove(same)
+            wanted.append(same)
             continue
         try:
             listener = open_one(address, cfg, log)
