@@ -153,18 +153,26 @@ class GracefulArbiter(Arbiter):
                 return
             if not wpid:
                 return
-            if wpid == self.reexec_pid:
-                self.reexec_pid = 0
-                self.upgrades.new_master_exited(status)
-            elif compat.is_dirty_arbiter(self, wpid):
-                self.handle_dirty_arbiter_exit(wpid, status)
-            else:
-                worker = self.WORKERS.pop(wpid, None)
-                if worker is not None:
-                    self.pool.exited(worker, status)
-                    worker.tmp.close()
-                    self.cfg.child_exit(self, worker)
-                    self.records.drop(wpid)
+            self.reaped(wpid, status)
+
+    def reaped(self, wpid, status):
+        """One child reaped: only record (the tick acts); the simulation calls this directly.
+
+        The record stays until the next tick's `records.prune`: on Gunicorn 23
+        this runs inside the SIGCHLD handler, which must not change the table
+        while the main loop iterates it.
+        """
+        if wpid == self.reexec_pid:
+            self.reexec_pid = 0
+            self.upgrades.new_master_exited(status)
+        elif compat.is_dirty_arbiter(self, wpid):
+            self.handle_dirty_arbiter_exit(wpid, status)
+        else:
+            worker = self.WORKERS.pop(wpid, None)
+            if worker is not None:
+                self.pool.exited(worker, status)
+                worker.tmp.close()
+                self.cfg.child_exit(self, worker)
 
     # -- signals ----------------------------------------------------------------------------
 

@@ -21,11 +21,10 @@ Invariants:
 import dataclasses
 import os
 import signal
-import time
 
 from gunicorn.errors import HaltServer
 
-from gunicorn_graceful import recycle, settings, state
+from gunicorn_graceful import clock, recycle, settings, state
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.phase import Phase
 from gunicorn_graceful.records import Record
@@ -85,7 +84,7 @@ class Pool:
         self.terminate(worker, record)
 
     def terminate(self, worker, record):
-        record.term_sent = time.monotonic()
+        record.term_sent = clock.monotonic()
         self.arbiter.kill_worker(worker.pid, signal.SIGTERM)
 
     def kill(self, worker, record):
@@ -103,8 +102,8 @@ class Pool:
         if arbiter.recycler.active():
             arbiter.recycler.notice(members)
         self.spawn_missing(members)
-        self.retire_surplus(members)
-        arbiter.recycler.retire_replaced(members)
+        self.retire_surplus(self.members(arbiter.generation))
+        arbiter.recycler.retire_replaced(self.members(arbiter.generation))
         members = self.members(arbiter.generation)
         if sum(1 for _, r in members if r.ready_at) >= arbiter.num_workers:
             self.hand_over()
@@ -115,28 +114,36 @@ class Pool:
     def notice_ready(self):
         for worker, record in self.workers():
             if record.ready_at is None and state.was_ready(worker.tmp):
-                record.ready_at = time.monotonic()
+                record.ready_at = clock.monotonic()
                 self.failure_streak = 0
                 emit(self.arbiter.log, "info", "worker.ready", pid=worker.pid,
                      generation=record.generation, boot_time=record.ready_at - record.spawned)
 
     def spawn_missing(self, members):
-        """Replace what is missing (crash, TTIN, a new generation), then what is recycled."""
-        if time.monotonic() < self.respawn_after:
+        """Replace what is missing (crash, TTIN, a new generation), then what is recycled.
+
+        The replacements are counted after the first spawns, which take their share
+        of the booting limit (counted together, both filled it once each).
+        """
+        if clock.monotonic() < self.respawn_after:
             return
         missing = self.arbiter.num_workers - len(members)
         limit = settings.current().max_booting
         if limit and missing > 0:  # 0: no limit
             missing = min(missing, limit - sum(1 for _, r in members if not r.ready_at))
-        for _ in range(max(missing, 0) + self.arbiter.recycler.replacements(members)):
+        for _ in range(max(missing, 0)):
+            self.arbiter.spawn_worker()
+        for _ in range(self.arbiter.recycler.replacements(self.members(self.arbiter.generation))):
             self.arbiter.spawn_worker()
 
     def retire_surplus(self, members):
-        """TTOU or a smaller `workers` after HUP: retire the oldest surplus workers (workers
-        waiting to be recycled are not surplus: they go when their replacement is ready)."""
+        """TTOU or a smaller `workers` after HUP: retire surplus workers, those still booting
+        first (they hold nothing), then the oldest. Workers waiting to be recycled are not
+        surplus: they go when their replacement is ready."""
         staying = [m for m in members if m[1].recycle is None]
         surplus = len(staying) - self.arbiter.num_workers
-        for worker, record in sorted(staying, key=lambda m: m[0].age)[:max(surplus, 0)]:
+        by_cost = sorted(staying, key=lambda m: (m[1].ready_at is not None, m[0].age))
+        for worker, record in by_cost[:max(surplus, 0)]:
             self.retire(worker, record, "surplus")
 
     def hand_over(self):
@@ -182,7 +189,7 @@ class Pool:
         if record.final_state == state.BOOTING and not record.retired:
             reason = record.kill_reason or state.read_reason(worker.tmp) or describe_status(status)
             self.boot_failures.append(BootFailure(
-                worker.pid, record.generation, reason, time.monotonic() - record.spawned,
+                worker.pid, record.generation, reason, clock.monotonic() - record.spawned,
                 os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1))
 
     def handle_boot_failures(self):
@@ -211,12 +218,12 @@ class Pool:
         arbiter = self.arbiter
         self.failure_streak += 1
         delay = min(2.0 ** (self.failure_streak - 1), _BACKOFF_LIMIT)
-        self.respawn_after = time.monotonic() + delay
+        self.respawn_after = clock.monotonic() + delay
         emit(arbiter.log, "error", "worker.boot_failed", pid=failure.pid,
              generation=failure.generation, after=failure.elapsed, retry_in=delay,
              reason=failure.reason)
         if self.degraded is None:
-            self.degraded = {"since": round(time.time(), 1)}
+            self.degraded = {"since": round(clock.wall(), 1)}
         self.degraded.update(failures=self.failure_streak, reason=failure.reason)
         arbiter.notifier.status(arbiter.log, "degraded: generation %s cannot replace workers: "
                                 "%s" % (arbiter.generation, failure.reason))
@@ -230,7 +237,7 @@ class Pool:
     def enforce_deadlines(self):
         """Stop a worker not ready within the readiness timeout (Gunicorn never times out a
         worker before its first heartbeat); SIGKILL one that ignored SIGTERM (see the top)."""
-        now = time.monotonic()
+        now = clock.monotonic()
         readiness_timeout = settings.current().readiness_timeout
         for worker, record in self.workers():
             booting = not state.was_ready(worker.tmp)

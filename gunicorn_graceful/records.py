@@ -9,23 +9,26 @@ Invariants:
 - A worker Gunicorn runs without a record (none is known to happen) is adopted
   into the current generation, never ignored: an ignored worker is one the
   pool does not count, and it would fork another in its place on every tick.
-- A record leaves the table only after the worker was reaped and `child_exit`
-  ran (`drop`), or when Gunicorn forgot the worker itself (`prune`).
+- A record leaves the table only in the tick (`prune`), after the worker was
+  reaped and `child_exit` ran, or when Gunicorn forgot the worker itself: a
+  reap may run inside Gunicorn 23's SIGCHLD handler, while the main loop
+  iterates the table ("dictionary changed size during iteration").
 - Decisions about a worker's connections are taken from the worker's own state
   bit (`state.read`), never from a cached field here: `ready_at` only says when
   the master first noticed it.
 """
 
 import dataclasses
-import time
+
+from gunicorn_graceful import clock
 
 
 @dataclasses.dataclass
 class Record:
     generation: int
     release: str = ""
-    spawned: float = dataclasses.field(default_factory=time.monotonic)
-    started_at: float = dataclasses.field(default_factory=time.time)
+    spawned: float = dataclasses.field(default_factory=clock.monotonic)
+    started_at: float = dataclasses.field(default_factory=clock.wall)
     ready_at: float = None          # when the master first saw the ready bit
     retire_reason: str = None       # why the master told it to stop, if it did
     term_sent: float = None         # when SIGTERM was sent (retire, stop, timeouts)
@@ -72,11 +75,8 @@ class Records:
         """A worker Gunicorn runs that has no record counts, as `record` (see the top)."""
         return self.by_pid.setdefault(worker.pid, record)
 
-    def drop(self, pid):
-        self.by_pid.pop(pid, None)
-
     def prune(self, workers):
-        """Each tick, with Gunicorn's WORKERS: forget what Gunicorn forgot without a reap
-        (kill_worker's ESRCH path)."""
-        for pid in [pid for pid in self.by_pid if pid not in workers]:
+        """Each tick, with Gunicorn's WORKERS: forget the workers reaped since the last tick
+        and what Gunicorn forgot without a reap (kill_worker's ESRCH path)."""
+        for pid in [pid for pid in list(self.by_pid) if pid not in workers]:
             del self.by_pid[pid]

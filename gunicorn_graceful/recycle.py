@@ -19,9 +19,8 @@ Invariants:
 import os
 import random
 import sys
-import time
 
-from gunicorn_graceful import settings, state
+from gunicorn_graceful import clock, settings, state
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.phase import Phase
 
@@ -84,7 +83,7 @@ class Recycler:
     def notice(self, members):
         """Mark members that asked to be recycled, or that the master finds too old or big."""
         current = settings.current()
-        now = time.monotonic()
+        now = clock.monotonic()
         for worker, record in members:
             if record.recycle is not None or not record.ready_at:
                 continue
@@ -140,7 +139,7 @@ class Recycler:
             emit(arbiter.log, "info", "worker.recycle", pid=worker.pid,
                  reason=record.recycle.get("reason"), served=record.recycle.get("served", "-"),
                  rss_mib=record.recycle.get("rss_mib"), replacement=replacement[0].pid,
-                 after=time.monotonic() - record.recycle["noticed"])
+                 after=clock.monotonic() - record.recycle["noticed"])
             arbiter.pool.retire(worker, record, "recycled")
 
 

@@ -14,12 +14,11 @@ Invariants:
 
 import dataclasses
 import os
-import time
 
 from gunicorn import util
 from gunicorn.pidfile import Pidfile
 
-from gunicorn_graceful import binds, compat, files, release, settings
+from gunicorn_graceful import binds, clock, compat, files, release, settings
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.phase import Phase
 
@@ -34,8 +33,8 @@ class Rollout:
     previous_settings: object
     previous_listeners: list
     previous_pidfile: object
-    started: float = dataclasses.field(default_factory=time.monotonic)
-    started_at: float = dataclasses.field(default_factory=time.time)
+    started: float = dataclasses.field(default_factory=clock.monotonic)
+    started_at: float = dataclasses.field(default_factory=clock.wall)
 
 
 class Rollouts:
@@ -86,7 +85,7 @@ class Rollouts:
         else:  # a HUP during a HUP: a rollback goes back to what the first one replaced
             self.supersede(self.current, new_listeners)
             rollout = dataclasses.replace(self.current, generation=generation,
-                                          started=time.monotonic(), started_at=time.time())
+                                          started=clock.monotonic(), started_at=clock.wall())
         self.apply_config(rollout.previous_cfg, new_listeners)
         self.begin(rollout)
 
@@ -144,7 +143,7 @@ class Rollouts:
         """The new generation serves: close the listeners and pidfile it replaced."""
         arbiter, rollout = self.arbiter, self.current
         emit(arbiter.log, "info", "reload.done", generation=arbiter.generation,
-             duration=time.monotonic() - rollout.started, workers=workers)
+             duration=clock.monotonic() - rollout.started, workers=workers)
         self.current = None
         for generation in [g for g in self.releases if g < rollout.generation]:
             del self.releases[generation]

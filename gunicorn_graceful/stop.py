@@ -13,9 +13,8 @@ Invariants:
 - Only the master that is the service sends systemd STOPPING=1.
 """
 
-import time
 
-from gunicorn_graceful import listeners, settings
+from gunicorn_graceful import clock, listeners, settings
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.phase import Phase
 
@@ -50,7 +49,7 @@ class Stop:
             emit(arbiter.log, "info", "master.lame_duck_skipped", pid=arbiter.pid, reason=skip)
         if skip or delay <= 0:
             raise StopIteration
-        self.lame_duck_until = time.monotonic() + delay
+        self.lame_duck_until = clock.monotonic() + delay
         service = self.was_service = self.is_service()
         arbiter.phase.move(Phase.LAME_DUCK)
         emit(arbiter.log, "info", "master.lame_duck", pid=arbiter.pid, delay=delay,
@@ -72,7 +71,7 @@ class Stop:
     def watch_lame_duck(self):
         """Each tick in lame duck: at its end the normal stop begins."""
         arbiter = self.arbiter
-        if time.monotonic() >= self.lame_duck_until:
+        if clock.monotonic() >= self.lame_duck_until:
             emit(arbiter.log, "info", "master.lame_duck_over", pid=arbiter.pid)
             raise StopIteration
         arbiter.pool.notice_ready()

@@ -16,9 +16,8 @@ tableflip's rules. Invariants:
 import dataclasses
 import os
 import signal
-import time
 
-from gunicorn_graceful import compat, files, settings, upgrade_report
+from gunicorn_graceful import clock, compat, files, settings, upgrade_report
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.phase import Phase
 from gunicorn_graceful.pool import KILL_GRACE, signal_name
@@ -35,7 +34,7 @@ class Upgrade:
     seq: int
     new_master: int
     report: object
-    started: float = dataclasses.field(default_factory=time.monotonic)
+    started: float = dataclasses.field(default_factory=clock.monotonic)
     exit_status: object = None
     stop_sent: float = 0.0
 
@@ -136,7 +135,7 @@ class Upgrades:
         arbiter, upgrade = self.arbiter, self.current
         if upgrade is None:
             return
-        waited = time.monotonic() - upgrade.started
+        waited = clock.monotonic() - upgrade.started
         if not arbiter.reexec_pid:
             self.current = None
             reported = upgrade.report.reason()
@@ -147,11 +146,11 @@ class Upgrades:
                                                                      reported))
             self.clean_up()
         elif not upgrade.stop_sent and waited > settings.current().upgrade_timeout:
-            upgrade.stop_sent = time.monotonic()
+            upgrade.stop_sent = clock.monotonic()
             self.roll_back(upgrade, waited, "new master not ready after %.1fs "
                            "(graceful_upgrade_timeout)" % waited)
             signal_process(upgrade.new_master, signal.SIGTERM)
-        elif upgrade.stop_sent and time.monotonic() - upgrade.stop_sent \
+        elif upgrade.stop_sent and clock.monotonic() - upgrade.stop_sent \
                 > arbiter.cfg.graceful_timeout + KILL_GRACE:
             signal_process(upgrade.new_master, signal.SIGKILL)
 

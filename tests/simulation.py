@@ -1,0 +1,314 @@
+"""A simulated world for the master's real decisions: a fake clock and fake worker processes.
+
+The master under test is the pack's own `GracefulArbiter`, with only Gunicorn's
+process calls replaced (`FakeProcesses`: fork, kill, exec, setup). A fork makes
+a `SimWorker` whose state bits live in a real temporary file, as a real
+worker's heartbeat file holds them; a signal changes what that simulated process
+does next; an exit is handed to the arbiter's own `reaped`. The pool, rollout,
+recycling, upgrade, stop, status and phase code is the code that runs in
+production, on the clock `clock.use` gives it.
+
+Fake pids start at 10**8, above any kernel's pid_max: a signal the master code
+sends with os.kill itself can never reach a real process.
+"""
+
+import collections
+import itertools
+import os
+import signal
+import tempfile
+import time
+
+from gunicorn.arbiter import Arbiter
+from gunicorn.config import Config
+from gunicorn.errors import HaltServer
+
+from gunicorn_graceful import clock, hooks, settings, state, upgrade, upgrade_report
+from gunicorn_graceful.arbiter import GracefulArbiter
+from gunicorn_graceful.systemd import Notifier
+
+WORKER_CLASS = "gunicorn_graceful.workers.GracefulSyncWorker"
+FIRST_PID = 10 ** 8
+GRACEFUL_TIMEOUT = 30
+BOOT_ERROR = Arbiter.WORKER_BOOT_ERROR
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def monotonic(self):
+        return self.now
+
+    def wall(self):
+        return 1.7e9 + self.now
+
+
+class Log:
+    """Gunicorn's logger interface; keeps every line."""
+
+    def __init__(self):
+        self.lines = []
+
+    def __getattr__(self, level):
+        if level.startswith("_"):
+            raise AttributeError(level)
+        return lambda msg, *args, **kwargs: self.lines.append(
+            (level, msg % args if args else msg))
+
+    def reopen_files(self):
+        pass
+
+    def events(self, name):
+        return [text for _, text in self.lines if text.startswith("event=%s " % name)]
+
+
+class RecordingNotifier(Notifier):
+    """systemd's notify socket, as the messages the master sent."""
+
+    def __init__(self):
+        super().__init__("sim")
+        self.messages = []
+
+    def send(self, log, **fields):
+        self.messages.append(fields)
+
+
+class HeartbeatFile:
+    """A worker's heartbeat file: its state bits in a real file (`state` fstat()s it)."""
+
+    def __init__(self):
+        self.file = tempfile.TemporaryFile()
+        self.hung = False
+
+    def fileno(self):
+        return self.file.fileno()
+
+    def close(self):
+        self.file.close()
+
+    def last_update(self):
+        """Gunicorn's heartbeat check reads the real clock: a hung worker is far behind it."""
+        return float("-inf") if self.hung else time.monotonic()
+
+
+class SimWorker:
+    """What the master holds of a worker (Gunicorn's Worker), plus the simulated process."""
+
+    LAME_DUCK_SIGNAL = signal.SIGUSR2
+
+    def __init__(self, age, code):
+        self.age, self.code = age, code
+        self.pid = None
+        self.tmp = HeartbeatFile()
+        self.aborted = False
+        self.booted = False
+        self.lame_duck = False
+        self.exited = False
+
+
+class World:
+    """Everything outside the master: processes, the code on disk, the other master."""
+
+    def __init__(self):
+        self.clock = FakeClock()
+        self.pids = itertools.count(FIRST_PID)
+        self.code = "good"          # what a worker forked now imports: good, broken, slow
+        self.processes = {}         # pid -> SimWorker, until reaped
+        self.exits = collections.deque()   # (pid, wait status) not reaped yet
+        self.kills = []             # (time, pid, signal, state bit, hung, term_sent) sent
+        self.to_new_master = []     # signals the old master sent its new master
+        self.report_fd = None       # the new master's end of the upgrade report channel
+
+    def fork(self, worker):
+        worker.pid = next(self.pids)
+        self.processes[worker.pid] = worker
+        return worker.pid
+
+    def exit(self, worker, status):
+        if not worker.exited:
+            worker.exited = True
+            self.exits.append((worker.pid, status))
+
+    def deliver(self, pid, sig, state_bit, term_sent):
+        """A signal from the master to a simulated worker: what the real worker does with it."""
+        worker = self.processes.get(pid)
+        if worker is None or worker.exited:
+            return
+        self.kills.append((self.clock.now, pid, sig, state_bit, worker.tmp.hung, term_sent))
+        if sig == signal.SIGTERM:
+            if state_bit == "booting":
+                self.exit(worker, 0)   # a booting worker exits at once (os._exit(0))
+            else:
+                state.mark_draining(worker.tmp)
+        elif sig == signal.SIGUSR2:
+            worker.lame_duck = True
+        elif sig in (signal.SIGKILL, signal.SIGABRT, signal.SIGQUIT, signal.SIGINT):
+            self.exit(worker, sig)
+
+
+class FakeProcesses(Arbiter):
+    """Gunicorn's process calls, against the `World` (the rest of Arbiter is untouched)."""
+
+    world = None
+
+    def spawn_worker(self):
+        """Gunicorn's spawn_worker, with a simulated fork."""
+        self.worker_age += 1
+        worker = SimWorker(self.worker_age, self.world.code)
+        self.cfg.pre_fork(self, worker)
+        pid = self.world.fork(worker)
+        self.WORKERS[pid] = worker
+        return pid
+
+    def kill_worker(self, pid, sig):
+        worker, record = self.WORKERS.get(pid), self.records.by_pid.get(pid)
+        if worker is not None:
+            self.world.deliver(pid, sig, state.read(worker.tmp), record and record.term_sent)
+
+    def reexec(self):
+        """USR2's fork and exec: a simulated new master that holds the report channel.
+
+        Gunicorn's own refusals come first, as in its reexec."""
+        if self.reexec_pid or self.master_pid:
+            self.log.warning("USR2 signal ignored. Child exists.")
+            return
+        write_fd = int(self.cfg.env_orig[upgrade_report.ENV])
+        self.world.report_fd = os.dup(write_fd)
+        self.reexec_pid = next(self.world.pids)
+
+    def setup(self, app):
+        """Gunicorn's setup, less its logger and environment."""
+        self.log = self.log or Log()
+        self.app, self.cfg = app, app.cfg
+        self.worker_class = self.cfg.worker_class
+        self.address = self.cfg.address
+        self.num_workers = self.cfg.workers
+        self.timeout = self.cfg.timeout
+        self.proc_name = self.cfg.proc_name
+
+
+class SimArbiter(GracefulArbiter, FakeProcesses):
+    """The pack's master over simulated processes (GracefulArbiter's `super()` is FakeProcesses)."""
+
+
+class SimApp:
+    """Gunicorn's application object: its config, read again on each HUP."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.next_cfg = None
+
+    def reload(self):
+        if isinstance(self.next_cfg, BaseException):
+            raise self.next_cfg
+        self.cfg = self.next_cfg
+
+    def wsgi(self):
+        pass
+
+
+def make_config(workers, pre_fork=None):
+    """A Gunicorn Config as the pack's template makes it (the pack's hooks installed)."""
+    cfg = Config()
+    cfg.set("workers", workers)
+    cfg.set("worker_class", WORKER_CLASS)
+    cfg.set("graceful_timeout", GRACEFUL_TIMEOUT)
+    cfg.set("timeout", 30)
+    for name, hook in hooks.HOOKS.items():
+        cfg.set(name, hook)
+    if pre_fork is not None:
+        cfg.set("pre_fork", pre_fork)
+    return cfg
+
+
+class Master:
+    """One simulated master: builds it, runs its main loop step by step, keeps what it did."""
+
+    def __init__(self, workers, pack_settings):
+        self.world = World()
+        clock.use(self.world.clock.monotonic, self.world.clock.wall)
+        self.saved_signal_process = upgrade.signal_process
+        upgrade.signal_process = self.signal_other_master
+        settings.set_current(pack_settings)
+        FakeProcesses.world = self.world
+        arbiter = SimArbiter(SimApp(make_config(workers)))  # Gunicorn's own __init__
+        arbiter.pid, arbiter.WORKERS, arbiter.LISTENERS = os.getpid(), {}, []
+        SimArbiter.install(arbiter, hooks.check_config)
+        arbiter.notifier = RecordingNotifier()
+        self.arbiter = arbiter
+        self.stopped = None         # why the master's main loop ended, once it did
+        self.operator_term = False
+
+    def close(self):
+        clock.use(time.monotonic, time.time)
+        upgrade.signal_process = self.saved_signal_process
+        FakeProcesses.world = None
+        for worker in self.world.processes.values():
+            worker.tmp.close()
+        if self.world.report_fd is not None:
+            os.close(self.world.report_fd)
+
+    def signal_other_master(self, pid, sig):
+        if pid == self.arbiter.reexec_pid or pid == getattr(self, "new_master", None):
+            self.world.to_new_master.append(sig)
+
+    # -- the main loop, one turn at a time ------------------------------------------------
+
+    def loop(self):
+        """One turn of Gunicorn's main loop: reap, heartbeat timeouts, the pool's tick (after
+        the stop began, Gunicorn's stop loop only reaps)."""
+        while self.world.exits:
+            self.arbiter.reaped(*self.world.exits.popleft())
+        if self.stopped:
+            return
+        try:
+            self.arbiter.murder_workers()
+            self.arbiter.manage_workers()
+        except StopIteration:   # lame duck over: the stop begins
+            self.stop()
+        except HaltServer as exc:
+            self.stopped = "halt: %s" % exc.reason
+
+    def stop(self):
+        """Gunicorn's stop: the pack's `begin`, then SIGTERM to every worker."""
+        self.arbiter.stopper.begin(True)
+        for pid in list(self.arbiter.WORKERS):
+            self.arbiter.kill_worker(pid, signal.SIGTERM)
+        self.stopped = "stop"
+
+    def term(self):
+        """SIGTERM to the master."""
+        try:
+            self.arbiter.handle_term()
+        except StopIteration:
+            self.stop()
+
+    # -- what the invariants read ---------------------------------------------------------
+
+    def live(self):
+        """(worker, record) for each worker the master runs."""
+        return self.arbiter.pool.workers()
+
+    def ready(self, worker):
+        return state.read(worker.tmp) == "ready"
+
+    def serving_ready(self):
+        """Ready workers the master has not told to stop."""
+        return [w for w, r in self.live() if self.ready(w) and not r.retired]
+
+    def kill_grace_met(self, kill):
+        """Whether a SIGKILL the master sent is one the invariants allow (see pool)."""
+        when, pid, sig, state_bit, hung, term_sent = kill
+        if hung or state_bit == state.BOOTING:
+            return True
+        return term_sent is not None and when - term_sent > GRACEFUL_TIMEOUT
+
+    def phase(self):
+        return self.arbiter.phase.value
+
+
+def booting(master):
+    """The workers still booting (not yet exited)."""
+    return [w for w, r in master.live() if state.read(w.tmp) == "booting" and not w.exited]
+

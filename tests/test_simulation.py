@@ -1,0 +1,269 @@
+"""The master's decisions under model-based tests: random sequences of what can happen.
+
+Hypothesis drives a simulated master (`simulation.Master`: the pack's real
+decision code, fake clock, fake processes) through signals, deploys, boots,
+crashes, hangs and the passing of time, and checks after every step the
+invariants the master's modules state in prose. A failing sequence is shrunk
+to the shortest one and printed; each one found becomes a named test below.
+"""
+
+import os
+import signal
+
+from hypothesis import HealthCheck, settings as hsettings, strategies as st
+from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition,
+                                 rule, run_state_machine_as_test)
+
+from gunicorn_graceful import settings, state, upgrade_report
+from gunicorn_graceful.phase import Phase
+from simulation import BOOT_ERROR, Master, booting, make_config
+
+MAX_WORKERS = 3
+EXAMPLES = int(os.environ.get("SIMULATION_EXAMPLES", "2000"))
+STEPS = 50
+NAMELESS = int(signal.SIGRTMIN) + 1
+
+
+class MasterMachine(RuleBasedStateMachine):
+    """One master's life: each rule is something that can happen to it."""
+
+    def __init__(self):
+        super().__init__()
+        self.master = None
+
+    @initialize(workers=st.integers(1, MAX_WORKERS), max_booting=st.integers(0, 2),
+                shutdown_delay=st.sampled_from([0.0, 2.0]),
+                max_worker_age=st.sampled_from([0.0, 60.0]))
+    def start(self, workers, max_booting, shutdown_delay, max_worker_age):
+        pack = settings.Settings(max_booting=max_booting, shutdown_delay=shutdown_delay,
+                                 readiness_timeout=30.0, upgrade_timeout=60.0,
+                                 max_worker_age=max_worker_age)
+        self.master = Master(workers, pack)
+        self.generations = [1]
+        self.most_workers = workers
+        for _ in range(MAX_WORKERS + 1):  # max_booting may boot them one at a time
+            self.master.loop()
+            for worker in booting(self.master):
+                state.mark_ready(worker.tmp, os.getpid())
+        self.master.loop()
+        assert self.master.phase() is Phase.SERVING, self.master.arbiter.log.lines
+
+    def teardown(self):
+        if self.master is not None:
+            self.master.close()
+
+    def running(self):
+        return self.master is not None and not self.master.stopped
+
+    def step(self, seconds=0.0):
+        """Time passes, then the master's main loop turns once (a signal wakes it too)."""
+        self.master.world.clock.now += seconds
+        self.master.loop()
+
+    def pick(self, workers, index):
+        return workers[index % len(workers)] if workers else None
+
+    # -- the workers ------------------------------------------------------------------------
+
+    @precondition(running)
+    @rule(index=st.integers(0, 20))
+    def a_worker_finishes_booting(self, index):
+        worker = self.pick(booting(self.master), index)
+        if worker is None:
+            return
+        if worker.code == "good":
+            state.mark_ready(worker.tmp, os.getpid())
+        elif worker.code == "broken":
+            state.write_reason(worker.tmp, "RuntimeError: broken release")
+            self.master.world.exit(worker, BOOT_ERROR << 8)
+        self.step()
+
+    @precondition(running)
+    @rule(index=st.integers(0, 20), how=st.sampled_from([signal.SIGSEGV, signal.SIGKILL,
+                                                         NAMELESS, "exit 1"]))
+    def a_worker_crashes(self, index, how):
+        worker = self.pick([w for w, _ in self.master.live() if not w.exited], index)
+        if worker is None:
+            return
+        self.master.world.exit(worker, 1 << 8 if how == "exit 1" else int(how))
+        self.step()
+
+    @precondition(running)
+    @rule(index=st.integers(0, 20))
+    def a_worker_hangs(self, index):
+        worker = self.pick([w for w, _ in self.master.live() if not w.exited], index)
+        if worker is not None:
+            worker.tmp.hung = True
+        self.step()
+
+    @rule(index=st.integers(0, 20))
+    def a_draining_worker_finishes(self, index):
+        worker = self.pick([w for w, _ in self.master.live() if not w.exited
+                            and state.read(w.tmp) == state.DRAINING], index)
+        if worker is not None:
+            self.master.world.exit(worker, 0)
+        self.step()
+
+    @precondition(running)
+    @rule(index=st.integers(0, 20))
+    def a_worker_asks_to_be_recycled(self, index):
+        worker = self.pick([w for w in self.master.serving_ready() if not w.exited], index)
+        if worker is not None:
+            state.mark_recycle(worker.tmp, os.getpid(), "reason=max_requests served=1000")
+        self.step()
+
+    @rule(seconds=st.sampled_from([0.5, 1.0, 2.5, 31.0, 61.0]))
+    def time_passes(self, seconds):
+        self.step(seconds)
+
+    # -- the operator -----------------------------------------------------------------------
+
+    @precondition(running)
+    @rule(code=st.sampled_from(["good", "broken", "slow"]), workers=st.integers(1, MAX_WORKERS),
+          config=st.sampled_from(["fine", "raises", "user pre_fork"]))
+    def hup(self, code, workers, config):
+        master = self.master
+        master.world.code = code
+        if config == "raises":
+            master.arbiter.app.next_cfg = SyntaxError("invalid syntax (gunicorn_conf.py, line 3)")
+        else:
+            master.arbiter.app.next_cfg = make_config(
+                workers, pre_fork=user_pre_fork if config == "user pre_fork" else None)
+        self.most_workers = max(self.most_workers, workers)
+        before = master.arbiter.rollouts.last_generation
+        master.arbiter.reload()
+        after = master.arbiter.rollouts.last_generation
+        if after != before:
+            assert after > max(self.generations), "generation %s reused" % after
+            self.generations.append(after)
+        self.step()
+
+    @precondition(running)
+    @rule(more=st.booleans())
+    def ttin_or_ttou(self, more):
+        arbiter = self.master.arbiter
+        if more and arbiter.num_workers < MAX_WORKERS:
+            arbiter.num_workers += 1
+        elif not more and arbiter.num_workers > 1:
+            arbiter.num_workers -= 1
+        self.most_workers = max(self.most_workers, arbiter.num_workers)
+        self.step()
+
+    @precondition(running)
+    @rule()
+    def usr2(self):
+        self.master.arbiter.handle_usr2()
+        self.step()
+
+    @precondition(lambda self: self.running() and self.master.arbiter.reexec_pid)
+    @rule()
+    def the_new_master_takes_over(self):
+        """Its workers are all ready: it says so, then SIGTERMs its old master (`take_over`)."""
+        master = self.master
+        master.new_master = master.arbiter.reexec_pid
+        upgrade_report.tell(master.world.report_fd, upgrade_report.HANDOVER)
+        master.term()
+        self.step()
+
+    @precondition(lambda self: self.running() and self.master.arbiter.reexec_pid)
+    @rule(how=st.sampled_from([signal.SIGKILL, NAMELESS, "exit 3"]))
+    def the_new_master_dies(self, how):
+        master = self.master
+        status = 3 << 8 if how == "exit 3" else int(how)
+        master.arbiter.reaped(master.arbiter.reexec_pid, status)
+        self.step()
+
+    @precondition(running)
+    @rule()
+    def operator_term(self):
+        self.master.operator_term = True
+        self.master.term()
+        self.step()
+
+    # -- invariants -------------------------------------------------------------------------
+
+    @invariant()
+    def spawning_is_bounded(self):
+        if self.master is None:
+            return
+        staying = [w for w, r in self.master.live() if not r.retired]
+        assert len(staying) <= 2 * self.most_workers + 1, \
+            "%s workers not told to stop, wanted at most %s" % (len(staying), self.most_workers)
+
+    @invariant()
+    def at_most_max_booting_boot_at_once(self):
+        if self.master is None:
+            return
+        limit = settings.current().max_booting
+        current = self.master.arbiter.generation
+        new = [w for w, r in self.master.live() if r.generation == current and not r.retired
+               and state.read(w.tmp) == state.BOOTING]
+        assert not limit or len(new) <= limit, "%s booting, graceful_max_booting=%s" \
+            % (len(new), limit)
+
+    @invariant()
+    def a_ready_worker_is_never_sigkilled_while_it_may_hold_a_connection(self):
+        if self.master is None:
+            return
+        for kill in self.master.world.kills:
+            if kill[2] == 9:
+                assert self.master.kill_grace_met(kill), "SIGKILL to a serving worker: %s" \
+                    % (kill,)
+
+    @invariant()
+    def replacing_never_goes_below_the_wanted_ready_count(self):
+        """The capacity floor: a ready worker is retired as replaced or recycled only while
+        at least `workers` other ready workers serve."""
+        if self.master is None or self.master.stopped:
+            return
+        retired = [t for t in self.master.arbiter.log.events("worker.retire")
+                   if "reason=replaced" in t or "reason=recycled" in t]
+        if len(retired) > getattr(self, "retired_seen", 0):
+            self.retired_seen = len(retired)
+            assert len(self.master.serving_ready()) >= self.master.arbiter.num_workers, \
+                "%s ready after %s" % (len(self.master.serving_ready()), retired[-1])
+
+    @invariant()
+    def the_phase_and_what_is_in_progress_agree(self):
+        if self.master is None or self.master.stopped:
+            return
+        arbiter, phase = self.master.arbiter, self.master.phase()
+        if phase in (Phase.LAME_DUCK, Phase.STOPPING):
+            return  # a stop may begin while a reload or an upgrade runs
+        assert (arbiter.rollouts.current is not None) == (phase is Phase.RELOADING), phase
+        upgrading = arbiter.upgrades.current is not None and not arbiter.upgrades.current.stop_sent
+        assert upgrading == (phase is Phase.UPGRADING), phase
+        snapshot = arbiter.status.snapshot()
+        assert snapshot["phase"] == phase.value
+        assert snapshot["serving"] == any(self.master.ready(w) for w, _ in self.master.live())
+
+    @invariant()
+    def only_a_master_that_stops_the_service_announces_stopping(self):
+        if self.master is None:
+            return
+        stopping = [m for m in self.master.arbiter.notifier.messages if "STOPPING" in m]
+        assert not stopping or self.master.operator_term, \
+            "STOPPING=1 without an operator's TERM: %s" % stopping
+
+    @invariant()
+    def a_rollback_restores_the_configuration(self):
+        if self.master is None or self.master.stopped:
+            return
+        arbiter = self.master.arbiter
+        if arbiter.rollouts.current is None:
+            assert arbiter.cfg is arbiter.app.cfg
+            assert arbiter.num_workers >= 1
+
+
+def user_pre_fork(server, worker):
+    """A user's own pre_fork, defined after install(globals()): it replaces the pack's."""
+
+
+def run(machine, examples=EXAMPLES):
+    run_state_machine_as_test(machine, settings=hsettings(
+        max_examples=examples, stateful_step_count=STEPS, deadline=None,
+        suppress_health_check=list(HealthCheck), database=None, print_blob=True))
+
+
+def test_the_master_keeps_its_invariants_in_every_sequence():
+    run(MasterMachine)
