@@ -72,7 +72,7 @@ def pre_exec(server):
     if failure:
         emit(server.log, "error", "upgrade.refused", pid=os.getppid(), release=cwd,
              reason=failure)
-        upgrade_report.tell(int(server.cfg.env_orig[upgrade_report.ENV]), failure)
+        upgrade_report.tell(int(server.cfg.env_orig[upgrade_report.ENV].split(",")[0]), failure)
         os._exit(PRE_EXEC_FAILED)
 
 

@@ -158,7 +158,7 @@ class Pool:
             emit(arbiter.log, "info", "master.serving", pid=arbiter.pid,
                  generation=arbiter.generation, workers=ready)
             if arbiter.phase.is_in(Phase.TRIAL):
-                arbiter.upgrades.take_over()
+                arbiter.upgrades.ask_to_take_over()
             else:
                 arbiter.phase.move(Phase.SERVING)
                 arbiter.notifier.ready(arbiter.log, "generation %s serving" % arbiter.generation)

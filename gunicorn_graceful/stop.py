@@ -34,20 +34,18 @@ class Stop:
         balancer notices a backend leaves only when its health check fails: a
         server that stops accepting at once refuses clients still routed to it.
 
-        A master handing over to its new master never enters lame duck: it is not
-        the service stopping, and its workers' 503s on the listener the new
-        workers share would make a balancer take the backend out.
+        A master handing over to its new master never comes here: it stops itself
+        once it acknowledged the hand-over (`upgrade`), with no lame duck (its
+        workers' 503s on the listener the new workers share would make a balancer
+        take the backend out) and no STOPPING.
         """
         arbiter = self.arbiter
         delay = settings.current().shutdown_delay
-        skip = None
         if arbiter.phase.is_in(Phase.LAME_DUCK):
-            skip = "second SIGTERM"
-        elif arbiter.upgrades.handing_over():
-            skip = "hand-over to new master %s" % arbiter.reexec_pid
-        if skip and delay > 0:
-            emit(arbiter.log, "info", "master.lame_duck_skipped", pid=arbiter.pid, reason=skip)
-        if skip or delay <= 0:
+            emit(arbiter.log, "info", "master.lame_duck_skipped", pid=arbiter.pid,
+                 reason="second SIGTERM")
+            raise StopIteration
+        if delay <= 0:
             raise StopIteration
         self.lame_duck_until = clock.monotonic() + delay
         service = self.was_service = self.is_service()

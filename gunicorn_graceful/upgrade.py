@@ -2,7 +2,13 @@
 
 tableflip's rules. Invariants:
 - At most two masters, at most one of them not ready; no new upgrade until the
-  previous one ended (refusals: `phase.REFUSALS` and `refusal` below).
+  previous one ended, its new master reaped included (refusals:
+  `phase.REFUSALS` and `refusal` below).
+- The hand-over is asked and acknowledged (`upgrade_report`): a new master
+  whose workers are all ready asks; its old master acknowledges only if it has
+  not rolled back, then stops itself (a hand-over: no lame duck, no STOPPING);
+  the new master takes the service only once acknowledged or once its old
+  master is gone. The two masters can never both stop.
 - The pidfile always names a live master that serves: the new master rewrites
   it (atomically) only when all its workers are ready, also when its old
   master died meanwhile; then it is promoted.
@@ -48,7 +54,8 @@ class Upgrades:
         self.seq = 0
         self.last = None        # the last upgrade's outcome, for the status file
         self.last_refusal = None
-        self.report_fd = upgrade_report.take(os.environ, arbiter.cfg.env_orig)
+        self.report_fd, self.ack_fd = upgrade_report.take(os.environ, arbiter.cfg.env_orig)
+        self.asked = False
 
     # -- the old master -------------------------------------------------------------------
 
@@ -83,11 +90,6 @@ class Upgrades:
         arbiter.notifier.status(arbiter.log, "upgrading: new master %s booting"
                                 % arbiter.reexec_pid)
 
-    def handing_over(self):
-        """Old master: whether the SIGTERM that came is the new master taking over (it says so
-        on the report channel first), not an operator's stop."""
-        return self.current is not None and self.current.report.handed_over()
-
     def refusal(self):
         """Why a USR2 cannot start now, or None. Each reason avoids a half state."""
         arbiter = self.arbiter
@@ -96,6 +98,9 @@ class Upgrades:
                                        generation=arbiter.generation)
         if reason:
             return reason
+        if arbiter.reexec_pid:  # Gunicorn's reexec would ignore the USR2 ("Child exists")
+            return ("the new master %s of the last upgrade is still stopping: USR2 again once "
+                    "it exited" % arbiter.reexec_pid)
         if os.getpid() == 1:
             return ("this master is PID 1: its exit would end the container; run it under an "
                     "init (tini, dumb-init) or use HUP")
@@ -118,7 +123,7 @@ class Upgrades:
         arbiter = self.arbiter
         if arbiter.notifier.address:
             arbiter.cfg.env_orig["NOTIFY_SOCKET"] = arbiter.notifier.address
-        arbiter.cfg.env_orig[upgrade_report.ENV] = str(report.write_fd)
+        arbiter.cfg.env_orig[upgrade_report.ENV] = report.environ_value()
         args = arbiter.START_CTX["args"]
         if len(args) > 1 and args[1].endswith(os.path.join("gunicorn", "__main__.py")):
             arbiter.START_CTX["args"] = [args[0], "-m", "gunicorn"] + args[2:]
@@ -145,6 +150,8 @@ class Upgrades:
                 self.roll_back(upgrade, waited, describe_master_exit(upgrade.exit_status,
                                                                      reported))
             self.clean_up()
+        elif not upgrade.stop_sent and upgrade.report.asks_to_take_over():
+            self.hand_over(upgrade)
         elif not upgrade.stop_sent and waited > settings.current().upgrade_timeout:
             upgrade.stop_sent = clock.monotonic()
             self.roll_back(upgrade, waited, "new master not ready after %.1fs "
@@ -153,6 +160,17 @@ class Upgrades:
         elif upgrade.stop_sent and clock.monotonic() - upgrade.stop_sent \
                 > arbiter.cfg.graceful_timeout + KILL_GRACE:
             signal_process(upgrade.new_master, signal.SIGKILL)
+
+    def hand_over(self, upgrade):
+        """The new master's workers are all ready and it asks: give it the service, then stop
+        (Gunicorn's loop halts on StopIteration; `stop` sees the new master and neither
+        closes the door nor tells systemd the service stops)."""
+        arbiter = self.arbiter
+        upgrade.report.acknowledge()
+        self.record(upgrade, "handed_over")
+        emit(arbiter.log, "info", "upgrade.handing_over", pid=arbiter.pid,
+             new_master=upgrade.new_master, after=clock.monotonic() - upgrade.started)
+        raise StopIteration
 
     def roll_back(self, upgrade, waited, reason):
         arbiter = self.arbiter
@@ -199,12 +217,26 @@ class Upgrades:
 
     # -- the new master -------------------------------------------------------------------
 
-    def take_over(self):
-        """All workers ready: become the service, then retire the old master.
+    def ask_to_take_over(self):
+        """New master, each tick once all its workers are ready: ask the old master for the
+        service; take it once acknowledged, or once the old master is gone (SIGKILL, OOM)
+        and nobody is left to ask. An old master of an earlier version, which passed no
+        ack fd, is told by SIGTERM, as it used to be."""
+        arbiter = self.arbiter
+        if self.ack_fd is None:
+            self.take_over()
+            signal_process(arbiter.master_pid, signal.SIGTERM)
+            return
+        if not self.asked:
+            self.asked = True
+            upgrade_report.tell(self.report_fd, upgrade_report.HANDOVER)
+            emit(arbiter.log, "info", "upgrade.asking", pid=arbiter.pid,
+                 old_master=arbiter.master_pid, generation=arbiter.generation)
+        if upgrade_report.acknowledged(self.ack_fd) or arbiter.master_pid != os.getppid():
+            self.take_over()
 
-        The old master may be gone already (SIGKILL, OOM): then nobody is left
-        to retire, and `promote` completes the promotion.
-        """
+    def take_over(self):
+        """Become the service: pidfile, systemd MAINPID and READY (the old master stops)."""
         arbiter = self.arbiter
         arbiter.phase.move(Phase.TAKING_OVER)
         if arbiter.cfg.pidfile is not None:
@@ -214,10 +246,9 @@ class Upgrades:
                                % (arbiter.pid, arbiter.master_pid))
         emit(arbiter.log, "info", "upgrade.handover", pid=arbiter.pid,
              old_master=arbiter.master_pid, generation=arbiter.generation)
-        upgrade_report.tell(self.report_fd, upgrade_report.HANDOVER)
-        upgrade_report.close(self.report_fd)
-        self.report_fd = None
-        signal_process(arbiter.master_pid, signal.SIGTERM)
+        for fd in (self.report_fd, self.ack_fd):
+            upgrade_report.close(fd)
+        self.report_fd = self.ack_fd = None
 
     def may_promote(self):
         """Gunicorn promotes as soon as its parent changed; the pack waits until it serves."""

@@ -1,33 +1,49 @@
-"""How a new master that fails before it takes over tells its old master why.
+"""The two pipes between an old master and the new master its USR2 started.
 
-The old master opens a pipe just before it forks the new master; the write end
-survives the exec (its number travels in GRACEFUL_UPGRADE_REPORT_FD). A new
-master that halts writes one line there: a worker's boot error, a readiness
-timeout, a pidfile it cannot write. The old master reads it when it reaps the
-new master, so its `upgrade.rollback` line gives the real reason instead of an
-exit code, even when the log or the pidfile directory cannot be written.
+The old master opens them just before it forks the new master; the new
+master's ends survive the exec (their numbers travel in
+GRACEFUL_UPGRADE_REPORT_FD as "report,ack").
+
+- report (new -> old): a new master that halts writes one line there (a
+  worker's boot error, a readiness timeout, a pidfile it cannot write), which
+  the old master reads when it reaps it, so its `upgrade.rollback` line gives
+  the real reason, even when the log or pidfile directory cannot be written. A
+  new master whose workers are all ready writes HANDOVER there: its request
+  to take over.
+- ack (old -> new): the old master's answer. It acknowledges only if it has
+  not rolled the upgrade back, and from then on it stops itself and never
+  signals its new master; the new master announces itself (pidfile, systemd
+  MAINPID and READY) only once acknowledged, or once its old master is gone.
+  So the two can never both stop, nor both speak for the service.
 """
 
 import os
 
 ENV = "GRACEFUL_UPGRADE_REPORT_FD"
-HANDOVER = "handover"  # the new master's line just before its SIGTERM to the old master
+HANDOVER = "handover"
+_ACK = b"ack\n"
 _LIMIT = 4096
 
 
 class Channel:
-    """The old master's end: open before the fork, read after the new master exited."""
+    """The old master's ends: open before the fork, read while the new master lives."""
 
     def __init__(self):
         self.read_fd, self.write_fd = os.pipe()
+        self.ack_read_fd, self.ack_fd = os.pipe()
         os.set_blocking(self.read_fd, False)
         os.set_inheritable(self.write_fd, True)
+        os.set_inheritable(self.ack_read_fd, True)
         self.lines = []
 
+    def environ_value(self):
+        return "%s,%s" % (self.write_fd, self.ack_read_fd)
+
     def after_fork(self):
-        """In the old master: only the new master keeps the write end."""
-        os.close(self.write_fd)
-        self.write_fd = None
+        """In the old master: only the new master keeps its ends."""
+        for fd in (self.write_fd, self.ack_read_fd):
+            os.close(fd)
+        self.write_fd = self.ack_read_fd = None
 
     def read(self):
         """Every line written so far (the read end stays open)."""
@@ -39,9 +55,16 @@ class Channel:
                        if line.strip()]
         return self.lines
 
-    def handed_over(self):
-        """Whether the new master said it takes over: the SIGTERM that follows is its own."""
+    def asks_to_take_over(self):
+        """Whether the new master's workers are all ready and it asks for the service."""
         return HANDOVER in self.read()
+
+    def acknowledge(self):
+        """Give the service to the new master: after this the old master only stops."""
+        try:
+            os.write(self.ack_fd, _ACK)
+        except OSError:
+            pass
 
     def reason(self):
         """The last line the new master wrote about a failure, or ""; closes the channel."""
@@ -49,19 +72,35 @@ class Channel:
             lines = [line for line in self.read() if line != HANDOVER]
         finally:
             os.close(self.read_fd)
+            os.close(self.ack_fd)
         return lines[-1] if lines else ""
 
 
 def take(environ, env_orig):
-    """In a new master: the write end's number, taken out of both environments (or None)."""
+    """In a new master: (report fd, ack fd) taken out of both environments; None for each
+    one that is missing (an old master of an earlier version passes no ack fd)."""
     value = environ.pop(ENV, None)
     env_orig.pop(ENV, None)
+    fds = []
+    for part in (value or "").split(",")[:2]:
+        try:
+            fd = int(part)
+            os.set_inheritable(fd, False)
+        except (TypeError, ValueError, OSError):
+            fd = None
+        fds.append(fd)
+    report_fd, ack_fd = (fds + [None, None])[:2]
+    if ack_fd is not None:
+        os.set_blocking(ack_fd, False)
+    return report_fd, ack_fd
+
+
+def acknowledged(fd):
+    """In a new master: whether its old master gave it the service."""
     try:
-        fd = int(value)
-        os.set_inheritable(fd, False)
-    except (TypeError, ValueError, OSError):
-        return None
-    return fd
+        return os.read(fd, _LIMIT).startswith(_ACK)
+    except (BlockingIOError, OSError):
+        return False
 
 
 def tell(fd, reason):

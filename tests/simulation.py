@@ -117,8 +117,11 @@ class World:
         self.processes = {}         # pid -> SimWorker, until reaped
         self.exits = collections.deque()   # (pid, wait status) not reaped yet
         self.kills = []             # (time, pid, signal, state bit, hung, term_sent) sent
-        self.to_new_master = []     # signals the old master sent its new master
-        self.report_fd = None       # the new master's end of the upgrade report channel
+        self.to_new_master = []     # (pid, signal) the old master sent its new masters
+        self.report_fd = None       # the new master's ends of the upgrade channels
+        self.ack_fd = None
+        self.new_masters = []       # each new master a USR2 really forked
+        self.handed_over = None     # the new master the old master acknowledged, if any
 
     def fork(self, worker):
         worker.pid = next(self.pids)
@@ -129,6 +132,12 @@ class World:
         if not worker.exited:
             worker.exited = True
             self.exits.append((worker.pid, status))
+
+    def close_channels(self):
+        for fd in (self.report_fd, self.ack_fd):
+            if fd is not None:
+                os.close(fd)
+        self.report_fd = self.ack_fd = None
 
     def deliver(self, pid, sig, state_bit, term_sent):
         """A signal from the master to a simulated worker: what the real worker does with it."""
@@ -173,9 +182,12 @@ class FakeProcesses(Arbiter):
         if self.reexec_pid or self.master_pid:
             self.log.warning("USR2 signal ignored. Child exists.")
             return
-        write_fd = int(self.cfg.env_orig[upgrade_report.ENV])
-        self.world.report_fd = os.dup(write_fd)
+        write_fd, ack_fd = (int(fd) for fd in self.cfg.env_orig[upgrade_report.ENV].split(","))
+        self.world.close_channels()
+        self.world.report_fd, self.world.ack_fd = os.dup(write_fd), os.dup(ack_fd)
+        os.set_blocking(self.world.ack_fd, False)
         self.reexec_pid = next(self.world.pids)
+        self.world.new_masters.append(self.reexec_pid)
 
     def setup(self, app):
         """Gunicorn's setup, less its logger and environment."""
@@ -246,12 +258,11 @@ class Master:
         FakeProcesses.world = None
         for worker in self.world.processes.values():
             worker.tmp.close()
-        if self.world.report_fd is not None:
-            os.close(self.world.report_fd)
+        self.world.close_channels()
 
     def signal_other_master(self, pid, sig):
-        if pid == self.arbiter.reexec_pid or pid == getattr(self, "new_master", None):
-            self.world.to_new_master.append(sig)
+        if pid in self.world.new_masters:
+            self.world.to_new_master.append((pid, sig))
 
     # -- the main loop, one turn at a time ------------------------------------------------
 

@@ -157,13 +157,14 @@ class MasterMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self.running() and self.master.arbiter.reexec_pid)
     @rule()
-    def the_new_master_takes_over(self):
-        """Its workers are all ready: it says so, then SIGTERMs its old master (`take_over`)."""
-        master = self.master
-        master.new_master = master.arbiter.reexec_pid
-        upgrade_report.tell(master.world.report_fd, upgrade_report.HANDOVER)
-        master.term()
+    def the_new_master_asks_to_take_over(self):
+        """Its workers are all ready: it asks on the report channel, and takes the service
+        only once the old master acknowledged (`upgrade_report`)."""
+        world = self.master.world
+        upgrade_report.tell(world.report_fd, upgrade_report.HANDOVER)
         self.step()
+        if upgrade_report.acknowledged(world.ack_fd):
+            world.handed_over = world.new_masters[-1]
 
     @precondition(lambda self: self.running() and self.master.arbiter.reexec_pid)
     @rule(how=st.sampled_from([signal.SIGKILL, NAMELESS, "exit 3"]))
@@ -244,6 +245,27 @@ class MasterMachine(RuleBasedStateMachine):
         stopping = [m for m in self.master.arbiter.notifier.messages if "STOPPING" in m]
         assert not stopping or self.master.operator_term, \
             "STOPPING=1 without an operator's TERM: %s" % stopping
+
+    @invariant()
+    def every_upgrade_follows_a_new_master_it_started(self):
+        """An upgrade recorded for a new master that USR2 did not start (Gunicorn ignores a
+        USR2 while a child exists) would report a bogus outcome."""
+        if self.master is None:
+            return
+        started = self.master.arbiter.log.events("upgrade.start")
+        assert len(started) == len(self.master.world.new_masters), started
+
+    @invariant()
+    def the_two_masters_never_both_stop(self):
+        """A new master given the service is never stopped by its old master, and an old
+        master stops only for an operator or a hand-over it acknowledged."""
+        if self.master is None:
+            return
+        world = self.master.world
+        assert (world.handed_over, signal.SIGTERM) not in world.to_new_master, \
+            "the old master handed over to a new master it had already stopped"
+        if self.master.stopped == "stop" and not self.master.operator_term:
+            assert world.handed_over, "the old master stopped without handing over"
 
     @invariant()
     def a_rollback_restores_the_configuration(self):
