@@ -164,9 +164,21 @@ class Upgrades:
     def hand_over(self, upgrade):
         """The new master's workers are all ready and it asks: give it the service, then stop
         (Gunicorn's loop halts on StopIteration; `stop` sees the new master and neither
-        closes the door nor tells systemd the service stops)."""
+        closes the door nor tells systemd the service stops).
+
+        The old master names its successor itself, before it answers: the pidfile
+        (else its own exit could unlink it before the new master rewrites it) and
+        systemd's MAINPID (which systemd takes from the main process without
+        NotifyAccess=all, and must know before this process exits). The SIGCHLD
+        wakes the new master to read the answer now.
+        """
         arbiter = self.arbiter
+        if arbiter.pidfile is not None:
+            files.write(arbiter.log, arbiter.pidfile.fname, "%s\n" % upgrade.new_master)
+        arbiter.notifier.send(arbiter.log, MAINPID=upgrade.new_master,
+                              STATUS="handing over to new master %s" % upgrade.new_master)
         upgrade.report.acknowledge()
+        signal_process(upgrade.new_master, signal.SIGCHLD)
         self.record(upgrade, "handed_over")
         emit(arbiter.log, "info", "upgrade.handing_over", pid=arbiter.pid,
              new_master=upgrade.new_master, after=clock.monotonic() - upgrade.started)
@@ -225,7 +237,8 @@ class Upgrades:
         arbiter = self.arbiter
         if self.ack_fd is None:
             self.take_over()
-            signal_process(arbiter.master_pid, signal.SIGTERM)
+            if arbiter.master_pid == os.getppid():  # still our parent: never a reused pid
+                signal_process(arbiter.master_pid, signal.SIGTERM)
             return
         if not self.asked:
             self.asked = True
@@ -271,10 +284,11 @@ class Upgrades:
 
 
 def signal_process(pid, sig):
-    """os.kill, where a process that is already gone is no error: it is what was wanted."""
+    """os.kill, where a process that is already gone is no error: it is what was wanted (and
+    one that is not ours any more, EPERM, is left alone rather than crash the master)."""
     try:
         os.kill(pid, sig)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):
         pass
 
 

@@ -69,8 +69,8 @@ def test_a_hand_over_with_a_shutdown_delay_never_tells_systemd_it_stops(workdir,
             assert server.wait_exit(timeout=30) == 0
         assert server.version() == "2"
     assert not [m for m in notify.messages if "STOPPING=1" in m], notify.messages
-    assert server.count(r'event=master\.lame_duck_skipped pid=%s reason="hand-over to new '
-                        r'master %s"' % (server.pid, new)) == 1, server.tail()
+    assert server.count(r'event=upgrade\.handing_over pid=%s new_master=%s'
+                        % (server.pid, new)) == 1, server.tail()
     assert "event=master.lame_duck " not in server.log()
     assert "GRACEFUL_UPGRADE_REPORT_FD" not in server.log()  # the pack's own variable
     assert health.answers and set(health.answers) == {200}, health.answers

@@ -165,9 +165,12 @@ def test_systemd_hears_mainpid_then_ready_from_the_new_master(workdir, servers):
         out, err = command.communicate(timeout=60)
         assert command.returncode == 0, out + err
         new = pid_in(server.pidfile)
-        messages = [listener.recv(4096).decode() for _ in range(3)]
+        messages = [listener.recv(4096).decode() for _ in range(4)]
     finally:
         listener.close()
     assert messages[0].startswith("STATUS=upgrading: new master %s" % new)
-    assert messages[1] == "MAINPID=%s" % new
-    assert messages[2].startswith("READY=1\n")
+    # The old master names its successor before it answers the hand-over (systemd takes
+    # MAINPID from the main process), then the new master says it serves.
+    assert messages[1] == "MAINPID=%s\nSTATUS=handing over to new master %s" % (new, new)
+    assert messages[2] == "MAINPID=%s" % new
+    assert messages[3].startswith("READY=1\n")
