@@ -8,6 +8,9 @@ does next; an exit is handed to the arbiter's own `reaped`. The pool, rollout,
 recycling, upgrade, stop, status and phase code is the code that runs in
 production, on the clock `clock.use` gives it.
 
+Outside it too: the door (a socket filter) never closes, and a bind opens a
+`FakeListener`, or fails on an address another service holds.
+
 Fake pids start at 10**8, above any kernel's pid_max: a signal the master code
 sends with os.kill itself can never reach a real process.
 """
@@ -23,7 +26,8 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.config import Config
 from gunicorn.errors import HaltServer
 
-from gunicorn_graceful import clock, hooks, settings, state, upgrade, upgrade_report
+from gunicorn_graceful import (binds, clock, hooks, listeners, settings, state, upgrade,
+                               upgrade_report)
 from gunicorn_graceful.arbiter import GracefulArbiter
 from gunicorn_graceful.systemd import Notifier
 
@@ -122,6 +126,15 @@ class World:
         self.ack_fd = None
         self.new_masters = []       # each new master a USR2 really forked
         self.handed_over = None     # the new master the old master acknowledged, if any
+        self.busy = {("127.0.0.1", 9999)}   # addresses another service listens on
+        self.opened = []            # every listener the master opened
+
+    def open_listener(self, address, cfg, log):
+        """`binds.open_one`: a bind, which fails on an address another service holds."""
+        if address in self.busy:
+            raise OSError(98, "Address already in use")
+        self.opened.append(FakeListener(address))
+        return self.opened[-1]
 
     def fork(self, worker):
         worker.pid = next(self.pids)
@@ -154,6 +167,24 @@ class World:
             worker.lame_duck = True
         elif sig in (signal.SIGKILL, signal.SIGABRT, signal.SIGQUIT, signal.SIGINT):
             self.exit(worker, sig)
+
+
+class FakeListener:
+    """A listening socket the master holds (what `binds` opens), without a socket."""
+
+    sock = None
+
+    def __init__(self, address):
+        self.cfg_addr, self.closed = address, False
+
+    def close(self):
+        self.closed = True
+
+    def fileno(self):
+        return -1
+
+    def __str__(self):
+        return "fake:%s" % (self.cfg_addr,)
 
 
 class FakeProcesses(Arbiter):
@@ -220,9 +251,13 @@ class SimApp:
         pass
 
 
-def make_config(workers, pre_fork=None):
+BIND = ["127.0.0.1:8000"]
+
+
+def make_config(workers, pre_fork=None, bind=BIND):
     """A Gunicorn Config as the pack's template makes it (the pack's hooks installed)."""
     cfg = Config()
+    cfg.set("bind", bind)
     cfg.set("workers", workers)
     cfg.set("worker_class", WORKER_CLASS)
     cfg.set("graceful_timeout", GRACEFUL_TIMEOUT)
@@ -240,12 +275,15 @@ class Master:
     def __init__(self, workers, pack_settings):
         self.world = World()
         clock.use(self.world.clock.monotonic, self.world.clock.wall)
-        self.saved_signal_process = upgrade.signal_process
+        self.saved = (upgrade.signal_process, binds.open_one, listeners.close_door)
         upgrade.signal_process = self.signal_other_master
+        binds.open_one = self.world.open_listener
+        listeners.close_door = lambda listener: False  # the door is a socket filter: not here
         settings.set_current(pack_settings)
         FakeProcesses.world = self.world
         arbiter = SimArbiter(SimApp(make_config(workers)))  # Gunicorn's own __init__
-        arbiter.pid, arbiter.WORKERS, arbiter.LISTENERS = os.getpid(), {}, []
+        arbiter.pid, arbiter.WORKERS = os.getpid(), {}
+        arbiter.LISTENERS = [self.world.open_listener(a, None, None) for a in arbiter.cfg.address]
         SimArbiter.install(arbiter, hooks.check_config)
         arbiter.notifier = RecordingNotifier()
         self.arbiter = arbiter
@@ -254,7 +292,7 @@ class Master:
 
     def close(self):
         clock.use(time.monotonic, time.time)
-        upgrade.signal_process = self.saved_signal_process
+        upgrade.signal_process, binds.open_one, listeners.close_door = self.saved
         FakeProcesses.world = None
         for worker in self.world.processes.values():
             worker.tmp.close()

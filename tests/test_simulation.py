@@ -14,14 +14,17 @@ from hypothesis import HealthCheck, settings as hsettings, strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition,
                                  rule, run_state_machine_as_test)
 
-from gunicorn_graceful import settings, state, upgrade_report
+from gunicorn_graceful import binds, hooks, pool, rollout, settings, state, upgrade_report
 from gunicorn_graceful.phase import Phase
-from simulation import BOOT_ERROR, Master, booting, make_config
+from simulation import (BIND, BOOT_ERROR, FakeProcesses, Master, SimArbiter, booting,
+                        make_config)
 
 MAX_WORKERS = 3
 EXAMPLES = int(os.environ.get("SIMULATION_EXAMPLES", "2000"))
 STEPS = 50
 NAMELESS = int(signal.SIGRTMIN) + 1
+BINDS = {"same": BIND, "added": BIND + ["127.0.0.1:8001"], "moved": ["127.0.0.1:8001"],
+         "taken": BIND + ["127.0.0.1:9999"]}  # 9999: another service listens there
 
 
 class MasterMachine(RuleBasedStateMachine):
@@ -120,18 +123,23 @@ class MasterMachine(RuleBasedStateMachine):
 
     @precondition(running)
     @rule(code=st.sampled_from(["good", "broken", "slow"]), workers=st.integers(1, MAX_WORKERS),
-          config=st.sampled_from(["fine", "raises", "user pre_fork"]))
-    def hup(self, code, workers, config):
+          config=st.sampled_from(["fine", "raises", "user pre_fork"]),
+          bind=st.sampled_from(list(BINDS)))
+    def hup(self, code, workers, config, bind):
         master = self.master
         master.world.code = code
         if config == "raises":
             master.arbiter.app.next_cfg = SyntaxError("invalid syntax (gunicorn_conf.py, line 3)")
         else:
             master.arbiter.app.next_cfg = make_config(
-                workers, pre_fork=user_pre_fork if config == "user pre_fork" else None)
+                workers, pre_fork=user_pre_fork if config == "user pre_fork" else None,
+                bind=BINDS[bind])
         self.most_workers = max(self.most_workers, workers)
         before = master.arbiter.rollouts.last_generation
-        master.arbiter.reload()
+        try:
+            master.arbiter.reload()
+        except BaseException as exc:  # SystemExit included: the master would be gone
+            raise AssertionError("the master did not survive a HUP: %r" % exc) from exc
         after = master.arbiter.rollouts.last_generation
         if after != before:
             assert after > max(self.generations), "generation %s reused" % after
@@ -185,11 +193,27 @@ class MasterMachine(RuleBasedStateMachine):
 
     @invariant()
     def spawning_is_bounded(self):
+        """Counted in the world, not in the master's records: a worker it lost track of counts."""
         if self.master is None:
             return
-        staying = [w for w, r in self.master.live() if not r.retired]
+        records = self.master.arbiter.records.by_pid
+        staying = [pid for pid, w in self.master.world.processes.items() if not w.exited
+                   and not (pid in records and records[pid].retired)]
         assert len(staying) <= 2 * self.most_workers + 1, \
             "%s workers not told to stop, wanted at most %s" % (len(staying), self.most_workers)
+
+    @invariant()
+    def the_listeners_are_the_serving_configs_and_none_leaks(self):
+        if self.master is None or self.master.stopped:
+            return
+        arbiter = self.master.arbiter
+        rollout = arbiter.rollouts.current
+        held = list(arbiter.LISTENERS) + list(rollout.previous_listeners if rollout else [])
+        assert not [lnr for lnr in held if lnr.closed], "a listener in use was closed"
+        assert [lnr.cfg_addr for lnr in arbiter.LISTENERS] == list(arbiter.cfg.address)
+        leaked = [lnr for lnr in self.master.world.opened
+                  if not lnr.closed and all(lnr is not h for h in held)]
+        assert not leaked, "listeners neither held nor closed: %s" % leaked
 
     @invariant()
     def at_most_max_booting_boot_at_once(self):
@@ -289,3 +313,82 @@ def run(machine, examples=EXAMPLES):
 
 def test_the_master_keeps_its_invariants_in_every_sequence():
     run(MasterMachine)
+
+
+# -- the simulation finds the defects of the old decision code --------------------------------
+# Each test puts one piece of the decision code back as it was before these defects were fixed
+# (a few lines, quoted from that code) and expects the invariants to catch it.
+
+def failures(machine, examples=500):
+    """The messages of what Hypothesis found running `machine` (all of them, when several)."""
+    try:
+        run(machine, examples)
+    except BaseException as exc:  # an ExceptionGroup when it found distinct failures
+        return [str(leaf) for leaf in leaves(exc)]
+    return []
+
+
+def leaves(exc):
+    for inner in getattr(exc, "exceptions", None) or []:
+        yield from leaves(inner)
+    if not getattr(exc, "exceptions", None):
+        yield exc
+
+def old_pool_workers(self):
+    """Before: a worker without a record was left out of the pool's count."""
+    records = self.arbiter.records
+    pairs = [(w, records.of(w)) for w in list(self.arbiter.WORKERS.values())]
+    return [(w, r) for w, r in pairs if r is not None]
+
+
+def old_spawn_worker(self):
+    """Before: the record came from the pack's pre_fork hook, which a user's hook replaces."""
+    if getattr(self.cfg.pre_fork, "graceful_hook", False):
+        self.records.expect(self.pool.new_record())
+    pid = FakeProcesses.spawn_worker(self)
+    self.records.spawned(pid)
+    return pid
+
+
+def test_the_simulation_finds_unbounded_spawning_under_a_user_pre_fork(monkeypatch):
+    monkeypatch.setattr(pool.Pool, "workers", old_pool_workers)
+    monkeypatch.setattr(SimArbiter, "spawn_worker", old_spawn_worker)
+    monkeypatch.setattr(hooks, "check_config", lambda cfg, log: None)  # nothing chained late
+    found = failures(MasterMachine)
+    assert any("workers not told to stop" in text for text in found), found
+
+
+def old_apply_config(self, kept_cfg, new_listeners):
+    """Before: after the config was taken, every configured listener was created anew while
+    the old workers held the old ones; Gunicorn retried five times, a second apart, then
+    sys.exit(1)."""
+    arbiter = self.arbiter
+    arbiter.setup(arbiter.app)
+    if kept_cfg.address != arbiter.cfg.address:
+        held = {binds.address_of(lnr) for lnr in self.held()}
+        if held & set(arbiter.cfg.address) or ("127.0.0.1", 9999) in arbiter.cfg.address:
+            raise SystemExit(1)
+        arbiter.LISTENERS = [binds.open_one(a, arbiter.cfg, None) for a in arbiter.cfg.address]
+
+
+def test_the_simulation_finds_the_master_exiting_on_a_hup_that_changes_bind(monkeypatch):
+    monkeypatch.setattr(binds, "changed", lambda old, new: False)
+    monkeypatch.setattr(rollout.Rollouts, "apply_config", old_apply_config)
+    found = failures(MasterMachine)
+    assert any("the master did not survive a HUP: SystemExit(1)" in text for text in found), found
+
+
+class OldHandOver(MasterMachine):
+    """Before: a new master whose workers were ready took over, then SIGTERMed its old master,
+    which took that for an operator's stop (lame duck, STOPPING=1 with a shutdown delay)."""
+
+    @precondition(lambda self: self.running() and self.master.arbiter.reexec_pid)
+    @rule()
+    def the_new_master_asks_to_take_over(self):
+        self.master.term()
+        self.step()
+
+
+def test_the_simulation_finds_stopping_sent_during_a_hand_over():
+    found = failures(OldHandOver)
+    assert any("STOPPING=1 without an operator's TERM" in text for text in found), found
