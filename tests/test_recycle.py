@@ -144,3 +144,40 @@ def test_workers_that_all_asked_during_a_rolled_back_reload_are_recycled_one_by_
         load.stop()
     assert server.alive() and "Unhandled exception" not in server.log(), server.tail()
     assert load.failures() == [], load.summary()
+
+
+# -- found by the simulation (tests/test_simulation.py), reproduced with real processes ---------
+
+SLOW_WHEN_MARKED = "if os.path.exists('slow'):\n    time.sleep(20)"
+
+
+def one_asks_to_be_recycled(server, workdir):
+    """Mark later imports slow, then send requests one by one until one worker asked to be
+    recycled and its replacement is booting; the replacement's pid."""
+    open(os.path.join(workdir, "slow"), "w").close()
+    booted = server.count(r"event=worker\.booting ")
+    for _ in range(40):
+        assert server.get("/").status_code == 200
+        if server.count(r"event=worker\.booting ") > booted:
+            break
+    return int(server.wait_log(r"event=worker\.booting pid=(\d+)", count=booted + 1).group(1))
+
+
+def status_workers(server):
+    with open(server.pidfile + ".status") as handle:
+        return json.load(handle)["workers"]
+
+
+def test_ttou_while_a_replacement_boots_keeps_a_ready_worker_serving(workdir, servers):
+    write_app(workdir, "1", before=SLOW_WHEN_MARKED)
+    server = servers(workdir, worker="sync", workers=2,
+                     config_body=READINESS + "max_requests = 10\n")
+    replacement = one_asks_to_be_recycled(server, workdir)
+    server.signal(signal.SIGTTOU)
+    server.wait_log(r"event=master\.workers wanted=1 previous=2")
+    # The booting replacement is the surplus, not a worker that serves.
+    server.wait_log(r"event=worker\.retire pid=%s generation=1 reason=surplus" % replacement)
+    serving = wait_for(lambda: [w for w in status_workers(server) if w["state"] == "ready"],
+                       10, lambda: "a ready worker in the status file:\n" + server.tail())
+    assert len(serving) == 1, status_workers(server)
+    assert server.get("/", timeout=5).status_code == 200

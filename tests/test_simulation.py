@@ -315,6 +315,51 @@ def test_the_master_keeps_its_invariants_in_every_sequence():
     run(MasterMachine)
 
 
+# -- counterexamples the simulation found, shrunk, replayed as named tests ---------------------
+
+INVARIANTS = [name for name, value in vars(MasterMachine).items()
+              if getattr(value, "hypothesis_stateful_invariant", None)]
+
+
+def replay(start, *steps):
+    """Run one sequence on a MasterMachine, checking every invariant after each step."""
+    assert len(INVARIANTS) >= 10, INVARIANTS  # found by the marker Hypothesis puts on them
+    machine = MasterMachine()
+    try:
+        machine.start(**dict(dict(max_booting=0, shutdown_delay=0.0, max_worker_age=0.0),
+                             **start))
+        for name, arguments in steps:
+            getattr(machine, name)(**arguments)
+            for invariant_name in INVARIANTS:
+                getattr(machine, invariant_name)()
+        return machine.master
+    finally:
+        machine.teardown()
+
+
+def test_a_crash_and_a_ttin_in_one_tick_during_a_recycle_boot_no_more_than_max_booting():
+    replay({"workers": 2, "max_booting": 2}, ("a_worker_asks_to_be_recycled", {"index": 0}),
+           ("a_worker_hangs", {"index": 1}), ("ttin_or_ttou", {"more": True}))
+
+
+def test_ttou_during_a_recycle_retires_the_booting_replacement_not_a_serving_worker():
+    replay({"workers": 2}, ("a_worker_asks_to_be_recycled", {"index": 0}),
+           ("ttin_or_ttou", {"more": False}))
+
+
+def test_usr2_while_a_rolled_back_new_master_still_stops_is_refused():
+    master = replay({"workers": 1}, ("usr2", {}), ("time_passes", {"seconds": 61.0}),
+                    ("usr2", {}))
+    assert "the new master %s of the last upgrade is still stopping" \
+        % master.world.new_masters[0] in master.arbiter.log.events("upgrade.refused")[-1]
+
+
+def test_a_new_master_that_asks_after_its_rollback_is_not_handed_the_service():
+    master = replay({"workers": 1}, ("usr2", {}), ("time_passes", {"seconds": 61.0}),
+                    ("the_new_master_asks_to_take_over", {}))
+    assert not master.stopped and master.world.handed_over is None
+
+
 # -- the simulation finds the defects of the old decision code --------------------------------
 # Each test puts one piece of the decision code back as it was before these defects were fixed
 # (a few lines, quoted from that code) and expects the invariants to catch it.
