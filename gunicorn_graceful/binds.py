@@ -22,7 +22,7 @@ import os
 import socket
 import stat
 
-from gunicorn import sock
+from gunicorn_graceful import compat
 
 
 class BindFailure(Exception):
@@ -65,7 +65,7 @@ def open_one(address, cfg, log):
         raise ValueError("a file descriptor bind (fd://%s) cannot be added by a HUP" % address)
     if isinstance(address, str) and not address.startswith("\0") and listened(address):
         raise OSError(errno.EADDRINUSE, "another process listens on this path")
-    return sock._sock_type(address)(address, cfg, log)
+    return compat.listener_class(address)(address, cfg, log)
 
 
 def listened(path):

@@ -10,6 +10,7 @@ import importlib.util
 import inspect
 import re
 
+from gunicorn import sock
 from gunicorn.arbiter import Arbiter
 from gunicorn.workers.gthread import ThreadWorker
 from gunicorn.workers.sync import SyncWorker
@@ -95,6 +96,12 @@ def _counts_connections():
 
 
 NATIVE_ASGI_COUNTS_CONNECTIONS = _counts_connections()
+
+
+def listener_class(address):
+    """Gunicorn's listener class for a configured address (`sock._sock_type`), whose objects
+    keep that address in `cfg_addr` (contract-tested): `binds` opens new ones on a HUP."""
+    return sock._sock_type(address)
 
 
 def idle_connections(worker):

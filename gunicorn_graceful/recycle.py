@@ -123,8 +123,9 @@ class Recycler:
 
         Usually that worker is a fresh replacement. After a paused spell (a reload
         rolled back) every ready worker may be waiting, the replacements included: then
-        the newest of the others is named as the replacement; there always is one, as
-        at least one more worker than wanted is ready."""
+        the newest of the others is named as the replacement; there is one, as at least
+        one more worker than wanted is ready, unless `workers` is 0 (a HUP to such a
+        config): then none is named."""
         arbiter = self.arbiter
         if not self.active():
             return
@@ -135,10 +136,11 @@ class Recycler:
         going = waiting[:max(spare, 0)]
         for worker, record in going:
             replacement = max((m for m in members if m[1].ready_at and m not in going),
-                              key=lambda m: (m[1].recycle is None, m[1].spawned))
+                              key=lambda m: (m[1].recycle is None, m[1].spawned), default=None)
             emit(arbiter.log, "info", "worker.recycle", pid=worker.pid,
                  reason=record.recycle.get("reason"), served=record.recycle.get("served", "-"),
-                 rss_mib=record.recycle.get("rss_mib"), replacement=replacement[0].pid,
+                 rss_mib=record.recycle.get("rss_mib"),
+                 replacement=replacement[0].pid if replacement else "-",
                  after=clock.monotonic() - record.recycle["noticed"])
             arbiter.pool.retire(worker, record, "recycled")
 

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# The test command (README.md): installs what the tests need, runs them all on the newest
-# supported Gunicorn, then the contract and restart tests on every older supported line
-# (23.0.0 and the newest 24.x, 25.x, 26.x): the range pyproject.toml promises.
+# The test command (README.md): installs what the tests need, runs every test on the newest
+# supported Gunicorn, then, on every older supported line (23.0.0 and the newest 24.x, 25.x,
+# 26.x: the range pyproject.toml promises), the tests marked `lines`: the contract tests and
+# those that go through a Gunicorn internal that differs between lines. Prints its duration.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+started=$(date +%s)
 
 venv() {  # venv DIR GUNICORN_SPEC: a virtualenv with the package, its test extras and that Gunicorn
   [ -x "$1/bin/python" ] || python3 -m venv "$1"
@@ -27,8 +29,7 @@ echo "== all tests, newest Gunicorn: $(.venv/bin/python -m gunicorn --version 2>
 for line in 23:'gunicorn==23.0.0' 24:'gunicorn>=24,<25' 25:'gunicorn>=25,<26' 26:'gunicorn>=26,<27'; do
   dir=.venv-gunicorn${line%%:*}
   venv "$dir" "${line#*:}"
-  echo "== contract and restart tests, $("$dir"/bin/python -m gunicorn --version 2>&1 | head -1)"
-  "$dir"/bin/python -m pytest -q tests/test_compat.py tests/test_drain.py tests/test_reload.py \
-    tests/test_upgrade.py tests/test_lame_duck.py tests/test_haproxy.py tests/test_faults.py \
-    tests/test_recycle.py tests/test_asgi.py
+  echo "== tests marked lines, $("$dir"/bin/python -m gunicorn --version 2>&1 | head -1)"
+  "$dir"/bin/python -m pytest -q -m lines tests
 done
+echo "tests/run.sh: done in $(( $(date +%s) - started )) s"

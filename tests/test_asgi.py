@@ -17,6 +17,8 @@ from gunicorn_graceful import compat
 from support import (ROOT, Load, Sockets, process_alive, usr2_new_master, wait_for,
                      write_asgi_app)
 
+pytestmark = pytest.mark.lines  # every test here goes through internals that differ between lines
+
 CLASSES = ["gunicorn_graceful.workers.GracefulUvicornWorker"]
 if compat.NATIVE_ASGI:
     CLASSES.append("gunicorn_graceful.workers.GracefulASGIWorker")

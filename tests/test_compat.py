@@ -22,6 +22,8 @@ from gunicorn.workers.workertmp import WorkerTmp
 from gunicorn_graceful import compat
 
 
+pytestmark = pytest.mark.lines  # every test here goes through internals that differ between lines
+
 def parameters(function):
     return list(inspect.signature(function).parameters)
 
@@ -131,3 +133,15 @@ def test_native_asgi_worker_has_what_the_graceful_one_overrides_or_refuses_in_on
     init = inspect.getsource(ASGIWorker.__init__)
     for attribute in ("self.servers", "self.nr_conns", "self.lifespan"):
         assert attribute in init, attribute
+
+
+def test_a_listener_for_an_address_keeps_that_address(tmp_path):
+    """`binds` keeps a listener across a HUP by the address it was opened for."""
+    from gunicorn.config import Config
+    cfg = Config()
+    for address in (("127.0.0.1", 0), str(tmp_path / "app.sock")):
+        listener = compat.listener_class(address)(address, cfg, None)
+        try:
+            assert listener.cfg_addr == address
+        finally:
+            listener.close()

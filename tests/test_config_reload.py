@@ -91,6 +91,7 @@ def append_to_config(server, text):
         handle.write(text)
 
 
+@pytest.mark.lines
 def test_a_user_pre_fork_after_install_is_chained_and_the_pool_stays_bounded(workdir, servers):
     server = servers(workdir, workers=2, serve=None)
     append_to_config(server, "def pre_fork(server, worker):\n"
@@ -188,6 +189,7 @@ def unix_answers(path):
         return False
 
 
+@pytest.mark.lines
 def test_hup_that_adds_a_bind_address_serves_both_and_the_first_never_stops(workdir, servers):
     one, two = free_port(), free_port()
     server = bound_server(servers, workdir, ["127.0.0.1:%s" % one])
@@ -244,6 +246,7 @@ def test_hup_with_a_missing_certificate_is_one_refusal(workdir, servers):
     assert "Unhandled exception" not in server.log()
 
 
+@pytest.mark.lines
 def test_a_unix_socket_kept_across_hups_and_a_rollback_always_accepts(workdir, servers):
     port, path = free_port(), os.path.join(workdir, "app.sock")
     extra = os.path.join(workdir, "extra.sock")

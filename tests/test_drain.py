@@ -12,6 +12,8 @@ import requests
 
 from support import WORKERS, Load, wait_for
 
+pytestmark = pytest.mark.lines  # every test here goes through internals that differ between lines
+
 BEFORE_SEND = ("refused", "connect_timeout")
 
 

@@ -70,6 +70,7 @@ def test_after_a_rollback_recycled_workers_load_the_pinned_release(tmp_path, ser
                         % re.escape(os.path.join(root, "releases", "1"))) >= 4
 
 
+@pytest.mark.lines
 def test_kept_worker_that_cannot_be_replaced_reports_degraded_until_a_good_hup(workdir, servers):
     with NotifySocket(workdir) as notify:
         server = servers(workdir, workers=2, config_body=READINESS,
@@ -105,6 +106,7 @@ def test_kept_worker_that_cannot_be_replaced_reports_degraded_until_a_good_hup(w
 
 # -- 2. a reload decision never SIGKILLs a worker that may hold connections -------------------
 
+@pytest.mark.lines
 @pytest.mark.parametrize("worker", WORKERS)
 def test_hup_storm_under_load_loses_no_request(workdir, servers, worker):
     server = servers(workdir, worker=worker, workers=2, config_body=READINESS)
@@ -195,6 +197,7 @@ def slow_request_in_background(server, seconds):
     return thread, outcome
 
 
+@pytest.mark.lines
 @pytest.mark.parametrize("worker", WORKERS)
 def test_workers_of_a_killed_master_finish_in_flight_requests_and_exit(workdir, servers, worker):
     server = servers(workdir, worker=worker, workers=2)
@@ -241,6 +244,7 @@ def test_orphaned_thread_worker_tells_kept_alive_clients_to_close(workdir, serve
     assert outcome and not isinstance(outcome[0], Exception) and outcome[0].status_code == 200
 
 
+@pytest.mark.lines
 @pytest.mark.parametrize("worker", WORKERS)
 def test_new_master_promotes_itself_only_when_ready_after_the_old_master_died(workdir, servers,
                                                                              worker):
@@ -319,6 +323,7 @@ def control_socket_answers(workdir):
         return client.send_command("show workers")
 
 
+@pytest.mark.lines
 @pytest.mark.parametrize("fault", ["broken_release", "new_master_sigkill"])
 def test_rolled_back_upgrade_leaves_no_trace_and_a_later_one_succeeds(workdir, servers, fault):
     server = servers(workdir, workers=2, config_body=READINESS)
@@ -440,6 +445,7 @@ def test_a_worker_class_that_is_not_the_packs_stops_the_start_with_one_line(work
     assert "Traceback" not in server.log()
 
 
+@pytest.mark.lines
 def test_workers_dying_right_after_fork_never_crash_the_master(workdir, servers):
     server = servers(workdir, workers=2, config_body=READINESS + (
         "import os\n"

@@ -18,6 +18,7 @@ def answer(server, path):
     return response.status_code, response.text.strip()
 
 
+@pytest.mark.lines
 def test_health_answers_200_while_serving_and_503_in_lame_duck(workdir, servers):
     server = servers(workdir, workers=2, config_body=HEALTH % 3 + "accesslog = '-'\n")
     assert answer(server, "/health") == (200, "serving")
@@ -52,6 +53,7 @@ def test_health_answers_200_while_serving_and_503_in_lame_duck(workdir, servers)
     assert load.failures(allow=("refused", "connect_timeout")) == [], load.summary()
 
 
+@pytest.mark.lines
 @pytest.mark.parametrize("second", [signal.SIGTERM, signal.SIGINT])
 def test_a_second_term_or_an_int_skips_the_delay(workdir, servers, second):
     server = servers(workdir, workers=1, config_body=HEALTH % 60)

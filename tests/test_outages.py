@@ -9,6 +9,7 @@ import json
 import os
 import signal
 
+import pytest
 import requests
 
 from support import (NotifySocket, Watcher, cli, pid_in, unwritable, upgrade_command,
@@ -19,6 +20,7 @@ HEALTH = "graceful_health_path = '/health'\n"
 NAMELESS = signal.SIGRTMIN + 1  # Python has no name for it: signal.Signals(35) raises
 
 
+@pytest.mark.lines
 def test_a_booting_worker_killed_by_a_nameless_signal_is_a_rollback(workdir, servers):
     server = servers(workdir, workers=2, config_body=READINESS)
     write_app(workdir, "2", before="time.sleep(30)")
@@ -51,6 +53,7 @@ def test_a_new_master_killed_by_a_nameless_signal_is_a_rollback(workdir, servers
     assert server.alive() and server.version() == "1", server.tail()
 
 
+@pytest.mark.lines
 def test_a_hand_over_with_a_shutdown_delay_never_tells_systemd_it_stops(workdir, servers):
     """The old master drains for its new master: no STOPPING=1 (systemd would stop the unit,
     new master included), no lame duck (its workers' 503s would take the backend out)."""

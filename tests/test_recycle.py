@@ -46,6 +46,7 @@ def recycle_under_load(server, pattern, count, slow_threads=0):
     return load
 
 
+@pytest.mark.lines
 @pytest.mark.parametrize("worker", WORKERS)
 def test_max_requests_recycles_ready_first_with_zero_failures(workdir, servers, worker):
     server = servers(workdir, worker=worker, workers=2,
@@ -168,6 +169,7 @@ def status_workers(server):
         return json.load(handle)["workers"]
 
 
+@pytest.mark.lines
 def test_ttou_while_a_replacement_boots_keeps_a_ready_worker_serving(workdir, servers):
     write_app(workdir, "1", before=SLOW_WHEN_MARKED)
     server = servers(workdir, worker="sync", workers=2,

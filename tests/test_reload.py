@@ -34,6 +34,7 @@ def assert_no_failures(load):
     assert load.failures() == [], load.summary()
 
 
+@pytest.mark.lines
 @pytest.mark.parametrize("worker", WORKERS)
 def test_hup_with_same_code_replaces_every_worker_with_zero_failures(workdir, servers, worker):
     server = servers(workdir, worker=worker, workers=2, config_body=READINESS)
@@ -46,6 +47,7 @@ def test_hup_with_same_code_replaces_every_worker_with_zero_failures(workdir, se
     assert server.count(r"event=master\.phase pid=\d+ from=reloading to=serving") == 1
 
 
+@pytest.mark.lines
 @pytest.mark.parametrize("worker", WORKERS)
 def test_hup_with_code_that_raises_at_import_rolls_back_and_keeps_serving(workdir, servers,
                                                                           worker):
@@ -91,6 +93,7 @@ def test_hup_with_failing_readiness_path_rolls_back(workdir, servers, worker):
     assert "Traceback" not in log and "Exception in worker process" not in log
 
 
+@pytest.mark.lines
 def test_worker_hanging_at_import_is_stopped_at_the_readiness_timeout(workdir, servers):
     server = servers(workdir, workers=2,
                      config_body=READINESS + "graceful_readiness_timeout = 2\n")

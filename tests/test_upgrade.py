@@ -47,6 +47,7 @@ def upgrade_under_load(server, expect_code, extra=100):
     return load, out, err
 
 
+@pytest.mark.lines
 def test_usr2_to_a_good_release_hands_over_with_zero_failures(workdir, servers):
     server = servers(workdir, workers=2, config_body=READINESS)
     old = server.pid
@@ -69,6 +70,7 @@ def test_usr2_to_a_good_release_hands_over_with_zero_failures(workdir, servers):
             ctl.connect(os.path.join(workdir, "ctl.sock"))  # gunicornc keeps working
 
 
+@pytest.mark.lines
 def test_usr2_works_when_started_as_python_m_gunicorn(workdir, servers):
     # Stock Gunicorn re-executes .../gunicorn/__main__.py as a script, and the new master
     # then imports gunicorn/http as the stdlib's http: every worker fails to boot.
@@ -85,6 +87,7 @@ def test_usr2_works_when_started_as_python_m_gunicorn(workdir, servers):
     ({"before": "raise RuntimeError('no database url')"}, "RuntimeError: no database url"),
     ({"healthz": 503}, "readiness path /healthz answered 503"),
 ])
+@pytest.mark.lines
 def test_usr2_to_a_failing_release_rolls_back_and_keeps_serving(workdir, servers, release,
                                                                reason):
     server = servers(workdir, workers=2, config_body=READINESS)
@@ -106,6 +109,7 @@ def test_usr2_to_a_release_booting_for_3s_serves_throughout(workdir, servers):
     assert server.version() == "2"
 
 
+@pytest.mark.lines
 def test_new_master_killed_mid_upgrade_is_rolled_back(workdir, servers):
     server = servers(workdir, workers=2, config_body=READINESS)
     write_app(workdir, "2", before="time.sleep(30)")
