@@ -270,7 +270,11 @@ class Upgrades:
             and arbiter.phase.is_in(Phase.TAKING_OVER)
 
     def promoted(self, old_master, trial_pidfile):
+        """Promoted: the pidfile and status file of the trial go, and the control socket path
+        is bound to this master again (Gunicorn 27's old master re-binds it at each fork,
+        so a worker it replaced during the upgrade took the path back)."""
         arbiter = self.arbiter
+        compat.rebind_control_socket(arbiter)
         arbiter.phase.move(Phase.SERVING)
         emit(arbiter.log, "info", "upgrade.promoted", pid=arbiter.pid, old_master=old_master)
         if trial_pidfile is not None:

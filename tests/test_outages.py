@@ -12,6 +12,7 @@ import signal
 import pytest
 import requests
 
+from gunicorn_graceful import compat
 from support import (NotifySocket, Watcher, cli, pid_in, unwritable, upgrade_command,
                      usr2_new_master, wait_for, write_app)
 
@@ -169,3 +170,24 @@ def test_a_symlink_planted_beside_the_pidfile_is_never_followed(workdir, servers
     with open(victim) as handle:
         assert handle.read() == "precious\n"
     assert os.stat(victim).st_mode & 0o777 == 0o600
+
+
+@pytest.mark.skipif(not compat.CONTROL_SOCKET, reason="Gunicorn < 27 has no control socket")
+def test_gunicornc_answers_the_promoted_master_after_the_old_one_replaced_a_worker(workdir,
+                                                                                  servers):
+    """Gunicorn 27's master re-binds the control socket at each fork: a worker the old master
+    replaced during the upgrade took the path back from the new master."""
+    from gunicorn.ctl.client import ControlClient
+    server = servers(workdir, workers=2, config_body=READINESS)
+    write_app(workdir, "2", before="time.sleep(3)")
+    new_master = usr2_new_master(server)
+    victim = server.wait_log(r"event=worker\.ready pid=(\d+) generation=1").group(1)
+    os.kill(int(victim), signal.SIGKILL)
+    server.wait_log(r"event=worker\.ready pid=\d+ generation=1", count=3)  # the replacement
+    server.wait_log(r"event=upgrade\.promoted pid=%s" % new_master, timeout=60)
+    server.wait_exit(timeout=30)
+
+    def master_answering():
+        with ControlClient(os.path.join(workdir, "ctl.sock"), timeout=5) as client:
+            return client.send_command("show stats").get("pid")
+    assert wait_for(master_answering, 10, "gunicornc to answer") == new_master
