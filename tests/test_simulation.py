@@ -10,7 +10,7 @@ to the shortest one and printed; each one found becomes a named test below.
 import os
 import signal
 
-from hypothesis import HealthCheck, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, Phase as Phase_, settings as hsettings, strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition,
                                  rule, run_state_machine_as_test)
 
@@ -306,9 +306,10 @@ def user_pre_fork(server, worker):
     """A user's own pre_fork, defined after install(globals()): it replaces the pack's."""
 
 
-def run(machine, examples=EXAMPLES):
+def run(machine, examples=EXAMPLES, shrink=True):
+    phases = [Phase_.explicit, Phase_.generate] + ([Phase_.shrink] if shrink else [])
     run_state_machine_as_test(machine, settings=hsettings(
-        max_examples=examples, stateful_step_count=STEPS, deadline=None,
+        max_examples=examples, stateful_step_count=STEPS, deadline=None, phases=phases,
         suppress_health_check=list(HealthCheck), database=None, print_blob=True))
 
 
@@ -366,9 +367,10 @@ def test_a_new_master_that_asks_after_its_rollback_is_not_handed_the_service():
 # (a few lines, quoted from that code) and expects the invariants to catch it.
 
 def failures(machine, examples=500):
-    """The messages of what Hypothesis found running `machine` (all of them, when several)."""
+    """The messages of what Hypothesis found running `machine` (all of them, when several;
+    not shrunk: only whether the invariants catch it matters here)."""
     try:
-        run(machine, examples)
+        run(machine, examples, shrink=False)
     except BaseException as exc:  # an ExceptionGroup when it found distinct failures
         return [str(leaf) for leaf in leaves(exc)]
     return []
