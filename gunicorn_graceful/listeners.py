@@ -31,6 +31,7 @@ _DROP_ALL = struct.pack("HBBI", 0x06, 0, 0, 0)  # BPF_RET | BPF_K, return 0 byte
 # The filter program outlives the call that attaches it only in the kernel,
 # which copies it; the buffer is kept here anyway so its address stays valid.
 _program = ctypes.create_string_buffer(_DROP_ALL)
+_libc = ctypes.CDLL(None, use_errno=True)
 
 
 def _is_tcp(sock):
@@ -50,13 +51,20 @@ def queued(sock):
 
 
 def door_closed(sock):
-    """Whether the door of `sock` is closed (only a full stop attaches a filter to it)."""
+    """Whether the door of `sock` is closed (only a full stop attaches a filter to it).
+
+    SO_GET_FILTER takes the buffer length as a count of filter instructions
+    (8 bytes each): Python's getsockopt would offer a 4-byte int, and the
+    kernel would copy a whole instruction into it. With a length of 0 the
+    kernel copies nothing and answers the number of instructions attached.
+    """
     if not _is_tcp(sock):
         return False
-    try:
-        return sock.getsockopt(socket.SOL_SOCKET, _SO_GET_FILTER) != 0
-    except OSError:
+    length = ctypes.c_uint(0)
+    if _libc.getsockopt(sock.fileno(), socket.SOL_SOCKET, _SO_GET_FILTER, None,
+                        ctypes.byref(length)) != 0:
         return False
+    return length.value > 0
 
 
 def take_queue(sock):

@@ -1,10 +1,11 @@
 """Units: the in-flight registry, the drain reporter, the settings, the event format."""
 
+import socket
 import time
 
 import pytest
 
-from gunicorn_graceful import files, inflight, preflight, settings
+from gunicorn_graceful import files, inflight, listeners, preflight, settings
 from gunicorn_graceful.events import format_event, redact
 
 
@@ -190,3 +191,16 @@ def test_a_file_failure_is_logged_again_after_the_path_worked_in_between(tmp_pat
     assert not files.write(log, target, "1\n")
     assert len(log.lines) == 2 and all("event=master.file_failed" in t for _, t in log.lines)
     assert list(tmp_path.iterdir()) == []  # no temporary file left behind
+
+
+def test_the_door_reads_as_closed_only_once_closed_and_the_check_copies_nothing():
+    """listeners.door_closed asks the kernel for the filter's length only (a length of 0):
+    a buffer-taking read made the kernel copy an 8-byte instruction into a 4-byte int."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        assert listeners.door_closed(sock) is False
+        assert listeners.close_door(sock) is True
+        assert listeners.door_closed(sock) is True
+    with socket.socket(socket.AF_UNIX) as unix:
+        assert listeners.door_closed(unix) is False
