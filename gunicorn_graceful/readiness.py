@@ -11,6 +11,8 @@ import inspect
 import io
 import sys
 
+from gunicorn_graceful.settings import ACCEPT
+
 
 class NotReady(Exception):
     """The check failed; the message is the one line the master logs."""
@@ -61,8 +63,14 @@ def _load_callable(ref):
 
 
 def _judge_path(settings, code):
-    if not 200 <= code < 300:
-        raise NotReady("readiness path %s answered %s" % (settings.readiness_path, code))
+    low, high = ACCEPT[settings.readiness_accept]
+    if low <= code < high:
+        return
+    reason = "readiness path %s answered %s" % (settings.readiness_path, code)
+    if code < 500:  # no such route, or a redirect: the setting, not the app, is off
+        reason += (" (point graceful_readiness_path at a route that answers 2xx, or set "
+                   "graceful_readiness_accept = '<500' to accept any answer of a running app)")
+    raise NotReady(reason)
 
 
 def _judge_callable(settings, result):

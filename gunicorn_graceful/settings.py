@@ -76,6 +76,17 @@ def _paths(name, value):
     return tuple(_path(name, item.strip()) for item in items if item.strip())
 
 
+ACCEPT = {"2xx": (200, 300), "<500": (100, 500)}
+
+
+def _accept(name, value):
+    text = str(value).strip()
+    if text not in ACCEPT:
+        raise SettingError(name, value, "'2xx' (a health route) or '<500' (any answer of an "
+                                        "app that imported and runs)")
+    return text
+
+
 def _callable_ref(name, value):
     value = "" if value is None else str(value)
     module, sep, attr = value.partition(":")
@@ -107,7 +118,13 @@ class Settings:
     readiness_path: str = dataclasses.field(default="", metadata={
         "parse": _path,
         "doc": "Path a new worker calls in-process (no network) before it counts as ready; "
-               "it must answer 2xx. Empty: ready once the app is loaded."})
+               "its answer must be one graceful_readiness_accept allows. Empty: ready once "
+               "the app is loaded."})
+    readiness_accept: str = dataclasses.field(default="2xx", metadata={
+        "parse": _accept,
+        "doc": "Which answers of the readiness path count as ready: '2xx' (a health route "
+               "of yours) or '<500' (any answer below 500: the app imported and runs, so "
+               "'/' of any app will do, a 404 or a login redirect included)."})
     readiness_warmup: tuple = dataclasses.field(default=(), metadata={
         "parse": _paths,
         "doc": "Paths called in-process before the readiness path, to warm caches "

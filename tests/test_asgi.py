@@ -190,7 +190,8 @@ def test_failing_readiness_path_rolls_back_hup_with_one_line(asgi, workdir, work
     server.signal(signal.SIGHUP)
     server.wait_log("event=reload.rollback ")
     assert server.count(r"event=worker\.not_ready pid=\d+ reason=\"NotReady: readiness path "
-                        r"/missing answered 404\"") >= 1
+                        r"/missing answered 404 \(point graceful_readiness_path at a route that "
+                        r"answers 2xx, or set graceful_readiness_accept = '<500'") >= 1
     assert requests.get(server.url + "/", timeout=5).json()["version"] == "1"
 
 

@@ -74,3 +74,40 @@ def test_pip_install_then_init_then_gunicorn_serves(tmp_path):
             pass
         proc.wait(timeout=10)
         log.close()
+
+
+@pytest.mark.parametrize("project", ["django", "flask example"])
+def test_a_newcomers_app_starts_reloads_and_stops_under_the_template(tmp_path, project):
+    """`init`, then the app a newcomer has: a fresh Django project (no health route) or the
+    README's Flask example; start, HUP, TERM, all clean."""
+    site = tmp_path / "site"
+    init = cli("init", str(site))
+    assert init.returncode == 0, init.stderr
+    if project == "django":
+        made = subprocess.run([sys.executable, "-m", "django", "startproject", "mysite",
+                               str(site)], capture_output=True, text=True, timeout=60)
+        assert made.returncode == 0, made.stderr
+        app = ["mysite.wsgi:application"]
+    else:
+        app = ["--pythonpath", ROOT, "examples.flask_app:app"]
+    gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
+    log_path = tmp_path / "gunicorn.log"
+    log = open(log_path, "wb")
+    proc = subprocess.Popen([gunicorn, "-c", "graceful.py", "-b", "127.0.0.1:0", *app],
+                            cwd=str(site), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    text = lambda: log_path.read_text(errors="replace")
+    try:
+        wait_for(lambda: "event=master.serving" in text(), 30, lambda: text()[-3000:])
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "event=reload.done generation=2" in text(), 30, lambda: text()[-3000:])
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=40) == 0
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
+        log.close()
+    assert "[ERROR]" not in text() and "Traceback" not in text(), text()[-3000:]

@@ -125,6 +125,7 @@ def test_settings_come_from_config_then_environment():
     ("graceful_max_worker_age_jitter", "-1", "a number of seconds >= 0"),
     ("graceful_readiness_callable", "nocolon", "'module:function'"),
     ("graceful_max_booting", "2.5", "a whole number >= 0"),
+    ("graceful_readiness_accept", "3xx", "'2xx' (a health route) or '<500'"),
     ("graceful_readines_path", "/h", "a known setting name"),
 ])
 def test_a_bad_setting_names_itself_its_value_and_what_is_allowed(name, value, allowed):
@@ -204,3 +205,18 @@ def test_the_door_reads_as_closed_only_once_closed_and_the_check_copies_nothing(
         assert listeners.door_closed(sock) is True
     with socket.socket(socket.AF_UNIX) as unix:
         assert listeners.door_closed(unix) is False
+
+
+@pytest.mark.parametrize("accept, code, ready", [
+    ("2xx", 200, True), ("2xx", 404, False), ("<500", 404, True), ("<500", 302, True),
+    ("<500", 500, False)])
+def test_the_readiness_path_accepts_what_the_setting_says(accept, code, ready):
+    from gunicorn_graceful import readiness
+    pack = settings.Settings(readiness_path="/", readiness_accept=accept)
+    app = lambda environ, start: start("%s X" % code, []) or [b""]
+    if ready:
+        readiness.check(app, pack)
+        return
+    with pytest.raises(readiness.NotReady) as failed:
+        readiness.check(app, pack)
+    assert ("graceful_readiness_accept = '<500'" in str(failed.value)) == (code < 500)

@@ -19,7 +19,11 @@ keepalive = 2
 pidfile = "gunicorn.pid"  # in the working directory; /run/<app>/... under systemd
 
 # The pack's own settings (GRACEFUL_<NAME> in the environment wins over these).
-graceful_readiness_path = "/healthz"   # a new worker must answer 2xx here before it serves
+# A new worker calls this path in-process before it serves. "/" and any answer below 500
+# work for any app that imports and runs; with a real health route of yours, require 2xx:
+#   graceful_readiness_path = "/healthz"; graceful_readiness_accept = "2xx"
+graceful_readiness_path = "/"
+graceful_readiness_accept = "<500"
 graceful_readiness_timeout = 30        # seconds from fork to ready, else the reload rolls back
 graceful_drain_log_interval = 1.0      # one INFO line per second while draining
 graceful_deadline_warning = 2.0        # list requests about to be cut this long before the deadline

@@ -23,7 +23,11 @@ keepalive = 2
 pidfile = "gunicorn.pid"  # in the working directory; /run/<app>/... under systemd
 
 # The pack's own settings (GRACEFUL_<NAME> in the environment wins over these).
-graceful_readiness_path = "/ready"         # called in-process after the lifespan startup; 2xx
+# Called in-process after the lifespan startup. "/" and any answer below 500 work for any
+# app that starts; with a real health route of yours, require 2xx:
+#   graceful_readiness_path = "/ready"; graceful_readiness_accept = "2xx"
+graceful_readiness_path = "/"
+graceful_readiness_accept = "<500"
 graceful_readiness_timeout = 30
 graceful_lifespan_shutdown_timeout = 5     # kept for the lifespan shutdown at the drain's end
 graceful_websocket_close_delay = 0         # > 0: the app closes its own WebSockets first
