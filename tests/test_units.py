@@ -213,7 +213,10 @@ def test_the_door_reads_as_closed_only_once_closed_and_the_check_copies_nothing(
 def test_the_readiness_path_accepts_what_the_setting_says(accept, code, ready):
     from gunicorn_graceful import readiness
     pack = settings.Settings(readiness_path="/", readiness_accept=accept)
-    app = lambda environ, start: start("%s X" % code, []) or [b""]
+
+    def app(environ, start_response):
+        start_response("%s X" % code, [])
+        return [b""]
     if ready:
         readiness.check(app, pack)
         return
