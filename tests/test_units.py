@@ -155,9 +155,9 @@ def test_timing_warnings_name_the_fix():
                for w in settings.timing_warnings(Cfg(graceful_timeout=0), settings.Settings()))
 
 
-def test_every_setting_is_in_the_readme_table():
+def test_every_setting_is_in_the_settings_table():
     import os
-    with open(os.path.join(os.path.dirname(__file__), "..", "README.md")) as handle:
+    with open(os.path.join(os.path.dirname(__file__), "..", "docs", "settings.md")) as handle:
         readme = handle.read()
     for field in settings.Settings.fields():
         row = "| `%s` | `%s` |" % (settings.config_name(field.name), settings.env_name(field.name))
