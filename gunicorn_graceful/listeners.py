@@ -7,7 +7,9 @@ A full stop therefore:
    listener, so nothing new enters the queue (connections already queued are
    sockets of their own and keep working);
 2. takes what waits in the queue: the master shuts an empty queue at once; else
-   the first worker to get SIGTERM accepts all of it (`take_queue`);
+   the first worker to get SIGTERM that can serve it accepts all of it
+   (`take_queue`): a sync worker busy with a request takes it only once that
+   request ended, as it could serve nothing before;
 3. shuts the listener (`shutdown`): it stops listening for every process that
    holds it, so a new client is refused at once, before it sent anything,
    while the workers drain what they took.
@@ -68,25 +70,30 @@ def door_closed(sock):
 
 
 def take_queue(sock):
-    """Accept every connection waiting in `sock`'s queue: [(client, addr)].
+    """Accept every connection waiting in `sock`'s queue: ([(client, addr)], problem).
 
     Only system calls: safe in a signal handler. A listener shut already (by
-    the master, or another worker) has nothing left to take.
+    the master, or another worker) has nothing left to take. `problem` names
+    the error that stopped the taking early (EMFILE at the open-file limit,
+    ENOBUFS, ...), or is None when the queue is empty: a listener must never be
+    shut while it holds connections, which the kernel would reset.
     """
     taken = []
     try:
         sock.setblocking(False)
     except OSError:
-        return taken
+        return taken, None
     for _ in range(_TAKE_LIMIT):
         try:
             taken.append(sock.accept())
         except (BlockingIOError, InterruptedError):
             break
         except OSError as exc:
-            if exc.errno != errno.ECONNABORTED:
+            if exc.errno == errno.EINVAL:  # shut: nothing left to take
                 break
-    return taken
+            if exc.errno != errno.ECONNABORTED:
+                return taken, errno.errorcode.get(exc.errno, str(exc.errno))
+    return taken, None
 
 
 def shut(sock):

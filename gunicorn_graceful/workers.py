@@ -56,6 +56,8 @@ class GracefulMixin:
             reading=self.reading_connections, extra=self.drain_fields)
         self.backlog = {}   # retiring: listener -> how many waited when SIGTERM came
         self.taken = []     # a full stop: (listener, client, addr) taken from the queue
+        self.deferred = []  # a full stop while busy: listeners whose queue to take later
+        self.queue_left = []  # (listener, error) where taking the queue stopped early
         self.lame_duck = False
         health.quiet(self.log, self.settings)
         super().init_process()
@@ -168,12 +170,27 @@ class GracefulMixin:
         stays with the other workers; at most what waited now, accepted later.
         """
         for listener in self.sockets:
-            if listeners.door_closed(listener):
-                self.taken.extend((listener, client, addr)
-                                  for client, addr in listeners.take_queue(listener))
-                listeners.shut(listener)
-            else:
+            if not listeners.door_closed(listener):
                 self.backlog[listener] = listeners.queued(listener)
+            elif self.busy():
+                self.deferred.append(listener)
+            else:
+                self.take_all(listener)
+
+    def busy(self):
+        """Whether this worker can serve nothing more until its current request ends (a
+        sync worker): then it leaves the queue to an idle worker, or takes it after."""
+        return False
+
+    def take_all(self, listener):
+        """Signal-safe: accept all that waits in `listener`, then shut it, but only once it is
+        empty (what could not be taken stays for another worker, or for the deadline)."""
+        taken, problem = listeners.take_queue(listener)
+        self.taken.extend((listener, client, addr) for client, addr in taken)
+        if problem is None:
+            listeners.shut(listener)
+        else:
+            self.queue_left.append((listener, problem))
 
     def is_parent_alive(self):
         """Gunicorn's check, called in the run loop; an orphan drains as on SIGTERM, but
@@ -239,6 +256,14 @@ class GracefulMixin:
         bound keeps it from serving forever while the other workers keep the
         listener open and new connections keep coming.
         """
+        deferred, self.deferred = self.deferred, []
+        for listener in deferred:  # the request in flight at SIGTERM is done
+            self.take_all(listener)
+        for listener, problem in self.queue_left:
+            emit(self.log, "warning", "drain.queue_left", pid=self.pid, listener=listener,
+                 left=listeners.queued(listener), reason="taking the queue stopped at %s: "
+                 "left for another worker or the deadline" % problem)
+        self.queue_left = []
         taken, self.taken = self.taken, []
         for listener, client, addr in taken:
             serve_one(listener, client, addr)
@@ -278,6 +303,10 @@ class GracefulSyncWorker(GracefulMixin, SyncWorker):
     def reading_connections(self):
         """One while the worker reads a request that has not reached the app yet."""
         return 1 if self.reading_peer is not None and not len(self.inflight) else 0
+
+    def busy(self):
+        """A request in flight, or one still being read (a slow client, an upload)."""
+        return self.reading_peer is not None or len(self.inflight) > 0
 
     def serve_backlog(self):
         for sock in self.sockets:

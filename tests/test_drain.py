@@ -209,3 +209,34 @@ def test_control_characters_in_a_cut_request_path_are_escaped_in_the_log(workdir
         server.tail()
     assert "\r" not in log and "\x1b" not in log
     assert not any(line.startswith("[ERROR]") for line in log.splitlines())
+
+
+def test_a_sync_worker_busy_with_a_slow_client_leaves_the_queue_to_one_that_can_serve_it(
+        workdir, servers):
+    """Both sync workers are busy at TERM, one of them reading a client that never finishes
+    its request: the queued requests go to the worker that frees up, none is lost."""
+    server = servers(workdir, worker="sync", workers=2,
+                     config_body="graceful_timeout = 6\ntimeout = 30\n")
+    slowloris = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    slowloris.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # and never the blank line
+    busy = _send_raw(server.port, "/slow?seconds=2")
+    server.wait_started("/slow")
+    queued = [_send_raw(server.port, "/?n=%s" % i) for i in range(4)]
+    wait_for(lambda: server.count(r"event=worker\.ready") == 2 and _queued_at(server) >= 4,
+             10, "four requests in the accept queue")
+    server.signal(signal.SIGTERM)
+    try:
+        answers = [_read_status(sock) for sock in [busy] + queued]
+    finally:
+        slowloris.close()
+    assert answers == [200] * 5, (answers, server.tail())
+    assert server.wait_exit(timeout=30) == 0
+
+
+def _queued_at(server):
+    """How many connections wait in the server's accept queue (Linux: /proc/net/tcp)."""
+    port = "%04X" % server.port
+    with open("/proc/net/tcp") as handle:
+        rows = [line.split() for line in handle.readlines()[1:]]
+    listening = [r for r in rows if r[1].endswith(":" + port) and r[3] == "0A"]
+    return int(listening[0][4].split(":")[1], 16) if listening else 0

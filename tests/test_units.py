@@ -223,3 +223,35 @@ def test_the_readiness_path_accepts_what_the_setting_says(accept, code, ready):
     with pytest.raises(readiness.NotReady) as failed:
         readiness.check(app, pack)
     assert ("graceful_readiness_accept = '<500'" in str(failed.value)) == (code < 500)
+
+
+def test_taking_the_queue_stops_at_the_open_file_limit_and_then_never_shuts_the_listener():
+    """EMFILE while taking the queue on a full stop: what is left stays for another worker or
+    the deadline (a shut listener would reset it), and the worker says how many and why."""
+    import errno
+
+    class Listener:
+        shut = False
+
+        def __init__(self):
+            self.waiting = ["a", "b", "c"]
+
+        def setblocking(self, flag):
+            pass
+
+        def accept(self):
+            if len(self.waiting) == 2:
+                raise OSError(errno.EMFILE, "Too many open files")
+            return self.waiting.pop(), ("127.0.0.1", 1)
+
+        def shutdown(self, how):
+            self.shut = True
+
+    listener = Listener()
+    taken, problem = listeners.take_queue(listener)
+    assert [c for c, _ in taken] == ["c"] and problem == "EMFILE"
+    worker = type("Worker", (), {})()
+    worker.taken, worker.queue_left = [], []
+    from gunicorn_graceful.workers import GracefulMixin
+    GracefulMixin.take_all(worker, listener)
+    assert worker.queue_left == [(listener, "EMFILE")] and not listener.shut
