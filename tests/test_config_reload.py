@@ -15,7 +15,7 @@ import time
 import pytest
 import requests
 
-from support import Load, ROOT, free_port, wait_for, write_app, write_config
+from support import Load, ROOT, cli, free_port, wait_for, write_app, write_config
 
 PACKAGE_APP = '''\
 from myapp.version import VERSION
@@ -269,3 +269,34 @@ def test_a_unix_socket_kept_across_hups_and_a_rollback_always_accepts(workdir, s
     rebind(server, workdir, ["127.0.0.1:%s" % port])
     server.wait_log(r"event=reload\.done generation=4")
     assert answers("http://127.0.0.1:%s/" % port) and not os.path.exists(path)
+
+
+def test_hup_that_changes_workers_threads_timeouts_and_pack_settings_applies_them(workdir,
+                                                                                servers):
+    server = servers(workdir, worker="gthread", workers=2, serve=None,
+                     config_body="threads = 4\ngraceful_readiness_timeout = 30\n")
+    for flag in ("-w", "--threads"):  # from the config file, so that a HUP can change them
+        at = server.args.index(flag)
+        del server.args[at:at + 2]
+    server.start_serving()
+    write_config(workdir, body="workers = 3\nthreads = 2\ntimeout = 20\ngraceful_timeout = 15\n"
+                               "graceful_readiness_timeout = 12\ngraceful_max_booting = 1\n")
+    server.signal(signal.SIGHUP)
+    server.wait_log(r"event=reload\.done generation=2 duration=\S+ workers=3")
+    assert server.count(r"event=reload\.start generation=2 previous_generation=1 workers=3 "
+                        r"max_booting=1") == 1
+    assert server.count(r"event=master\.workers wanted=3 previous=2") == 1
+    shown = cli("status", "--pidfile", server.pidfile)
+    assert shown.stdout.count("generation=2 state=ready") == 3, shown.stdout
+    server.signal(signal.SIGTERM)
+    server.wait_log(r"event=master\.stopping .*graceful_timeout=15")
+
+
+def test_hup_to_a_config_that_calls_sys_exit_keeps_everything(workdir, servers):
+    server = servers(workdir, workers=2)
+    write_config(workdir, body="import sys\nsys.exit(3)\n")
+    server.signal(signal.SIGHUP)
+    server.wait_log(r"\[ERROR\] event=reload\.config_failed config=\S+ reason=\"the config "
+                    r"failed to load \(exit 3\)")
+    assert server.alive() and answers(server.url + "/")
+    assert "event=reload.start" not in server.log()

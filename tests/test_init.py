@@ -1,5 +1,6 @@
 """A pip user's path: install (not editable), `gunicorn-graceful init`, start, check status."""
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -54,12 +55,8 @@ def test_pip_install_then_init_then_gunicorn_serves(tmp_path):
     assert init.returncode == 0, init.stderr
     assert "next: gunicorn -c %s yourapp:app" % (site / "graceful.py") in init.stdout
     (site / "app.py").write_text(APP)
-    log = open(tmp_path / "gunicorn.log", "wb")
-    proc = subprocess.Popen([str(venv / "bin" / "gunicorn"), "-c", "graceful.py", "-b",
-                             "127.0.0.1:0", "app:app"], cwd=str(site), stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        text = lambda: (tmp_path / "gunicorn.log").read_text(errors="replace")
+    with gunicorn_in(site, tmp_path / "gunicorn.log", str(venv / "bin" / "gunicorn"),
+                     "app:app") as (proc, text):
         wait_for(lambda: "event=master.serving" in text(), 30, lambda: text()[-3000:])
         shown = subprocess.run([str(venv / "bin" / "gunicorn-graceful"), "status", "--pidfile",
                                 str(site / "gunicorn.pid")], capture_output=True, text=True,
@@ -67,6 +64,18 @@ def test_pip_install_then_init_then_gunicorn_serves(tmp_path):
         assert shown.returncode == 0 and "state=serving" in shown.stdout, shown.stdout
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=40) == 0
+
+
+@contextlib.contextmanager
+def gunicorn_in(site, log_path, gunicorn, *app):
+    """`gunicorn -c graceful.py APP` started in `site`, logging to `log_path`: (the process,
+    a function returning its log so far); its process group is killed at the end."""
+    log = open(log_path, "wb")
+    proc = subprocess.Popen([gunicorn, "-c", "graceful.py", "-b", "127.0.0.1:0", *app],
+                            cwd=str(site), stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        yield proc, lambda: log_path.read_text(errors="replace")
     finally:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -91,23 +100,10 @@ def test_a_newcomers_app_starts_reloads_and_stops_under_the_template(tmp_path, p
     else:
         app = ["--pythonpath", ROOT, "examples.flask_app:app"]
     gunicorn = os.path.join(os.path.dirname(sys.executable), "gunicorn")
-    log_path = tmp_path / "gunicorn.log"
-    log = open(log_path, "wb")
-    proc = subprocess.Popen([gunicorn, "-c", "graceful.py", "-b", "127.0.0.1:0", *app],
-                            cwd=str(site), stdout=log, stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    text = lambda: log_path.read_text(errors="replace")
-    try:
+    with gunicorn_in(site, tmp_path / "gunicorn.log", gunicorn, *app) as (proc, text):
         wait_for(lambda: "event=master.serving" in text(), 30, lambda: text()[-3000:])
         proc.send_signal(signal.SIGHUP)
         wait_for(lambda: "event=reload.done generation=2" in text(), 30, lambda: text()[-3000:])
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=40) == 0
-    finally:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(timeout=10)
-        log.close()
     assert "[ERROR]" not in text() and "Traceback" not in text(), text()[-3000:]

@@ -366,6 +366,24 @@ def test_a_new_master_that_asks_after_its_rollback_is_not_handed_the_service():
     assert not master.stopped and master.world.handed_over is None
 
 
+def test_a_reap_only_records_and_the_tick_forgets_the_worker():
+    """On Gunicorn 23 a reap runs inside the SIGCHLD handler, while the main loop may iterate
+    the records: it must not change the table ("dictionary changed size during iteration")."""
+    machine = MasterMachine()
+    try:
+        machine.start(workers=2, max_booting=0, shutdown_delay=0.0, max_worker_age=0.0)
+        master = machine.master
+        worker, _ = master.live()[0]
+        records = dict(master.arbiter.records.by_pid)
+        master.arbiter.reaped(worker.pid, 9)
+        assert master.arbiter.records.by_pid == records and worker.pid not in \
+            master.arbiter.WORKERS
+        master.loop()
+        assert worker.pid not in master.arbiter.records.by_pid
+    finally:
+        machine.teardown()
+
+
 # -- the simulation finds the defects of the old decision code --------------------------------
 # Each test puts one piece of the decision code back as it was before these defects were fixed
 # (a few lines, quoted from that code) and expects the invariants to catch it.
