@@ -8,8 +8,9 @@ A full stop therefore:
    sockets of their own and keep working);
 2. takes what waits in the queue: the master shuts an empty queue at once; else
    the first worker to get SIGTERM that can serve it accepts all of it
-   (`take_queue`): a sync worker busy with a request takes it only once that
-   request ended, as it could serve nothing before;
+   (`take_queue`): a sync worker still reading a slow client's request takes
+   it only once that request ended, as it might serve nothing before the
+   deadline;
 3. shuts the listener (`shutdown`): it stops listening for every process that
    holds it, so a new client is refused at once, before it sent anything,
    while the workers drain what they took.

@@ -178,8 +178,9 @@ class GracefulMixin:
                 self.take_all(listener)
 
     def busy(self):
-        """Whether this worker can serve nothing more until its current request ends (a
-        sync worker): then it leaves the queue to an idle worker, or takes it after."""
+        """Whether this worker may serve nothing more before the deadline (a sync worker
+        reading a slow client): then it leaves the queue to another worker, or takes it
+        once its request ended."""
         return False
 
     def take_all(self, listener):
@@ -305,8 +306,11 @@ class GracefulSyncWorker(GracefulMixin, SyncWorker):
         return 1 if self.reading_peer is not None and not len(self.inflight) else 0
 
     def busy(self):
-        """A request in flight, or one still being read (a slow client, an upload)."""
-        return self.reading_peer is not None or len(self.inflight) > 0
+        """Reading a request that has not reached the app: a slow client may hold this worker
+        until the deadline, so the queue is left to another worker (one with a request in
+        the app takes it, as that request ends, and shuts the listener: new clients are
+        then refused at once)."""
+        return self.reading_connections() > 0
 
     def serve_backlog(self):
         for sock in self.sockets:
