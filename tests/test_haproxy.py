@@ -30,7 +30,18 @@ def haproxies():
         proxy.stop()
 
 
-def test_rolling_restart_behind_haproxy_loses_no_request(tmp_path, servers, haproxies):
+@pytest.fixture
+def cpu_hog():
+    """A process that keeps one core busy for the test (at most 240 s): the machine is busy
+    with other work, as it was when this test once lost a request."""
+    hog = subprocess.Popen([sys.executable, "-c", "import time\nend = time.monotonic() + 240\n"
+                            "while time.monotonic() < end:\n    pass\n"])
+    yield hog
+    hog.kill()
+    hog.wait(timeout=10)
+
+
+def test_rolling_restart_behind_haproxy_loses_no_request(tmp_path, servers, haproxies, cpu_hog):
     dirs = {name: str(tmp_path / name) for name in ("a", "b")}
     backends = {}
     for name, directory in dirs.items():
