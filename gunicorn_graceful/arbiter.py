@@ -61,7 +61,8 @@ class GracefulArbiter(Arbiter):
         arbiter.stopper = Stop(arbiter)
         arbiter.status = StatusFile(arbiter)
         arbiter.keep_graceful_worker()
-        reason = arbiter.foreign_worker_reason(arbiter.cfg) or check_config(arbiter.cfg, arbiter.log)
+        reason = arbiter.foreign_worker_reason(arbiter.cfg) \
+            or check_config(arbiter.cfg, arbiter.log)
         if reason:
             raise SystemExit("Error: gunicorn-graceful: " + reason)
         return arbiter
