@@ -72,7 +72,8 @@ def pre_exec(server):
     if failure:
         emit(server.log, "error", "upgrade.refused", pid=os.getppid(), release=cwd,
              reason=failure)
-        upgrade_report.tell(int(server.cfg.env_orig[upgrade_report.ENV].split(",")[0]), failure)
+        upgrade_report.tell(upgrade_report.fds(server.cfg.env_orig[upgrade_report.ENV])[0],
+                            failure)
         os._exit(PRE_EXEC_FAILED)
 
 
@@ -163,7 +164,6 @@ def chain(pack_hook, user_hook):
     def chained(*args):
         pack_hook(*args)
         return user_hook(*args)
-    chained.graceful_chain = (pack_hook, user_hook)
     chained.graceful_hook = True
     return chained
 

@@ -81,18 +81,22 @@ def take(environ, env_orig):
     one that is missing (an old master of an earlier version passes no ack fd)."""
     value = environ.pop(ENV, None)
     env_orig.pop(ENV, None)
-    fds = []
-    for part in (value or "").split(",")[:2]:
+    report_fd, ack_fd = fds(value)
+    for fd in (report_fd, ack_fd):
         try:
-            fd = int(part)
             os.set_inheritable(fd, False)
-        except (TypeError, ValueError, OSError):
-            fd = None
-        fds.append(fd)
-    report_fd, ack_fd = (fds + [None, None])[:2]
+        except (TypeError, OSError):
+            pass
     if ack_fd is not None:
         os.set_blocking(ack_fd, False)
     return report_fd, ack_fd
+
+
+def fds(value):
+    """(report fd, ack fd) from the variable's value "report,ack"; None for a missing one."""
+    parts = (value or "").split(",")
+    numbers = [int(part) if part.strip().isdigit() else None for part in parts[:2]]
+    return tuple((numbers + [None, None])[:2])
 
 
 def acknowledged(fd):

@@ -258,7 +258,7 @@ class GracefulMixin:
         listener open and new connections keep coming.
         """
         deferred, self.deferred = self.deferred, []
-        for listener in deferred:  # the request in flight at SIGTERM is done
+        for listener in deferred:  # the request it was reading at SIGTERM is over
             self.take_all(listener)
         for listener, problem in self.queue_left:
             emit(self.log, "warning", "drain.queue_left", pid=self.pid, listener=listener,
@@ -307,9 +307,9 @@ class GracefulSyncWorker(GracefulMixin, SyncWorker):
 
     def busy(self):
         """Reading a request that has not reached the app: a slow client may hold this worker
-        until the deadline, so the queue is left to another worker (one with a request in
-        the app takes it, as that request ends, and shuts the listener: new clients are
-        then refused at once)."""
+        until the deadline, so the queue is left to another worker. One with a request in
+        the app still takes it at SIGTERM, serves it after that request, and shuts the
+        listener at once, so new clients are refused at once."""
         return self.reading_connections() > 0
 
     def serve_backlog(self):
