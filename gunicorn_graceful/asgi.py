@@ -122,6 +122,7 @@ class Guard:
         self.health_paths = {worker.settings.health_path, worker.settings.liveness_path} - {""}
         self.websockets = {}  # registry key -> coroutine function closing that socket
         self.closing = []  # the tasks sending close frames, once the drain began
+        self.close_round = None  # (code, reason) once the drain closed the WebSockets
         self.app_lifespan = None
 
     async def __call__(self, scope, receive, send):
@@ -138,7 +139,7 @@ class Guard:
                 if message["type"] == "http.response.start":
                     call.headers = message.get("headers") or ()
                     if worker.lame_duck or draining.reason is not None:
-                        message = dict(message, headers=list(call.headers) + [_CLOSE])
+                        message = dict(message, headers=_closing(call.headers))
                 await send(message)
 
             try:
@@ -168,25 +169,44 @@ class Guard:
         await send({"type": "http.response.body", "body": body})
 
     async def websocket(self, scope, receive, send):
+        """A WebSocket, closable by the drain's close round (`close_websockets`) from its
+        acceptance until it ends, and sent exactly one close frame: none once the app closed
+        it or the client left, and its own, at once, when accepted after the round."""
         call = Call(scope, websocket=True)
         key = None
-        closing = []  # set once this worker closed the socket: the app's later sends are moot
+        closed = []  # a close frame went out (the app's or this worker's), or the client left
 
         async def close(code, reason):
-            closing.append(code)
-            await send({"type": "websocket.close", "code": code, "reason": reason})
+            if not closed:
+                closed.append(code)
+                await send({"type": "websocket.close", "code": code, "reason": reason})
+
+        def ended():
+            closed.append(None)
+            self.websockets.pop(key, None)
 
         async def tracked_send(message):
             nonlocal key
-            if closing and message["type"] in ("websocket.send", "websocket.close"):
-                return
+            kind = message["type"]
+            if closed and kind in ("websocket.send", "websocket.close"):
+                return  # moot: the socket is closing
+            if kind == "websocket.close":
+                ended()
             await send(message)
-            if message["type"] == "websocket.accept":
+            if kind == "websocket.accept":
                 key = self.registry.add(call)
                 self.websockets[key] = close
+                if self.close_round is not None:
+                    self.closing.append(asyncio.ensure_future(close(*self.close_round)))
+
+        async def tracked_receive():
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                ended()
+            return message
 
         try:
-            await self.app(scope, receive, tracked_send)
+            await self.app(scope, tracked_receive, tracked_send)
         except asyncio.CancelledError:
             if not (call.cut and self.worker.CUT_QUIETLY):
                 raise
@@ -196,17 +216,32 @@ class Guard:
                 self.registry.end(key)
 
     def close_websockets(self, code, reason):
-        """Send every open WebSocket a close frame; the handshakes run as tasks of their own
-        (kept here: the loop holds only weak references to tasks)."""
+        """Send every open WebSocket a close frame, and every one accepted later (the
+        handshake was on its way); the frames go out as tasks of their own (kept here:
+        the loop holds only weak references to tasks)."""
+        self.close_round = (code, reason)
         self.closing = [asyncio.ensure_future(close(code, reason))
                         for close in list(self.websockets.values())]
 
     async def lifespan(self, scope, receive, send):
-        """The server's lifespan: the app's startup, the readiness check, then (at the end of
-        the drain) the app's shutdown, bounded by what the drain has left."""
+        """The server's lifespan: the app's startup and the readiness check (unless `start`
+        ran them already), then, at the end of the drain, the app's shutdown, bounded by
+        what the drain has left."""
+        await receive()  # lifespan.startup
+        if self.app_lifespan is None:
+            await self.start(scope)
+        await send({"type": "lifespan.startup.complete"})
+        await receive()  # lifespan.shutdown
+        await self.shutdown_app()
+        await send({"type": "lifespan.shutdown.complete"})
+
+    async def start(self, scope):
+        """The app's startup, then the readiness check; a worker that fails either exits.
+
+        A worker class calls it itself, before its server's lifespan, where that server
+        bounds the startup by less than `graceful_readiness_timeout` (see worker_asgi)."""
         state = scope.setdefault("state", {})
         state[STATE_KEY] = self.worker.draining
-        await receive()  # lifespan.startup
         self.app_lifespan = AppLifespan(self.app, scope, self.worker)
         failure = await self.app_lifespan.startup()
         if failure is None:
@@ -216,10 +251,11 @@ class Guard:
             await self.app_lifespan.shutdown(self.worker.settings.lifespan_shutdown_timeout)
             self.worker.exit_not_ready()
         self.worker.became_ready()
-        await send({"type": "lifespan.startup.complete"})
-        await receive()  # lifespan.shutdown
-        await self.app_lifespan.shutdown(self.worker.lifespan_time_left())
-        await send({"type": "lifespan.shutdown.complete"})
+
+    async def shutdown_app(self):
+        """The app's lifespan shutdown (once), bounded by what the drain has left."""
+        if self.app_lifespan is not None:
+            await self.app_lifespan.shutdown(self.worker.lifespan_time_left())
 
 
 class AppLifespan:
@@ -286,6 +322,12 @@ class AppLifespan:
                  reason=_last_line(reply))
         emit(self.worker.log, "info", "lifespan.shutdown", pid=self.worker.pid,
              duration=time.monotonic() - started)
+
+
+def _closing(headers):
+    """`headers` with `Connection: close` as their only connection header: an app's own
+    (keep-alive, or close already) is replaced, not repeated."""
+    return [header for header in headers if header[0].lower() != b"connection"] + [_CLOSE]
 
 
 def _last_line(reply):

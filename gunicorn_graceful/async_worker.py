@@ -139,6 +139,18 @@ class AsyncGracefulMixin(GracefulMixin):
         the heartbeat file (`refuse`) and rolls the generation back."""
         os._exit(Arbiter.WORKER_BOOT_ERROR)
 
+    def quick_stop(self):
+        """SIGINT/SIGQUIT, Gunicorn's quick stop, at any moment (a drain included): cut what
+        is in flight and exit as the sync worker does (`handle_quit`). Not through the
+        servers: Gunicorn's asgi worker would run its shutdown (our full drain), and uvicorn
+        drains on SIGINT and ignores a SIGQUIT that follows SIGTERM, which Gunicorn sends on
+        Ctrl-C during a stop."""
+        if self.serving:
+            for call in self.inflight.snapshot():
+                call.cut = True
+            self.abort_connections()  # their clients learn now, not from a 500 of the unwinding
+        self.handle_quit(signal.SIGQUIT, None)
+
     def stop_reason(self):
         """A full stop closed the listeners' door; anything else is a restart."""
         return "stop" if any(listeners.door_closed(s) for s in self.sockets) else "restart"
@@ -233,11 +245,11 @@ class AsyncGracefulMixin(GracefulMixin):
         if delay and self.guard.websockets:
             await self.wait_until(lambda: not self.guard.websockets,
                                   min(time.monotonic() + delay, self.cut_at))
+        code = self.draining.close_code
         if self.guard.websockets:
-            code = self.draining.close_code
             emit(self.log, "info", "drain.websockets_close", pid=self.pid,
                  websockets=len(self.guard.websockets), code=code)
-            self.guard.close_websockets(code, _CLOSE_REASONS[self.draining.reason])
+        self.guard.close_websockets(code, _CLOSE_REASONS[self.draining.reason])
 
     async def cut(self):
         """The deadline for connections: end every call still running (each was reported)."""

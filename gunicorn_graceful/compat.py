@@ -51,6 +51,11 @@ PIDFILE_ATTRIBUTES = ["fname", "pid"]
 THREAD_WORKER_STOP_HOOK = hasattr(ThreadWorker, "set_accept_enabled") \
     and hasattr(ThreadWorker, "_cap_keepalive")
 
+# Gunicorn >= 24's thread worker calls set_accept_enabled(False) in its loop when it stops:
+# there the graceful thread worker serves what it took from the accept queue through the
+# worker's own pool. Gunicorn 23's has no such call: it serves them after its loop.
+THREAD_WORKER_ACCEPT_HOOK = hasattr(ThreadWorker, "set_accept_enabled")
+
 # Gunicorn 23 reaps children inside its SIGCHLD handler (handle_chld(sig, frame)); newer
 # releases queue the signal (signal_chld) and reap in the main loop. The pack's reap only
 # records in either case, and labels a worker before its fork (records.expect).
@@ -81,7 +86,8 @@ RELOAD_STATS = "_stats['reloads']" in inspect.getsource(Arbiter.reload)
 # SIGTERM through `handle_exit_signal()` (contract-tested where it exists).
 NATIVE_ASGI = importlib.util.find_spec("gunicorn.workers.gasgi") is not None
 NATIVE_ASGI_METHODS = {"_shutdown": ["self"], "handle_exit_signal": ["self"],
-                       "_serve": ["self"], "load_wsgi": ["self"]}
+                       "handle_quit_signal": ["self"], "_serve": ["self"],
+                       "load_wsgi": ["self"]}
 
 
 def _counts_connections():
@@ -96,6 +102,20 @@ def _counts_connections():
 
 
 NATIVE_ASGI_COUNTS_CONNECTIONS = _counts_connections()
+
+
+def _hears_close_reply():
+    """Gunicorn >= 26's asgi WebSocket keeps reading after the server's close frame until the
+    client answers it, and tells the app `websocket.disconnect`. 24 and 25 stop reading at
+    once: a handler waiting in receive() after the worker closed its socket waits until the
+    drain's cut."""
+    if not NATIVE_ASGI:
+        return False
+    from gunicorn.asgi.websocket import WebSocketProtocol
+    return "_close_received" in inspect.getsource(WebSocketProtocol)
+
+
+NATIVE_WEBSOCKET_HEARS_CLOSE_REPLY = _hears_close_reply()
 
 
 def listener_class(address):

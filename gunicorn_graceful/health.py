@@ -32,10 +32,17 @@ def wrap(app, settings, state_of):
     return with_health
 
 
+def unlogged_paths(settings):
+    """The paths kept out of the access log: the probes', unless graceful_health_access_log."""
+    if settings.health_access_log:
+        return set()
+    return {settings.health_path, settings.liveness_path} - {""}
+
+
 def quiet(log, settings):
-    """Keep health probes out of this worker's access log unless graceful_health_access_log."""
-    paths = {settings.health_path, settings.liveness_path} - {""}
-    if not paths or settings.health_access_log:
+    """Keep health probes out of this worker's (Gunicorn's) access log."""
+    paths = unlogged_paths(settings)
+    if not paths:
         return
     access = log.access
 

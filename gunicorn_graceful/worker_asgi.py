@@ -31,8 +31,13 @@ if compat.NATIVE_ASGI:
             async_worker.check_settings(cfg)
 
         async def _serve(self):
-            """The base's, remembering its task: the drain ends its serving loop."""
+            """The base's, remembering its task (the drain ends its serving loop), after the
+            app's startup and readiness check: Gunicorn's lifespan manager gives those 30 s,
+            then serves as if the app had no lifespan; here `graceful_readiness_timeout`
+            governs, as on every class. The manager then finds the startup done."""
             self.serving_task = asyncio.current_task()
+            await self.guard.start({"type": "lifespan", "state": self.state,
+                                    "asgi": {"version": "3.0", "spec_version": "2.4"}})
             await super()._serve()
 
         def handle_exit_signal(self):
@@ -43,6 +48,11 @@ if compat.NATIVE_ASGI:
                 os._exit(0)
             if self.heartbeat is None:
                 self.draining_task = asyncio.ensure_future(self._drain_then_exit())
+
+        def handle_quit_signal(self):
+            """SIGINT/SIGQUIT: a quick stop now (the base's would end in our full drain)."""
+            self._quick_shutdown = True  # the base's cleanup then waits 1 s at most
+            self.quick_stop()
 
         async def _drain_then_exit(self):
             await self.graceful_shutdown()
@@ -71,6 +81,9 @@ if compat.NATIVE_ASGI:
             """Nothing: cancelling a call makes Gunicorn close its connection."""
 
         async def shutdown_lifespan(self):
+            """The app's shutdown first, bounded by the drain (Gunicorn's manager would cancel
+            it at 30 s), then the manager's, which finds it done."""
+            await self.guard.shutdown_app()
             if self.lifespan is not None:
                 await self.lifespan.shutdown()
 

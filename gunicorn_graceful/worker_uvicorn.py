@@ -5,6 +5,7 @@ Every override of uvicorn's internals is here: the server's exit signal and its
 (`server_state.connections`), closed or aborted there.
 """
 
+import logging
 import os
 import signal
 import sys
@@ -13,27 +14,26 @@ from gunicorn.arbiter import Arbiter
 from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
-from gunicorn_graceful import async_worker
+from gunicorn_graceful import async_worker, health, settings
 
 
 class GracefulServer(Server):
-    """uvicorn's server, draining the pack's way on SIGTERM (its own stop on SIGINT/SIGQUIT)."""
+    """uvicorn's server, draining the pack's way on SIGTERM, stopping at once on SIGINT/SIGQUIT."""
 
     def __init__(self, config, worker):
         super().__init__(config)
         self.worker = worker
 
     def handle_exit(self, sig, frame):
-        """uvicorn's signal handler: a booting worker has accepted nothing and ends at once."""
+        """uvicorn's signal handler. SIGINT/SIGQUIT: Gunicorn's quick stop (`quick_stop`);
+        SIGTERM: a booting worker has accepted nothing and ends at once, a serving one drains."""
+        if sig in (signal.SIGINT, signal.SIGQUIT):
+            self.worker.quick_stop()
         if not self.worker.serving:
             os._exit(0)
         super().handle_exit(sig, frame)
-        if sig == signal.SIGQUIT:
-            self.force_exit = True
 
     async def shutdown(self, sockets=None):
-        if self.force_exit:
-            return await super().shutdown(sockets)
         await self.worker.graceful_shutdown()
 
 
@@ -49,6 +49,9 @@ class GracefulUvicornWorker(async_worker.AsyncGracefulMixin, UvicornWorker):
 
     def init_process(self):
         self.server = None
+        paths = health.unlogged_paths(settings.current())
+        if paths:
+            logging.getLogger("uvicorn.access").addFilter(_NoProbes(paths))
         super().init_process()
 
     def handle_exit(self, sig, frame):
@@ -88,3 +91,17 @@ class GracefulUvicornWorker(async_worker.AsyncGracefulMixin, UvicornWorker):
 
     async def shutdown_lifespan(self):
         await self.server.lifespan.shutdown()
+
+
+class _NoProbes(logging.Filter):
+    """uvicorn writes its own access lines (not through Gunicorn's `access`, which
+    `health.quiet` wraps): the probes' are left out here. The path, with its query, is the
+    third argument of uvicorn's access record."""
+
+    def __init__(self, paths):
+        super().__init__()
+        self.paths = paths
+
+    def filter(self, record):
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (len(args) > 2 and str(args[2]).split("?", 1)[0] in self.paths)

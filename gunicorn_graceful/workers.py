@@ -9,16 +9,19 @@ import errno
 import os
 import signal
 import sys
+import threading
 import time
 
 from gunicorn import util
 from gunicorn.arbiter import Arbiter
-from gunicorn.workers.gthread import ThreadWorker
+from gunicorn.workers.gthread import TConn, ThreadWorker
 from gunicorn.workers.sync import SyncWorker
 
 from gunicorn_graceful import (compat, forked, health, inflight, listeners, readiness, recycle,
                                release, settings, state)
 from gunicorn_graceful.events import emit
+
+_QUICK_EXIT = 0.9  # a quick stop: how long the unwinding may take before the process just ends
 
 
 class GracefulMixin:
@@ -37,6 +40,19 @@ class GracefulMixin:
 
     LAME_DUCK_SIGNAL = signal.SIGUSR2
     THREADED = True  # requests may end in several threads (see inflight.Registry)
+
+    @classmethod
+    def check_config(cls, cfg, log):
+        """Gunicorn's checks, and HTTP/2 refused in one line: its connections bypass the
+        request path the pack hooks (lame duck's `Connection: close`, which HTTP/2 forbids,
+        recycling's count), and a stop would need a GOAWAY the pack does not send."""
+        protocols = getattr(cfg, "http_protocols", None) or ["h1"]
+        if "h2" in protocols:
+            raise SystemExit("Error: gunicorn-graceful: http_protocols=%s is not supported by "
+                             "the pack's workers (allowed: h1)" % ",".join(protocols))
+        parent = super()
+        if hasattr(parent, "check_config"):
+            parent.check_config(cfg, log)
 
     def init_process(self):
         if settings.installed() and not getattr(self.cfg.on_starting, "graceful_hook", False):
@@ -212,8 +228,15 @@ class GracefulMixin:
         return False
 
     def handle_quit(self, sig, frame):
-        """SIGINT/SIGQUIT (worker_int): a quick stop cuts what is in flight; say what."""
+        """SIGINT/SIGQUIT (worker_int): a quick stop cuts what is in flight; say what.
+
+        Gunicorn's SystemExit may be caught on its way out (its sync worker answers it with
+        a 500 and goes on; so does an app's `except BaseException`, or an event loop that
+        waits for its tasks): the timer ends the process within a second regardless."""
         self.report_cut("request.cut_quick")
+        bound = threading.Timer(_QUICK_EXIT, os._exit, (0,))
+        bound.daemon = True
+        bound.start()
         super().handle_quit(sig, frame)
 
     def handle_abort(self, sig, frame):
@@ -363,6 +386,23 @@ class GracefulThreadWorker(GracefulMixin, ThreadWorker):
     def _serve(self, listener, client, addr):
         """Through Gunicorn's own accept path (counting, connection, thread pool)."""
         self.accept(_Accepted(listener, client, addr))
+
+    def serve_backlog(self):
+        """Where the loop has no stop hook (`compat.THREAD_WORKER_ACCEPT_HOOK`): what the drain
+        took from the queue, served after the loop, one at a time in this thread (the pool
+        is shut by then); each answer closes its connection (the worker is not alive). The
+        loop closed its listeners: a retiring worker leaves the queue to the others."""
+        if not compat.THREAD_WORKER_ACCEPT_HOOK:
+            self.backlog = {}
+            self.take_backlog(self._serve_after_loop)
+
+    def _serve_after_loop(self, listener, client, addr):
+        conn = TConn(self.cfg, client, addr, client.getsockname())
+        conn.init()
+        try:
+            self.handle(conn)
+        finally:
+            conn.close()
 
 
 class _Accepted:

@@ -379,6 +379,182 @@ def test_term_serves_the_connections_waiting_in_the_listen_queue(asgi, worker):
     assert server.count(r"event=master\.stopping .*door_closed=http") == 1
 
 
+@pytest.mark.parametrize("signals", [("SIGQUIT",), ("SIGTERM", "SIGQUIT")],
+                         ids=["quit", "quit-during-the-drain"])
+@pytest.mark.parametrize("worker", CLASSES, ids=IDS)
+def test_a_quick_stop_ends_within_a_second_and_says_what_it_cut(asgi, worker, signals):
+    """Gunicorn's quick stop (SIGQUIT; also to a worker already draining, as Gunicorn >= 27
+    sends it on Ctrl-C during a stop) cuts what is in flight at once, one line per cut call;
+    without a drain before it, WebSockets are cut too (no close round)."""
+    server = asgi(worker, workers=1, config_body=CONFIG + "graceful_timeout = 20\n")
+    sockets = Sockets(server.url, 2).start()
+    thread, outcome = slow_request(server, 30, timeout=40)
+    started = time.monotonic()
+    if len(signals) == 2:  # what Gunicorn >= 27's master sends its workers on Ctrl-C in a stop
+        (worker_pid,) = server.children()
+        server.signal(signal.SIGTERM)
+        server.wait_log(r"event=drain\.start")
+        started = time.monotonic()
+        os.kill(worker_pid, signal.SIGQUIT)
+    else:
+        server.signal(signal.SIGQUIT)
+    assert server.wait_exit(timeout=30) == 0
+    assert time.monotonic() - started < 3, server.tail()
+    thread.join(10)
+    assert "error" in outcome  # the slow request was cut, not finished
+    assert server.count(r"event=request\.cut_quick pid=\d+ method=GET path=/slow") == 1
+    codes = sockets.join()
+    if len(signals) == 1:  # no drain: the sockets are cut with the rest, no close round
+        assert server.count(r"event=request\.cut_quick pid=\d+ method=WEBSOCKET") == 2
+        assert 1001 not in codes and 1012 not in codes, codes
+    else:  # the drain's close round came first: a stop's 1001
+        assert codes == [1001, 1001], codes
+
+
+EDGE_APP = '''\
+import asyncio
+import os
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocketDisconnect
+
+_started = os.path.join(os.path.dirname(os.path.abspath(__file__)), "started.log")
+
+
+def record(line):
+    with open(_started, "a") as handle:
+        handle.write(line + "\\n")
+
+
+async def home(request):
+    return PlainTextResponse("ok")
+
+
+async def own_close(request):
+    return PlainTextResponse("ok", headers={"Connection": "close"})
+
+
+async def own_keep_alive(request):
+    return PlainTextResponse("ok", headers={"Connection": "keep-alive"})
+
+
+async def late(websocket):
+    """Accepts only after a slow check (authentication, say)."""
+    record("/late")
+    await asyncio.sleep(1.5)
+    await websocket.accept()
+    try:
+        while True:
+            await websocket.receive_text()
+    except WebSocketDisconnect:
+        pass
+
+
+async def bye(websocket):
+    """Closes the socket itself, then its handler still runs a while."""
+    await websocket.accept()
+    await websocket.receive_text()
+    await websocket.close(code=4001)
+    record("/bye-closed")
+    await asyncio.sleep(3)
+
+
+app = Starlette(routes=[Route("/", home), Route("/ready", home),
+                        Route("/own-close", own_close), Route("/own-keep-alive", own_keep_alive),
+                        WebSocketRoute("/late", late), WebSocketRoute("/bye", bye)])
+'''
+
+
+def write_edge_app(workdir):
+    """asgiapp.py: an app for the edge cases (late accepts, own closes, own headers)."""
+    with open(os.path.join(workdir, "asgiapp.py"), "w") as handle:
+        handle.write(EDGE_APP)
+
+
+def websocket_close_code(url, say=None, timeout=30):
+    """Open a WebSocket to `url` in a thread (optionally sending `say`); (thread, codes):
+    the close code it received, once closed."""
+    codes = []
+
+    async def run():
+        async with websockets.connect(url.replace("http://", "ws://"), open_timeout=10,
+                                      close_timeout=5) as ws:
+            if say:
+                await ws.send(say)
+            try:
+                await asyncio.wait_for(ws.recv(), timeout)
+            except websockets.ConnectionClosed as closed:
+                codes.append(closed.rcvd.code if closed.rcvd else None)
+    thread = threading.Thread(target=lambda: asyncio.run(run()), daemon=True)
+    thread.start()
+    return thread, codes
+
+
+@pytest.mark.parametrize("worker", CLASSES, ids=IDS)
+def test_a_websocket_accepted_after_the_close_round_gets_its_close_at_once(asgi, workdir,
+                                                                           worker):
+    write_edge_app(workdir)
+    server = asgi(worker, workers=1, config_body=CONFIG + "graceful_timeout = 20\n")
+    thread, codes = websocket_close_code(server.url + "/late")
+    server.wait_started("/late")  # the handshake reached the app; it accepts 1.5 s later
+    started = time.monotonic()
+    server.signal(signal.SIGTERM)
+    thread.join(20)
+    assert codes == [1001], server.tail()
+    assert server.wait_exit(timeout=30) == 0
+    if "ASGIWorker" not in worker or compat.NATIVE_WEBSOCKET_HEARS_CLOSE_REPLY:
+        assert time.monotonic() - started < 10  # not held until the cut (README: 24, 25)
+
+
+@pytest.mark.parametrize("worker", CLASSES, ids=IDS)
+def test_a_websocket_the_app_closed_gets_no_second_close(asgi, workdir, worker):
+    write_edge_app(workdir)
+    server = asgi(worker, workers=1)
+    thread, codes = websocket_close_code(server.url + "/bye", say="bye")
+    thread.join(20)
+    assert codes == [4001]
+    server.wait_started("/bye-closed")  # its handler runs 3 s more
+    server.signal(signal.SIGTERM)
+    assert server.wait_exit(timeout=30) == 0
+    assert server.count(r"event=drain\.websockets_close") == 0, server.tail()
+    assert "never retrieved" not in server.log()
+
+
+def test_uvicorn_leaves_health_probes_out_of_its_access_log(asgi):
+    """uvicorn writes its own access lines: graceful_health_access_log (off) holds there too."""
+    server = asgi(CLASSES[0], workers=1, extra_args=["--access-logfile", "-"],
+                  config_body=CONFIG + 'graceful_health_path = "/healthz"\n'
+                  'graceful_liveness_path = "/livez"\n')
+    for path in ("/healthz", "/livez", "/healthz?probe=1", "/"):
+        assert requests.get(server.url + path, timeout=5).status_code == 200
+    wait_for(lambda: server.count(r'"GET / HTTP/1\.1" 200') == 1, 10, "the app's access line")
+    assert server.count(r'"GET /(healthz|livez)') == 0, server.tail()
+
+
+@pytest.mark.parametrize("worker", CLASSES, ids=IDS)
+def test_a_draining_answer_has_one_connection_header_when_the_app_sent_its_own(
+        asgi, workdir, worker):
+    write_edge_app(workdir)
+    server = asgi(worker, workers=1, config_body=CONFIG + "graceful_shutdown_delay = 5\n")
+    server.signal(signal.SIGTERM)  # lame duck: every answer closes its connection
+    server.wait_log(r"event=master\.lame_duck ")
+    for path in ("/own-close", "/own-keep-alive"):
+        def answer():
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as client:
+                client.sendall(("GET %s HTTP/1.1\r\nHost: localhost\r\n\r\n" % path).encode())
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    chunk = client.recv(4096)
+                    if not chunk:
+                        break
+                    head += chunk
+            return head.split(b"\r\n\r\n")[0].decode().lower()
+        head = wait_for(lambda: (lambda h: h if "connection: close" in h else None)(answer()),
+                        10, "a lame-duck answer")
+        assert head.count("connection:") == 1, head
+
+
 def _queued(port):
     """Connections waiting in the accept queue of the listener on `port` (from `ss`)."""
     out = subprocess.run(["ss", "-ltnH", "sport = :%d" % port], capture_output=True, text=True,
@@ -401,3 +577,33 @@ def test_lifespan_budget_must_fit_in_graceful_timeout(asgi):
     assert server.count(r"Error: gunicorn-graceful: graceful_lifespan_shutdown_timeout=5\.0 "
                         r"plus graceful_websocket_close_delay=0\.0 must stay below "
                         r"graceful_timeout=5") == 1
+
+
+@pytest.mark.skipif(not compat.NATIVE_ASGI, reason="Gunicorn's native asgi worker: >= 24")
+def test_native_worker_lifts_gunicorns_30s_lifespan_caps(tmp_path, servers):
+    """Gunicorn's lifespan manager gives the app's startup and its shutdown 30 s each. A
+    startup of 32 s must not make the worker serve unready (the master would kill it at
+    graceful_readiness_timeout), and a shutdown of 32 s within a 35 s budget must finish.
+    Two servers at once, so the test costs one wait, not two."""
+    worker = "gunicorn_graceful.workers.GracefulASGIWorker"
+    slow_start, slow_stop = str(tmp_path / "start"), str(tmp_path / "stop")
+    os.makedirs(slow_start)
+    os.makedirs(slow_stop)
+    write_startup_app(slow_start, "await asyncio.sleep(32)")
+    write_asgi_app(slow_stop, "1")
+    marker = os.path.join(slow_stop, "lifespan.log")
+    starting = servers(slow_start, worker=worker, workers=1, app="asgiapp:app", serve=False,
+                       config_body=CONFIG + "graceful_readiness_timeout = 50\n")
+    stopping = servers(slow_stop, worker=worker, workers=1, app="asgiapp:app",
+                       env={"EXAMPLE_LIFESPAN_MARKER": marker,
+                            "EXAMPLE_LIFESPAN_SHUTDOWN_SECONDS": "32"},
+                       config_body=CONFIG + "graceful_timeout = 40\n"
+                       "graceful_lifespan_shutdown_timeout = 35\n")
+    stopping.signal(signal.SIGTERM)
+    starting.wait_log(r"event=worker\.ready pid=\d+", timeout=50)
+    assert requests.get(starting.url + "/", timeout=5).text == "ok"
+    assert stopping.wait_exit(timeout=50) == 0
+    with open(marker) as handle:
+        assert handle.read().startswith("shutdown"), stopping.tail()
+    assert stopping.count(r"event=lifespan\.shutdown_timeout") == 0
+    assert starting.count(r"not ready") == 0

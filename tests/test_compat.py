@@ -75,6 +75,10 @@ def test_the_thread_worker_stop_hook_is_whole_when_detected():
     else:
         assert not ("def set_accept_enabled" in inspect.getsource(ThreadWorker)
                     and "def _cap_keepalive" in inspect.getsource(ThreadWorker))
+    if not compat.THREAD_WORKER_ACCEPT_HOOK:  # 23: what was taken is served after the loop
+        from gunicorn.workers.gthread import TConn
+        assert parameters(TConn.__init__) == ["self", "cfg", "sock", "client", "server"]
+        assert parameters(ThreadWorker.handle) == ["self", "conn"]
 
 
 def test_the_kept_alive_connections_attribute_is_the_detected_one():
@@ -131,8 +135,11 @@ def test_native_asgi_worker_has_what_the_graceful_one_overrides_or_refuses_in_on
     for name, expected in compat.NATIVE_ASGI_METHODS.items():
         assert parameters(getattr(ASGIWorker, name)) == expected, name
     init = inspect.getsource(ASGIWorker.__init__)
-    for attribute in ("self.servers", "self.nr_conns", "self.lifespan"):
+    for attribute in ("self.servers", "self.nr_conns", "self.lifespan", "self.state"):
         assert attribute in init, attribute
+    # The app's startup runs before the base's lifespan, in the state dict it hands the app.
+    assert "LifespanManager(self.asgi, self.log, self.state)" in inspect.getsource(
+        ASGIWorker._serve)
 
 
 def test_a_listener_for_an_address_keeps_that_address(tmp_path):

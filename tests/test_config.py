@@ -5,6 +5,7 @@ import re
 import subprocess
 
 import pytest
+from gunicorn.config import Config
 
 from support import GUNICORN, ROOT, write_config
 
@@ -29,6 +30,21 @@ def test_a_bad_setting_stops_the_start_with_one_line(workdir, body, env, needle)
     errors = [line for line in done.stderr.splitlines() if line.strip()]
     assert errors == ["Error: gunicorn-graceful: " + needle], done.stderr
     assert "Listening at" not in done.stderr
+
+
+@pytest.mark.skipif("http_protocols" not in Config().settings,
+                    reason="Gunicorn < 27 has no HTTP/2 (no http_protocols setting)")
+@pytest.mark.parametrize("worker", ["GracefulSyncWorker", "GracefulThreadWorker"])
+def test_http2_is_refused_at_start_with_one_line(workdir, worker):
+    """HTTP/2 connections would bypass the drain, lame duck and recycling: refused, before
+    any worker boots."""
+    done = run_gunicorn(workdir, "worker_class = 'gunicorn_graceful.workers.%s'\n"
+                        "http_protocols = 'h2,h1'\n"
+                        "http2_cleartext = 'both'\n" % worker)
+    assert done.returncode != 0
+    assert done.stderr.count("Error: gunicorn-graceful: http_protocols=h2,h1 is not "
+                             "supported by the pack's workers (allowed: h1)") == 1, done.stderr
+    assert "Booting worker" not in done.stderr
 
 
 def test_a_readiness_callable_that_cannot_be_found_stops_the_start_with_one_line(workdir):

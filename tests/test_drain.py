@@ -10,6 +10,7 @@ import time
 import pytest
 import requests
 
+from gunicorn_graceful import compat
 from support import WORKERS, Load, wait_for
 
 pytestmark = pytest.mark.lines  # every test here goes through internals that differ between lines
@@ -76,6 +77,41 @@ def test_request_outliving_graceful_timeout_is_listed_as_cut(workdir, servers, w
     assert "error" in outcome, "a request cut by the deadline cannot have succeeded"
 
 
+@pytest.mark.parametrize("signals", [("SIGQUIT",), ("SIGTERM", "SIGQUIT")],
+                         ids=["quit", "quit-during-the-drain"])
+@pytest.mark.parametrize("worker", WORKERS)
+def test_a_quick_stop_ends_within_a_second_and_says_what_it_cut(workdir, servers, worker,
+                                                                signals):
+    """The asyncio classes' twin is in test_asgi."""
+    server = servers(workdir, worker=worker, workers=1, config_body="graceful_timeout = 20\n")
+    outcome = {}
+
+    def long_request():
+        try:
+            outcome["response"] = requests.get(server.url + "/slow?seconds=30", timeout=40)
+        except requests.RequestException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=long_request, daemon=True)
+    thread.start()
+    server.wait_started("/slow")
+    started = time.monotonic()
+    if len(signals) == 2:  # what Gunicorn >= 27's master sends its workers on Ctrl-C in a stop
+        (worker_pid,) = server.children()
+        server.signal(signal.SIGTERM)
+        server.wait_log(r"event=drain\.start")
+        started = time.monotonic()
+        os.kill(worker_pid, signal.SIGQUIT)
+    else:
+        server.signal(signal.SIGQUIT)
+    assert server.wait_exit(timeout=30) == 0
+    assert time.monotonic() - started < 3, server.tail()
+    thread.join(10)
+    # Cut: no answer, or Gunicorn's 500 for the SystemExit that ends the sync worker.
+    assert "error" in outcome or outcome["response"].status_code == 500
+    assert server.count(r"event=request\.cut_quick pid=\d+ method=GET path=/slow") == 1
+
+
 def _send_raw(port, path):
     """Open a connection and send a full request without waiting for the answer."""
     sock = socket.create_connection(("127.0.0.1", port), timeout=30)
@@ -102,15 +138,15 @@ def _read_status(sock):
         sock.close()
 
 
-@pytest.mark.parametrize("worker", WORKERS)
+@pytest.mark.parametrize("worker", ["sync", "gthread"])  # gthread on Gunicorn 23 too
 def test_connections_waiting_in_the_backlog_at_term_are_served_not_reset(workdir, servers,
                                                                          worker):
     # One worker with one thread, busy with a slow request: what comes next waits in the
     # listen backlog. Stock sync workers reset most of those when the master gets SIGTERM.
-    # The thread worker accepts up to worker_connections at once: 1, so the rest really wait
-    # in the kernel's backlog.
+    # The thread worker accepts up to worker_connections at once: 2 (Gunicorn 23's never
+    # reads a connection with 1), so the rest really wait in the kernel's backlog.
     server = servers(workdir, worker=worker, workers=1,
-                     extra_args=["--threads", "1", "--worker-connections", "1"])
+                     extra_args=["--threads", "1", "--worker-connections", "2"])
     busy = _send_raw(server.port, "/slow?seconds=1.5")
     server.wait_started("/slow")
     queued = [_send_raw(server.port, "/") for _ in range(12)]
@@ -118,7 +154,11 @@ def test_connections_waiting_in_the_backlog_at_term_are_served_not_reset(workdir
     statuses = [_read_status(sock) for sock in [busy] + queued]
     server.wait_exit(timeout=30)
     print("statuses:", statuses)
-    assert statuses == [200] * 13, statuses
+    # Before 27, Gunicorn's thread worker drops the connection its own loop accepted and had
+    # not begun (its own shutdown; a WARNING at start says so): the second one. What waited
+    # in the kernel's queue is served on every line.
+    held = 1 if worker == "gthread" and not compat.THREAD_WORKER_STOP_HOOK else 0
+    assert statuses[:1] + statuses[1 + held:] == [200] * (13 - held), statuses
     assert server.count(r"event=drain\.start pid=\d+ in_flight=\d+ idle_conns=\d+ reading=\d+ "
                         r"queued=[1-9]\d*") == 1
 
