@@ -170,50 +170,15 @@ class Guard:
 
     async def websocket(self, scope, receive, send):
         """A WebSocket, closable by the drain's close round (`close_websockets`) from its
-        acceptance until it ends, and sent exactly one close frame: none once the app closed
-        it or the client left, and its own, at once, when accepted after the round."""
-        call = Call(scope, websocket=True)
-        key = None
-        closed = []  # a close frame went out (the app's or this worker's), or the client left
-
-        async def close(code, reason):
-            if not closed:
-                closed.append(code)
-                await send({"type": "websocket.close", "code": code, "reason": reason})
-
-        def ended():
-            closed.append(None)
-            self.websockets.pop(key, None)
-
-        async def tracked_send(message):
-            nonlocal key
-            kind = message["type"]
-            if closed and kind in ("websocket.send", "websocket.close"):
-                return  # moot: the socket is closing
-            if kind == "websocket.close":
-                ended()
-            await send(message)
-            if kind == "websocket.accept":
-                key = self.registry.add(call)
-                self.websockets[key] = close
-                if self.close_round is not None:
-                    self.closing.append(asyncio.ensure_future(close(*self.close_round)))
-
-        async def tracked_receive():
-            message = await receive()
-            if message["type"] == "websocket.disconnect":
-                ended()
-            return message
-
+        acceptance until it ends (see `Socket`)."""
+        sock = Socket(self, Call(scope, websocket=True), receive, send)
         try:
-            await self.app(scope, tracked_receive, tracked_send)
+            await self.app(scope, sock.receive, sock.send)
         except asyncio.CancelledError:
-            if not (call.cut and self.worker.CUT_QUIETLY):
+            if not (sock.call.cut and self.worker.CUT_QUIETLY):
                 raise
         finally:
-            if key is not None:
-                self.websockets.pop(key, None)
-                self.registry.end(key)
+            sock.forget()
 
     def close_websockets(self, code, reason):
         """Send every open WebSocket a close frame, and every one accepted later (the
@@ -256,6 +221,68 @@ class Guard:
         """The app's lifespan shutdown (once), bounded by what the drain has left."""
         if self.app_lifespan is not None:
             await self.app_lifespan.shutdown(self.worker.lifespan_time_left())
+
+
+class Socket:
+    """One WebSocket between the app and the server, as the guard sees it: sent exactly one
+    close frame (none once the app closed it or the client left; its own at once when
+    accepted after the drain's close round), and, where the server stops reading once a
+    close frame went out (Gunicorn 24 and 25, `HEARS_CLOSE_REPLY`), the app is told the
+    client left instead of waiting in receive() until the cut."""
+
+    def __init__(self, guard, call, receive, send):
+        self.guard, self.call, self._receive, self._send = guard, call, receive, send
+        self.key = None
+        self.closed = False  # a close frame went out (the app's or this worker's), or the client left
+        self.gone = None if guard.worker.HEARS_CLOSE_REPLY else \
+            asyncio.get_running_loop().create_future()
+
+    async def close(self, code, reason):
+        """This worker's close frame, unless one went out already."""
+        if not self.closed:
+            self._closing(code)
+            await self._send({"type": "websocket.close", "code": code, "reason": reason})
+
+    def _closing(self, code):
+        self.closed = True
+        self.guard.websockets.pop(self.key, None)
+        if self.gone is not None and not self.gone.done():
+            self.gone.set_result(code)
+
+    async def send(self, message):
+        kind = message["type"]
+        if self.closed and kind in ("websocket.send", "websocket.close"):
+            return  # moot: the socket is closing
+        if kind == "websocket.close":
+            self._closing(message.get("code", 1000))
+        await self._send(message)
+        if kind == "websocket.accept":
+            guard = self.guard
+            self.key = guard.registry.add(self.call)
+            guard.websockets[self.key] = self.close
+            if guard.close_round is not None:
+                guard.closing.append(asyncio.ensure_future(self.close(*guard.close_round)))
+
+    async def receive(self):
+        message = await (self._receive() if self.gone is None else self._receive_or_gone())
+        if message["type"] == "websocket.disconnect":
+            self.closed = True
+            self.guard.websockets.pop(self.key, None)
+        return message
+
+    async def _receive_or_gone(self):
+        receiving = asyncio.ensure_future(self._receive())
+        done, _ = await asyncio.wait({receiving, self.gone}, return_when=asyncio.FIRST_COMPLETED)
+        if receiving in done:
+            return receiving.result()
+        receiving.cancel()
+        return {"type": "websocket.disconnect", "code": self.gone.result()}
+
+    def forget(self):
+        """The app's handler ended."""
+        if self.key is not None:
+            self.guard.websockets.pop(self.key, None)
+            self.guard.registry.end(self.key)
 
 
 class AppLifespan:

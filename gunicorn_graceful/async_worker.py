@@ -66,7 +66,7 @@ class AsyncGracefulMixin(GracefulMixin):
 
     A subclass defines: APP_ATTRIBUTE (where its base keeps the app),
     CUT_QUIETLY (whether a cancelled call should end quietly, for servers that
-    log a cancellation as an app error), asyncio_servers, open_connections,
+    log a cancellation as an app error), HEARS_CLOSE_REPLY, asyncio_servers, open_connections,
     abort_connections and shutdown_lifespan.
 
     Kept-alive connections are not closed at drain start: a client may be sending its
@@ -77,6 +77,7 @@ class AsyncGracefulMixin(GracefulMixin):
 
     APP_ATTRIBUTE = "wsgi"
     CUT_QUIETLY = False
+    HEARS_CLOSE_REPLY = True  # the server tells the app when a client answered a close frame
     THREADED = False  # every request ends in the event loop's thread
 
     def init_process(self):

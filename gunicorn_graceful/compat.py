@@ -107,8 +107,8 @@ NATIVE_ASGI_COUNTS_CONNECTIONS = _counts_connections()
 def _hears_close_reply():
     """Gunicorn >= 26's asgi WebSocket keeps reading after the server's close frame until the
     client answers it, and tells the app `websocket.disconnect`. 24 and 25 stop reading at
-    once: a handler waiting in receive() after the worker closed its socket waits until the
-    drain's cut."""
+    once, so a handler waiting in receive() would wait until the drain's cut: the guard
+    tells it the client left (`asgi.Socket`)."""
     if not NATIVE_ASGI:
         return False
     from gunicorn.asgi.websocket import WebSocketProtocol

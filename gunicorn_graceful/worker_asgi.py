@@ -20,6 +20,7 @@ if compat.NATIVE_ASGI:
 
         APP_ATTRIBUTE = "asgi"
         CUT_QUIETLY = False  # a cancelled call is a client that left, to Gunicorn: quiet
+        HEARS_CLOSE_REPLY = compat.NATIVE_WEBSOCKET_HEARS_CLOSE_REPLY
         serving_task = draining_task = None
 
         @classmethod
