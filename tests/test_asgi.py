@@ -17,12 +17,24 @@ from gunicorn_graceful import compat
 from support import (ROOT, Load, Sockets, process_alive, usr2_new_master, wait_for,
                      write_asgi_app)
 
-pytestmark = pytest.mark.lines  # every test here goes through internals that differ between lines
+UVICORN = "gunicorn_graceful.workers.GracefulUvicornWorker"
+NATIVE = "gunicorn_graceful.workers.GracefulASGIWorker"
 
-CLASSES = ["gunicorn_graceful.workers.GracefulUvicornWorker"]
-if compat.NATIVE_ASGI:
-    CLASSES.append("gunicorn_graceful.workers.GracefulASGIWorker")
-IDS = [name.rsplit(".", 1)[1] for name in CLASSES]
+
+def _classes(uvicorn_on_every_line):
+    """The classes as test parameters. Gunicorn's native asgi worker differs between lines:
+    its tests run on every line (`lines`). uvicorn's worker reaches Gunicorn only through
+    what the sync tests cover on every line: its tests run on the newest, plus a smoke set
+    (SMOKE: the signal paths) on every line."""
+    params = [pytest.param(UVICORN, id="GracefulUvicornWorker",
+                           marks=[pytest.mark.lines] if uvicorn_on_every_line else [])]
+    if compat.NATIVE_ASGI:
+        params.append(pytest.param(NATIVE, id="GracefulASGIWorker", marks=pytest.mark.lines))
+    return params
+
+
+CLASSES = _classes(uvicorn_on_every_line=False)
+SMOKE = _classes(uvicorn_on_every_line=True)
 
 CONFIG = 'graceful_readiness_path = "/ready"\n'
 
@@ -74,7 +86,7 @@ def slow_request(server, seconds, timeout=40):
     return thread, outcome
 
 
-@pytest.mark.parametrize("worker", CLASSES, ids=IDS)
+@pytest.mark.parametrize("worker", SMOKE)
 def test_term_closes_websockets_with_1001_and_finishes_http(asgi, worker):
     server = asgi(worker)
     sockets = Sockets(server.url, 5).start()
@@ -92,7 +104,7 @@ def test_term_closes_websockets_with_1001_and_finishes_http(asgi, worker):
     assert shutdowns(server) == 2
 
 
-@pytest.mark.parametrize("worker", CLASSES, ids=IDS)
+@pytest.mark.parametrize("worker", SMOKE)
 def test_hup_closes_old_websockets_with_1012_and_loses_no_request(asgi, workdir, worker):
     server = asgi(worker)
     old_pids = {pid for pid in server.children()}
@@ -110,7 +122,7 @@ def test_hup_closes_old_websockets_with_1012_and_loses_no_request(asgi, workdir,
     assert echo_pid(server) not in old_pids  # a client that reconnects reaches the new generation
 
 
-@pytest.mark.parametrize("worker", CLASSES, ids=IDS)
+@pytest.mark.parametrize("worker", CLASSES)
 def test_sse_stream_ends_with_its_final_event(asgi, worker):
     server = asgi(worker, workers=1)
     client = socket.create_connection(("127.0.0.1", server.port), timeout=20)
@@ -136,7 +148,7 @@ def test_sse_stream_ends_with_its_final_event(asgi, worker):
     assert server.count(r"event=drain\.cut") == 0
 
 
-@pytest.mark.parametrize("worker", CLASSES, ids=IDS)
+@pytest.mark.parametrize("worker", CLASSES)
 def test_cut_at_the_deadline_still_runs_the_lifespan_shutdown(asgi, worker):
     server = asgi(worker, workers=1, config_body=CONFIG + (
         "graceful_timeout = 4\ngraceful_lifespan_shutdown_timeout = 1.5\n"
@@ -153,7 +165,7 @@ def test_cut_at_the_deadline_still_runs_the_lifespan_shutdown(asgi, worker):
     assert "WORKER TIMEOUT" not in server.log()
 
 
-@pytest.mark.parametrize("worker", CLASSES, ids=IDS)
+@pytest.mark.parametrize("worker", CLASSES)
 def test_slow_lifespan_shutdown_is_bounded_and_reported(asgi, worker):
     server = asgi(worker, workers=1, env={"EXAMPLE_LIFESPAN_SHUTDOWN_SECONDS": "30"},
                   config_body=CONFIG + "graceful_timeout = 5\n"
@@ -165,7 +177,7 @@ def test_slow_lifespan_shutdown_is_bounded_and_reported(asgi, worker):
     assert server.count(r"event=lifespan\.shutdown_timeout pid=\d+ timeout=1\.00") == 1
 
 
-@pytest.mark.parametrize("worker", CLASSES, ids=IDS)
+@pytest.mark.parametrize("worker", CLASSES)
 def test_broken_asgi_code_on_hup_rolls_back(asgi, workdir, worker):
     server = asgi(worker)
     load = Load(server.url, threads=4).start()
@@ -181,7 +193,7 @@ def test_broken_asgi_code_on_hup_rolls_back(asgi, workdir, worker):
     assert server.alive()
 
 
-@pytest.mark.parametrize("worker", CLASSES, ids=IDS)
+@pytest.mark.parametrize("worker", CLASSES)
 def test_failing_readiness_path_rolls_back_hup_with_one_line(asgi, workdir, worker):
     server = asgi(worker)
     write_asgi_app(workdir, "2")
@@ -197,10 +209,10 @@ def test_failing_readiness_path_rolls_back_hup_with_one_line(asgi, workdir, work
     assert requests.get(server.url + "/", timeout=5).json()["version"] == "1"
 
 
-@pytest.mark.parametrize("worker", CLASSES, ids=IDS)
+@pytest.mark.parametrize("worker", CLASSES)
 def test_long_drain_outlives_timeout_by_heartbeating(asgi, worker):
-    server = asgi(worker, workers=1, config_body=CONFIG + "graceful_timeout = 60\ntimeout = 10\n")
-    thread, outcome = slow_request(server, 20)
+    server = asgi(worker, workers=1, config_body=CONFIG + "graceful_timeout = 30\ntimeout = 3\n")
+    thread, outcome = slow_request(server, 7)  # more than twice the timeout
     server.signal(signal.SIGTERM)
     assert server.wait_exit(timeout=40) == 0
     thread.join(10)
@@ -209,7 +221,7 @@ def test_long_drain_outlives_timeout_by_heartbeating(asgi, worker):
     assert shutdowns(server) == 1
 
 
-@pytest.mark.parametrize("worker", CLASSES, ids=IDS)
+@pytest.mark.parametrize("worker", CLASSES)
 def test_app_closes_its_own_websockets_first_within_the_delay(asgi, worker):
     server = asgi(worker, workers=1, config_body=CONFIG + "graceful_websocket_close_delay = 3\n")
 
@@ -226,7 +238,7 @@ def test_app_closes_its_own_websockets_first_within_the_delay(asgi, worker):
     assert server.count("event=drain.websockets_close") == 0  # nothing was left to close
 
 
-@pytest.mark.parametrize("worker", CLASSES, ids=IDS)
+@pytest.mark.parametrize("worker", CLASSES)
 def test_lame_duck_answers_503_and_closes_kept_alive_connections(asgi, worker):
     server = asgi(worker, config_body=CONFIG + "graceful_health_path = '/health'\n"
                   "graceful_liveness_path = '/live'\ngraceful_shutdown_delay = 3\n")
@@ -248,7 +260,7 @@ def test_lame_duck_answers_503_and_closes_kept_alive_connections(asgi, worker):
     assert load.failures(allow=("refused", "connect_timeout")) == [], load.summary()
 
 
-@pytest.mark.parametrize("worker", CLASSES, ids=IDS)
+@pytest.mark.parametrize("worker", CLASSES)
 def test_max_requests_recycles_ready_first_with_zero_failures(asgi, worker):
     server = asgi(worker, config_body=CONFIG + "max_requests = 40\nmax_requests_jitter = 5\n")
     load = Load(server.url, threads=4).start()
@@ -260,9 +272,9 @@ def test_max_requests_recycles_ready_first_with_zero_failures(asgi, worker):
     assert "Maximum request limit" not in server.log()  # uvicorn's own exit is disabled
 
 
-@pytest.mark.parametrize("worker", CLASSES, ids=IDS)
+@pytest.mark.parametrize("worker", CLASSES)
 def test_workers_of_a_killed_master_finish_their_work_and_exit(asgi, worker):
-    server = asgi(worker)
+    server = asgi(worker, config_body=CONFIG + "timeout = 4\n")  # the heartbeat, and the check
     workers = server.children()
     sockets = Sockets(server.url, 2).start()
     thread, outcome = slow_request(server, 2)
@@ -276,7 +288,7 @@ def test_workers_of_a_killed_master_finish_their_work_and_exit(asgi, worker):
     assert server.count(r"event=worker\.orphaned pid=\d+ ppid=%s" % server.pid) == 2
 
 
-@pytest.mark.parametrize("worker", CLASSES, ids=IDS)
+@pytest.mark.parametrize("worker", SMOKE)
 def test_usr2_hands_over_and_old_websockets_get_1012(asgi, worker):
     server = asgi(worker)
     sockets = Sockets(server.url, 3).start()
@@ -323,7 +335,7 @@ def write_startup_app(workdir, startup):
         handle.write(STARTUP_APP.format(startup=startup))
 
 
-@pytest.mark.parametrize("worker", CLASSES, ids=IDS)
+@pytest.mark.parametrize("worker", CLASSES)
 def test_a_failing_lifespan_startup_on_hup_rolls_back_with_its_reason(asgi, workdir, worker):
     server = asgi(worker)
     write_startup_app(workdir, "raise RuntimeError('cache warm-up failed')")
@@ -334,7 +346,7 @@ def test_a_failing_lifespan_startup_on_hup_rolls_back_with_its_reason(asgi, work
     assert requests.get(server.url + "/", timeout=5).json()["version"] == "1"
 
 
-@pytest.mark.parametrize("worker", CLASSES, ids=IDS)
+@pytest.mark.parametrize("worker", CLASSES)
 def test_a_hanging_lifespan_startup_on_hup_is_killed_and_rolled_back(asgi, workdir, worker):
     server = asgi(worker, config_body=CONFIG + "graceful_readiness_timeout = 3\n")
     write_startup_app(workdir, "await asyncio.sleep(60)")
@@ -343,7 +355,7 @@ def test_a_hanging_lifespan_startup_on_hup_is_killed_and_rolled_back(asgi, workd
     assert requests.get(server.url + "/", timeout=5).json()["version"] == "1"
 
 
-@pytest.mark.parametrize("worker", CLASSES, ids=IDS)
+@pytest.mark.parametrize("worker", SMOKE)
 def test_term_while_the_lifespan_startup_hangs_stops_at_once(asgi, workdir, worker):
     write_startup_app(workdir, "await asyncio.sleep(60)")
     server = asgi(worker, serve=False)
@@ -354,7 +366,7 @@ def test_term_while_the_lifespan_startup_hangs_stops_at_once(asgi, workdir, work
     assert time.monotonic() - started < 5
 
 
-@pytest.mark.parametrize("worker", CLASSES, ids=IDS)
+@pytest.mark.parametrize("worker", CLASSES)
 def test_term_serves_the_connections_waiting_in_the_listen_queue(asgi, worker):
     server = asgi(worker, workers=1)
     blocker = threading.Thread(target=lambda: requests.get(server.url + "/block", timeout=20),
@@ -383,7 +395,7 @@ def test_term_serves_the_connections_waiting_in_the_listen_queue(asgi, worker):
 
 @pytest.mark.parametrize("signals", [("SIGQUIT",), ("SIGTERM", "SIGQUIT")],
                          ids=["quit", "quit-during-the-drain"])
-@pytest.mark.parametrize("worker", CLASSES, ids=IDS)
+@pytest.mark.parametrize("worker", SMOKE)
 def test_a_quick_stop_ends_within_a_second_and_says_what_it_cut(asgi, worker, signals):
     """Gunicorn's quick stop (SIGQUIT; also to a worker already draining, as Gunicorn >= 27
     sends it on Ctrl-C during a stop) cuts what is in flight at once, one line per cut call;
@@ -493,7 +505,7 @@ def websocket_close_code(url, say=None, timeout=30):
     return thread, codes
 
 
-@pytest.mark.parametrize("worker", CLASSES, ids=IDS)
+@pytest.mark.parametrize("worker", CLASSES)
 def test_a_websocket_accepted_after_the_close_round_gets_its_close_at_once(asgi, workdir,
                                                                            worker):
     write_edge_app(workdir)
@@ -508,7 +520,7 @@ def test_a_websocket_accepted_after_the_close_round_gets_its_close_at_once(asgi,
     assert time.monotonic() - started < 10  # not held until the cut
 
 
-@pytest.mark.parametrize("worker", CLASSES, ids=IDS)
+@pytest.mark.parametrize("worker", CLASSES)
 def test_a_websocket_the_app_closed_gets_no_second_close(asgi, workdir, worker):
     write_edge_app(workdir)
     server = asgi(worker, workers=1)
@@ -524,7 +536,7 @@ def test_a_websocket_the_app_closed_gets_no_second_close(asgi, workdir, worker):
 
 def test_uvicorn_leaves_health_probes_out_of_its_access_log(asgi):
     """uvicorn writes its own access lines: graceful_health_access_log (off) holds there too."""
-    server = asgi(CLASSES[0], workers=1, extra_args=["--access-logfile", "-"],
+    server = asgi(UVICORN, workers=1, extra_args=["--access-logfile", "-"],
                   config_body=CONFIG + 'graceful_health_path = "/healthz"\n'
                   'graceful_liveness_path = "/livez"\n')
     for path in ("/healthz", "/livez", "/healthz?probe=1", "/"):
@@ -533,7 +545,7 @@ def test_uvicorn_leaves_health_probes_out_of_its_access_log(asgi):
     assert server.count(r'"GET /(healthz|livez)') == 0, server.tail()
 
 
-@pytest.mark.parametrize("worker", CLASSES, ids=IDS)
+@pytest.mark.parametrize("worker", CLASSES)
 def test_a_draining_answer_has_one_connection_header_when_the_app_sent_its_own(
         asgi, workdir, worker):
     write_edge_app(workdir)
@@ -572,39 +584,9 @@ def test_importing_the_workers_does_not_import_uvicorn():
 
 
 def test_lifespan_budget_must_fit_in_graceful_timeout(asgi):
-    server = asgi(CLASSES[0], serve=False, config_body=CONFIG + (
+    server = asgi(UVICORN, serve=False, config_body=CONFIG + (
         "graceful_timeout = 5\ngraceful_lifespan_shutdown_timeout = 5\n"))
     assert server.wait_exit(timeout=20) != 0
     assert server.count(r"Error: gunicorn-graceful: graceful_lifespan_shutdown_timeout=5\.0 "
                         r"plus graceful_websocket_close_delay=0\.0 must stay below "
                         r"graceful_timeout=5") == 1
-
-
-@pytest.mark.skipif(not compat.NATIVE_ASGI, reason="Gunicorn's native asgi worker: >= 24")
-def test_native_worker_lifts_gunicorns_30s_lifespan_caps(tmp_path, servers):
-    """Gunicorn's lifespan manager gives the app's startup and its shutdown 30 s each. A
-    startup of 32 s must not make the worker serve unready (the master would kill it at
-    graceful_readiness_timeout), and a shutdown of 32 s within a 35 s budget must finish.
-    Two servers at once, so the test costs one wait, not two."""
-    worker = "gunicorn_graceful.workers.GracefulASGIWorker"
-    slow_start, slow_stop = str(tmp_path / "start"), str(tmp_path / "stop")
-    os.makedirs(slow_start)
-    os.makedirs(slow_stop)
-    write_startup_app(slow_start, "await asyncio.sleep(32)")
-    write_asgi_app(slow_stop, "1")
-    marker = os.path.join(slow_stop, "lifespan.log")
-    starting = servers(slow_start, worker=worker, workers=1, app="asgiapp:app", serve=False,
-                       config_body=CONFIG + "graceful_readiness_timeout = 50\n")
-    stopping = servers(slow_stop, worker=worker, workers=1, app="asgiapp:app",
-                       env={"EXAMPLE_LIFESPAN_MARKER": marker,
-                            "EXAMPLE_LIFESPAN_SHUTDOWN_SECONDS": "32"},
-                       config_body=CONFIG + "graceful_timeout = 40\n"
-                       "graceful_lifespan_shutdown_timeout = 35\n")
-    stopping.signal(signal.SIGTERM)
-    starting.wait_log(r"event=worker\.ready pid=\d+", timeout=50)
-    assert requests.get(starting.url + "/", timeout=5).text == "ok"
-    assert stopping.wait_exit(timeout=50) == 0
-    with open(marker) as handle:
-        assert handle.read().startswith("shutdown"), stopping.tail()
-    assert stopping.count(r"event=lifespan\.shutdown_timeout") == 0
-    assert starting.count(r"not ready") == 0

@@ -200,7 +200,8 @@ def slow_request_in_background(server, seconds):
 @pytest.mark.lines
 @pytest.mark.parametrize("worker", WORKERS)
 def test_workers_of_a_killed_master_finish_in_flight_requests_and_exit(workdir, servers, worker):
-    server = servers(workdir, worker=worker, workers=2)
+    # timeout paces the sync worker's wait, after which it checks its master
+    server = servers(workdir, worker=worker, workers=2, config_body="timeout = 4\n")
     workers = ready_workers(server, 2)
     thread, outcome = slow_request_in_background(server, 2)
     os.kill(server.pid, signal.SIGKILL)
