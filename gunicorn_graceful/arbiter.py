@@ -12,7 +12,8 @@ is done by one collaborator per concern, each stating its invariants:
 - `rollout`: HUP generations, rollback, pinned releases;
 - `upgrade`: USR2, as old master and as new master;
 - `stop`: lame duck, door, drain;
-- `status`: the status file.
+- `status`: the status file;
+- `metrics`: the Prometheus endpoint and the totals it serves (with graceful_metrics_bind).
 
 The `on_starting` hook installs it on the running arbiter (`install`), because
 Gunicorn offers no setting for the arbiter class.
@@ -22,7 +23,7 @@ import os
 
 from gunicorn.arbiter import Arbiter
 
-from gunicorn_graceful import compat, forked, recycle, rollout, upgrade
+from gunicorn_graceful import compat, forked, metrics, recycle, rollout, settings, upgrade
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.phase import Phase, PhaseKeeper
 from gunicorn_graceful.pool import Pool
@@ -60,11 +61,13 @@ class GracefulArbiter(Arbiter):
         arbiter.upgrades = upgrade.Upgrades(arbiter)
         arbiter.stopper = Stop(arbiter)
         arbiter.status = StatusFile(arbiter)
+        arbiter.metrics = None
         arbiter.keep_graceful_worker()
         reason = arbiter.foreign_worker_reason(arbiter.cfg) \
             or check_config(arbiter.cfg, arbiter.log)
         if reason:
             raise SystemExit("Error: gunicorn-graceful: " + reason)
+        arbiter.metrics = metrics.start(arbiter, settings.current())
         return arbiter
 
     def setup(self, app):
@@ -106,6 +109,8 @@ class GracefulArbiter(Arbiter):
             self.stopper.watch_lame_duck()
             return
         self.upgrades.watch()
+        if self.metrics:
+            self.metrics.tick()  # before the pool forgets the records of reaped workers
         self.pool.tick()
         compat.report_metrics(self)
         self.status.write()
@@ -120,13 +125,16 @@ class GracefulArbiter(Arbiter):
         """
         record = self.pool.new_record()
         self.records.expect(record)
+        slot = self.metrics.forking() if self.metrics else None
         forked.prepare(record.release, [lnr.fileno() for lnr in self.rollouts.held()
-                                        if lnr not in self.LISTENERS])
+                                        if lnr not in self.LISTENERS], slot)
         pid = None
         try:
             pid = super().spawn_worker()
         finally:
             self.records.spawned(pid)
+            if slot is not None:
+                self.metrics.forked(pid, slot)
         return pid
 
     def murder_workers(self):
@@ -172,6 +180,8 @@ class GracefulArbiter(Arbiter):
             worker = self.WORKERS.pop(wpid, None)
             if worker is not None:
                 self.pool.exited(worker, status)
+                if self.metrics and self.records.of(worker) is not None:
+                    self.metrics.exited(self.records.of(worker))
                 worker.tmp.close()
                 self.cfg.child_exit(self, worker)
 

@@ -19,7 +19,7 @@ The draining API (`Draining`) is what an app sees: `scope["state"]["graceful_dra
 import asyncio
 import time
 
-from gunicorn_graceful import health, inflight, readiness
+from gunicorn_graceful import counters, health, inflight, readiness
 from gunicorn_graceful.events import emit, redact
 
 GOING_AWAY = 1001       # WebSocket close code on a stop
@@ -81,12 +81,13 @@ class Call(inflight.Request):
     call is a stream (its response is `text/event-stream`) is read from the response
     headers when a report asks (`kind`)."""
 
-    __slots__ = ("websocket", "task", "cut", "headers")
+    __slots__ = ("websocket", "task", "cut", "headers", "status")
 
     def __init__(self, scope, websocket=False):
         self.environ, self.started, self.thread = scope, time.monotonic(), None
         self.websocket, self.task, self.cut, self.headers = websocket, asyncio.current_task(), \
             False, ()
+        self.status = None
 
     @property
     def kind(self):
@@ -123,6 +124,7 @@ class Guard:
         self.websockets = {}  # registry key -> coroutine function closing that socket
         self.closing = []  # the tasks sending close frames, once the drain began
         self.close_round = None  # (code, reason) once the drain closed the WebSockets
+        self.slot = counters.mine()  # where this worker counts, with metrics on
         self.app_lifespan = None
 
     async def __call__(self, scope, receive, send):
@@ -132,12 +134,15 @@ class Guard:
             if scope["path"] in self.health_paths:
                 return await self.answer_health(scope, send)
             call = Call(scope)
-            registry, worker, draining = self.registry, self.worker, self.worker.draining
+            registry, worker, draining, slot = (self.registry, self.worker,
+                                                self.worker.draining, self.slot)
             key = registry.add(call)
+            began = slot.started() if slot is not None else None
 
             async def tracked_send(message):
                 if message["type"] == "http.response.start":
                     call.headers = message.get("headers") or ()
+                    call.status = message.get("status")
                     if worker.lame_duck or draining.reason is not None:
                         message = dict(message, headers=_closing(call.headers))
                 await send(message)
@@ -150,6 +155,8 @@ class Guard:
             finally:
                 registry.end(key)
                 worker.limits.after_request()
+                if slot is not None:
+                    slot.ended(call.status, began)
             return None
         if kind == "websocket":
             return await self.websocket(scope, receive, send)
@@ -258,6 +265,8 @@ class Socket:
         await self._send(message)
         if kind == "websocket.accept":
             guard = self.guard
+            if guard.slot is not None:
+                guard.slot.websocket(True)
             self.key = guard.registry.add(self.call)
             guard.websockets[self.key] = self.close
             if guard.close_round is not None:
@@ -283,6 +292,8 @@ class Socket:
         if self.key is not None:
             self.guard.websockets.pop(self.key, None)
             self.guard.registry.end(self.key)
+            if self.guard.slot is not None:
+                self.guard.slot.websocket(False)
 
 
 class AppLifespan:

@@ -118,6 +118,12 @@ def _hears_close_reply():
 NATIVE_WEBSOCKET_HEARS_CLOSE_REPLY = _hears_close_reply()
 
 
+def timed_out(worker):
+    """Whether Gunicorn's heartbeat timeout aborted `worker` (`murder_workers` sets
+    `aborted` before its SIGABRT; contract-tested)."""
+    return bool(getattr(worker, "aborted", False))
+
+
 def listener_class(address):
     """Gunicorn's listener class for a configured address (`sock._sock_type`), whose objects
     keep that address in `cfg_addr` (contract-tested): `binds` opens new ones on a HUP."""

@@ -33,9 +33,24 @@ def format_event(name, **fields):
     return " ".join(parts)
 
 
+_observers = []
+
+
+def observe(callback):
+    """Call `callback(name, fields)` on every event this process emits (the master's
+    metrics count its lifecycle lines; a forked worker forgets it: `forget_observers`)."""
+    _observers.append(callback)
+
+
+def forget_observers():
+    del _observers[:]
+
+
 def emit(log, level, name, **fields):
     """Log one event on a Gunicorn logger (`log.info`, `log.warning`, ...)."""
     getattr(log, level)(format_event(name, **fields))
+    for callback in _observers:
+        callback(name, fields)
 
 
 def redact(path):

@@ -10,12 +10,13 @@ import os
 
 release = ""     # the release directory the worker loads its app from ("" without a link)
 stale_fds = ()   # listeners the master still holds but the worker must not: a HUP dropped them
+slot = None      # the shared memory the worker counts into (`counters`), with metrics on
 
 
-def prepare(worker_release, stale):
+def prepare(worker_release, stale, worker_slot=None):
     """In the master, just before a fork."""
-    global release, stale_fds
-    release, stale_fds = worker_release, tuple(stale)
+    global release, stale_fds, slot
+    release, stale_fds, slot = worker_release, tuple(stale), worker_slot
 
 
 def close_stale():

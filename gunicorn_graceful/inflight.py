@@ -214,12 +214,13 @@ class DrainReporter:
         return warned
 
     def finish(self):
-        """Stop reporting and log the line that closes the drain (nothing if none began)."""
+        """Stop reporting and log the line that closes the drain; (its duration, what it
+        left in flight), or None if none began."""
         self._done.set()
         if not self._begun.is_set():
-            return
+            return None
         self._thread.join(timeout=self.interval + 1.0)
-        emit(self.log, "info", "drain.done", pid=self.pid,
-             duration=time.monotonic() - self.started,
-             served=self.registry.finished - self._served_before,
-             in_flight=len(self.registry))
+        duration, left = time.monotonic() - self.started, len(self.registry)
+        emit(self.log, "info", "drain.done", pid=self.pid, duration=duration,
+             served=self.registry.finished - self._served_before, in_flight=left)
+        return duration, left

@@ -24,7 +24,7 @@ import signal
 
 from gunicorn.errors import HaltServer
 
-from gunicorn_graceful import clock, recycle, settings, state
+from gunicorn_graceful import clock, compat, recycle, settings, state
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.phase import Phase
 from gunicorn_graceful.records import Record
@@ -185,6 +185,7 @@ class Pool:
             return
         record.exit_status = status
         record.final_state = state.read(worker.tmp)
+        record.timed_out = compat.timed_out(worker)
         log_signal_exit(self.arbiter.log, worker.pid, status, record)
         if record.final_state == state.BOOTING and not record.retired:
             reason = record.kill_reason or state.read_reason(worker.tmp) or describe_status(status)

@@ -34,6 +34,7 @@ class Record:
     term_sent: float = None         # when SIGTERM was sent (retire, stop, timeouts)
     kill_reason: str = None         # why the master stopped it before it was ready
     killed: bool = False            # the master sent SIGKILL itself
+    timed_out: bool = False         # Gunicorn's heartbeat timeout aborted it
     told_lame_duck: bool = False
     age_jitter: float = 0.0          # added to graceful_max_worker_age for this worker
     recycle: dict = None            # why and since when it waits to be recycled

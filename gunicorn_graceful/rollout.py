@@ -18,7 +18,7 @@ import os
 from gunicorn import util
 from gunicorn.pidfile import Pidfile
 
-from gunicorn_graceful import binds, clock, compat, files, release, settings
+from gunicorn_graceful import binds, clock, compat, files, metrics, release, settings
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.phase import Phase
 
@@ -63,7 +63,8 @@ class Rollouts:
         try:
             arbiter.app.reload()
             failure = arbiter.check_config(arbiter.app.cfg, arbiter.log) \
-                or arbiter.foreign_worker_reason(arbiter.app.cfg)
+                or arbiter.foreign_worker_reason(arbiter.app.cfg) \
+                or metrics.reload_problem(arbiter.metrics, settings.current())
             if not failure and binds.changed(previous_cfg, arbiter.app.cfg):
                 new_listeners = binds.reopen(arbiter.app.cfg, self.held(), arbiter.log)
         except binds.BindFailure as exc:

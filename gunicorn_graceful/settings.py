@@ -95,6 +95,26 @@ def _callable_ref(name, value):
     return value
 
 
+def _address(name, value):
+    text = "" if value is None else str(value).strip()
+    host, sep, port = text.rpartition(":")
+    if text and not (sep and port.isdigit() and 0 < int(port) < 65536):
+        raise SettingError(name, value, "'host:port' (for example 127.0.0.1:9191), or empty "
+                                        "for none")
+    return text
+
+
+def _bounds(name, value):
+    items = value.split(",") if isinstance(value, str) else list(value or ())
+    try:
+        bounds = tuple(float(item) for item in items if str(item).strip())
+    except (TypeError, ValueError):
+        bounds = ()
+    if not bounds or bounds[0] <= 0 or list(bounds) != sorted(set(bounds)):
+        raise SettingError(name, value, "increasing numbers of seconds > 0, comma-separated")
+    return bounds
+
+
 def _switch(name, value):
     text = str(value).strip().lower()
     if text in ("1", "true", "yes", "on"):
@@ -209,6 +229,15 @@ class Settings:
                "health path answers 503 and responses close their connection, so balancers "
                "move clients away; then the drain starts. A second SIGTERM, or SIGINT/SIGQUIT, "
                "skips it. 0: drain at once."})
+    metrics_bind: str = dataclasses.field(default="", metadata={
+        "parse": _address,
+        "doc": "Address of the master's Prometheus endpoint (GET /metrics), a listener of its "
+               "own, for example 127.0.0.1:9191. Needs the [metrics] extra. Empty: off. Changes "
+               "on a restart only (a HUP that changes it is refused)."})
+    metrics_buckets: tuple = dataclasses.field(
+        default=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0), metadata={
+            "parse": _bounds,
+            "doc": "Upper bounds, in seconds, of gunicorn_request_duration_seconds's buckets."})
     termination_grace_period: float = dataclasses.field(default=0.0, metadata={
         "parse": _seconds(0, False),
         "doc": "The pod's terminationGracePeriodSeconds, when known: the start warns when "
@@ -220,7 +249,7 @@ class Settings:
 
     def as_fields(self):
         """The values, ready to log as one event line."""
-        return {f.name: ",".join(v) if isinstance(v := getattr(self, f.name), tuple) else v
+        return {f.name: ",".join(map(str, v)) if isinstance(v := getattr(self, f.name), tuple) else v
                 for f in self.fields()}
 
 

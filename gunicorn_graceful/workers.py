@@ -17,8 +17,8 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.workers.gthread import TConn, ThreadWorker
 from gunicorn.workers.sync import SyncWorker
 
-from gunicorn_graceful import (compat, forked, health, inflight, listeners, readiness, recycle,
-                               release, settings, state)
+from gunicorn_graceful import (compat, counters, forked, health, inflight, listeners, readiness,
+                               recycle, release, settings, state)
 from gunicorn_graceful.events import emit
 
 _QUICK_EXIT = 0.9  # a quick stop: how long the unwinding may take before the process just ends
@@ -61,6 +61,8 @@ class GracefulMixin:
                         "before install(globals())")
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
         forked.close_stale()
+        if forked.slot is not None:
+            forked.slot.adopt(self.THREADED)
         release.enter(forked.release, settings.current().release_link)
         self.settings = settings.current()
         self.serving = False
@@ -103,8 +105,10 @@ class GracefulMixin:
         self.limits.check_boot_size()
 
     def wrap_app(self):
-        self.wsgi = health.wrap(inflight.track(self.wsgi, self.inflight), self.settings,
-                                self.health_state)
+        app = inflight.track(self.wsgi, self.inflight)
+        if counters.mine() is not None:
+            app = counters.measure(app, counters.mine())
+        self.wsgi = health.wrap(app, self.settings, self.health_state)
 
     def refuse(self, reason):
         """Not ready: the reason for the master's rollback line, and one ERROR line here."""
@@ -133,7 +137,9 @@ class GracefulMixin:
             super().run()
             self.serve_backlog()
         finally:
-            self.drain.finish()
+            drained = self.drain.finish()
+            if drained is not None and counters.mine() is not None:
+                counters.mine().drained(*drained)
 
     def before_serving(self):
         """The app is loaded and checked: the WSGI workers are ready now."""

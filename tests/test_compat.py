@@ -81,6 +81,12 @@ def test_the_thread_worker_stop_hook_is_whole_when_detected():
         assert parameters(ThreadWorker.handle) == ["self", "conn"]
 
 
+def test_a_heartbeat_timeout_marks_the_worker_aborted_before_its_sigabrt():
+    """`compat.timed_out` reads it: gunicorn_worker_exits_total{reason="timeout"}."""
+    source = inspect.getsource(Arbiter.murder_workers)
+    assert source.index("worker.aborted = True") < source.index("signal.SIGABRT")
+
+
 def test_the_kept_alive_connections_attribute_is_the_detected_one():
     assert ("self.%s = " % compat.KEEPALIVE_ATTRIBUTE) in inspect.getsource(ThreadWorker.__init__)
 

@@ -32,6 +32,10 @@ graceful_deadline_warning = 2.0        # list requests about to be cut this long
 # graceful_health_path = "/-/ready"    # 200 serving, 503 in lame duck and draining
 # graceful_shutdown_delay = 2          # > the balancer's check interval x fall count
 
+# Prometheus metrics the master serves, monotonic across recycles and reloads (needs
+# pip install 'gunicorn-graceful[metrics]'):
+# graceful_metrics_bind = "127.0.0.1:9191"   # GET /metrics
+
 # Your own hooks chain after the pack's: define them as usual, for example
 # def post_fork(server, worker):
 #     server.log.info("my post_fork")

@@ -34,4 +34,8 @@ graceful_websocket_close_delay = 0         # > 0: the app closes its own WebSock
 # graceful_health_path = "/-/ready"        # 200 serving, 503 in lame duck and draining
 # graceful_shutdown_delay = 2              # lame duck before the drain, behind a balancer
 
+# Prometheus metrics the master serves (WebSocket sessions apart from HTTP requests; needs
+# pip install 'gunicorn-graceful[metrics]'):
+# graceful_metrics_bind = "127.0.0.1:9191"   # GET /metrics
+
 install(globals())  # keep last: validates graceful_* and chains your hooks

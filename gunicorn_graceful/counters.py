@@ -1,0 +1,200 @@
+"""A worker's counts, in memory it shares with its master: no file, no lock between them.
+
+With `graceful_metrics_bind` set, the master maps one small anonymous shared
+page per worker just before forking it (`Slot`); the worker finds it as
+`mine()` and adds to it on every request; the master reads every live slot
+when scraped and, when the worker has exited, folds its last counts into its
+own totals (`metrics`). So a counter never goes down when a worker is recycled,
+crashes or is killed (even SIGKILL loses nothing: the counts are already in
+shared memory), and the memory used is bounded by the live workers, whatever
+the number of recycles (prometheus_client's multiprocess mode leaves a file per
+dead pid).
+
+Only the worker writes its slot; the master only reads, and a value it reads a
+moment early is a count a scrape later shows. Counts are float64: exact to 2**53.
+Threads of one worker share its slot, so a threaded worker adds under a lock.
+"""
+
+import mmap
+import threading
+import time
+
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+
+# Field offsets (in float64s) before the histogram buckets.
+_STATUS = 0                      # requests by status class, then one for "other"
+_IN_FLIGHT = len(STATUS_CLASSES) + 1
+_WEBSOCKETS = _IN_FLIGHT + 1     # WebSocket sessions opened
+_WEBSOCKETS_OPEN = _WEBSOCKETS + 1
+_DRAIN_SECONDS = _WEBSOCKETS_OPEN + 1   # the drain's duration, once drained (-1 before)
+_DRAIN_CUT = _DRAIN_SECONDS + 1         # requests the drain's deadline cut
+_DURATION_SUM = _DRAIN_CUT + 1
+_DURATION_COUNT = _DURATION_SUM + 1
+_BUCKETS = _DURATION_COUNT + 1
+
+_mine = None
+
+
+def mine():
+    """This worker's slot, or None when metrics are off (or in the master)."""
+    return _mine
+
+
+class Slot:
+    """One worker's counts (see the module docstring); `buckets` are the histogram's upper
+    bounds in seconds, +Inf implied."""
+
+    def __init__(self, buckets):
+        self.buckets = tuple(buckets)
+        size = (_BUCKETS + len(self.buckets) + 1) * 8
+        self._map = mmap.mmap(-1, max(size, mmap.PAGESIZE))
+        self._values = memoryview(self._map).cast("d")
+        self._values[_DRAIN_SECONDS] = -1.0
+        self._lock = None
+
+    def adopt(self, threaded):
+        """In the forked worker: this slot is the one it writes."""
+        global _mine
+        self._lock = threading.Lock() if threaded else None
+        _mine = self
+
+    # -- the worker's side (hot path: a few float stores) ---------------------------------
+
+    def started(self):
+        values = self._values
+        if self._lock is None:
+            values[_IN_FLIGHT] += 1
+        else:
+            with self._lock:
+                values[_IN_FLIGHT] += 1
+        return time.monotonic()
+
+    def ended(self, status, began):
+        """A request ended with `status` (an int, or None when no response started)."""
+        seconds = time.monotonic() - began
+        index = _STATUS + (status // 100 - 1 if status and 100 <= status < 600
+                           else len(STATUS_CLASSES))
+        bucket = _BUCKETS + next((i for i, bound in enumerate(self.buckets) if seconds <= bound),
+                                 len(self.buckets))
+        if self._lock is None:
+            self._add(index, bucket, seconds)
+        else:
+            with self._lock:
+                self._add(index, bucket, seconds)
+
+    def _add(self, index, bucket, seconds):
+        values = self._values
+        values[_IN_FLIGHT] -= 1
+        values[index] += 1
+        values[bucket] += 1
+        values[_DURATION_SUM] += seconds
+        values[_DURATION_COUNT] += 1
+
+    def websocket(self, opened):
+        """A WebSocket session opened (True) or ended (False); the event loop's thread only."""
+        if opened:
+            self._values[_WEBSOCKETS] += 1
+        self._values[_WEBSOCKETS_OPEN] += 1 if opened else -1
+
+    def drained(self, seconds, cut):
+        """At the end of the drain: how long it took and how many requests its deadline cut."""
+        self._values[_DRAIN_CUT] += cut
+        self._values[_DRAIN_SECONDS] = seconds
+
+    # -- the master's side ------------------------------------------------------------------
+
+    def read(self):
+        """A copy of the counts, as a dict (see `Counts`)."""
+        values = self._values.tolist()
+        return Counts(
+            requests=dict(zip(STATUS_CLASSES + ("other",), values[_STATUS:_IN_FLIGHT])),
+            in_flight=values[_IN_FLIGHT], websockets=values[_WEBSOCKETS],
+            websockets_open=values[_WEBSOCKETS_OPEN],
+            drain_seconds=values[_DRAIN_SECONDS], drain_cut=values[_DRAIN_CUT],
+            duration_sum=values[_DURATION_SUM], duration_count=values[_DURATION_COUNT],
+            buckets=values[_BUCKETS:_BUCKETS + len(self.buckets) + 1])
+
+    def close(self):
+        self._values.release()
+        self._map.close()
+
+
+class Counts:
+    """What a slot held when read; `add` sums another worker's (the master's totals)."""
+
+    __slots__ = ("requests", "in_flight", "websockets", "websockets_open", "drain_seconds",
+                 "drain_cut", "duration_sum", "duration_count", "buckets")
+
+    def __init__(self, **fields):
+        for name in self.__slots__:
+            setattr(self, name, fields[name])
+
+    @classmethod
+    def zero(cls, buckets):
+        return cls(requests=dict.fromkeys(STATUS_CLASSES + ("other",), 0.0), in_flight=0.0,
+                   websockets=0.0, websockets_open=0.0, drain_seconds=-1.0, drain_cut=0.0,
+                   duration_sum=0.0, duration_count=0.0, buckets=[0.0] * (len(buckets) + 1))
+
+    def add(self, other, gauges=True):
+        """Add `other`'s counters (and, with `gauges`, its in-flight and open counts)."""
+        for key, value in other.requests.items():
+            self.requests[key] += value
+        self.websockets += other.websockets
+        self.drain_cut += other.drain_cut
+        self.duration_sum += other.duration_sum
+        self.duration_count += other.duration_count
+        self.buckets = [a + b for a, b in zip(self.buckets, other.buckets)]
+        if gauges:
+            self.in_flight += other.in_flight
+            self.websockets_open += other.websockets_open
+
+
+def measure(app, slot):
+    """A WSGI app whose every call is counted in `slot`, by status class and duration, until
+    Gunicorn closes its body (as `inflight.track`); an app that raises counts as the 500
+    Gunicorn answers."""
+    def measured(environ, start_response):
+        began = slot.started()
+        seen = []
+
+        def start(status, headers, exc_info=None):
+            seen[:] = [status]
+            return start_response(status, headers, exc_info)
+        try:
+            body = app(environ, start)
+        except BaseException:
+            slot.ended(500, began)
+            raise
+        wrapper = environ.get("wsgi.file_wrapper")
+        if wrapper is not None and isinstance(wrapper, type) and isinstance(body, wrapper):
+            slot.ended(_status(seen), began)  # passed through untouched, so sendfile works
+            return body
+        return _Measured(body, slot, seen, began)
+    return measured
+
+
+def _status(seen):
+    try:
+        return int(seen[0][:3])
+    except (IndexError, ValueError):
+        return None
+
+
+class _Measured:
+    """A response body that counts its request when Gunicorn closes it."""
+
+    __slots__ = ("body", "slot", "seen", "began")
+
+    def __init__(self, body, slot, seen, began):
+        self.body, self.slot, self.seen, self.began = body, slot, seen, began
+
+    def __iter__(self):
+        return iter(self.body)
+
+    def close(self):
+        try:
+            close = getattr(self.body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self.slot.ended(_status(self.seen), self.began)

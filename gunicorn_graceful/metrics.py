@@ -1,0 +1,314 @@
+"""Prometheus metrics the master owns (graceful_metrics_bind), monotonic across restarts.
+
+Invariants:
+- The master owns the totals. Each worker counts into its own shared-memory
+  slot (`counters`); a scrape sums the folded totals and every slot not yet
+  folded, under one lock with the fold, so no count is ever in both or neither:
+  a counter never goes down when a worker is recycled, crashes, is killed or is
+  replaced by a HUP, whatever the moment of the scrape.
+- A slot is folded in the master's tick once Gunicorn reaped its worker, then
+  unmapped: the memory is bounded by the live workers.
+- The endpoint runs in a thread of the master, on a listener of its own, so it
+  answers while every worker is busy, hung or draining. The worker processes
+  close their copy of it at fork. A new master of a USR2 binds it once its old
+  master exited (tried each tick, one WARNING while it fails); until then the
+  old master answers.
+- Lifecycle counts come from the master's own events (`events.observe`): the
+  log lines operators read are the ones the counters count.
+- Off (the default), nothing here runs and the request path is unchanged.
+"""
+
+import collections
+import http.server
+import importlib.util
+import os
+import signal
+import threading
+import time
+
+from gunicorn.arbiter import Arbiter
+
+from gunicorn_graceful import clock, counters, events, state
+from gunicorn_graceful.events import emit
+
+_BOOT_ERRORS = (Arbiter.WORKER_BOOT_ERROR, Arbiter.APP_LOAD_ERROR)
+DRAIN_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_RELOADS = {"reload.done": ("hup", "ok"), "reload.rollback": ("hup", "rolled_back"),
+            "reload.refused": ("hup", "refused"), "reload.config_failed": ("hup", "refused"),
+            "upgrade.rollback": ("usr2", "rolled_back"), "upgrade.refused": ("usr2", "refused"),
+            "upgrade.promoted": ("usr2", "ok")}
+
+
+def start(arbiter, settings):
+    """The metrics of this master, serving on graceful_metrics_bind; None when it is empty.
+    A SystemExit naming the setting when the address cannot be bound or prometheus_client
+    is missing (at start, so nothing runs half-configured)."""
+    if not settings.metrics_bind:
+        return None
+    if importlib.util.find_spec("prometheus_client") is None:  # the [metrics] extra
+        raise SystemExit("Error: gunicorn-graceful: graceful_metrics_bind=%s needs "
+                         "prometheus_client: pip install 'gunicorn-graceful[metrics]'"
+                         % settings.metrics_bind)
+    metrics = Metrics(arbiter, settings)
+    if not arbiter.master_pid:  # a new master of a USR2 binds once its old master is gone
+        metrics.serve()
+    return metrics
+
+
+def reload_problem(metrics, settings):
+    """Why a HUP's settings cannot apply to the running metrics, or None: the endpoint keeps
+    its address for the master's life (a scrape target that moves on a HUP is a lost one)."""
+    running = metrics.bind if metrics is not None else ""
+    if settings.metrics_bind != running:
+        return ("graceful_metrics_bind=%r differs from the running %r: it changes on a "
+                "restart only" % (settings.metrics_bind, running))
+    if metrics is not None and tuple(settings.metrics_buckets) != metrics.buckets:
+        return "graceful_metrics_buckets changes on a restart only"
+    return None
+
+
+class Metrics:
+    def __init__(self, arbiter, settings):
+        self.arbiter, self.bind = arbiter, settings.metrics_bind
+        self.buckets = tuple(settings.metrics_buckets)
+        self.lock = threading.Lock()
+        self.slots = {}  # pid -> the slot of a worker not yet folded
+        self.folded = counters.Counts.zero(self.buckets)
+        self.reloads = collections.Counter()   # (kind, result)
+        self.recycles = collections.Counter()  # reason
+        self.exits = collections.Counter()     # reason
+        self.drains = [0] * (len(DRAIN_BUCKETS) + 1)
+        self.drain_sum = 0.0
+        self.gauges = {}  # the master's view, refreshed each tick (`tick`)
+        self.started_at = time.time()
+        self.server = None
+        self.bind_failed = False
+        events.observe(self.observe)
+
+    # -- the master's main thread -----------------------------------------------------------
+
+    def forking(self):
+        """Just before a fork: the slot the new worker will count into."""
+        return counters.Slot(self.buckets)
+
+    def forked(self, pid, slot):
+        """After the fork in the master (pid None: the fork failed)."""
+        if pid:
+            with self.lock:
+                self.slots[pid] = slot
+        else:
+            slot.close()
+
+    def tick(self):
+        """Each tick: fold what reaped workers counted, and refresh the master's gauges."""
+        arbiter = self.arbiter
+        for pid in [pid for pid in list(self.slots) if pid not in arbiter.WORKERS]:
+            self.fold(pid)
+        self.gauges = self.master_gauges()
+        if self.server is None and not arbiter.master_pid:
+            self.serve_when_free()
+
+    def serve_when_free(self):
+        """A promoted new master: bind the address its old master held (see the top)."""
+        try:
+            self.serve()
+        except SystemExit as exc:
+            if not self.bind_failed:
+                self.bind_failed = True
+                emit(self.arbiter.log, "warning", "metrics.bind_failed", pid=os.getpid(),
+                     reason=str(exc).replace("Error: gunicorn-graceful: ", ""),
+                     retry="every tick")
+
+    def fold(self, pid):
+        slot = self.slots[pid]
+        counts = slot.read()
+        with self.lock:
+            self.folded.add(counts, gauges=False)
+            del self.slots[pid]
+        if counts.drain_seconds >= 0:
+            self.drain_sum += counts.drain_seconds
+            self.drains[_bucket(DRAIN_BUCKETS, counts.drain_seconds)] += 1
+        slot.close()
+
+    def exited(self, record):
+        """A worker was reaped (on Gunicorn 23 inside the SIGCHLD handler: one count)."""
+        self.exits[exit_reason(record)] += 1
+
+    def master_gauges(self):
+        arbiter = self.arbiter
+        by_state = dict.fromkeys(("booting", "ready", "draining", "recycling"), 0)
+        oldest = 0.0
+        now = clock.wall()
+        for worker, record in arbiter.pool.workers():
+            said = state.read(worker.tmp)
+            name = "recycling" if said == state.READY and record.recycle is not None else said
+            if name in by_state:
+                by_state[name] += 1
+            if said == state.READY:
+                oldest = max(oldest, now - record.started_at)
+        return {"workers": by_state, "generation": arbiter.generation,
+                "degraded": int(arbiter.pool.degraded is not None), "oldest": oldest}
+
+    def observe(self, name, fields):
+        """The master's events (see the module docstring); a worker forgets the observer."""
+        if name in _RELOADS:
+            self.reloads[_RELOADS[name]] += 1
+        elif name == "worker.recycle":
+            self.recycles[fields.get("reason") or "max_requests"] += 1
+
+    # -- the endpoint's thread --------------------------------------------------------------
+
+    def serve(self):
+        host, _, port = self.bind.rpartition(":")
+        try:
+            self.server = _Server((host.strip("[]") or "0.0.0.0", int(port)), _Handler)
+        except (OSError, ValueError) as exc:
+            raise SystemExit("Error: gunicorn-graceful: graceful_metrics_bind=%s cannot be "
+                             "bound: %s" % (self.bind, exc)) from None
+        self.server.metrics = self
+        fd = self.server.fileno()
+        os.register_at_fork(after_in_child=lambda: _close_in_child(fd))
+        thread = threading.Thread(target=self.server.serve_forever, name="graceful-metrics",
+                                  daemon=True)
+        thread.start()
+        emit(self.arbiter.log, "info", "metrics.listening", pid=os.getpid(),
+             address="http://%s/metrics" % self.bind)
+
+    def snapshot(self):
+        """Totals now: what exited workers counted plus what live ones count."""
+        with self.lock:
+            total = counters.Counts.zero(self.buckets)
+            total.add(self.folded)
+            live = [slot.read() for slot in self.slots.values()]
+        for counts in live:
+            total.add(counts)
+        busy = sum(1 for counts in live if counts.in_flight > 0)
+        return total, busy
+
+    def families(self):
+        """The metric families of a scrape (prometheus_client's types)."""
+        from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily,
+                                            HistogramMetricFamily)
+        total, busy = self.snapshot()
+        gauges = self.gauges or self.master_gauges()
+        requests = CounterMetricFamily("gunicorn_requests", "Requests answered, by status "
+                                       "class (health probes excluded).", labels=["status"])
+        for status, value in total.requests.items():
+            requests.add_metric([status], value)
+        yield requests
+        duration = HistogramMetricFamily("gunicorn_request_duration_seconds",
+                                         "Time from the app's call to the end of its response.")
+        duration.add_metric([], _cumulative(self.buckets, total.buckets), total.duration_sum)
+        yield duration
+        yield GaugeMetricFamily("gunicorn_requests_in_flight", "Requests being served now.",
+                                value=total.in_flight)
+        yield GaugeMetricFamily("gunicorn_workers_busy", "Workers with at least one request "
+                                "in flight.", value=busy)
+        workers = GaugeMetricFamily("gunicorn_workers", "Workers by state.", labels=["state"])
+        for name, count in gauges["workers"].items():
+            workers.add_metric([name], count)
+        yield workers
+        yield _labelled(CounterMetricFamily, "gunicorn_reloads", "HUP reloads and USR2 "
+                        "upgrades, by outcome.", ["kind", "result"], self.reloads)
+        yield _labelled(CounterMetricFamily, "gunicorn_worker_recycles", "Workers recycled, by "
+                        "reason.", ["reason"], {(k,): v for k, v in self.recycles.items()})
+        yield _labelled(CounterMetricFamily, "gunicorn_worker_exits", "Workers that exited, by "
+                        "how.", ["reason"], {(k,): v for k, v in self.exits.items()})
+        yield CounterMetricFamily("gunicorn_websocket_sessions", "WebSocket sessions opened.",
+                                  value=total.websockets)
+        yield GaugeMetricFamily("gunicorn_websocket_sessions_open", "WebSocket sessions open.",
+                                value=total.websockets_open)
+        drains = HistogramMetricFamily("gunicorn_drain_duration_seconds",
+                                       "How long each worker's drain took.")
+        drains.add_metric([], _cumulative(DRAIN_BUCKETS, self.drains), self.drain_sum)
+        yield drains
+        yield CounterMetricFamily("gunicorn_drain_cut_requests", "Requests a drain's deadline "
+                                  "cut.", value=total.drain_cut)
+        yield GaugeMetricFamily("gunicorn_generation", "The serving generation.",
+                                value=gauges["generation"])
+        yield GaugeMetricFamily("gunicorn_degraded", "1 while workers cannot be replaced.",
+                                value=gauges["degraded"])
+        yield GaugeMetricFamily("gunicorn_worker_age_seconds", "Age of the oldest ready worker.",
+                                value=gauges["oldest"])
+        yield GaugeMetricFamily("gunicorn_master_start_time_seconds", "When this master "
+                                "started, in seconds since the epoch.", value=self.started_at)
+
+
+def exit_reason(record):
+    """ok, boot_failed, timeout, killed or crash, from the master's record of the worker: a
+    worker the master told to stop that stopped is ok, whatever the signal ended it."""
+    status = record.exit_status
+    if record.timed_out:
+        return "timeout"
+    if record.killed:
+        return "killed"
+    code = os.WEXITSTATUS(status) if os.WIFEXITED(status) else None
+    if code in _BOOT_ERRORS or (record.final_state == state.BOOTING and not record.retired):
+        return "boot_failed"
+    if os.WIFSIGNALED(status):
+        stopped = record.retired or record.term_sent is not None
+        if stopped and os.WTERMSIG(status) in (signal.SIGTERM, signal.SIGQUIT, signal.SIGINT):
+            return "ok"
+        return "killed" if os.WTERMSIG(status) == signal.SIGKILL else "crash"
+    return "ok" if code == 0 else "crash"
+
+
+def _bucket(bounds, value):
+    return next((i for i, bound in enumerate(bounds) if value <= bound), len(bounds))
+
+
+def _cumulative(bounds, counts):
+    running, out = 0.0, []
+    for bound, count in zip(list(bounds) + [float("inf")], counts):
+        running += count
+        out.append(("+Inf" if bound == float("inf") else repr(float(bound)), running))
+    return out
+
+
+def _labelled(family, name, doc, labels, values):
+    metric = family(name, doc, labels=labels)
+    for key, value in sorted(values.items()):
+        metric.add_metric(list(key), value)
+    return metric
+
+
+def _close_in_child(fd):
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+    events.forget_observers()
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """GET /metrics: Prometheus text, or OpenMetrics when the scraper's Accept asks."""
+
+    def do_GET(self):
+        if self.path.split("?", 1)[0] != "/metrics":
+            self.send_error(404, "only /metrics here")
+            return
+        from prometheus_client.exposition import choose_encoder
+        encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+        body = encoder(_Registry(self.server.metrics))
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        """Scrapes are not logged: one a second from each Prometheus would drown the log."""
+
+
+class _Registry:
+    """What prometheus_client's encoders read: `collect()`."""
+
+    def __init__(self, metrics):
+        self.metrics = metrics
+
+    def collect(self):
+        return self.metrics.families()
