@@ -287,6 +287,8 @@ class _Server(http.server.ThreadingHTTPServer):
 class _Handler(http.server.BaseHTTPRequestHandler):
     """GET /metrics: Prometheus text, or OpenMetrics when the scraper's Accept asks."""
 
+    timeout = 10  # a client that sends nothing does not keep its thread
+
     def do_GET(self):
         if self.path.split("?", 1)[0] != "/metrics":
             self.send_error(404, "only /metrics here")

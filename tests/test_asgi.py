@@ -14,8 +14,8 @@ import requests
 import websockets
 
 from gunicorn_graceful import compat
-from support import (ROOT, Load, Sockets, process_alive, usr2_new_master, wait_for,
-                     write_asgi_app)
+from support import (ROOT, Load, Sockets, process_alive, quick_stop, usr2_new_master,
+                     wait_for, write_asgi_app)
 
 UVICORN = "gunicorn_graceful.workers.GracefulUvicornWorker"
 NATIVE = "gunicorn_graceful.workers.GracefulASGIWorker"
@@ -403,17 +403,7 @@ def test_a_quick_stop_ends_within_a_second_and_says_what_it_cut(asgi, worker, si
     server = asgi(worker, workers=1, config_body=CONFIG + "graceful_timeout = 20\n")
     sockets = Sockets(server.url, 2).start()
     thread, outcome = slow_request(server, 30, timeout=40)
-    started = time.monotonic()
-    if len(signals) == 2:  # what Gunicorn >= 27's master sends its workers on Ctrl-C in a stop
-        (worker_pid,) = server.children()
-        server.signal(signal.SIGTERM)
-        server.wait_log(r"event=drain\.start")
-        started = time.monotonic()
-        os.kill(worker_pid, signal.SIGQUIT)
-    else:
-        server.signal(signal.SIGQUIT)
-    assert server.wait_exit(timeout=30) == 0
-    assert time.monotonic() - started < 3, server.tail()
+    assert quick_stop(server, during_drain=len(signals) == 2) < 3, server.tail()
     thread.join(10)
     assert "error" in outcome  # the slow request was cut, not finished
     assert server.count(r"event=request\.cut_quick pid=\d+ method=GET path=/slow") == 1

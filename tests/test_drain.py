@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from gunicorn_graceful import compat
-from support import WORKERS, Load, wait_for
+from support import WORKERS, Load, quick_stop, wait_for
 
 pytestmark = pytest.mark.lines  # every test here goes through internals that differ between lines
 
@@ -95,17 +95,7 @@ def test_a_quick_stop_ends_within_a_second_and_says_what_it_cut(workdir, servers
     thread = threading.Thread(target=long_request, daemon=True)
     thread.start()
     server.wait_started("/slow")
-    started = time.monotonic()
-    if len(signals) == 2:  # what Gunicorn >= 27's master sends its workers on Ctrl-C in a stop
-        (worker_pid,) = server.children()
-        server.signal(signal.SIGTERM)
-        server.wait_log(r"event=drain\.start")
-        started = time.monotonic()
-        os.kill(worker_pid, signal.SIGQUIT)
-    else:
-        server.signal(signal.SIGQUIT)
-    assert server.wait_exit(timeout=30) == 0
-    assert time.monotonic() - started < 3, server.tail()
+    assert quick_stop(server, during_drain=len(signals) == 2) < 3, server.tail()
     thread.join(10)
     # Cut: no answer, or Gunicorn's 500 for the SystemExit that ends the sync worker.
     assert "error" in outcome or outcome["response"].status_code == 500
