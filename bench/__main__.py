@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--only NAMES] [--asgi] [--out DIR]`: run, print the tables, write DIR/results.md.
+"""`python -m bench [--quick] [--only NAMES] [--asgi] [--metrics] [--out DIR]`: run, print the tables, write DIR/results.md.
 
 `--only hup_storm,term_slow` runs just those restart scenarios (no HAProxy and no
 throughput runs) and writes DIR/only-<names>.md, leaving the full results alone.
@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 
-from bench import asgi, report, rolling, scenarios, throughput
+from bench import asgi, metrics_cost, report, rolling, scenarios, throughput
 
 
 def main(argv=None):
@@ -20,11 +20,17 @@ def main(argv=None):
     parser.add_argument("--only", help="comma-separated restart scenarios to run, alone")
     parser.add_argument("--asgi", action="store_true",
                         help="the ASGI classes against stock UvicornWorker and asgi (results/asgi.md)")
+    parser.add_argument("--metrics", action="store_true",
+                        help="what graceful_metrics_bind costs and whether its counts hold "
+                             "(results/metrics.md)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = parser.parse_args(argv)
     if args.asgi:
         os.makedirs(args.out, exist_ok=True)
         return asgi.main(args.out)
+    if args.metrics:
+        os.makedirs(args.out, exist_ok=True)
+        return metrics_cost.main(args.out)
     names = {s.name for s in scenarios.SCENARIOS}
     only = set(args.only.split(",")) if args.only else None
     if only and not only <= names:

@@ -15,6 +15,7 @@ moment early is a count a scrape later shows. Counts are float64: exact to 2**53
 Threads of one worker share its slot, so a threaded worker adds under a lock.
 """
 
+import bisect
 import mmap
 import threading
 import time
@@ -74,8 +75,7 @@ class Slot:
         seconds = time.monotonic() - began
         index = _STATUS + (status // 100 - 1 if status and 100 <= status < 600
                            else len(STATUS_CLASSES))
-        bucket = _BUCKETS + next((i for i, bound in enumerate(self.buckets) if seconds <= bound),
-                                 len(self.buckets))
+        bucket = _BUCKETS + bisect.bisect_left(self.buckets, seconds)  # le: bound >= seconds
         if self._lock is None:
             self._add(index, bucket, seconds)
         else:

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import threading
 
 import pytest
 
@@ -154,7 +155,13 @@ SLOW_WHEN_MARKED = "if os.path.exists('slow'):\n    time.sleep(20)"
 
 def one_asks_to_be_recycled(server, workdir):
     """Mark later imports slow, then send requests one by one until one worker asked to be
-    recycled and its replacement is booting; the replacement's pid."""
+    recycled and its replacement is booting; the replacement's pid. The other worker (two
+    sync workers) is busy with a 3 s request meanwhile, so only the first reaches
+    max_requests (both did, once, before the master noticed either)."""
+    busy = threading.Thread(target=lambda: server.get("/slow?seconds=3", timeout=10),
+                            daemon=True)
+    busy.start()
+    server.wait_started("/slow")
     open(os.path.join(workdir, "slow"), "w").close()
     booted = server.count(r"event=worker\.booting ")
     for _ in range(40):
