@@ -41,9 +41,14 @@ def _is_tcp(sock):
     return sock.family in (socket.AF_INET, socket.AF_INET6) and sock.type == socket.SOCK_STREAM
 
 
+def reports_queue(sock):
+    """Whether `queued` can count `sock`'s accept queue (Linux TCP)."""
+    return _is_tcp(sock) and hasattr(socket, "TCP_INFO")
+
+
 def queued(sock):
     """How many connections wait in `sock`'s accept queue (Linux TCP), else 0."""
-    if not _is_tcp(sock) or not hasattr(socket, "TCP_INFO"):
+    if not reports_queue(sock):
         return 0
     try:
         info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)

@@ -28,7 +28,7 @@ import time
 
 from gunicorn.arbiter import Arbiter
 
-from gunicorn_graceful import clock, counters, events, state
+from gunicorn_graceful import clock, counters, events, listeners, state
 from gunicorn_graceful.events import emit
 
 _BOOT_ERRORS = (Arbiter.WORKER_BOOT_ERROR, Arbiter.APP_LOAD_ERROR)
@@ -146,8 +146,10 @@ class Metrics:
                 by_state[name] += 1
             if said == state.READY:
                 oldest = max(oldest, now - record.started_at)
+        counted = [lnr for lnr in arbiter.LISTENERS if listeners.reports_queue(lnr)]
         return {"workers": by_state, "generation": arbiter.generation,
-                "degraded": int(arbiter.pool.degraded is not None), "oldest": oldest}
+                "degraded": int(arbiter.pool.degraded is not None), "oldest": oldest,
+                "backlog": sum(map(listeners.queued, counted)) if counted else None}
 
     def observe(self, name, fields):
         """The master's events (see the module docstring); a worker forgets the observer."""
@@ -224,6 +226,10 @@ class Metrics:
         yield drains
         yield CounterMetricFamily("gunicorn_drain_cut_requests", "Requests a drain's deadline "
                                   "cut.", value=total.drain_cut)
+        if gauges["backlog"] is not None:
+            yield GaugeMetricFamily("gunicorn_listen_backlog", "Connections waiting in the "
+                                    "listeners' accept queues (TCP on Linux).",
+                                    value=gauges["backlog"])
         yield GaugeMetricFamily("gunicorn_generation", "The serving generation.",
                                 value=gauges["generation"])
         yield GaugeMetricFamily("gunicorn_degraded", "1 while workers cannot be replaced.",

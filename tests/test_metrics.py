@@ -100,7 +100,7 @@ def test_requests_total_never_goes_down_and_ends_at_what_the_load_saw(workdir, s
 def test_a_sigkilled_worker_loses_no_count_and_scrapes_answer_while_workers_hang(workdir,
                                                                                 servers):
     port = free_port()
-    server = metrics_server(servers, workdir, port, workers=1)
+    server = metrics_server(servers, workdir, port, workers=1, worker="sync")  # busy: queue
     for _ in range(25):
         assert requests.get(server.url + "/", timeout=5).status_code == 200
     (worker,) = server.children()
@@ -115,6 +115,12 @@ def test_a_sigkilled_worker_loses_no_count_and_scrapes_answer_while_workers_hang
     text = scrape(port).text  # the only worker is busy: the master answers
     assert value(text, "gunicorn_requests_in_flight") == 1
     assert value(text, "gunicorn_workers_busy") == 1
+    waiting = [socket.create_connection(("127.0.0.1", server.port), timeout=10)
+               for _ in range(3)]
+    wait_for(lambda: value(scrape(port).text, "gunicorn_listen_backlog") == 3, 10,
+             "3 connections in the listen backlog, seen at a master tick")
+    for client in waiting:
+        client.close()
     os.kill(worker, signal.SIGKILL)
     wait_for(lambda: value(scrape(port).text, 'gunicorn_worker_exits_total{reason="killed"}')
              == 1, 10, "the killed worker folded")
