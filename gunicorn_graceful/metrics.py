@@ -15,12 +15,16 @@ Invariants:
   old master answers.
 - Lifecycle counts come from the master's own events (`events.observe`): the
   log lines operators read are the ones the counters count.
+- A USR2 carries the counters over: the old master, once its workers drained,
+  hands its totals to its new master (`upgrade_report`), which adds them to its
+  own once promoted; until then the old master answers scrapes.
 - Off (the default), nothing here runs and the request path is unchanged.
 """
 
 import collections
 import http.server
 import importlib.util
+import json
 import os
 import signal
 import threading
@@ -150,6 +154,42 @@ class Metrics:
         return {"workers": by_state, "generation": arbiter.generation,
                 "degraded": int(arbiter.pool.degraded is not None), "oldest": oldest,
                 "backlog": sum(map(listeners.queued, counted)) if counted else None}
+
+    def export(self):
+        """Every counter as JSON, for the new master of a USR2 (`carry`)."""
+        total, _ = self.snapshot()
+        return json.dumps({
+            "requests": total.requests, "buckets": list(self.buckets),
+            "duration": [total.duration_sum, total.duration_count, total.buckets],
+            "websockets": total.websockets, "drain_cut": total.drain_cut,
+            "drains": [self.drain_sum, self.drains], "exits": dict(self.exits),
+            "recycles": dict(self.recycles),
+            "reloads": [[kind, result, n] for (kind, result), n in self.reloads.items()]})
+
+    def carry(self, text):
+        """Promoted after a USR2: add the old master's last totals (`export`) to this one's,
+        so every counter goes on from where it was. Histograms whose buckets changed with
+        the upgrade start over; what cannot be read is one WARNING."""
+        if text is None:
+            return
+        try:
+            old = json.loads(text)
+            requests = {key: float(value) for key, value in old["requests"].items()}
+            carried = counters.Counts.zero(self.buckets)
+            carried.requests.update((k, v) for k, v in requests.items() if k in carried.requests)
+            carried.websockets, carried.drain_cut = old["websockets"], old["drain_cut"]
+            if old["buckets"] == list(self.buckets):
+                carried.duration_sum, carried.duration_count, carried.buckets = old["duration"]
+            with self.lock:
+                self.folded.add(carried, gauges=False)
+            self.drain_sum += old["drains"][0]
+            self.drains = [a + b for a, b in zip(self.drains, old["drains"][1])]
+            self.exits.update(old["exits"])
+            self.recycles.update(old["recycles"])
+            self.reloads.update({(kind, result): n for kind, result, n in old["reloads"]})
+        except (ValueError, KeyError, TypeError) as exc:
+            emit(self.arbiter.log, "warning", "metrics.carry_failed", pid=os.getpid(),
+                 reason="the old master's totals could not be read: %s" % exc)
 
     def observe(self, name, fields):
         """The master's events (see the module docstring); a worker forgets the observer."""

@@ -56,6 +56,8 @@ class Upgrades:
         self.last_refusal = None
         self.report_fd, self.ack_fd = upgrade_report.take(os.environ, arbiter.cfg.env_orig)
         self.asked = False
+        self.heard = b""  # what the old master wrote on the ack pipe
+        self.handed_to = None  # as an old master: the upgrade it handed the service to
 
     # -- the old master -------------------------------------------------------------------
 
@@ -178,6 +180,7 @@ class Upgrades:
         arbiter.notifier.send(arbiter.log, MAINPID=upgrade.new_master,
                               STATUS="handing over to new master %s" % upgrade.new_master)
         upgrade.report.acknowledge()
+        self.handed_to = upgrade
         signal_process(upgrade.new_master, signal.SIGCHLD)
         self.record(upgrade, "handed_over")
         emit(arbiter.log, "info", "upgrade.handing_over", pid=arbiter.pid,
@@ -245,7 +248,8 @@ class Upgrades:
             upgrade_report.tell(self.report_fd, upgrade_report.HANDOVER)
             emit(arbiter.log, "info", "upgrade.asking", pid=arbiter.pid,
                  old_master=arbiter.master_pid, generation=arbiter.generation)
-        if upgrade_report.acknowledged(self.ack_fd) or arbiter.master_pid != os.getppid():
+        self.heard += upgrade_report.read_ack(self.ack_fd)
+        if upgrade_report.acknowledged(self.heard) or arbiter.master_pid != os.getppid():
             self.take_over()
 
     def take_over(self):
@@ -259,9 +263,8 @@ class Upgrades:
                                % (arbiter.pid, arbiter.master_pid))
         emit(arbiter.log, "info", "upgrade.handover", pid=arbiter.pid,
              old_master=arbiter.master_pid, generation=arbiter.generation)
-        for fd in (self.report_fd, self.ack_fd):
-            upgrade_report.close(fd)
-        self.report_fd = self.ack_fd = None
+        upgrade_report.close(self.report_fd)  # the ack pipe stays open: the old master's totals
+        self.report_fd = None
 
     def may_promote(self):
         """Gunicorn promotes as soon as its parent changed; the pack waits until it serves."""
@@ -276,10 +279,21 @@ class Upgrades:
         arbiter = self.arbiter
         compat.rebind_control_socket(arbiter)
         arbiter.phase.move(Phase.SERVING)
+        self.heard += upgrade_report.read_ack(self.ack_fd)
+        upgrade_report.close(self.ack_fd)
+        self.ack_fd = None
+        if arbiter.metrics:
+            arbiter.metrics.carry(upgrade_report.totals(self.heard))
         emit(arbiter.log, "info", "upgrade.promoted", pid=arbiter.pid, old_master=old_master)
         if trial_pidfile is not None:
             files.remove(arbiter.log, trial_pidfile.fname + ".status")
             files.remove(arbiter.log, trial_pidfile.fname)
+
+    def hand_over_totals(self):
+        """An old master that handed over, once its workers are gone: its metrics' totals
+        to the new master (`upgrade_report`)."""
+        if self.handed_to is not None and self.arbiter.metrics:
+            self.handed_to.report.send_totals(self.arbiter.metrics.export())
 
     def report_halt(self, reason):
         """A new master on trial that halts tells its old master why."""

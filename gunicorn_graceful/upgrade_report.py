@@ -14,13 +14,17 @@ GRACEFUL_UPGRADE_REPORT_FD as "report,ack").
   not rolled the upgrade back, and from then on it stops itself and never
   signals its new master; the new master announces itself (pidfile, systemd
   MAINPID and READY) only once acknowledged, or once its old master is gone.
-  So the two can never both stop, nor both speak for the service.
+  So the two can never both stop, nor both speak for the service. With
+  metrics on, the old master's last line there, once its workers drained, is
+  its totals (METRICS + JSON), which the new master adds to its own once
+  promoted: the counters go on from where they were.
 """
 
 import os
 
 ENV = "GRACEFUL_UPGRADE_REPORT_FD"
 HANDOVER = "handover"
+METRICS = "metrics "
 _ACK = b"ack\n"
 _LIMIT = 4096
 
@@ -66,6 +70,14 @@ class Channel:
         except OSError:
             pass
 
+    def send_totals(self, text):
+        """After the hand-over, once this master's workers are gone: its metrics' totals."""
+        if self.ack_fd is not None:
+            try:
+                os.write(self.ack_fd, (METRICS + text + "\n").encode())
+            except OSError:
+                pass
+
     def reason(self):
         """The last line the new master wrote about a failure, or ""; closes the channel."""
         try:
@@ -99,12 +111,31 @@ def fds(value):
     return tuple((numbers + [None, None])[:2])
 
 
-def acknowledged(fd):
-    """In a new master: whether its old master gave it the service."""
-    try:
-        return os.read(fd, _LIMIT).startswith(_ACK)
-    except (BlockingIOError, OSError):
-        return False
+def read_ack(fd):
+    """In a new master: what its old master wrote on the ack pipe since the last read."""
+    chunks = []
+    while fd is not None:
+        try:
+            chunk = os.read(fd, 65536)
+        except (BlockingIOError, OSError):
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def acknowledged(data):
+    """Whether what the ack pipe held (`read_ack`) gives this new master the service."""
+    return data.startswith(_ACK)
+
+
+def totals(data):
+    """The old master's metrics totals (JSON text) in what the ack pipe held, or None."""
+    for line in data.decode("utf-8", "replace").splitlines():
+        if line.startswith(METRICS):
+            return line[len(METRICS):]
+    return None
 
 
 def tell(fd, reason):
