@@ -22,13 +22,20 @@ if ! command -v haproxy >/dev/null && [ ! -x /usr/sbin/haproxy ]; then
   fi
 fi
 
+LINES="23:gunicorn==23.0.0 24:gunicorn>=24,<25 25:gunicorn>=25,<26 26:gunicorn>=26,<27"
+
 venv .venv 'gunicorn>=27,<28'
+# The older lines' virtualenvs install while the newest line's tests run (mostly waiting on
+# downloads and disk); their output is shown only if one fails.
+prepared=$(mktemp)
+( for line in $LINES; do venv ".venv-gunicorn${line%%:*}" "${line#*:}"; done ) >"$prepared" 2>&1 &
+preparing=$!
 echo "== all tests, newest Gunicorn: $(.venv/bin/python -m gunicorn --version 2>&1 | head -1)"
 .venv/bin/python -m pytest -q tests
+wait "$preparing" || { cat "$prepared"; exit 1; }
 
-for line in 23:'gunicorn==23.0.0' 24:'gunicorn>=24,<25' 25:'gunicorn>=25,<26' 26:'gunicorn>=26,<27'; do
+for line in $LINES; do
   dir=.venv-gunicorn${line%%:*}
-  venv "$dir" "${line#*:}"
   echo "== tests marked lines, $("$dir"/bin/python -m gunicorn --version 2>&1 | head -1)"
   "$dir"/bin/python -m pytest -q -m lines tests
 done
