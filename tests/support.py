@@ -368,15 +368,18 @@ class Server:
         return wait_for(seen, timeout, lambda: "%r in %s:\n%s"
                         % (pattern, self.logpath, self.tail()))
 
+    def started(self, path):
+        """How many requests to `path` the app has begun (see APP_TEMPLATE)."""
+        try:
+            with open(os.path.join(self.workdir, "started.log")) as handle:
+                return handle.read().splitlines().count(path)
+        except OSError:
+            return 0
+
     def wait_started(self, path, count=1, timeout=10):
         """Wait until the app has begun `count` requests to `path` (see APP_TEMPLATE)."""
-        def started():
-            try:
-                with open(os.path.join(self.workdir, "started.log")) as handle:
-                    return handle.read().splitlines().count(path) >= count
-            except OSError:
-                return False
-        wait_for(started, timeout, "%s request(s) to %s to reach the app" % (count, path))
+        wait_for(lambda: self.started(path) >= count, timeout,
+                 "%s request(s) to %s to reach the app" % (count, path))
 
     def tail(self, lines=40):
         return "\n".join(self.log().splitlines()[-lines:])
