@@ -179,9 +179,9 @@ class GracefulArbiter(Arbiter):
         else:
             worker = self.WORKERS.pop(wpid, None)
             if worker is not None:
-                self.pool.exited(worker, status)
-                if self.metrics and self.records.of(worker) is not None:
-                    self.metrics.exited(self.records.of(worker))
+                record = self.pool.exited(worker, status)
+                if self.metrics and record is not None:
+                    self.metrics.exited(record)
                 worker.tmp.close()
                 self.cfg.child_exit(self, worker)
 

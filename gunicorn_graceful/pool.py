@@ -175,14 +175,15 @@ class Pool:
     # -- exits and failures ---------------------------------------------------------------
 
     def exited(self, worker, status):
-        """A worker was reaped: note how it ended while its heartbeat file is still open.
+        """A worker was reaped: note how it ended while its heartbeat file is still open;
+        its record (None for a worker the pack has none of).
 
         On Gunicorn 23 this runs inside the SIGCHLD handler: it only records; the
         tick acts on what it recorded.
         """
         record = self.arbiter.records.of(worker)
         if record is None:
-            return
+            return None
         record.exit_status = status
         record.final_state = state.read(worker.tmp)
         record.timed_out = compat.timed_out(worker)
@@ -192,6 +193,7 @@ class Pool:
             self.boot_failures.append(BootFailure(
                 worker.pid, record.generation, reason, clock.monotonic() - record.spawned,
                 os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1))
+        return record
 
     def handle_boot_failures(self):
         arbiter = self.arbiter
