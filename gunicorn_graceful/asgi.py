@@ -275,8 +275,7 @@ class Socket:
     async def receive(self):
         message = await (self._receive() if self.gone is None else self._receive_or_gone())
         if message["type"] == "websocket.disconnect":
-            self.closed = True
-            self.guard.websockets.pop(self.key, None)
+            self._closing(message.get("code", 1005))
         return message
 
     async def _receive_or_gone(self):

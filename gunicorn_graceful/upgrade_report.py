@@ -65,18 +65,11 @@ class Channel:
 
     def acknowledge(self):
         """Give the service to the new master: after this the old master only stops."""
-        try:
-            os.write(self.ack_fd, _ACK)
-        except OSError:
-            pass
+        _write(self.ack_fd, _ACK)
 
     def send_totals(self, text):
         """After the hand-over, once this master's workers are gone: its metrics' totals."""
-        if self.ack_fd is not None:
-            try:
-                os.write(self.ack_fd, (METRICS + text + "\n").encode())
-            except OSError:
-                pass
+        _write(self.ack_fd, (METRICS + text + "\n").encode())
 
     def reason(self):
         """The last line the new master wrote about a failure, or ""; closes the channel."""
@@ -140,10 +133,16 @@ def totals(data):
 
 def tell(fd, reason):
     """Write `reason` as one line for the old master; never fails the caller."""
+    _write(fd, (" ".join(reason.split()) + "\n").encode("utf-8", "replace")[:_LIMIT])
+
+
+def _write(fd, data):
+    """A write to the other master that never fails the caller: a pipe whose reader is gone
+    (or an fd there is none of) is nothing to act on."""
     if fd is None:
         return
     try:
-        os.write(fd, (" ".join(reason.split()) + "\n").encode("utf-8", "replace")[:_LIMIT])
+        os.write(fd, data)
     except OSError:
         pass
 
