@@ -33,21 +33,25 @@ def _read_response(sock, buffer):
     return body[length:], "connection: close" not in headers
 
 
-def _client(port, stop_at, counts, index, per_connection):
+def _client(port, stop_at, counts, index, per_connection, limit=None):
+    """One closed-loop client until `stop_at` (or `limit` answers); its answers in
+    counts[index], also those before a failure."""
     sock, buffer, done = None, b"", 0
-    while time.monotonic() < stop_at:
-        if sock is None:
-            sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-            buffer = b""
-        sock.sendall(REQUEST)
-        buffer, keep = _read_response(sock, buffer)
-        done += 1
-        if not keep or (per_connection and done % per_connection == 0):
+    try:
+        while time.monotonic() < stop_at and (limit is None or done < limit):
+            if sock is None:
+                sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+                buffer = b""
+            sock.sendall(REQUEST)
+            buffer, keep = _read_response(sock, buffer)
+            done += 1
+            if not keep or (per_connection and done % per_connection == 0):
+                sock.close()
+                sock = None
+    finally:
+        if sock is not None:
             sock.close()
-            sock = None
-    if sock is not None:
-        sock.close()
-    counts[index] = done
+        counts[index] = done
 
 
 def measure(port, seconds, per_connection=None):
