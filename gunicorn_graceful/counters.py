@@ -104,7 +104,7 @@ class Slot:
     # -- the master's side ------------------------------------------------------------------
 
     def read(self):
-        """A copy of the counts, as a dict (see `Counts`)."""
+        """A copy of the counts (`Counts`)."""
         values = self._values.tolist()
         return Counts(
             requests=dict(zip(STATUS_CLASSES + ("other",), values[_STATUS:_IN_FLIGHT])),

@@ -105,9 +105,9 @@ class GracefulMixin:
         self.limits.check_boot_size()
 
     def wrap_app(self):
-        app = inflight.track(self.wsgi, self.inflight)
-        if counters.mine() is not None:
-            app = counters.measure(app, counters.mine())
+        app, slot = inflight.track(self.wsgi, self.inflight), counters.mine()
+        if slot is not None:
+            app = counters.measure(app, slot)
         self.wsgi = health.wrap(app, self.settings, self.health_state)
 
     def refuse(self, reason):
@@ -137,9 +137,9 @@ class GracefulMixin:
             super().run()
             self.serve_backlog()
         finally:
-            drained = self.drain.finish()
-            if drained is not None and counters.mine() is not None:
-                counters.mine().drained(*drained)
+            drained, slot = self.drain.finish(), counters.mine()
+            if drained is not None and slot is not None:
+                slot.drained(*drained)
 
     def before_serving(self):
         """The app is loaded and checked: the WSGI workers are ready now."""
