@@ -225,11 +225,11 @@ class GracefulArbiter(Arbiter):
         super().halt(reason, exit_status)
 
     def stop(self, graceful=True):
-        """Gunicorn's stop, after the door closed (`stop`); an old master that handed over
-        then gives its new master its metrics' totals."""
+        """Gunicorn's stop, after the door closed (`stop`); then the metrics' totals go to
+        the master that serves on, if another does (`upgrade.send_totals`)."""
         self.stopper.begin(graceful)
         super().stop(graceful)
-        self.upgrades.hand_over_totals()
+        self.upgrades.send_totals()
 
     def _stop_control_server(self):
         """Gunicorn >= 27: an old master handing over leaves the control socket path alone,

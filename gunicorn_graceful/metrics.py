@@ -17,7 +17,9 @@ Invariants:
   log lines operators read are the ones the counters count.
 - A USR2 carries the counters over: the old master, once its workers drained,
   hands its totals to its new master (`upgrade_report`), which adds them to its
-  own once promoted; until then the old master answers scrapes.
+  own once promoted; until then the old master answers scrapes. A new master
+  rolled back returns what its workers counted to its old master. Only a
+  SIGKILLed master's counts are lost.
 - Off (the default), nothing here runs and the request path is unchanged.
 """
 
@@ -167,9 +169,10 @@ class Metrics:
             "reloads": [[kind, result, n] for (kind, result), n in self.reloads.items()]})
 
     def carry(self, text):
-        """Promoted after a USR2: add the old master's last totals (`export`) to this one's,
-        so every counter goes on from where it was. Histograms whose buckets changed with
-        the upgrade start over; what cannot be read is one WARNING."""
+        """Add the totals (`export`) of the other master of a USR2 to this one's: a promoted
+        new master's old master, or a rolled-back new master. Every counter goes on from
+        where it was. Histograms whose buckets differ are left out; what cannot be read
+        is one WARNING."""
         if text is None:
             return
         try:

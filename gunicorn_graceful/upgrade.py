@@ -145,6 +145,8 @@ class Upgrades:
         waited = clock.monotonic() - upgrade.started
         if not arbiter.reexec_pid:
             self.current = None
+            if arbiter.metrics:
+                arbiter.metrics.carry(upgrade.report.returned_totals())
             reported = upgrade.report.reason()
             if exited_pre_exec_refused(upgrade.exit_status):
                 self.refused_before_exec(upgrade, reported)
@@ -248,7 +250,7 @@ class Upgrades:
             upgrade_report.tell(self.report_fd, upgrade_report.HANDOVER)
             emit(arbiter.log, "info", "upgrade.asking", pid=arbiter.pid,
                  old_master=arbiter.master_pid, generation=arbiter.generation)
-        self.heard += upgrade_report.read_ack(self.ack_fd)
+        self.heard += upgrade_report.read_available(self.ack_fd)
         if upgrade_report.acknowledged(self.heard) or arbiter.master_pid != os.getppid():
             self.take_over()
 
@@ -279,7 +281,7 @@ class Upgrades:
         arbiter = self.arbiter
         compat.rebind_control_socket(arbiter)
         arbiter.phase.move(Phase.SERVING)
-        self.heard += upgrade_report.read_ack(self.ack_fd)
+        self.heard += upgrade_report.read_available(self.ack_fd)
         upgrade_report.close(self.ack_fd)
         self.ack_fd = None
         if arbiter.metrics:
@@ -289,11 +291,17 @@ class Upgrades:
             files.remove(arbiter.log, trial_pidfile.fname + ".status")
             files.remove(arbiter.log, trial_pidfile.fname)
 
-    def hand_over_totals(self):
-        """An old master that handed over, once its workers are gone: its metrics' totals
-        to the new master (`upgrade_report`)."""
-        if self.handed_to is not None and self.arbiter.metrics:
-            self.handed_to.report.send_totals(self.arbiter.metrics.export())
+    def send_totals(self):
+        """Once this master's workers are gone, its metrics' totals go to the master that
+        serves on (`upgrade_report`): an old master that handed over gives them to its new
+        master; a new master stopped on trial returns them to its old master."""
+        metrics = self.arbiter.metrics
+        if not metrics:
+            return
+        if self.handed_to is not None:
+            self.handed_to.report.send_totals(metrics.export())
+        elif self.report_fd is not None:
+            upgrade_report.send_totals(self.report_fd, metrics.export())
 
     def report_halt(self, reason):
         """A new master on trial that halts tells its old master why."""

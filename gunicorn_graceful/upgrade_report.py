@@ -17,7 +17,9 @@ GRACEFUL_UPGRADE_REPORT_FD as "report,ack").
   So the two can never both stop, nor both speak for the service. With
   metrics on, the old master's last line there, once its workers drained, is
   its totals (METRICS + JSON), which the new master adds to its own once
-  promoted: the counters go on from where they were.
+  promoted: the counters go on from where they were. A new master stopped on
+  trial (rolled back) writes its own totals on the report pipe instead, which
+  its old master adds to its own: what the new workers served stays counted.
 """
 
 import os
@@ -39,6 +41,7 @@ class Channel:
         os.set_inheritable(self.write_fd, True)
         os.set_inheritable(self.ack_read_fd, True)
         self.lines = []
+        self.partial = b""  # a line not yet written whole
 
     def environ_value(self):
         return "%s,%s" % (self.write_fd, self.ack_read_fd)
@@ -50,12 +53,9 @@ class Channel:
         self.write_fd = self.ack_read_fd = None
 
     def read(self):
-        """Every line written so far (the read end stays open)."""
-        try:
-            data = os.read(self.read_fd, _LIMIT)
-        except OSError:
-            data = b""
-        self.lines += [line.strip() for line in data.decode("utf-8", "replace").splitlines()
+        """Every whole line written so far (the read end stays open)."""
+        *whole, self.partial = (self.partial + read_available(self.read_fd)).split(b"\n")
+        self.lines += [line.decode("utf-8", "replace").strip() for line in whole
                        if line.strip()]
         return self.lines
 
@@ -69,12 +69,17 @@ class Channel:
 
     def send_totals(self, text):
         """After the hand-over, once this master's workers are gone: its metrics' totals."""
-        _write(self.ack_fd, (METRICS + text + "\n").encode())
+        send_totals(self.ack_fd, text)
+
+    def returned_totals(self):
+        """The totals a new master stopped on trial returned (JSON text), or None."""
+        return totals("\n".join(self.read()).encode())
 
     def reason(self):
         """The last line the new master wrote about a failure, or ""; closes the channel."""
         try:
-            lines = [line for line in self.read() if line != HANDOVER]
+            lines = [line for line in self.read()
+                     if line != HANDOVER and not line.startswith(METRICS)]
         finally:
             os.close(self.read_fd)
             os.close(self.ack_fd)
@@ -104,10 +109,11 @@ def fds(value):
     return tuple((numbers + [None, None])[:2])
 
 
-def read_ack(fd):
-    """In a new master: what its old master wrote on the ack pipe since the last read."""
+def read_available(fd):
+    """What the other master wrote on the pipe `fd` since the last read (non-blocking; at
+    most 1 MiB a call: the rest waits for the next)."""
     chunks = []
-    while fd is not None:
+    for _ in range(16 if fd is not None else 0):
         try:
             chunk = os.read(fd, 65536)
         except (BlockingIOError, OSError):
@@ -119,7 +125,7 @@ def read_ack(fd):
 
 
 def acknowledged(data):
-    """Whether what the ack pipe held (`read_ack`) gives this new master the service."""
+    """Whether what the ack pipe held (`read_available`) gives this new master the service."""
     return data.startswith(_ACK)
 
 
@@ -131,9 +137,14 @@ def totals(data):
     return None
 
 
+def send_totals(fd, text):
+    """A master's metrics totals (`metrics.Metrics.export`) as one line for the other."""
+    _write(fd, (METRICS + text + "\n").encode())
+
+
 def tell(fd, reason):
     """Write `reason` as one line for the old master; never fails the caller."""
-    _write(fd, (" ".join(reason.split()) + "\n").encode("utf-8", "replace")[:_LIMIT])
+    _write(fd, " ".join(reason.split()).encode("utf-8", "replace")[:_LIMIT] + b"\n")
 
 
 def _write(fd, data):

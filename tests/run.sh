@@ -12,13 +12,20 @@ venv() {  # venv DIR GUNICORN_SPEC: a virtualenv with the package, its test extr
   "$1/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]' "$2"
 }
 
-# HAProxy (Debian's package) for the rolling-restart test behind a real load balancer.
-# Without root it cannot be installed: those tests then skip, saying why.
-if ! command -v haproxy >/dev/null && [ ! -x /usr/sbin/haproxy ]; then
+# Debian's packages: HAProxy for the rolling-restart test behind a real load balancer,
+# Prometheus for the metrics test against a real scraper. Without root they cannot be
+# installed: those tests then skip, saying why.
+missing=""
+command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing="$missing haproxy"
+command -v prometheus >/dev/null || missing="$missing prometheus"
+if [ -n "$missing" ]; then
   if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null
+    apt-get update -qq
+    # shellcheck disable=SC2086  # one word per package
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing \
+      >/dev/null
   else
-    echo "tests/run.sh: haproxy is missing and installing it needs root: its tests will skip" >&2
+    echo "tests/run.sh: missing:$missing; installing needs root: their tests will skip" >&2
   fi
 fi
 

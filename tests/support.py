@@ -537,6 +537,76 @@ class HAProxy:
         self._log.close()
 
 
+PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
+# tests/run.sh installs Prometheus when it runs as root; otherwise its test skips, saying so.
+PROMETHEUS_MISSING = None if os.path.exists(PROMETHEUS) or os.geteuid() == 0 else (
+    "prometheus is not installed and tests/run.sh needs root to install it "
+    "(apt-get install prometheus)")
+PROMETHEUS_CONFIG = """\
+global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+scrape_configs:
+  - job_name: gunicorn
+    static_configs:
+      - targets: ['{target}']
+"""
+
+
+class Prometheus:
+    """A real Prometheus on 127.0.0.1 scraping `target` ("host:port") every second, with
+    its storage in `workdir`; `query` asks its HTTP API."""
+
+    def __init__(self, workdir, target):
+        self.port = free_port()
+        self.config = os.path.join(workdir, "prometheus.yml")
+        self.logpath = os.path.join(workdir, "prometheus.log")
+        with open(self.config, "w") as handle:
+            handle.write(PROMETHEUS_CONFIG.format(target=target))
+        self.args = [PROMETHEUS, "--config.file=" + self.config,
+                     "--storage.tsdb.path=" + os.path.join(workdir, "prometheus-data"),
+                     "--web.listen-address=127.0.0.1:%d" % self.port]
+        self.proc = None
+
+    def start(self):
+        if not os.path.exists(PROMETHEUS):
+            raise AssertionError("prometheus is not installed: run the README test command "
+                                 "(bash tests/run.sh), which installs it")
+        self._log = open(self.logpath, "ab")
+        self.proc = subprocess.Popen(self.args, stdout=self._log, stderr=subprocess.STDOUT)
+        wait_for(self._ready, 30, lambda: "prometheus ready:\n" + self.tail())
+        return self
+
+    def _ready(self):
+        try:
+            return requests.get("http://127.0.0.1:%d/-/ready" % self.port,
+                                timeout=2).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def query(self, promql):
+        """The instant query's result: a list of (labels, value) pairs."""
+        answer = requests.get("http://127.0.0.1:%d/api/v1/query" % self.port,
+                              params={"query": promql}, timeout=5).json()
+        assert answer["status"] == "success", answer
+        return [(item["metric"], float(item["value"][1])) for item in answer["data"]["result"]]
+
+    def tail(self, lines=20):
+        with open(self.logpath, errors="replace") as handle:
+            return "".join(handle.readlines()[-lines:])
+
+    def stop(self):
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+        self._log.close()
+
+
 Result = collections.namedtuple("Result", "started ended ok kind status version path")
 
 

@@ -171,7 +171,7 @@ class MasterMachine(RuleBasedStateMachine):
         world = self.master.world
         upgrade_report.tell(world.report_fd, upgrade_report.HANDOVER)
         self.step()
-        if upgrade_report.acknowledged(upgrade_report.read_ack(world.ack_fd)):
+        if upgrade_report.acknowledged(upgrade_report.read_available(world.ack_fd)):
             world.handed_over = world.new_masters[-1]
 
     @precondition(lambda self: self.running() and self.master.arbiter.reexec_pid)
