@@ -204,6 +204,7 @@ class Metrics:
     # -- the endpoint's thread --------------------------------------------------------------
 
     def serve(self):
+        from prometheus_client import exposition  # noqa: F401  (not on the first scrape)
         host, _, port = self.bind.rpartition(":")
         try:
             self.server = _Server((host.strip("[]") or "0.0.0.0", int(port)), _Handler)
@@ -336,6 +337,7 @@ class _Server(http.server.ThreadingHTTPServer):
 class _Handler(http.server.BaseHTTPRequestHandler):
     """GET /metrics: Prometheus text, or OpenMetrics when the scraper's Accept asks."""
 
+    protocol_version = "HTTP/1.1"  # Prometheus keeps its connection from scrape to scrape
     timeout = 10  # a client that sends nothing does not keep its thread
 
     def do_GET(self):

@@ -1,6 +1,7 @@
 """The master's Prometheus endpoint (graceful_metrics_bind): counts that survive recycling,
 reloads, rollbacks and SIGKILLed workers, scraped over HTTP while real load runs."""
 
+import http.client
 import os
 import re
 import signal
@@ -136,6 +137,15 @@ def test_openmetrics_when_the_scraper_asks(workdir, servers):
     assert answer.headers["Content-Type"].startswith("application/openmetrics-text")
     assert answer.text.rstrip().endswith("# EOF")
     assert requests.get("http://127.0.0.1:%d/other" % port, timeout=5).status_code == 404
+    kept = http.client.HTTPConnection("127.0.0.1", port, timeout=5)  # as Prometheus scrapes
+    try:
+        for _ in range(2):
+            kept.request("GET", "/metrics")
+            answer = kept.getresponse()
+            assert answer.status == 200 and b"gunicorn_requests_total" in answer.read()
+            assert not answer.will_close
+    finally:
+        kept.close()
 
 
 def test_a_metrics_address_in_use_stops_the_start_with_one_line(workdir, servers):
