@@ -9,8 +9,11 @@ import time
 
 from support import Load, Server, write_app
 
+# Full paths: the tests' `Server` reads the short names "sync" and "gthread" as the pack's
+# classes, so stock's must not be spelled that way.
 WORKER_CLASSES = {
-    "stock": {"sync": "sync", "gthread": "gthread"},
+    "stock": {"sync": "gunicorn.workers.sync.SyncWorker",
+              "gthread": "gunicorn.workers.gthread.ThreadWorker"},
     "pack": {"sync": "gunicorn_graceful.workers.GracefulSyncWorker",
              "gthread": "gunicorn_graceful.workers.GracefulThreadWorker"},
 }
@@ -122,12 +125,12 @@ def rss_kib(pid):
     return None
 
 
-def start_server(flavour, kind, app="testapp:app", workers=WORKERS, config=""):
+def start_server(flavour, kind, app="testapp:app", workers=WORKERS, config="", env=None):
     """A server of this flavour and worker kind on a fresh app release "1"; caller stops it."""
     workdir = tempfile.mkdtemp(prefix="gg-bench-")
     write_app(workdir, "1", record=False)
     server = Server(workdir, write_config(workdir, flavour, config), app=app,
-                    worker=WORKER_CLASSES[flavour][kind], workers=workers)
+                    worker=WORKER_CLASSES[flavour][kind], workers=workers, env=env)
     server.start()
     try:
         server.wait_http(timeout=30)
