@@ -1,90 +1,139 @@
-"""`python -m bench --metrics`: what graceful_metrics_bind costs and whether its counts hold.
+"""`python -m bench --metrics`: what graceful_metrics_bind costs and whether its counts hold,
+side by side with what stock Gunicorn users run today: prometheus_client's multiprocess
+mode (`multiprocess_app`).
 
 1. Throughput (the lean client of `throughput`, keep-alive, the Flask example app,
-   2 workers): stock Gunicorn, the pack with metrics off, the pack with metrics on,
-   alternating run after run; the ratios to stock are medians.
-2. Counting under recycling: the pack with metrics on, 4 workers, `max_requests 50`,
-   20,000 requests from the same client, scraped every 50 ms throughout: whether
-   `gunicorn_requests_total` ever went down, scrape time p50/p99, and its final value
-   against the requests the client saw answered.
+   2 workers): stock Gunicorn, stock with multiprocess mode, the pack with metrics
+   off, the pack with metrics on, alternating run after run; ratios to stock are
+   medians.
+2. Counting under recycling, each side in turn: 4 workers, `max_requests 50`,
+   20,000 requests from the same client, scraped every 50 ms throughout: files in
+   the metrics directory at the end, whether `gunicorn_requests_total` ever went
+   down, scrape time p50/p99, and its final value against the requests the client
+   saw answered.
 """
 
+import http.client
+import multiprocessing
+import os
 import re
+import shutil
 import statistics
+import tempfile
 import threading
 import time
-import urllib.request
 
-from bench import report, throughput
+from bench import multiprocess_app, report, throughput
 from bench.scenarios import start_server, stop_server
 from support import free_port
 
 SECONDS, REPETITIONS, WORKERS = 3.0, 5, 2
+VARIANTS = ("stock", "multiprocess", "off", "on")
+FLASK, INSTRUMENTED = "examples.flask_app:app", "bench.multiprocess_app:app"
 
 
-def _config(port):
-    return 'graceful_metrics_bind = "127.0.0.1:%d"\n' % port
+def _start(variant, kind, workers, config=""):
+    """(server, its metrics port or None, its multiprocess directory or None)."""
+    port = free_port() if variant in ("on", "multiprocess") else None
+    if variant == "multiprocess":
+        directory = tempfile.mkdtemp(prefix="gg-bench-prom-")
+        server = start_server("stock", kind, app=INSTRUMENTED, workers=workers,
+                              config=config + multiprocess_app.CONFIG % port,
+                              env={"PROMETHEUS_MULTIPROC_DIR": directory})
+        return server, port, directory
+    flavour = "stock" if variant == "stock" else "pack"
+    if variant == "on":
+        config += 'graceful_metrics_bind = "127.0.0.1:%d"\n' % port
+    return start_server(flavour, kind, app=FLASK, workers=workers, config=config), port, None
 
 
-def _rps(flavour, kind, config):
-    server = start_server(flavour, kind, app="examples.flask_app:app", workers=WORKERS,
-                          config=config)
+def _rps(variant, kind):
+    server, _, directory = _start(variant, kind, WORKERS)
     try:
         throughput.measure(server.port, 0.5, per_connection=100)
         return throughput.measure(server.port, SECONDS, per_connection=100)
     finally:
         stop_server(server)
+        if directory:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def cost(kind):
-    runs = {"stock": [], "off": [], "on": []}
+    runs = {variant: [] for variant in VARIANTS}
     for rep in range(REPETITIONS):
-        order = ["stock", "off", "on"]
-        for name in order[rep % 3:] + order[:rep % 3]:
-            flavour = "stock" if name == "stock" else "pack"
-            config = _config(free_port()) if name == "on" else ""
-            runs[name].append(_rps(flavour, kind, config))
-    return {"kind": kind, "stock": statistics.median(runs["stock"]),
-            "off": statistics.median(o / s for o, s in zip(runs["off"], runs["stock"])),
-            "on": statistics.median(o / s for o, s in zip(runs["on"], runs["stock"]))}
+        shift = rep % len(VARIANTS)
+        for variant in VARIANTS[shift:] + VARIANTS[:shift]:
+            runs[variant].append(_rps(variant, kind))
+    result = {"kind": kind, "stock": statistics.median(runs["stock"])}
+    for variant in VARIANTS[1:]:
+        result[variant] = statistics.median(
+            o / s for o, s in zip(runs[variant], runs["stock"]))
+    return result
 
 
-def _total(port):
-    body = urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=5).read()
+def _total(port, connection=None):
+    """gunicorn_requests_total summed, scraped as Prometheus does (a kept-alive connection
+    where the server keeps it)."""
+    connection = connection or http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    connection.request("GET", "/metrics")
+    answer = connection.getresponse()
+    body = answer.read()
+    if answer.status != 200:
+        raise ValueError("scrape answered %s" % answer.status)
+    if answer.will_close:
+        connection.close()
     return sum(float(v) for v in re.findall(rb"^gunicorn_requests_total\{[^}]*\} (\S+)$",
                                            body, re.M))
 
 
-def counting(requests=20000):
-    port = free_port()
-    server = start_server("pack", "sync", workers=4, config=_config(port) + "max_requests = 50\n")
-    seen, times, stop = [], [], threading.Event()
-
-    def scraper():
-        while not stop.is_set():
-            began = time.monotonic()
-            seen.append(_total(port))
-            times.append(time.monotonic() - began)
-            stop.wait(0.05)
-    thread = threading.Thread(target=scraper, daemon=True)
-    thread.start()
+def counting(variant, requests=20000):
+    server, port, directory = _start(variant, "sync", 4, "max_requests = 50\n")
+    context = multiprocessing.get_context("spawn")
+    stop, results = context.Event(), context.Queue()
+    scraper = context.Process(target=scrape_every_50ms, args=(port, stop, results), daemon=True)
     try:
         before = _total(port)  # the harness's own probe that the server answers
+        scraper.start()
         answered = _send(server.port, requests)
         deadline = time.monotonic() + 10
         while _total(port) - before != answered and time.monotonic() < deadline:
             time.sleep(0.1)
         stop.set()
-        thread.join(10)
+        seen, times, failed = results.get(timeout=30)
         final = _total(port) - before
-        recycles = re.findall(r"event=worker\.recycle ", server.log())
+        files = len(os.listdir(directory)) if directory else 0
+        booted = len(re.findall(r"Booting worker with pid", server.log()))
     finally:
+        stop.set()
+        scraper.join(10)
         stop_server(server)
+        if directory:
+            shutil.rmtree(directory, ignore_errors=True)
     times.sort()
-    return {"answered": answered, "final": final, "scrapes": len(seen),
+    return {"variant": variant, "answered": answered, "final": final, "scrapes": len(seen),
+            "failed": len(failed), "first_failure": failed[0] if failed else "",
             "decreased": any(b < a for a, b in zip(seen, seen[1:])),
             "p50_ms": times[len(times) // 2] * 1000, "p99_ms": times[int(0.99 * len(times))] * 1000,
-            "recycles": len(recycles), "files": 0}
+            "booted": booted, "files": files}
+
+
+def scrape_every_50ms(port, stop, results, seconds=600):
+    """In a process of its own (the load's client threads would make it wait for the GIL,
+    and the wait would count as scrape time): each scrape's total and duration, put on
+    `results` once `stop` is set."""
+    seen, times, failed = [], [], []
+    deadline = time.monotonic() + seconds
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    while not stop.is_set() and time.monotonic() < deadline:
+        began = time.monotonic()
+        try:
+            seen.append(_total(port, connection))
+            times.append(time.monotonic() - began)
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            failed.append(repr(exc))
+            connection.close()
+        stop.wait(0.05)
+    results.put((seen, times, failed))
 
 
 def _send(port, count):
@@ -103,27 +152,37 @@ def _send(port, count):
     return sum(counts)
 
 
+LABELS = {"stock": "stock Gunicorn", "multiprocess": "stock + prometheus_client multiprocess",
+          "off": "pack, metrics off", "on": "pack, metrics on"}
+
+
 def main(out):
     costs = [cost(kind) for kind in ("sync", "gthread")]
-    counts = counting()
+    counts = [counting(variant) for variant in ("multiprocess", "on")]
     text = "\n\n".join([
         "# gunicorn-graceful metrics: cost and counting",
         "Command: `python -m bench --metrics`. Machine: %s." % report.machine(),
         "## Request-path cost (medians of %d alternating runs of %.0f s, %d workers, Flask "
         "example app, keep-alive, a new connection every 100 requests)"
         % (REPETITIONS, SECONDS, WORKERS),
-        "| worker | stock req/s | pack, metrics off / stock | pack, metrics on / stock |\n"
-        "|---|---|---|---|\n" + "\n".join(
-            "| %s | %.0f | %.3f | %.3f |" % (c["kind"], c["stock"], c["off"], c["on"])
+        "| worker | stock req/s | %s |\n|---|---|---|---|---|\n"
+        % " | ".join("%s / stock" % LABELS[v] for v in VARIANTS[1:]) + "\n".join(
+            "| %s | %.0f | %s |" % (c["kind"], c["stock"],
+                                   " | ".join("%.3f" % c[v] for v in VARIANTS[1:]))
             for c in costs),
-        "## Counting under recycling (pack, sync, 4 workers, max_requests 50, 20,000 "
-        "requests, scraped every 50 ms)",
-        "| answered | final gunicorn_requests_total | ever decreased | scrapes | scrape p50 | "
-        "scrape p99 | recycles | files used |\n|---|---|---|---|---|---|---|---|\n"
-        "| %(answered)d | %(final).0f | %(decreased)s | %(scrapes)d | %(p50_ms).1f ms | "
-        "%(p99_ms).1f ms | %(recycles)d | %(files)d |" % counts,
-        "Not measured here yet: prometheus_client's multiprocess mode under stock Gunicorn "
-        "side by side (issue 19)."])
+        "## Counting under recycling (sync, 4 workers, max_requests 50, 20,000 requests, "
+        "scraped every 50 ms, each side in turn)",
+        "| | answered | final gunicorn_requests_total | ever decreased | scrapes | failed "
+        "scrapes | scrape p50 | scrape p99 | workers started | files in the metrics "
+        "directory |\n|---|---|---|---|---|---|---|---|---|---|\n" + "\n".join(
+            "| %s | %d | %.0f | %s | %d | %d %s | %.1f ms | %.1f ms | %d | %d |"
+            % (LABELS[c["variant"]], c["answered"], c["final"], c["decreased"], c["scrapes"],
+               c["failed"], c["first_failure"], c["p50_ms"], c["p99_ms"], c["booted"],
+               c["files"]) for c in counts),
+        "The scraper runs in a process of its own and keeps its connection where the server "
+        "allows it, as Prometheus does. *workers started*: the pack recycles ready-first (a "
+        "worker past max_requests serves on until its replacement is ready), so it starts "
+        "fewer workers in the same requests; stock starts one per 50 requests per worker."])
     path = "%s/metrics.md" % out
     with open(path, "w") as handle:
         handle.write(text + "\n")
