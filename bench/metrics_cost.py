@@ -24,7 +24,7 @@ import threading
 import time
 
 from bench import multiprocess_app, report, throughput
-from bench.scenarios import start_server, stop_server
+from bench.scenarios import cpu_seconds, start_server, stop_server
 from support import free_port
 
 SECONDS, REPETITIONS, WORKERS = 3.0, 5, 2
@@ -48,10 +48,16 @@ def _start(variant, kind, workers, config=""):
 
 
 def _rps(variant, kind):
+    """(requests per second, the workers' CPU microseconds per request): with the client on
+    the same 2 cores, throughput moves with how the cores are shared; CPU per request is
+    what the server's request path costs."""
     server, _, directory = _start(variant, kind, WORKERS)
     try:
         throughput.measure(server.port, 0.5, per_connection=100)
-        return throughput.measure(server.port, SECONDS, per_connection=100)
+        workers = server.children()
+        before = cpu_seconds(workers)
+        rps = throughput.measure(server.port, SECONDS, per_connection=100)
+        return rps, 1e6 * (cpu_seconds(workers) - before) / (rps * SECONDS)
     finally:
         stop_server(server)
         if directory:
@@ -64,10 +70,12 @@ def cost(kind):
         shift = rep % len(VARIANTS)
         for variant in VARIANTS[shift:] + VARIANTS[:shift]:
             runs[variant].append(_rps(variant, kind))
-    result = {"kind": kind, "stock": statistics.median(runs["stock"])}
+    result = {"kind": kind, "stock": statistics.median(r for r, _ in runs["stock"]),
+              "stock_cpu": statistics.median(c for _, c in runs["stock"])}
     for variant in VARIANTS[1:]:
-        result[variant] = statistics.median(
-            o / s for o, s in zip(runs[variant], runs["stock"]))
+        pairs = list(zip(runs[variant], runs["stock"]))
+        result[variant] = statistics.median(o[0] / s[0] for o, s in pairs)
+        result[variant + "_cpu"] = statistics.median(o[1] / s[1] for o, s in pairs)
     return result
 
 
@@ -165,10 +173,13 @@ def main(out):
         "## Request-path cost (medians of %d alternating runs of %.0f s, %d workers, Flask "
         "example app, keep-alive, a new connection every 100 requests)"
         % (REPETITIONS, SECONDS, WORKERS),
-        "| worker | stock req/s | %s |\n|---|---|---|---|---|\n"
+        "Each cell: throughput / stock's, then the workers' CPU per request / stock's "
+        "(the client shares the 2 cores, so throughput also moves with how they are "
+        "shared; CPU per request is the request path's own cost).",
+        "| worker | stock req/s | stock CPU per request | %s |\n|---|---|---|---|---|---|\n"
         % " | ".join("%s / stock" % LABELS[v] for v in VARIANTS[1:]) + "\n".join(
-            "| %s | %.0f | %s |" % (c["kind"], c["stock"],
-                                   " | ".join("%.3f" % c[v] for v in VARIANTS[1:]))
+            "| %s | %.0f | %.0f µs | %s |" % (c["kind"], c["stock"], c["stock_cpu"], " | ".join(
+                "%.3f, CPU %.3f" % (c[v], c[v + "_cpu"]) for v in VARIANTS[1:]))
             for c in costs),
         "## Counting under recycling (sync, 4 workers, max_requests 50, 20,000 requests, "
         "scraped every 50 ms, each side in turn)",

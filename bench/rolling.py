@@ -19,7 +19,7 @@ HEALTH = {"stock": "/healthz", "pack": "/health"}
 EXTRA = {"stock": "", "pack": "graceful_health_path = '/health'\ngraceful_shutdown_delay = 1.5\n"}
 
 
-def backend(directory, flavour, kind, port=None):
+def backend(directory, flavour, kind, port=0):
     config = scenarios.write_config(directory, flavour)
     with open(config, "a") as handle:
         handle.write(EXTRA[flavour])

@@ -125,6 +125,19 @@ def rss_kib(pid):
     return None
 
 
+def cpu_seconds(pids):
+    """User plus system CPU time the processes `pids` used so far, from /proc."""
+    total = 0
+    for pid in pids:
+        try:
+            with open("/proc/%s/stat" % pid) as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def start_server(flavour, kind, app="testapp:app", workers=WORKERS, config="", env=None):
     """A server of this flavour and worker kind on a fresh app release "1"; caller stops it."""
     workdir = tempfile.mkdtemp(prefix="gg-bench-")

@@ -2,7 +2,7 @@
 
 With `graceful_metrics_bind` set, the master maps one small anonymous shared
 page per worker just before forking it (`Slot`); the worker finds it as
-`mine()` and adds to it on every request; the master reads every live slot
+`mine()` and adds to it on every request (`inflight.track`, `asgi`); the master reads every live slot
 when scraped and, when the worker has exited, folds its last counts into its
 own totals (`metrics`). So a counter never goes down when a worker is recycled,
 crashes or is killed (even SIGKILL loses nothing: the counts are already in
@@ -147,54 +147,3 @@ class Counts:
         if gauges:
             self.in_flight += other.in_flight
             self.websockets_open += other.websockets_open
-
-
-def measure(app, slot):
-    """A WSGI app whose every call is counted in `slot`, by status class and duration, until
-    Gunicorn closes its body (as `inflight.track`); an app that raises counts as the 500
-    Gunicorn answers."""
-    def measured(environ, start_response):
-        began = slot.started()
-        seen = []
-
-        def start(status, headers, exc_info=None):
-            seen[:] = [status]
-            return start_response(status, headers, exc_info)
-        try:
-            body = app(environ, start)
-        except BaseException:
-            slot.ended(500, began)
-            raise
-        wrapper = environ.get("wsgi.file_wrapper")
-        if wrapper is not None and isinstance(wrapper, type) and isinstance(body, wrapper):
-            slot.ended(_status(seen), began)  # passed through untouched, so sendfile works
-            return body
-        return _Measured(body, slot, seen, began)
-    return measured
-
-
-def _status(seen):
-    try:
-        return int(seen[0][:3])
-    except (IndexError, ValueError):
-        return None
-
-
-class _Measured:
-    """A response body that counts its request when Gunicorn closes it."""
-
-    __slots__ = ("body", "slot", "seen", "began")
-
-    def __init__(self, body, slot, seen, began):
-        self.body, self.slot, self.seen, self.began = body, slot, seen, began
-
-    def __iter__(self):
-        return iter(self.body)
-
-    def close(self):
-        try:
-            close = getattr(self.body, "close", None)
-            if close is not None:
-                close()
-        finally:
-            self.slot.ended(_status(self.seen), self.began)

@@ -19,12 +19,26 @@ class Request:
     """One request in flight. It keeps the WSGI environ and formats only when a report asks,
     so the hot path stores three references and nothing else."""
 
-    __slots__ = ("environ", "started", "thread")
+    __slots__ = ("environ", "started", "thread", "status")
 
     def __init__(self, environ):
         self.environ = environ
         self.started = time.monotonic()
         self.thread = threading.get_ident()
+        self.status = None  # the status line, where the request is counted (`track`)
+
+    def recording(self, start_response):
+        """`start_response` that also notes the status line here."""
+        def start(status, headers, exc_info=None):
+            self.status = status
+            return start_response(status, headers, exc_info)
+        return start
+
+    def status_code(self):
+        try:
+            return int(self.status[:3])
+        except (TypeError, ValueError):
+            return None  # no response started
 
     @property
     def method(self):
@@ -79,10 +93,13 @@ class Registry:
 
 
 class _Body:
-    """The app's response iterable; ending it (close) ends the request in the registry."""
+    """The app's response iterable; ending it (close) ends the request in the registry, and
+    counts it in the worker's metrics slot, if any."""
 
-    def __init__(self, registry, key, body):
-        self._registry, self._key, self._body = registry, key, body
+    __slots__ = ("_registry", "_request", "_body", "_slot")
+
+    def __init__(self, registry, request, body, slot):
+        self._registry, self._request, self._body, self._slot = registry, request, body, slot
 
     def __iter__(self):
         return iter(self._body)
@@ -92,28 +109,40 @@ class _Body:
             if hasattr(self._body, "close"):
                 self._body.close()
         finally:
-            self._registry.end(self._key)
+            _end(self._registry, self._request, self._slot)
 
 
-def track(app, registry):
-    """Wrap a WSGI app so that every call is in the registry until its body is closed.
+def _end(registry, request, slot, status=None):
+    registry.end(request)
+    if slot is not None:
+        slot.ended(status or request.status_code(), request.started)
 
-    Gunicorn closes the body after the last byte is written, so a request stays
-    listed while its response streams out. A `wsgi.file_wrapper` body is passed
-    through untouched (so sendfile still works) and ends when the app returns.
+
+def track(app, registry, slot=None):
+    """Wrap a WSGI app so that every call is in the registry until its body is closed, and,
+    with a metrics slot (`counters`), is then counted there by status class and duration.
+
+    One wrapper for both, since it sits on every request's path. Gunicorn closes
+    the body after the last byte is written, so a request stays listed while its
+    response streams out. A `wsgi.file_wrapper` body is passed through untouched
+    (so sendfile still works) and ends when the app returns. An app that raises
+    counts as the 500 Gunicorn answers.
     """
     def tracked(environ, start_response):
-        key = registry.begin(environ)
+        request = registry.begin(environ)
+        if slot is not None:
+            slot.started()
+            start_response = request.recording(start_response)
         try:
             body = app(environ, start_response)
         except BaseException:
-            registry.end(key)
+            _end(registry, request, slot, 500)
             raise
         wrapper = environ.get("wsgi.file_wrapper")
         if wrapper is not None and isinstance(wrapper, type) and isinstance(body, wrapper):
-            registry.end(key)
+            _end(registry, request, slot)
             return body
-        return _Body(registry, key, body)
+        return _Body(registry, request, body, slot)
     return tracked
 
 

@@ -34,7 +34,7 @@ import time
 
 from gunicorn.arbiter import Arbiter
 
-from gunicorn_graceful import clock, counters, events, listeners, state
+from gunicorn_graceful import clock, counters, events, listeners, state, status
 from gunicorn_graceful.events import emit
 
 _BOOT_ERRORS = (Arbiter.WORKER_BOOT_ERROR, Arbiter.APP_LOAD_ERROR)
@@ -146,11 +146,11 @@ class Metrics:
         oldest = 0.0
         now = clock.wall()
         for worker, record in arbiter.pool.workers():
-            said = state.read(worker.tmp)
-            name = "recycling" if said == state.READY and record.recycle is not None else said
+            name = status.worker_state(worker, record)
+            name = "draining" if name == "retiring" else name  # told to stop: no new work
             if name in by_state:
                 by_state[name] += 1
-            if said == state.READY:
+            if name in ("ready", "recycling"):
                 oldest = max(oldest, now - record.started_at)
         counted = [lnr for lnr in arbiter.LISTENERS if listeners.reports_queue(lnr)]
         return {"workers": by_state, "generation": arbiter.generation,

@@ -54,7 +54,8 @@ class Upgrades:
         self.seq = 0
         self.last = None        # the last upgrade's outcome, for the status file
         self.last_refusal = None
-        self.report_fd, self.ack_fd = upgrade_report.take(os.environ, arbiter.cfg.env_orig)
+        self.report_fd, self.ack_fd, self.returns_totals = upgrade_report.take(
+            os.environ, arbiter.cfg.env_orig)
         self.asked = False
         self.heard = b""  # what the old master wrote on the ack pipe
         self.handed_to = None  # as an old master: the upgrade it handed the service to
@@ -300,7 +301,7 @@ class Upgrades:
             return
         if self.handed_to is not None:
             self.handed_to.report.send_totals(metrics.export())
-        elif self.report_fd is not None:
+        elif self.report_fd is not None and self.returns_totals:
             upgrade_report.send_totals(self.report_fd, metrics.export())
 
     def report_halt(self, reason):

@@ -105,9 +105,7 @@ class GracefulMixin:
         self.limits.check_boot_size()
 
     def wrap_app(self):
-        app, slot = inflight.track(self.wsgi, self.inflight), counters.mine()
-        if slot is not None:
-            app = counters.measure(app, slot)
+        app = inflight.track(self.wsgi, self.inflight, counters.mine())
         self.wsgi = health.wrap(app, self.settings, self.health_state)
 
     def refuse(self, reason):

@@ -213,7 +213,7 @@ class FakeProcesses(Arbiter):
         if self.reexec_pid or self.master_pid:
             self.log.warning("USR2 signal ignored. Child exists.")
             return
-        write_fd, ack_fd = (int(fd) for fd in self.cfg.env_orig[upgrade_report.ENV].split(","))
+        write_fd, ack_fd = upgrade_report.fds(self.cfg.env_orig[upgrade_report.ENV])
         self.world.close_channels()
         self.world.report_fd, self.world.ack_fd = os.dup(write_fd), os.dup(ack_fd)
         os.set_blocking(self.world.ack_fd, False)

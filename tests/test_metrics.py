@@ -15,8 +15,6 @@ import requests
 from support import (Load, Sockets, cli, free_port, pid_in, wait_for, write_app,
                      write_asgi_app)
 
-pytestmark = pytest.mark.lines  # the fold follows Gunicorn's reaping, which differs by line
-
 
 def scrape(port, accept=None):
     headers = {"Accept": accept} if accept else {}
@@ -61,6 +59,7 @@ def metrics_server(servers, workdir, port, body="", **kwargs):
                    **kwargs)
 
 
+@pytest.mark.lines  # the fold follows Gunicorn's reaping, which differs by line
 def test_requests_total_never_goes_down_and_ends_at_what_the_load_saw(workdir, servers):
     port = free_port()
     server = metrics_server(servers, workdir, port, "max_requests = 15\n", workers=2)
@@ -98,6 +97,7 @@ def test_requests_total_never_goes_down_and_ends_at_what_the_load_saw(workdir, s
              "2 ready workers, once the recycling settled")
 
 
+@pytest.mark.lines  # the fold follows Gunicorn's reaping, which differs by line
 def test_a_sigkilled_worker_loses_no_count_and_scrapes_answer_while_workers_hang(workdir,
                                                                                 servers):
     port = free_port()

@@ -7,8 +7,8 @@ import signal
 
 import pytest
 
-from support import (PROMETHEUS_MISSING, Load, Prometheus, free_port, pid_in, wait_for,
-                     write_app)
+from support import (PROMETHEUS_MISSING, ROOT, Load, Prometheus, free_port, pid_in,
+                     wait_for, write_app)
 
 pytestmark = pytest.mark.skipif(PROMETHEUS_MISSING is not None, reason=str(PROMETHEUS_MISSING))
 
@@ -24,6 +24,16 @@ if os.getppid() != {serving_master}:
     except OSError:
         time.sleep(60)
 """
+
+
+def readme_queries():
+    """The example queries of the README's Metrics section (indented, comments left out)."""
+    with open(os.path.join(ROOT, "README.md")) as handle:
+        section = handle.read().split("## Metrics", 1)[1].split("\n## ", 1)[0]
+    queries = [line.strip() for line in section.split("Grafana-ready", 1)[1].splitlines()
+               if line.startswith("    ") and not line.strip().startswith("#")]
+    assert len(queries) >= 6, queries
+    return queries
 
 
 def test_no_counter_resets_across_recycling_reloads_and_upgrades(workdir, servers, tmp_path):
@@ -73,5 +83,8 @@ def test_no_counter_resets_across_recycling_reloads_and_upgrades(workdir, server
                            ("usr2", "rolled_back"): 1}, reloads
         assert prometheus.query("sum(gunicorn_worker_recycles_total)")[0][1] >= 1
         assert server.count(r"event=worker\.recycle ") >= 1
+        for query in readme_queries():  # each one runs, and finds the series it names
+            assert prometheus.query(query.replace("$__rate_interval", "1m")
+                                    .replace("$__range", "10m").replace(" > 0", "")), query
     finally:
         prometheus.stop()

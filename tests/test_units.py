@@ -1,11 +1,12 @@
 """Units: the in-flight registry, the drain reporter, the settings, the event format."""
 
+import os
 import socket
 import time
 
 import pytest
 
-from gunicorn_graceful import files, inflight, listeners, preflight, settings
+from gunicorn_graceful import files, inflight, listeners, preflight, settings, upgrade_report
 from gunicorn_graceful.events import format_event, redact
 
 
@@ -255,3 +256,25 @@ def test_taking_the_queue_stops_at_the_open_file_limit_and_then_never_shuts_the_
     from gunicorn_graceful.workers import GracefulMixin
     GracefulMixin.take_all(worker, listener)
     assert worker.queue_left == [(listener, "EMFILE")] and not listener.shut
+
+
+def test_the_report_channel_reads_whole_lines_and_tells_reasons_from_returned_totals():
+    """A rolled-back new master writes its reason, then its totals; the old master reads
+    them apart, however the writes were split, and a new master knows whether its old
+    master takes totals back (an earlier one would log them as the rollback's reason)."""
+    channel = upgrade_report.Channel()
+    try:
+        report_fd, _, takes = upgrade_report.take(
+            {upgrade_report.ENV: channel.environ_value()}, {})
+        assert report_fd == channel.write_fd and takes
+        earlier = "%s,%s" % (report_fd, channel.ack_read_fd)  # an earlier old master's
+        assert upgrade_report.take({upgrade_report.ENV: earlier}, {})[2] is False
+        upgrade_report.tell(report_fd, "worker boot failed:\n  ImportError")
+        line = (upgrade_report.METRICS + '{"requests": {"2xx": 7}}\n').encode()
+        os.write(report_fd, line[:9])
+        assert channel.returned_totals() is None  # half a line is not read yet
+        os.write(report_fd, line[9:])
+        assert channel.returned_totals() == '{"requests": {"2xx": 7}}'
+        assert channel.reason() == "worker boot failed: ImportError"
+    finally:
+        channel.after_fork()
