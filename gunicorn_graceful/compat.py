@@ -90,10 +90,12 @@ NATIVE_ASGI_METHODS = {"_shutdown": ["self"], "handle_exit_signal": ["self"],
                        "load_wsgi": ["self"]}
 
 
-def _counts_connections():
+def native_asgi_counts_connections():
     """Gunicorn 25's asgi protocol returns early from `connection_lost` once `_closed` is
     set, which its own close of a connection does first: `nr_conns` then never goes down.
-    24, 26 and 27 count right."""
+    24, 26 and 27 count right. (A function, asked by the asgi worker only: the answer
+    imports gunicorn.asgi and asyncio, megabytes a WSGI master and its workers need not
+    hold.)"""
     if not NATIVE_ASGI:
         return False
     from gunicorn.asgi.protocol import ASGIProtocol
@@ -101,21 +103,15 @@ def _counts_connections():
     return not re.search(r"if self\._closed:\s+return", lost)
 
 
-NATIVE_ASGI_COUNTS_CONNECTIONS = _counts_connections()
-
-
-def _hears_close_reply():
+def native_websocket_hears_close_reply():
     """Gunicorn >= 26's asgi WebSocket keeps reading after the server's close frame until the
     client answers it, and tells the app `websocket.disconnect`. 24 and 25 stop reading at
     once, so a handler waiting in receive() would wait until the drain's cut: the guard
-    tells it the client left (`asgi.Socket`)."""
+    tells it the client left (`asgi.Socket`). (Asked by the asgi worker only, as above.)"""
     if not NATIVE_ASGI:
         return False
     from gunicorn.asgi.websocket import WebSocketProtocol
     return "_close_received" in inspect.getsource(WebSocketProtocol)
-
-
-NATIVE_WEBSOCKET_HEARS_CLOSE_REPLY = _hears_close_reply()
 
 
 def timed_out(worker):

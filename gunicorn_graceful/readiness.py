@@ -5,7 +5,6 @@ code imported, the routes answer and the warm-up ran, without a network hop
 and without the worker accepting a single connection first.
 """
 
-import asyncio
 import importlib
 import inspect
 import io
@@ -98,6 +97,7 @@ async def call_asgi(app, path, state):
         "headers": [(b"host", b"localhost"), (b"user-agent", b"gunicorn-graceful-readiness")],
         "client": ("127.0.0.1", 0), "server": ("localhost", 0), "state": dict(state),
     }
+    import asyncio  # here: a WSGI worker need not hold asyncio's megabytes
     status = []
     answered = asyncio.get_running_loop().create_future()
     messages = iter([{"type": "http.request", "body": b"", "more_body": False}])

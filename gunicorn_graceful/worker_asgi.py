@@ -20,7 +20,8 @@ if compat.NATIVE_ASGI:
 
         APP_ATTRIBUTE = "asgi"
         CUT_QUIETLY = False  # a cancelled call is a client that left, to Gunicorn: quiet
-        HEARS_CLOSE_REPLY = compat.NATIVE_WEBSOCKET_HEARS_CLOSE_REPLY
+        HEARS_CLOSE_REPLY = compat.native_websocket_hears_close_reply()
+        COUNTS_CONNECTIONS = compat.native_asgi_counts_connections()
         serving_task = draining_task = None
 
         @classmethod
@@ -74,7 +75,7 @@ if compat.NATIVE_ASGI:
             """Gunicorn's count; where it leaks (see compat), the connections are taken as
             closed once no call has run for `keepalive` seconds into the drain: a draining
             worker's responses close their connections, and idle ones close at keepalive."""
-            if compat.NATIVE_ASGI_COUNTS_CONNECTIONS:
+            if self.COUNTS_CONNECTIONS:
                 return self.nr_conns
             return int(time.monotonic() < self.drain_began + self.cfg.keepalive)
 

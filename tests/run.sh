@@ -13,25 +13,29 @@ venv() {  # venv DIR GUNICORN_SPEC: a virtualenv with the package, its test extr
 }
 
 # Debian's packages: HAProxy for the rolling-restart test behind a real load balancer,
-# Prometheus for the metrics test against a real scraper. Without root they cannot be
-# installed: those tests then skip, saying why.
+# Prometheus for the metrics test against a real scraper. They install while pip builds
+# the newest line's virtualenv (both mostly wait on downloads). Without root they cannot
+# be installed: those tests then skip, saying why.
 missing=""
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing="$missing haproxy"
 command -v prometheus >/dev/null || missing="$missing prometheus"
-if [ -n "$missing" ]; then
-  if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq
-    # shellcheck disable=SC2086  # one word per package
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing \
-      >/dev/null
-  else
-    echo "tests/run.sh: missing:$missing; installing needs root: their tests will skip" >&2
-  fi
+apt_log=$(mktemp)
+apt_pid=""
+if [ -n "$missing" ] && [ "$(id -u)" = 0 ]; then
+  # shellcheck disable=SC2086  # one word per package
+  ( apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+      apt-get install -y -qq --no-install-recommends $missing ) >"$apt_log" 2>&1 &
+  apt_pid=$!
+elif [ -n "$missing" ]; then
+  echo "tests/run.sh: missing:$missing; installing needs root: their tests will skip" >&2
 fi
 
 LINES="23:gunicorn==23.0.0 24:gunicorn>=24,<25 25:gunicorn>=25,<26 26:gunicorn>=26,<27"
 
 venv .venv 'gunicorn>=27,<28'
+if [ -n "$apt_pid" ]; then
+  wait "$apt_pid" || { cat "$apt_log"; exit 1; }
+fi
 # The older lines' virtualenvs install while the newest line's tests run (mostly waiting on
 # downloads and disk); their output is shown only if one fails.
 prepared=$(mktemp)
