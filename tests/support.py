@@ -441,6 +441,19 @@ class Server:
         self._log.close()
 
 
+def terminate(proc):
+    """Stop a helper process this test started (HAProxy, Prometheus): SIGTERM, then SIGKILL
+    after 10 s."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 HAPROXY_CONFIG = """\
 global
     maxconn 2000
@@ -525,16 +538,9 @@ class HAProxy:
                  lambda: "haproxy to see %s %s (it says %s)" % (name, status, self.status(name)))
 
     def stop(self):
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-        self._log.close()
+        terminate(self.proc)
+        if self.proc is not None:
+            self._log.close()
 
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
@@ -596,15 +602,9 @@ class Prometheus:
             return "".join(handle.readlines()[-lines:])
 
     def stop(self):
-        if self.proc is None:
-            return
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-        self._log.close()
+        terminate(self.proc)
+        if self.proc is not None:
+            self._log.close()
 
 
 Result = collections.namedtuple("Result", "started ended ok kind status version path")
