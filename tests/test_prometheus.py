@@ -84,7 +84,10 @@ def test_no_counter_resets_across_recycling_reloads_and_upgrades(workdir, server
         assert prometheus.query("sum(gunicorn_worker_recycles_total)")[0][1] >= 1
         assert server.count(r"event=worker\.recycle ") >= 1
         for query in readme_queries():  # each one runs, and finds the series it names
-            assert prometheus.query(query.replace("$__rate_interval", "1m")
-                                    .replace("$__range", "10m").replace(" > 0", "")), query
+            promql = query.replace("$__rate_interval", "1m").replace("$__range", "10m") \
+                .replace(" > 0", "")
+            # increase() and rate() need two samples: a series that first appeared in the
+            # last scrape (a late first recycle) has its second one a scrape later.
+            wait_for(lambda: prometheus.query(promql), 10, "data for %s" % query)
     finally:
         prometheus.stop()
