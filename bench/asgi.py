@@ -13,7 +13,7 @@ import tempfile
 import time
 
 from bench import metrics, report, throughput
-from bench.scenarios import LOAD_THREADS, WORKERS, Scenario, rss_kib
+from bench.scenarios import LOAD_THREADS, WORKERS, Scenario, cpu_seconds, rss_kib
 from gunicorn_graceful import compat
 from support import Load, Server, Sockets, wait_for, write_asgi_app
 
@@ -103,13 +103,6 @@ def after_sending(run):
 def codes_cell(run):
     counts = collections.Counter("none (1006)" if c is None else str(c) for c in run["codes"])
     return ", ".join("%s x%d" % (code, n) for code, n in sorted(counts.items())) or "-"
-
-
-def cpu_seconds(pid):
-    """User plus system CPU time of a process so far, from /proc."""
-    with open("/proc/%d/stat" % pid) as handle:
-        fields = handle.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def steady(flavour, worker_class, seconds):

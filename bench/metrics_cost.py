@@ -55,9 +55,9 @@ def _rps(variant, kind):
     try:
         throughput.measure(server.port, 0.5, per_connection=100)
         workers = server.children()
-        before = cpu_seconds(workers)
+        before = sum(map(cpu_seconds, workers))
         rps = throughput.measure(server.port, SECONDS, per_connection=100)
-        return rps, 1e6 * (cpu_seconds(workers) - before) / (rps * SECONDS)
+        return rps, 1e6 * (sum(map(cpu_seconds, workers)) - before) / (rps * SECONDS)
     finally:
         stop_server(server)
         if directory:

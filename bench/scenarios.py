@@ -125,17 +125,11 @@ def rss_kib(pid):
     return None
 
 
-def cpu_seconds(pids):
-    """User plus system CPU time the processes `pids` used so far, from /proc."""
-    total = 0
-    for pid in pids:
-        try:
-            with open("/proc/%s/stat" % pid) as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+def cpu_seconds(pid):
+    """User plus system CPU time of a process so far, from /proc."""
+    with open("/proc/%d/stat" % pid) as handle:
+        fields = handle.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def start_server(flavour, kind, app="testapp:app", workers=WORKERS, config="", env=None):
