@@ -77,7 +77,7 @@ class Channel:
 
     def returned_totals(self):
         """The totals a new master stopped on trial returned (JSON text), or None."""
-        return totals("\n".join(self.read()).encode())
+        return _totals_in(self.read())
 
     def reason(self):
         """The last line the new master wrote about a failure, or ""; closes the channel."""
@@ -137,10 +137,11 @@ def acknowledged(data):
 
 def totals(data):
     """The old master's metrics totals (JSON text) in what the ack pipe held, or None."""
-    for line in data.decode("utf-8", "replace").splitlines():
-        if line.startswith(METRICS):
-            return line[len(METRICS):]
-    return None
+    return _totals_in(data.decode("utf-8", "replace").splitlines())
+
+
+def _totals_in(lines):
+    return next((line[len(METRICS):] for line in lines if line.startswith(METRICS)), None)
 
 
 def send_totals(fd, text):
