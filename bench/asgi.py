@@ -15,7 +15,7 @@ import time
 from bench import metrics, report, throughput
 from bench.scenarios import LOAD_THREADS, WORKERS, Scenario, cpu_seconds, rss_kib
 from gunicorn_graceful import compat
-from support import Load, Server, Sockets, wait_for, write_asgi_app
+from tests.harness import Load, Server, Sockets, wait_for, write_asgi_app
 
 PAIRS = [("uvicorn", "uvicorn_worker.UvicornWorker",
           "gunicorn_graceful.workers.GracefulUvicornWorker")]

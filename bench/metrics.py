@@ -29,7 +29,7 @@ def lowest_rate(ok_ends, start, end, steady_rate):
 
 
 def summarize(results, signal_at, window_end, steady_from, new_version=None):
-    """Numbers for one run; times are monotonic seconds, results are support.Result rows."""
+    """Numbers for one run; times are monotonic seconds, results are tests.harness.Result rows."""
     steady = [r for r in results if steady_from <= r.started < signal_at]
     window = [r for r in results if r.started >= signal_at]
     ok_ends = [r.ended for r in results if r.ok]

@@ -25,7 +25,7 @@ import time
 
 from bench import multiprocess_app, report, throughput
 from bench.scenarios import cpu_seconds, start_server, stop_server
-from support import free_port
+from tests.harness import free_port
 
 SECONDS, REPETITIONS, WORKERS = 3.0, 5, 2
 VARIANTS = ("stock", "multiprocess", "off", "on")

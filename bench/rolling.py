@@ -11,7 +11,7 @@ import signal
 import tempfile
 import time
 
-from support import HAProxy, Load, Server, write_app
+from tests.harness import HAProxy, Load, Server, write_app
 
 from bench import scenarios
 

@@ -7,7 +7,7 @@ import signal
 import tempfile
 import time
 
-from support import Load, Server, write_app
+from tests.harness import Load, Server, write_app
 
 # Full paths: the tests' `Server` reads the short names "sync" and "gthread" as the pack's
 # classes, so stock's must not be spelled that way.

@@ -1,12 +1,12 @@
 """A deploy with two releases and a `current` symlink, upgraded under load with USR2.
 
-    .venv/bin/python examples/deploy_demo.py   # after the README's first command
+    .venv/bin/python -m examples.deploy_demo   # from the repository, after the README's first command
 
 Builds releases/1 and releases/2 of the example app in a scratch directory,
 starts Gunicorn with the graceful config pack from `current -> releases/1`,
 drives load with `requests` (keep-alive and new connections, no retries), flips
 `current` to releases/2, runs `gunicorn-graceful upgrade`, and prints how many
-requests failed. It uses the tests' load generator (tests/support.py).
+requests failed. It uses the tests' load generator (`tests.harness`).
 """
 
 import os
@@ -14,12 +14,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
+
+from tests.harness import Load, Server
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests"))
-
-from support import Load, Server  # noqa: E402
 
 APP = '''from examples.flask_app import create_app
 app = create_app({version!r})

@@ -12,11 +12,15 @@ import tempfile
 
 from gunicorn import __version__ as gunicorn_version
 
-from gunicorn_graceful import __version__, compat, forked, preflight, settings, upgrade_report
-from gunicorn_graceful.arbiter import GracefulArbiter
-from gunicorn_graceful.upgrade import PRE_EXEC_FAILED
+from gunicorn_graceful import __version__, compat, forked, settings
 from gunicorn_graceful.events import emit
-from gunicorn_graceful.workers import GracefulThreadWorker
+from gunicorn_graceful.master import preflight, upgrade_report
+from gunicorn_graceful.master.arbiter import GracefulArbiter
+from gunicorn_graceful.master.upgrade import PRE_EXEC_FAILED
+from gunicorn_graceful.workers import GracefulMixin, GracefulThreadWorker
+
+WORKER_CLASSES = ("GracefulThreadWorker", "GracefulSyncWorker", "GracefulUvicornWorker",
+                  "GracefulASGIWorker")
 
 
 def on_starting(server):
@@ -24,7 +28,7 @@ def on_starting(server):
     problem = settings.callable_problem(settings.current())
     if problem:
         raise SystemExit("Error: gunicorn-graceful: " + problem)
-    GracefulArbiter.install(server, check_config)
+    GracefulArbiter.install(server, check_config, worker_class_of)
     emit(server.log, "info", "master.starting", pid=server.pid, version=__version__,
          gunicorn=gunicorn_version, worker_class=server.cfg.worker_class_str,
          workers=server.cfg.workers)
@@ -201,6 +205,12 @@ def check_config(cfg, log):
     if not getattr(cfg.on_starting, "graceful_hook", False):
         return ("the config does not install gunicorn-graceful: it must end with "
                 "install(globals()) and define no on_starting after it")
+    if not issubclass(worker_class_of(cfg), GracefulMixin):
+        # No worker of another class ever says it is ready: the master would halt later
+        # with a misleading readiness reason (or a HUP roll back).
+        return ("worker_class=%s is not a gunicorn-graceful worker; use one of "
+                "gunicorn_graceful.workers.%s (-k on the command line overrides the config)"
+                % (cfg.worker_class_str, ", ".join(WORKER_CLASSES)))
     for name, pack_hook in HOOKS.items():
         hook = cfg.settings[name].get()
         if not getattr(hook, "graceful_hook", False):
@@ -209,3 +219,13 @@ def check_config(cfg, log):
                  problem="%s is defined after install(globals()): it runs after the pack's %s; "
                          "define hooks before install(globals())" % (name, name))
     return None
+
+
+def worker_class_of(cfg):
+    """The class the pack runs for `cfg`: Gunicorn's choice, except that GracefulSyncWorker
+    with threads > 1 becomes GracefulThreadWorker (`GracefulArbiter.keep_graceful_worker`)."""
+    configured = cfg.settings["worker_class"].get()
+    name = configured if isinstance(configured, str) else configured.__name__
+    if name.endswith("GracefulSyncWorker") and cfg.threads > 1:
+        return GracefulThreadWorker
+    return cfg.worker_class

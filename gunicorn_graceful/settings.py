@@ -18,7 +18,8 @@ import types
 
 from gunicorn.config import KNOWN_SETTINGS
 
-from gunicorn_graceful import upgrade_report
+# Set by an old master for its new master on USR2 (`master/upgrade_report`), not by users.
+UPGRADE_REPORT_ENV = "GRACEFUL_UPGRADE_REPORT_FD"
 
 _GUNICORN_NAMES = frozenset(setting.name for setting in KNOWN_SETTINGS)
 
@@ -301,7 +302,7 @@ def near_misses(namespace, environ=None):
             iter(difflib.get_close_matches(key, ours, n=1, cutoff=0.85)), None)
         if guess:
             warnings.append("%s in the config is not a setting: did you mean %s?" % (key, guess))
-    known_env = [env_name(f.name) for f in Settings.fields()] + [upgrade_report.ENV]
+    known_env = [env_name(f.name) for f in Settings.fields()] + [UPGRADE_REPORT_ENV]
     for key in environ:
         if key.startswith("GRACEFUL_") and key not in known_env:
             guess = next(iter(difflib.get_close_matches(key, known_env, n=1, cutoff=0.8)), None)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from support import Server, write_app, write_config
+from tests.harness import Server, write_app, write_config
 
 
 @pytest.fixture

@@ -26,10 +26,10 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.config import Config
 from gunicorn.errors import HaltServer
 
-from gunicorn_graceful import (binds, clock, hooks, listeners, settings, state, upgrade,
-                               upgrade_report)
-from gunicorn_graceful.arbiter import GracefulArbiter
-from gunicorn_graceful.systemd import Notifier
+from gunicorn_graceful import clock, hooks, listeners, settings, state
+from gunicorn_graceful.master import binds, upgrade, upgrade_report
+from gunicorn_graceful.master.arbiter import GracefulArbiter
+from gunicorn_graceful.master.systemd import Notifier
 
 WORKER_CLASS = "gunicorn_graceful.workers.GracefulSyncWorker"
 FIRST_PID = 10 ** 8
@@ -281,10 +281,12 @@ class Master:
         listeners.close_door = lambda listener: False  # the door is a socket filter: not here
         settings.set_current(pack_settings)
         FakeProcesses.world = self.world
-        arbiter = SimArbiter(SimApp(make_config(workers)))  # Gunicorn's own __init__
+        # A stock arbiter (with the fake process calls), made a SimArbiter by install as
+        # on_starting makes the running one a GracefulArbiter.
+        arbiter = FakeProcesses(SimApp(make_config(workers)))
         arbiter.pid, arbiter.WORKERS = os.getpid(), {}
         arbiter.LISTENERS = [self.world.open_listener(a, None, None) for a in arbiter.cfg.address]
-        SimArbiter.install(arbiter, hooks.check_config)
+        SimArbiter.install(arbiter, hooks.check_config, hooks.worker_class_of)
         arbiter.notifier = RecordingNotifier()
         self.arbiter = arbiter
         self.stopped = None         # why the master's main loop ended, once it did
@@ -320,8 +322,8 @@ class Master:
             self.stopped = "halt: %s" % exc.reason
 
     def stop(self):
-        """Gunicorn's stop: the pack's `begin`, then SIGTERM to every worker."""
-        self.arbiter.stopper.begin(True)
+        """Gunicorn's stop: the pack's `core.stopping`, then SIGTERM to every worker."""
+        self.arbiter.core.stopping(True)
         for pid in list(self.arbiter.WORKERS):
             self.arbiter.kill_worker(pid, signal.SIGTERM)
         self.stopped = "stop"

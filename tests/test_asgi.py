@@ -14,8 +14,8 @@ import requests
 import websockets
 
 from gunicorn_graceful import compat
-from support import (ROOT, Load, Sockets, process_alive, quick_stop, usr2_new_master,
-                     wait_for, write_asgi_app)
+from tests.harness import (ROOT, Load, Sockets, process_alive, quick_stop, usr2_new_master,
+                           wait_for, write_asgi_app)
 
 UVICORN = "gunicorn_graceful.workers.GracefulUvicornWorker"
 NATIVE = "gunicorn_graceful.workers.GracefulASGIWorker"

@@ -10,8 +10,8 @@ import pytest
 import requests
 
 from gunicorn_graceful import compat
-from support import write_asgi_app
-from test_asgi import CONFIG, write_startup_app
+from tests.harness import write_asgi_app
+from tests.test_asgi import CONFIG, write_startup_app
 
 
 @pytest.mark.skipif(not compat.NATIVE_ASGI, reason="Gunicorn's native asgi worker: >= 24")

@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from support import ROOT
+from tests.harness import ROOT
 
 
 def test_quick_bench_writes_a_row_per_scenario_and_server(tmp_path):

@@ -4,7 +4,7 @@ import os
 import subprocess
 import time
 
-from support import Server, cli
+from tests.harness import Server, cli
 
 
 def test_upgrade_refuses_at_once_a_master_started_without_the_pack(workdir):

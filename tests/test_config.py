@@ -7,7 +7,7 @@ import subprocess
 import pytest
 from gunicorn.config import Config
 
-from support import GUNICORN, ROOT, write_config
+from tests.harness import GUNICORN, ROOT, write_config
 
 
 def run_gunicorn(workdir, config_body, env=None, timeout=30):

@@ -15,7 +15,7 @@ import time
 import pytest
 import requests
 
-from support import Load, ROOT, cli, free_port, wait_for, write_app, write_config
+from tests.harness import ROOT, Load, cli, free_port, wait_for, write_app, write_config
 
 PACKAGE_APP = '''\
 from myapp.version import VERSION

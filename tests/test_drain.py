@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from gunicorn_graceful import compat
-from support import WORKERS, Load, quick_stop, wait_for
+from tests.harness import WORKERS, Load, quick_stop, wait_for
 
 pytestmark = pytest.mark.lines  # every test here goes through internals that differ between lines
 

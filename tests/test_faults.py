@@ -16,9 +16,9 @@ import pytest
 import requests
 
 from gunicorn_graceful import compat
-from support import (WORKERS, Load, NotifySocket, cli, make_release, pid_in, point_link,
-                     process_alive, read_pid, unwritable, upgrade_command, usr2_new_master,
-                     wait_for, write_app)
+from tests.harness import (WORKERS, Load, NotifySocket, cli, make_release, pid_in, point_link,
+                           process_alive, read_pid, under_load, unwritable, upgrade_command,
+                           usr2_new_master, wait_for, write_app)
 
 READINESS = "graceful_readiness_path = '/healthz'\n"
 BROKEN = {"before": "raise RuntimeError('database url missing')"}
@@ -51,18 +51,13 @@ def test_after_a_rollback_recycled_workers_load_the_pinned_release(tmp_path, ser
                      config_body=READINESS + "graceful_release_link = %r\nmax_requests = 20\n"
                      % link)
     point_link(link, os.path.join(root, "releases", "2"))
-    load = Load(server.url, threads=4).start()
-    try:
-        load.wait_count(20)
+    with under_load(server.url, warmup=20, after=0, threads=4) as load:
         server.signal(signal.SIGHUP)
         server.wait_log(r"event=reload\.rollback generation=2")
         rolled_back = server.count(r"event=worker\.ready pid=\d+ generation=1")
         # Every worker serves 20 requests, then a replacement of the kept generation boots.
         server.wait_log(r"event=worker\.ready pid=\d+ generation=1", count=rolled_back + 4,
                         timeout=60)
-    finally:
-        load.stop()
-    print(load.summary())
     assert load.failures() == [], load.summary()
     assert {r.version for r in load.results} == {"1"}
     assert "worker.boot_failed" not in server.log()
@@ -161,17 +156,11 @@ def test_usr2_hands_over_when_the_pidfile_directory_turns_unwritable(workdir, se
     os.makedirs(rundir)
     server = servers(workdir, workers=2, rundir=rundir, config_body=READINESS)
     write_app(workdir, "2", before="time.sleep(2)")
-    load = Load(server.url, threads=4).start()
-    try:
-        load.wait_count(50)
+    with under_load(server.url, threads=4) as load:
         new = usr2_new_master(server)
         with unwritable(rundir):
             server.wait_log(r"event=upgrade\.promoted pid=%s" % new, timeout=40)
             assert server.wait_exit(timeout=40) == 0
-            load.wait_count(len(load.results) + 100)
-    finally:
-        load.stop()
-    print(load.summary())
     assert load.failures() == [], load.summary()
     assert process_alive(new) and server.version() == "2"
     log = server.log()

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from support import HAPROXY_MISSING, HAProxy, Load, write_app
+from tests.harness import HAPROXY_MISSING, HAProxy, Load, write_app
 
 pytestmark = pytest.mark.skipif(HAPROXY_MISSING is not None, reason=str(HAPROXY_MISSING))
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from support import ROOT, cli, wait_for
+from tests.harness import ROOT, cli, wait_for
 
 TEMPLATES = {"conf/graceful.py": "graceful.py", "conf/graceful_asgi.py": "graceful_asgi.py",
              "conf/systemd/myapp.service": "myapp.service",

@@ -6,8 +6,9 @@ import time
 import pytest
 import requests
 
-from gunicorn_graceful import health, settings
-from support import Load, wait_for
+from gunicorn_graceful import settings
+from gunicorn_graceful.workers import health
+from tests.harness import under_load, wait_for
 
 HEALTH = ("graceful_health_path = '/health'\ngraceful_liveness_path = '/live'\n"
           "graceful_shutdown_delay = %s\n")
@@ -29,9 +30,7 @@ def test_health_answers_200_while_serving_and_503_in_lame_duck(workdir, servers)
         assert not {"/health", "/live"} & set(handle.read().splitlines())
     server.wait_log(r'"GET / HTTP/1\.1" 200')
     assert '"GET /health' not in server.log() and '"GET /live' not in server.log()
-    load = Load(server.url, threads=4).start()
-    try:
-        load.wait_count(50)
+    with under_load(server.url, after=0, threads=4) as load:
         term_at = time.monotonic()
         server.signal(signal.SIGTERM)
         server.wait_log(r"event=master\.lame_duck pid=\d+ delay=3\.00")
@@ -45,9 +44,6 @@ def test_health_answers_200_while_serving_and_503_in_lame_duck(workdir, servers)
         server.wait_log(r"event=master\.lame_duck_over", timeout=10)
         assert time.monotonic() - term_at >= 3
         assert server.wait_exit(timeout=30) == 0
-    finally:
-        load.stop()
-    print(load.summary())
     during = [r for r in load.results if term_at <= r.started < term_at + 2.5]
     assert during and all(r.ok for r in during), load.summary()
     assert load.failures(allow=("refused", "connect_timeout")) == [], load.summary()

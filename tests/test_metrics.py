@@ -12,8 +12,8 @@ import time
 import pytest
 import requests
 
-from support import (Load, Sockets, cli, free_port, pid_in, wait_for, write_app,
-                     write_asgi_app)
+from tests.harness import (Load, Sockets, cli, free_port, pid_in, wait_for, write_app,
+                           write_asgi_app)
 
 
 def scrape(port, accept=None):
@@ -165,7 +165,7 @@ def test_a_metrics_address_in_use_stops_the_start_with_one_line(workdir, servers
 def test_a_hup_that_moves_the_metrics_address_is_refused_and_it_keeps_serving(workdir, servers):
     port = free_port()
     server = metrics_server(servers, workdir, port, workers=1)
-    config = os.path.join(workdir, "gunicorn_conf.py")  # support.write_config's
+    config = os.path.join(workdir, "gunicorn_conf.py")  # tests.harness.write_config's
     with open(config) as handle:
         text = handle.read()
     with open(config, "w") as handle:

@@ -13,8 +13,8 @@ import pytest
 import requests
 
 from gunicorn_graceful import compat
-from support import (NotifySocket, Watcher, cli, pid_in, unwritable, upgrade_command,
-                     usr2_new_master, wait_for, write_app)
+from tests.harness import (NotifySocket, Watcher, cli, pid_in, unwritable, upgrade_command,
+                           usr2_new_master, wait_for, write_app)
 
 READINESS = "graceful_readiness_path = '/healthz'\n"
 HEALTH = "graceful_health_path = '/health'\n"

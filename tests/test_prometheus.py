@@ -7,8 +7,8 @@ import signal
 
 import pytest
 
-from support import (PROMETHEUS_MISSING, ROOT, Load, Prometheus, free_port, pid_in,
-                     wait_for, write_app)
+from tests.harness import (PROMETHEUS_MISSING, ROOT, Load, Prometheus, free_port, pid_in, wait_for,
+                           write_app)
 
 pytestmark = pytest.mark.skipif(PROMETHEUS_MISSING is not None, reason=str(PROMETHEUS_MISSING))
 

@@ -16,7 +16,7 @@ import subprocess
 import pytest
 import requests
 
-from support import ROOT, wait_for
+from tests.harness import ROOT, wait_for
 
 IGNORED = shutil.ignore_patterns(".git", ".venv*", "build", "*.egg-info", "__pycache__",
                                  ".pytest_cache", "gunicorn.pid", "*.status")
@@ -86,7 +86,7 @@ def test_the_readme_commands_work_verbatim_from_a_fresh_copy(clone):
     text = readme()
     main = command_after(text, "Set up and run the example Flask app")
     status = inline(text, r"\.venv/bin/gunicorn-graceful status")
-    demo = inline(text, r"\.venv/bin/python examples/deploy_demo\.py")
+    demo = inline(text, r"\.venv/bin/python -m examples\.deploy_demo")
     asgi = inline(text, r"\.venv/bin/pip install -e '\.\[examples,uvicorn\]'")
     assert command_after(text, "Run the tests") == "bash tests/run.sh"
 

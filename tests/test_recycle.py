@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from support import (WORKERS, Load, Watcher, cli, make_release, point_link, wait_for,
-                     write_app)
+from tests.harness import (WORKERS, Load, Watcher, cli, make_release, point_link, wait_for,
+                           write_app)
 
 READINESS = "graceful_readiness_path = '/healthz'\n"
 BROKEN = {"before": "raise RuntimeError('database url missing')"}

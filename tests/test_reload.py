@@ -10,23 +10,16 @@ import threading
 
 import pytest
 
-from support import WORKERS, Load, wait_for, write_app
+from tests.harness import WORKERS, under_load, wait_for, write_app
 
 READINESS = "graceful_readiness_path = '/healthz'\n"
 
 
 def hup_under_load(server, done_pattern, extra=100):
     """HUP while a load runs; returns the load once `done_pattern` is logged and more has run."""
-    load = Load(server.url, threads=4).start()
-    try:
-        load.wait_count(50)
+    with under_load(server.url, after=extra, threads=4) as load:
         server.signal(signal.SIGHUP)
         server.wait_log(done_pattern, timeout=40)
-        seen = len(load.results)
-        load.wait_count(seen + extra)
-    finally:
-        load.stop()
-    print(load.summary())
     return load
 
 

@@ -14,10 +14,11 @@ from hypothesis import HealthCheck, Phase as Phase_, settings as hsettings, stra
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition,
                                  rule, run_state_machine_as_test)
 
-from gunicorn_graceful import binds, hooks, pool, rollout, settings, state, upgrade_report
-from gunicorn_graceful.phase import Phase
-from simulation import (BIND, BOOT_ERROR, FakeProcesses, Master, SimArbiter, booting,
-                        make_config)
+from gunicorn_graceful import hooks, settings, state
+from gunicorn_graceful.master import binds, pool, rollout, upgrade_report
+from gunicorn_graceful.master.phase import Phase
+from tests.simulation import (BIND, BOOT_ERROR, FakeProcesses, Master, SimArbiter, booting,
+                              make_config)
 
 MAX_WORKERS = 3
 EXAMPLES = int(os.environ.get("SIMULATION_EXAMPLES", "2000"))

@@ -6,8 +6,10 @@ import time
 
 import pytest
 
-from gunicorn_graceful import files, inflight, listeners, preflight, settings, upgrade_report
+from gunicorn_graceful import listeners, settings
 from gunicorn_graceful.events import format_event, redact
+from gunicorn_graceful.master import files, preflight, upgrade_report
+from gunicorn_graceful.workers import inflight
 
 
 class Lines:
@@ -212,7 +214,7 @@ def test_the_door_reads_as_closed_only_once_closed_and_the_check_copies_nothing(
     ("2xx", 200, True), ("2xx", 404, False), ("<500", 404, True), ("<500", 302, True),
     ("<500", 500, False)])
 def test_the_readiness_path_accepts_what_the_setting_says(accept, code, ready):
-    from gunicorn_graceful import readiness
+    from gunicorn_graceful.workers import readiness
     pack = settings.Settings(readiness_path="/", readiness_accept=accept)
 
     def app(environ, start_response):

@@ -7,8 +7,8 @@ import socket
 import pytest
 
 from gunicorn_graceful import compat
-from support import (MODULE_GUNICORN, Load, Watcher, pid_in, upgrade_command, usr2_new_master,
-                     write_app)
+from tests.harness import (MODULE_GUNICORN, Load, Watcher, pid_in, under_load, upgrade_command,
+                           usr2_new_master, write_app)
 
 READINESS = "graceful_readiness_path = '/healthz'\n"
 
@@ -31,17 +31,11 @@ class PidfileWatch(Watcher):
 
 
 def upgrade_under_load(server, expect_code, extra=100):
-    load = Load(server.url, threads=4).start()
-    try:
-        load.wait_count(50)
+    with under_load(server.url, after=extra, threads=4) as load:
         with PidfileWatch(server.pidfile) as watch:
             command = upgrade_command(server)
             out, err = command.communicate(timeout=90)
-        seen = len(load.results)
-        load.wait_count(seen + extra)
-    finally:
-        load.stop()
-    print(load.summary(), "\n", out, err)
+    print(out, err)
     assert command.returncode == expect_code, out + err
     assert watch.problems == [], watch.problems[:5]
     return load, out, err

@@ -1,7 +1,7 @@
 """The graceful worker on Gunicorn's native asyncio worker (Gunicorn >= 24).
 
 Every override of that worker's internals is here (see `compat.NATIVE_ASGI`);
-the drain itself is `async_worker`'s.
+the drain itself is `asyncio_base`'s.
 """
 
 import asyncio
@@ -10,12 +10,13 @@ import time
 
 from gunicorn.workers import base
 
-from gunicorn_graceful import async_worker, compat
+from gunicorn_graceful import compat
+from gunicorn_graceful.workers import asyncio_base
 
 if compat.NATIVE_ASGI:
     from gunicorn.workers.gasgi import ASGIWorker
 
-    class GracefulASGIWorker(async_worker.AsyncGracefulMixin, ASGIWorker):
+    class GracefulASGIWorker(asyncio_base.AsyncGracefulMixin, ASGIWorker):
         """Gunicorn's asgi worker with the pack's drain, readiness and WebSocket close codes."""
 
         APP_ATTRIBUTE = "asgi"
@@ -30,7 +31,7 @@ if compat.NATIVE_ASGI:
             if getattr(cfg, "asgi_lifespan", "auto") == "off":
                 raise SystemExit("Error: gunicorn-graceful: asgi_lifespan=off leaves no place "
                                  "for the readiness check (allowed: auto, on)")
-            async_worker.check_settings(cfg)
+            asyncio_base.check_settings(cfg)
 
         async def _serve(self):
             """The base's, remembering its task (the drain ends its serving loop), after the

@@ -1,8 +1,8 @@
-"""Gunicorn's sync and gthread workers, plus a drain that loses no request and says what it does.
+"""The graceful base every worker class shares: a drain that loses no request and says what it does.
 
-Every override of a sync or gthread worker internal of Gunicorn is in this file
-(the master's are in `arbiter.py`, the asyncio workers' in `worker_asgi.py` and
-`worker_uvicorn.py`). Each one is small and says why it exists.
+The overrides of Gunicorn's worker internals are in the class files (`wsgi.py`,
+`asgi_native.py`, `asgi_uvicorn.py`; the master's in `master/arbiter.py`); this
+base only adds behaviour around them. Each method is small and says why it exists.
 """
 
 import errno
@@ -12,14 +12,11 @@ import sys
 import threading
 import time
 
-from gunicorn import util
 from gunicorn.arbiter import Arbiter
-from gunicorn.workers.gthread import TConn, ThreadWorker
-from gunicorn.workers.sync import SyncWorker
 
-from gunicorn_graceful import (compat, counters, forked, health, inflight, listeners, readiness,
-                               recycle, release, settings, state)
+from gunicorn_graceful import counters, forked, listeners, release, settings, state
 from gunicorn_graceful.events import emit
+from gunicorn_graceful.workers import health, inflight, limits, readiness
 
 _QUICK_EXIT = 0.9  # a quick stop: how long the unwinding may take before the process just ends
 
@@ -66,7 +63,7 @@ class GracefulMixin:
         release.enter(forked.release, settings.current().release_link)
         self.settings = settings.current()
         self.serving = False
-        self.limits = recycle.WorkerLimits(self)
+        self.limits = limits.WorkerLimits(self)
         self.inflight = inflight.Registry(threads=self.THREADED)
         self.drain = inflight.DrainReporter(
             self.log, self.inflight, self.pid, self.settings.drain_log_interval,
@@ -307,128 +304,3 @@ class GracefulMixin:
                     break
                 serve_one(listener, client, addr)
         self.backlog = {}
-
-
-class GracefulSyncWorker(GracefulMixin, SyncWorker):
-    """Gunicorn's sync worker that also serves what waited in the accept queue at SIGTERM."""
-
-    reading_peer = None  # the client whose request this worker is reading, if any
-
-    def init_signals(self):
-        """SIGTERM interrupts a blocking read, so a drain starts (and is reported) while the
-        worker waits for a slow client; Python retries the read after the handler (PEP 475).
-        Gunicorn sets the opposite to spare requests from EINTR, from before Python retried."""
-        super().init_signals()
-        signal.siginterrupt(signal.SIGTERM, True)
-
-    def handle(self, listener, client, addr):
-        self.reading_peer = addr
-        try:
-            return super().handle(listener, client, addr)
-        finally:
-            self.reading_peer = None
-
-    def reading_connections(self):
-        """One while the worker reads a request that has not reached the app yet."""
-        return 1 if self.reading_peer is not None and not len(self.inflight) else 0
-
-    def busy(self):
-        """Reading a request that has not reached the app: a slow client may hold this worker
-        until the deadline, so the queue is left to another worker. One with a request in
-        the app still takes it at SIGTERM, serves it after that request, and shuts the
-        listener at once, so new clients are refused at once."""
-        return self.reading_connections() > 0
-
-    def serve_backlog(self):
-        for sock in self.sockets:
-            sock.setblocking(False)
-        self.take_backlog(self._serve)
-
-    def _serve(self, listener, client, addr):
-        client.setblocking(True)
-        util.close_on_exec(client)
-        self.handle(listener, client, addr)
-
-    def handle_request(self, listener, req, client, addr):
-        """Gunicorn's, then the recycling limits (its own max_requests exit is disabled)."""
-        try:
-            return super().handle_request(listener, req, client, addr)
-        finally:
-            self.limits.after_request()
-
-
-class GracefulThreadWorker(GracefulMixin, ThreadWorker):
-    """Gunicorn's gthread worker that also serves what waited in the accept queue at SIGTERM.
-
-    Gunicorn 27's gthread worker already answers requests that arrive on a
-    kept-alive connection while it stops with `Connection: close`.
-    """
-
-    def idle_connections(self):
-        return compat.idle_connections(self)
-
-    def reading_connections(self):
-        """Connections held but neither kept alive nor in the app: a request still being read."""
-        return max(self.nr_conns - self.idle_connections() - len(self.inflight), 0)
-
-    def set_accept_enabled(self, enabled):
-        """Gunicorn >= 27 calls this once with False when the worker stops: take the backlog first."""
-        if not enabled and not self.alive:
-            self.take_backlog(self._serve)
-        super().set_accept_enabled(enabled)
-
-    def handle_request(self, req, conn):
-        """In lame duck every response closes its connection, so clients move elsewhere;
-        after it, the recycling limits (Gunicorn's own max_requests exit is disabled)."""
-        if self.lame_duck:
-            req.must_close = True
-        try:
-            return super().handle_request(req, conn)
-        finally:
-            self.limits.after_request()
-
-    def _serve(self, listener, client, addr):
-        """Through Gunicorn's own accept path (counting, connection, thread pool)."""
-        self.accept(_Accepted(listener, client, addr))
-
-    def serve_backlog(self):
-        """Where the loop has no stop hook (`compat.THREAD_WORKER_ACCEPT_HOOK`): what the drain
-        took from the queue, served after the loop, one at a time in this thread (the pool
-        is shut by then); each answer closes its connection (the worker is not alive). The
-        loop closed its listeners: a retiring worker leaves the queue to the others."""
-        if not compat.THREAD_WORKER_ACCEPT_HOOK:
-            self.backlog = {}
-            self.take_backlog(self._serve_after_loop)
-
-    def _serve_after_loop(self, listener, client, addr):
-        conn = TConn(self.cfg, client, addr, client.getsockname())
-        conn.init()
-        try:
-            self.handle(conn)
-        finally:
-            conn.close()
-
-
-class _Accepted:
-    """A listener whose accept() returns a connection this worker accepted already."""
-
-    def __init__(self, listener, client, addr):
-        self.listener, self.client, self.addr = listener, client, addr
-
-    def accept(self):
-        return self.client, self.addr
-
-    def getsockname(self):
-        return self.listener.getsockname()
-
-
-def __getattr__(name):
-    """The ASGI workers, imported on first use: uvicorn is an optional extra, and the
-    native asgi worker needs Gunicorn >= 24."""
-    if name == "GracefulASGIWorker":
-        from gunicorn_graceful.worker_asgi import GracefulASGIWorker
-        return GracefulASGIWorker
-    if name == "GracefulUvicornWorker":
-        from gunicorn_graceful.worker_uvicorn import GracefulUvicornWorker
-        return GracefulUvicornWorker
-    raise AttributeError("module %r has no attribute %r" % (__name__, name))

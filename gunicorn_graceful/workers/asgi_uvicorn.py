@@ -1,7 +1,7 @@
 """The graceful worker on uvicorn-worker's `UvicornWorker` (extra: gunicorn-graceful[uvicorn]).
 
 Every override of uvicorn's internals is here: the server's exit signal and its
-`shutdown`, replaced by the pack's drain (`async_worker`); its connections
+`shutdown`, replaced by the pack's drain (`asyncio_base`); its connections
 (`server_state.connections`), closed or aborted there.
 """
 
@@ -14,7 +14,8 @@ from gunicorn.arbiter import Arbiter
 from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
-from gunicorn_graceful import async_worker, health, settings
+from gunicorn_graceful import settings
+from gunicorn_graceful.workers import asyncio_base, health
 
 
 class GracefulServer(Server):
@@ -37,7 +38,7 @@ class GracefulServer(Server):
         await self.worker.graceful_shutdown()
 
 
-class GracefulUvicornWorker(async_worker.AsyncGracefulMixin, UvicornWorker):
+class GracefulUvicornWorker(asyncio_base.AsyncGracefulMixin, UvicornWorker):
     """uvicorn-worker's UvicornWorker with the pack's drain, readiness and WebSocket close codes."""
 
     APP_ATTRIBUTE = "wsgi"
@@ -45,7 +46,7 @@ class GracefulUvicornWorker(async_worker.AsyncGracefulMixin, UvicornWorker):
 
     @classmethod
     def check_config(cls, cfg, log):
-        async_worker.check_settings(cfg)
+        asyncio_base.check_settings(cfg)
 
     def init_process(self):
         self.server = None

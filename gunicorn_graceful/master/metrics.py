@@ -34,8 +34,9 @@ import time
 
 from gunicorn.arbiter import Arbiter
 
-from gunicorn_graceful import clock, counters, events, listeners, state, status
+from gunicorn_graceful import clock, counters, events, listeners, state
 from gunicorn_graceful.events import emit
+from gunicorn_graceful.master import status
 
 _BOOT_ERRORS = (Arbiter.WORKER_BOOT_ERROR, Arbiter.APP_LOAD_ERROR)
 DRAIN_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -45,7 +46,7 @@ _RELOADS = {"reload.done": ("hup", "ok"), "reload.rollback": ("hup", "rolled_bac
             "upgrade.promoted": ("usr2", "ok")}
 
 
-def start(arbiter, settings):
+def start(arbiter, pool, settings):
     """The metrics of this master, serving on graceful_metrics_bind; None when it is empty.
     A SystemExit naming the setting when the address cannot be bound or prometheus_client
     is missing (at start, so nothing runs half-configured)."""
@@ -55,7 +56,7 @@ def start(arbiter, settings):
         raise SystemExit("Error: gunicorn-graceful: graceful_metrics_bind=%s needs "
                          "prometheus_client: pip install 'gunicorn-graceful[metrics]'"
                          % settings.metrics_bind)
-    metrics = Metrics(arbiter, settings)
+    metrics = Metrics(arbiter, pool, settings)
     if not arbiter.master_pid:  # a new master of a USR2 binds once its old master is gone
         metrics.serve()
     return metrics
@@ -74,8 +75,8 @@ def reload_problem(metrics, settings):
 
 
 class Metrics:
-    def __init__(self, arbiter, settings):
-        self.arbiter, self.bind = arbiter, settings.metrics_bind
+    def __init__(self, arbiter, pool, settings):
+        self.arbiter, self.pool, self.bind = arbiter, pool, settings.metrics_bind
         self.buckets = tuple(settings.metrics_buckets)
         self.lock = threading.Lock()
         self.slots = {}  # pid -> the slot of a worker not yet folded
@@ -145,7 +146,7 @@ class Metrics:
         by_state = dict.fromkeys(("booting", "ready", "draining", "recycling"), 0)
         oldest = 0.0
         now = clock.wall()
-        for worker, record in arbiter.pool.workers():
+        for worker, record in self.pool.workers():
             name = status.worker_state(worker, record)
             name = "draining" if name == "retiring" else name  # told to stop: no new work
             if name in by_state:
@@ -154,7 +155,7 @@ class Metrics:
                 oldest = max(oldest, now - record.started_at)
         counted = [lnr for lnr in arbiter.LISTENERS if listeners.reports_queue(lnr)]
         return {"workers": by_state, "generation": arbiter.generation,
-                "degraded": int(arbiter.pool.degraded is not None), "oldest": oldest,
+                "degraded": int(self.pool.degraded is not None), "oldest": oldest,
                 "backlog": sum(map(listeners.queued, counted)) if counted else None}
 
     def export(self):
@@ -239,8 +240,8 @@ class Metrics:
         gauges = self.gauges or self.master_gauges()
         requests = CounterMetricFamily("gunicorn_requests", "Requests answered, by status "
                                        "class (health probes excluded).", labels=["status"])
-        for status, value in total.requests.items():
-            requests.add_metric([status], value)
+        for status_class, value in total.requests.items():
+            requests.add_metric([status_class], value)
         yield requests
         duration = HistogramMetricFamily("gunicorn_request_duration_seconds",
                                          "Time from the app's call to the end of its response.")

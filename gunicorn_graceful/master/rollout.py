@@ -10,6 +10,8 @@ Invariants:
 - With graceful_release_link, each generation is pinned to the release the link
   pointed to when it started (see `release`).
 - A config that fails to load on HUP changes nothing.
+Whether a HUP may start, and what follows a complete or a failed generation,
+is decided by `core`; this module loads, applies and restores.
 """
 
 import dataclasses
@@ -18,9 +20,9 @@ import os
 from gunicorn import util
 from gunicorn.pidfile import Pidfile
 
-from gunicorn_graceful import binds, clock, compat, files, metrics, release, settings
+from gunicorn_graceful import clock, compat, release, settings
 from gunicorn_graceful.events import emit
-from gunicorn_graceful.phase import Phase
+from gunicorn_graceful.master import binds, files
 
 
 @dataclasses.dataclass
@@ -35,6 +37,7 @@ class Rollout:
     previous_pidfile: object
     started: float = dataclasses.field(default_factory=clock.monotonic)
     started_at: float = dataclasses.field(default_factory=clock.wall)
+    superseded: object = None  # the generation of the rollout this one replaced, if any
 
 
 class Rollouts:
@@ -49,22 +52,18 @@ class Rollouts:
     def release_of(self, generation):
         return self.releases.get(generation, "")
 
-    def reload(self):
-        """HUP: load the config again, then boot a new generation that must prove itself."""
+    def reload(self, config_problem):
+        """HUP: load the config again; the Rollout that starts, or None when the config fails.
+
+        `config_problem(cfg, log)` says why a loaded config cannot run (`core`).
+        """
         arbiter = self.arbiter
-        reason = arbiter.phase.refusal("reload", old=arbiter.master_pid or arbiter.pid,
-                                       new=arbiter.reexec_pid or arbiter.pid)
-        if reason:
-            emit(arbiter.log, "error", "reload.refused", pid=arbiter.pid, reason=reason)
-            return
         previous_cfg, previous_settings = arbiter.cfg, settings.current()
         reset_environment(previous_cfg)
         new_listeners = arbiter.LISTENERS
         try:
             arbiter.app.reload()
-            failure = arbiter.check_config(arbiter.app.cfg, arbiter.log) \
-                or arbiter.foreign_worker_reason(arbiter.app.cfg) \
-                or metrics.reload_problem(arbiter.metrics, settings.current())
+            failure = config_problem(arbiter.app.cfg, arbiter.log)
             if not failure and binds.changed(previous_cfg, arbiter.app.cfg):
                 new_listeners = binds.reopen(arbiter.app.cfg, self.held(), arbiter.log)
         except binds.BindFailure as exc:
@@ -77,7 +76,7 @@ class Rollouts:
             apply_environment(previous_cfg)
             emit(arbiter.log, "error", "reload.config_failed", config=previous_cfg.config,
                  reason=failure, kept_generation=arbiter.generation)
-            return
+            return None
         compat.count_reload(arbiter)
         generation = self.last_generation + 1
         if self.current is None:
@@ -86,9 +85,11 @@ class Rollouts:
         else:  # a HUP during a HUP: a rollback goes back to what the first one replaced
             self.supersede(self.current, new_listeners)
             rollout = dataclasses.replace(self.current, generation=generation,
-                                          started=clock.monotonic(), started_at=clock.wall())
+                                          started=clock.monotonic(), started_at=clock.wall(),
+                                          superseded=self.current.generation)
         self.apply_config(rollout.previous_cfg, new_listeners)
         self.begin(rollout)
+        return rollout
 
     def held(self):
         """Every listener the master holds now: the serving ones and a booting rollout's."""
@@ -122,20 +123,14 @@ class Rollouts:
         self.current = rollout
         arbiter.generation = self.last_generation = rollout.generation
         self.releases[rollout.generation] = release.resolve(settings.current().release_link)
-        arbiter.pool.reset_back_off()
-        arbiter.phase.move(Phase.RELOADING)
-        arbiter.notifier.reloading(arbiter.log, "booting generation %s" % arbiter.generation)
         emit(arbiter.log, "info", "reload.start", generation=arbiter.generation,
              previous_generation=rollout.previous_generation, workers=arbiter.num_workers,
              max_booting=settings.current().max_booting)
-        arbiter.manage_workers()
 
     def supersede(self, rollout, new_listeners):
-        """A newer HUP replaces a rollout still booting: stop its workers, drop what it opened
-        (but the listeners the newer one keeps)."""
+        """A newer HUP replaces a rollout still booting: drop what it opened (but the listeners
+        the newer one keeps); `core` retires its workers."""
         arbiter = self.arbiter
-        for worker, record in arbiter.pool.members(rollout.generation):
-            arbiter.pool.retire(worker, record, "superseded")
         self.releases.pop(rollout.generation, None)
         self.drop_files(rollout, keep=new_listeners)
         arbiter.LISTENERS, arbiter.pidfile = rollout.previous_listeners, rollout.previous_pidfile
@@ -151,17 +146,14 @@ class Rollouts:
         binds.close_unused(rollout.previous_listeners, keep=arbiter.LISTENERS)
         if arbiter.pidfile is not rollout.previous_pidfile and rollout.previous_pidfile:
             files.remove(arbiter.log, rollout.previous_pidfile.fname)
-        arbiter.phase.move(Phase.SERVING)
-        arbiter.notifier.ready(arbiter.log, "generation %s serving" % arbiter.generation)
 
     def roll_back(self, failure):
-        """A worker of the new generation failed: stop it, keep the previous one serving."""
+        """A worker of the new generation failed: restore what the previous one runs with;
+        the generation to stop (`core` retires its workers)."""
         arbiter, rollout = self.arbiter, self.current
         emit(arbiter.log, "error", "reload.rollback", generation=rollout.generation,
              kept_generation=rollout.previous_generation, worker=failure.pid,
              after=failure.elapsed, reason=failure.reason)
-        for worker, record in arbiter.pool.members(rollout.generation):
-            arbiter.pool.retire(worker, record, "rollback")
         self.current = None
         arbiter.generation = rollout.previous_generation
         self.drop_files(rollout)
@@ -171,9 +163,7 @@ class Rollouts:
         settings.set_current(rollout.previous_settings)
         arbiter.setup(arbiter.app)
         arbiter.LISTENERS, arbiter.pidfile = rollout.previous_listeners, rollout.previous_pidfile
-        arbiter.phase.move(Phase.SERVING)
-        arbiter.notifier.ready(arbiter.log, "reload failed, generation %s still serving: %s"
-                               % (arbiter.generation, failure.reason))
+        return rollout.generation
 
     def drop_files(self, rollout, keep=()):
         """Close the listeners and remove the pidfile a rollout opened in place of the kept ones."""

@@ -12,13 +12,17 @@ Invariants:
 
 import json
 
-from gunicorn_graceful import files, state
-from gunicorn_graceful.phase import Phase
+from gunicorn_graceful import state
+from gunicorn_graceful.master import files
+from gunicorn_graceful.master.phase import Phase
 
 
 class StatusFile:
-    def __init__(self, arbiter):
-        self.arbiter = arbiter
+    """The status file of one master, written from what the helpers it reads hold."""
+
+    def __init__(self, arbiter, phase, pool, rollouts, upgrades):
+        self.arbiter, self.phase = arbiter, phase
+        self.pool, self.rollouts, self.upgrades = pool, rollouts, upgrades
         self.last = None
 
     def path(self):
@@ -29,28 +33,28 @@ class StatusFile:
         arbiter = self.arbiter
         workers = [{"pid": w.pid, "generation": r.generation,
                     "state": worker_state(w, r), "started_at": round(r.started_at, 1)}
-                   for w, r in sorted(arbiter.pool.workers(), key=lambda p: p[0].age)]
+                   for w, r in sorted(self.pool.workers(), key=lambda p: p[0].age)]
         ready = sum(1 for w in workers if w["state"] in (state.READY, "recycling"))
-        rollout = arbiter.rollouts.current
+        rollout = self.rollouts.current
         if rollout is not None:
             rollout = {"generation": rollout.generation,
                        "previous_generation": rollout.previous_generation,
                        "started_at": round(rollout.started_at, 1)}
         return {"pid": arbiter.pid, "generation": arbiter.generation,
-                "state": self.state_name(ready), "phase": arbiter.phase.value.value,
+                "state": self.state_name(ready), "phase": self.phase.value.value,
                 "workers_wanted": arbiter.num_workers, "workers_ready": ready,
-                "serving": ready > 0, "degraded": arbiter.pool.degraded, "reload": rollout,
-                "upgrade": arbiter.upgrades.last, "upgrade_refused": arbiter.upgrades.last_refusal,
+                "serving": ready > 0, "degraded": self.pool.degraded, "reload": rollout,
+                "upgrade": self.upgrades.last, "upgrade_refused": self.upgrades.last_refusal,
                 "old_master": arbiter.master_pid or None, "workers": workers}
 
     def state_name(self, ready):
         """What an operator asks first: does it serve as it should?"""
-        phase = self.arbiter.phase
+        phase = self.phase
         if phase.is_in(Phase.STOPPING, Phase.LAME_DUCK):
             return "stopping"
         if phase.is_in(Phase.STARTING, Phase.TRIAL):
             return "starting"
-        if self.arbiter.pool.degraded is not None or ready == 0:
+        if self.pool.degraded is not None or ready == 0:
             return "degraded"
         return {Phase.RELOADING: "reloading", Phase.UPGRADING: "upgrading"}.get(
             phase.value, "serving")

@@ -24,7 +24,9 @@ GRACEFUL_UPGRADE_REPORT_FD as "report,ack,totals").
 
 import os
 
-ENV = "GRACEFUL_UPGRADE_REPORT_FD"
+from gunicorn_graceful import settings
+
+ENV = settings.UPGRADE_REPORT_ENV
 HANDOVER = "handover"
 METRICS = "metrics "
 TAKES_TOTALS = "totals"

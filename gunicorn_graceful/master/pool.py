@@ -1,9 +1,10 @@
 """The worker pool: one reconcile step per master tick, as Puma's `check_workers`.
 
 The step compares the wanted generation with the workers that are ready and
-shrinks the difference by one step: notice ready workers, act on boot
-failures, spawn what is missing, retire surplus, hand over when the wanted
-generation is complete.
+shrinks the difference by one step: notice ready workers, report boot
+failures, spawn what is missing, retire surplus, report when the wanted
+generation is complete. What a failure or a complete generation means in the
+master's phase (a rollback, a halt, a hand-over) is decided by `core`.
 
 Invariants:
 - Old workers are told to stop only when the whole wanted generation is ready,
@@ -24,10 +25,10 @@ import signal
 
 from gunicorn.errors import HaltServer
 
-from gunicorn_graceful import clock, compat, recycle, settings, state
+from gunicorn_graceful import clock, compat, settings, state
 from gunicorn_graceful.events import emit
-from gunicorn_graceful.phase import Phase
-from gunicorn_graceful.records import Record
+from gunicorn_graceful.master import recycle
+from gunicorn_graceful.master.records import Record
 
 _BACKOFF_LIMIT = 30.0
 KILL_GRACE = 1.0
@@ -43,10 +44,16 @@ class BootFailure:
 
 
 class Pool:
-    """Spawns, watches and retires the workers of one master."""
+    """Spawns, watches and retires the workers of one master.
 
-    def __init__(self, arbiter):
-        self.arbiter = arbiter
+    It receives what it uses: the arbiter for Gunicorn's own calls and state
+    (WORKERS, spawn_worker, kill_worker), the records, and the release of a
+    generation (`rollout`); its recycler is its own.
+    """
+
+    def __init__(self, arbiter, records, release_of):
+        self.arbiter, self.records, self.release_of = arbiter, records, release_of
+        self.recycler = recycle.Recycler(arbiter)
         self.boot_failures = []
         self.failure_streak = 0
         self.respawn_after = 0.0
@@ -64,7 +71,7 @@ class Pool:
 
     def workers(self):
         """(worker, record) for each worker Gunicorn runs, every one of them counted."""
-        records = self.arbiter.records
+        records = self.records
         return [(w, records.of(w) or records.adopt(w, self.new_record()))
                 for w in list(self.arbiter.WORKERS.values()) if w.pid]
 
@@ -72,8 +79,8 @@ class Pool:
 
     def new_record(self):
         """The record of a worker of the wanted generation, made before its fork."""
-        arbiter = self.arbiter
-        return Record(arbiter.generation, arbiter.rollouts.release_of(arbiter.generation),
+        generation = self.arbiter.generation
+        return Record(generation, self.release_of(generation),
                       age_jitter=recycle.age_jitter(settings.current().max_worker_age_jitter))
 
     def retire(self, worker, record, reason):
@@ -82,6 +89,10 @@ class Pool:
         emit(self.arbiter.log, "info", "worker.retire", pid=worker.pid,
              generation=record.generation, reason=reason)
         self.terminate(worker, record)
+
+    def retire_generation(self, generation, reason):
+        for worker, record in self.members(generation):
+            self.retire(worker, record, reason)
 
     def terminate(self, worker, record):
         record.term_sent = clock.monotonic()
@@ -93,23 +104,32 @@ class Pool:
 
     # -- the reconcile tick ---------------------------------------------------------------
 
-    def tick(self):
-        arbiter = self.arbiter
-        arbiter.records.prune(arbiter.WORKERS)
+    def observe(self):
+        """Forget the reaped workers (`records.prune`), notice the ready ones."""
+        self.records.prune(self.arbiter.WORKERS)
         self.notice_ready()
-        self.handle_boot_failures()
-        members = self.members(arbiter.generation)
-        if arbiter.recycler.active():
-            arbiter.recycler.notice(members)
-        self.spawn_missing(members)
-        self.retire_surplus(self.members(arbiter.generation))
-        arbiter.recycler.retire_replaced(self.members(arbiter.generation))
-        members = self.members(arbiter.generation)
-        if sum(1 for _, r in members if r.ready_at) >= arbiter.num_workers:
-            self.hand_over()
-        if self.degraded is not None and sum(1 for _, r in members if r.ready_at
-                                             and r.recycle is None) >= arbiter.num_workers:
-            self.recovered()
+
+    def reconcile(self, recycling):
+        """Spawn what is missing, retire surplus, recycle (only while `recycling`)."""
+        generation = self.arbiter.generation
+        if recycling:
+            self.recycler.notice(self.members(generation))
+        self.spawn_missing(self.members(generation), recycling)
+        self.retire_surplus(self.members(generation))
+        if recycling:
+            for worker, record in self.recycler.going(self.members(generation)):
+                self.retire(worker, record, "recycled")
+
+    def complete(self):
+        """How many workers of the wanted generation serve, once they are all ready; else None."""
+        members = self.members(self.arbiter.generation)
+        ready = sum(1 for _, r in members if r.ready_at)
+        return len(members) if ready >= self.arbiter.num_workers else None
+
+    def retire_old(self):
+        """The wanted generation is complete: every other worker goes."""
+        for worker, record in self.old():
+            self.retire(worker, record, "replaced")
 
     def notice_ready(self):
         for worker, record in self.workers():
@@ -119,7 +139,7 @@ class Pool:
                 emit(self.arbiter.log, "info", "worker.ready", pid=worker.pid,
                      generation=record.generation, boot_time=record.ready_at - record.spawned)
 
-    def spawn_missing(self, members):
+    def spawn_missing(self, members, recycling):
         """Replace what is missing (crash, TTIN, a new generation), then what is recycled.
 
         The replacements are counted after the first spawns, which take their share
@@ -133,7 +153,10 @@ class Pool:
             missing = min(missing, limit - sum(1 for _, r in members if not r.ready_at))
         for _ in range(max(missing, 0)):
             self.arbiter.spawn_worker()
-        for _ in range(self.arbiter.recycler.replacements(self.members(self.arbiter.generation))):
+        if not recycling:
+            return
+        members = self.members(self.arbiter.generation)
+        for _ in range(self.recycler.replacements(members, self.workers())):
             self.arbiter.spawn_worker()
 
     def retire_surplus(self, members):
@@ -146,31 +169,20 @@ class Pool:
         for worker, record in by_cost[:max(surplus, 0)]:
             self.retire(worker, record, "surplus")
 
-    def hand_over(self):
-        """The wanted generation is complete: retire the rest, then say what that means."""
-        arbiter = self.arbiter
-        for worker, record in self.old():
-            self.retire(worker, record, "replaced")
-        ready = len(self.members(arbiter.generation))
-        if arbiter.phase.is_in(Phase.RELOADING):
-            arbiter.rollouts.finish(ready)
-        elif arbiter.phase.is_in(Phase.STARTING, Phase.TRIAL):
-            emit(arbiter.log, "info", "master.serving", pid=arbiter.pid,
-                 generation=arbiter.generation, workers=ready)
-            if arbiter.phase.is_in(Phase.TRIAL):
-                arbiter.upgrades.ask_to_take_over()
-            else:
-                arbiter.phase.move(Phase.SERVING)
-                arbiter.notifier.ready(arbiter.log, "generation %s serving" % arbiter.generation)
-
     def recovered(self):
-        """Every wanted worker is ready again (none waits for a replacement): not degraded."""
-        arbiter = self.arbiter
+        """Why the pool was degraded, once every wanted worker is ready again (none waits for
+        a replacement): it is not degraded any more. None otherwise."""
+        if self.degraded is None:
+            return None
+        members = self.members(self.arbiter.generation)
+        if sum(1 for _, r in members if r.ready_at and r.recycle is None) \
+                < self.arbiter.num_workers:
+            return None
+        arbiter, reason = self.arbiter, self.degraded["reason"]
         emit(arbiter.log, "info", "master.recovered", pid=arbiter.pid,
-             generation=arbiter.generation, workers=arbiter.num_workers,
-             reason=self.degraded["reason"])
-        arbiter.notifier.ready(arbiter.log, "generation %s serving" % arbiter.generation)
+             generation=arbiter.generation, workers=arbiter.num_workers, reason=reason)
         self.degraded = None
+        return reason
 
     # -- exits and failures ---------------------------------------------------------------
 
@@ -181,7 +193,7 @@ class Pool:
         On Gunicorn 23 this runs inside the SIGCHLD handler: it only records; the
         tick acts on what it recorded.
         """
-        record = self.arbiter.records.of(worker)
+        record = self.records.of(worker)
         if record is None:
             return None
         record.exit_status = status
@@ -195,18 +207,10 @@ class Pool:
                 os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1))
         return record
 
-    def handle_boot_failures(self):
-        arbiter = self.arbiter
+    def take_boot_failures(self):
+        """The boot failures reaped since the last tick (`core` decides what each means)."""
         failures, self.boot_failures = self.boot_failures, []
-        for failure in failures:
-            if failure.generation != arbiter.generation:
-                continue
-            if arbiter.phase.is_in(Phase.RELOADING):
-                arbiter.rollouts.roll_back(failure)
-            elif arbiter.phase.is_in(Phase.STARTING, Phase.TRIAL):
-                self.halt_on_boot_failure(failure)
-            else:
-                self.back_off(failure)
+        return failures
 
     def halt_on_boot_failure(self, failure):
         """No worker ever served: like Gunicorn, stop, but cleanly and saying why."""
@@ -228,8 +232,6 @@ class Pool:
         if self.degraded is None:
             self.degraded = {"since": round(clock.wall(), 1)}
         self.degraded.update(failures=self.failure_streak, reason=failure.reason)
-        arbiter.notifier.status(arbiter.log, "degraded: generation %s cannot replace workers: "
-                                "%s" % (arbiter.generation, failure.reason))
 
     def reset_back_off(self):
         """A new generation starts: its first workers boot at once."""

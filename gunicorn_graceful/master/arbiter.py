@@ -1,19 +1,24 @@
 """GracefulArbiter: Gunicorn's master, with thin overrides that delegate to the pack.
 
 Every override of a master internal of Gunicorn is in this class (the workers'
-are in `workers.py`, the internals they reach in `compat.py`). Each one names
-the Gunicorn method it replaces and why a smaller hook does not do; the work
-is done by one collaborator per concern, each stating its invariants:
+are in `workers/wsgi.py`, `workers/asgi_native.py` and `workers/asgi_uvicorn.py`,
+the internals they reach in `compat.py`). Each one names the Gunicorn method it
+replaces and why a smaller hook does not do; the work is done by one collaborator
+per concern (each a module of this wing, `gunicorn_graceful.master`), each stating
+its invariants:
 
+- `core`: the decisions: what each helper's outcome means in the current phase
+  (the only one that moves the phase and tells systemd);
 - `phase`: the master's one phase value and what each phase refuses;
 - `records`: one record per worker pid;
-- `pool`: the reconcile tick (spawn, ready, retire, boot failures, deadlines);
-- `recycle`: ready-first recycling (max_requests, memory, age);
+- `pool`: the reconcile tick (spawn, ready, retire, boot failures, deadlines),
+  with `recycle` (ready-first recycling: max_requests, memory, age);
 - `rollout`: HUP generations, rollback, pinned releases;
 - `upgrade`: USR2, as old master and as new master;
 - `stop`: lame duck, door, drain;
 - `status`: the status file;
 - `metrics`: the Prometheus endpoint and the totals it serves (with graceful_metrics_bind).
+Each helper receives the siblings it reads; none calls another through the arbiter.
 
 The `on_starting` hook installs it on the running arbiter (`install`), because
 Gunicorn offers no setting for the arbiter class.
@@ -23,51 +28,51 @@ import os
 
 from gunicorn.arbiter import Arbiter
 
-from gunicorn_graceful import compat, forked, metrics, recycle, rollout, settings, upgrade
+from gunicorn_graceful import compat, forked, settings
 from gunicorn_graceful.events import emit
-from gunicorn_graceful.phase import Phase, PhaseKeeper
-from gunicorn_graceful.pool import Pool
-from gunicorn_graceful.records import Records
-from gunicorn_graceful.status import StatusFile
-from gunicorn_graceful.stop import Stop
-from gunicorn_graceful.systemd import Notifier
-from gunicorn_graceful.workers import GracefulMixin, GracefulThreadWorker
-
-
-WORKER_CLASSES = ("GracefulThreadWorker", "GracefulSyncWorker", "GracefulUvicornWorker",
-                  "GracefulASGIWorker")
+from gunicorn_graceful.master import metrics, rollout, upgrade
+from gunicorn_graceful.master.core import Core
+from gunicorn_graceful.master.phase import Phase, PhaseKeeper
+from gunicorn_graceful.master.pool import Pool
+from gunicorn_graceful.master.records import Records
+from gunicorn_graceful.master.status import StatusFile
+from gunicorn_graceful.master.stop import Stop
+from gunicorn_graceful.master.systemd import Notifier
 
 
 class GracefulArbiter(Arbiter):
     """Gunicorn's Arbiter with readiness-gated reloads, rollback and a door-closing stop."""
 
     @classmethod
-    def install(cls, arbiter, check_config):
+    def install(cls, arbiter, check_config, worker_class_of):
         """Turn a running stock Arbiter into a GracefulArbiter (called by on_starting).
 
-        `check_config(cfg, log)` (from `hooks`) says why a config cannot run under
-        the pack and chains the hooks it defined after `install(globals())`.
+        From `hooks`, which knows the workers' wing (this one does not import it):
+        `check_config(cfg, log)` says why a config cannot run under the pack and
+        chains the hooks it defined after `install(globals())`;
+        `worker_class_of(cfg)` is the class the pack runs for `cfg`.
         """
         arbiter.__class__ = cls
         arbiter.check_config = check_config
+        arbiter.worker_class_of = worker_class_of
         arbiter.generation = 1
         arbiter.phase = PhaseKeeper(arbiter.log, arbiter.pid,
                                     Phase.TRIAL if arbiter.master_pid else Phase.STARTING)
         arbiter.notifier = Notifier.take_from_environ()
         arbiter.records = Records()
-        arbiter.pool = Pool(arbiter)
-        arbiter.recycler = recycle.Recycler(arbiter)
         arbiter.rollouts = rollout.Rollouts(arbiter)
+        arbiter.pool = Pool(arbiter, arbiter.records, arbiter.rollouts.release_of)
         arbiter.upgrades = upgrade.Upgrades(arbiter)
         arbiter.stopper = Stop(arbiter)
-        arbiter.status = StatusFile(arbiter)
+        arbiter.status = StatusFile(arbiter, arbiter.phase, arbiter.pool, arbiter.rollouts,
+                                    arbiter.upgrades)
+        arbiter.core = Core(arbiter)
         arbiter.metrics = None
         arbiter.keep_graceful_worker()
-        reason = arbiter.foreign_worker_reason(arbiter.cfg) \
-            or check_config(arbiter.cfg, arbiter.log)
+        reason = check_config(arbiter.cfg, arbiter.log)
         if reason:
             raise SystemExit("Error: gunicorn-graceful: " + reason)
-        arbiter.metrics = metrics.start(arbiter, settings.current())
+        arbiter.metrics = metrics.start(arbiter, arbiter.pool, settings.current())
         return arbiter
 
     def setup(self, app):
@@ -79,41 +84,20 @@ class GracefulArbiter(Arbiter):
         """Gunicorn swaps any `...SyncWorker` for its stock gthread worker when threads > 1;
         for GracefulSyncWorker that would silently drop every graceful behaviour, so the
         graceful thread worker takes its place instead, with a WARNING."""
-        if effective_worker_class(self.cfg) is not self.worker_class:
-            self.worker_class = GracefulThreadWorker
+        wanted = self.worker_class_of(self.cfg)
+        if wanted is not self.worker_class:
+            self.worker_class = wanted
             emit(self.log, "warning", "settings.warning",
                  problem="worker_class=GracefulSyncWorker with threads=%s: running "
                          "GracefulThreadWorker, as Gunicorn runs gthread for sync with threads; "
                          "set threads = 1 for the sync worker" % self.cfg.threads)
 
-    def foreign_worker_reason(self, cfg):
-        """Why the worker class `cfg` configures cannot run under this master, or None.
-
-        No worker of another class ever says it is ready, so the master would
-        halt later with a misleading readiness reason (or a HUP roll back).
-        """
-        if issubclass(effective_worker_class(cfg), GracefulMixin):
-            return None
-        return ("worker_class=%s is not a gunicorn-graceful worker; use one of "
-                "gunicorn_graceful.workers.%s (-k on the command line overrides the config)"
-                % (cfg.worker_class_str, ", ".join(WORKER_CLASSES)))
-
     # -- Gunicorn's main loop -------------------------------------------------------------
 
     def manage_workers(self):
         """Replaces Gunicorn's, which kills the oldest workers as soon as there are more
-        than `workers`, whether or not the new ones can serve: the pool's reconcile tick."""
-        if self.phase.is_in(Phase.STOPPING):
-            return
-        if self.phase.is_in(Phase.LAME_DUCK):
-            self.stopper.watch_lame_duck()
-            return
-        self.upgrades.watch()
-        if self.metrics:
-            self.metrics.tick()  # before the pool forgets the records of reaped workers
-        self.pool.tick()
-        compat.report_metrics(self)
-        self.status.write()
+        than `workers`, whether or not the new ones can serve: the core's tick."""
+        self.core.tick()
 
     def spawn_worker(self):
         """Gunicorn's, with the worker's record (generation, release) made before the fork.
@@ -190,17 +174,17 @@ class GracefulArbiter(Arbiter):
     def reload(self):
         """HUP. Replaces Gunicorn's, which exits when the config fails, closes the old
         listeners and pidfile at once and stops the old workers as soon as the new ones
-        are forked: nothing of it can be kept for a rollback (`rollout`)."""
-        self.rollouts.reload()
+        are forked: nothing of it can be kept for a rollback (`core`, `rollout`)."""
+        self.core.reload()
 
     def handle_term(self):
-        """SIGTERM: lame duck first when configured (`stop`); Gunicorn's stops at once."""
-        self.stopper.handle_term()
+        """SIGTERM: lame duck first when configured (`core`); Gunicorn's stops at once."""
+        self.core.term()
 
     def handle_usr2(self):
         """USR2. Replaces Gunicorn's, which starts a new master and leaves the hand-over
-        to the operator (`upgrade`)."""
-        self.upgrades.start()
+        to the operator (`core`, `upgrade`)."""
+        self.core.upgrade()
 
     def maybe_promote_master(self):
         """Gunicorn's promotion, once the old master is gone and only once this one serves.
@@ -210,26 +194,26 @@ class GracefulArbiter(Arbiter):
         workers can answer. Its own pidfile rename is left out: not atomic, and
         it raises on an unwritable directory; `take_over` wrote the pidfile.
         """
-        if not self.upgrades.may_promote():
+        if not self.core.may_promote():
             return
         old_master, trial_pidfile = self.master_pid, self.pidfile
         self.pidfile = None
         super().maybe_promote_master()
         self.pidfile = rollout.new_pidfile(self, self.cfg.pidfile)
         self.status.forget()
-        self.upgrades.promoted(old_master, trial_pidfile)
+        self.core.promoted(old_master, trial_pidfile)
 
     def halt(self, reason=None, exit_status=0):
         """Gunicorn's halt; a new master on trial first tells its old master why."""
-        self.upgrades.report_halt(reason)
+        self.core.halting(reason)
         super().halt(reason, exit_status)
 
     def stop(self, graceful=True):
         """Gunicorn's stop, after the door closed (`stop`); then the metrics' totals go to
         the master that serves on, if another does (`upgrade.send_totals`)."""
-        self.stopper.begin(graceful)
+        self.core.stopping(graceful)
         super().stop(graceful)
-        self.upgrades.send_totals()
+        self.upgrades.send_totals(self.metrics)
 
     def _stop_control_server(self):
         """Gunicorn >= 27: an old master handing over leaves the control socket path alone,
@@ -239,12 +223,3 @@ class GracefulArbiter(Arbiter):
             return
         super()._stop_control_server()
 
-
-def effective_worker_class(cfg):
-    """The class the pack runs for `cfg`: Gunicorn's choice, except that GracefulSyncWorker
-    with threads > 1 becomes GracefulThreadWorker (see `keep_graceful_worker`)."""
-    configured = cfg.settings["worker_class"].get()
-    name = configured if isinstance(configured, str) else configured.__name__
-    if name.endswith("GracefulSyncWorker") and cfg.threads > 1:
-        return GracefulThreadWorker
-    return cfg.worker_class

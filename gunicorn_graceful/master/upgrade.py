@@ -17,16 +17,18 @@ tableflip's rules. Invariants:
 - A new master that fails or is late is rolled back by the old master, which
   keeps serving, logs the reason the new master reported (`upgrade_report`),
   removes `<pidfile>.2` and its status file, and re-binds the control socket.
+What each outcome means for the phase and for systemd is decided by `core`:
+`watch` returns an `Outcome`, the new master's steps return whether to go on.
 """
 
 import dataclasses
 import os
 import signal
 
-from gunicorn_graceful import clock, compat, files, settings, upgrade_report
+from gunicorn_graceful import clock, compat, settings
 from gunicorn_graceful.events import emit
-from gunicorn_graceful.phase import Phase
-from gunicorn_graceful.pool import KILL_GRACE, signal_name
+from gunicorn_graceful.master import files, upgrade_report
+from gunicorn_graceful.master.pool import KILL_GRACE, signal_name
 
 # Exit codes of the forked child of a USR2 that never became a new master.
 EXEC_FAILED = 70
@@ -43,6 +45,22 @@ class Upgrade:
     started: float = dataclasses.field(default_factory=clock.monotonic)
     exit_status: object = None
     stop_sent: float = 0.0
+
+
+@dataclasses.dataclass
+class Outcome:
+    """What became of a new master, as its old master sees it on a tick.
+
+    `kind`: "asks" (all its workers are ready: hand over), "rolled_back" (it failed,
+    died or is late), "refused" (its checks before the exec refused), "gone" (it
+    exited after it was already rolled back). `totals`: the metrics it returned.
+    """
+
+    kind: str
+    upgrade: Upgrade
+    reason: str = ""
+    waited: float = 0.0
+    totals: object = None
 
 
 class Upgrades:
@@ -62,19 +80,20 @@ class Upgrades:
 
     # -- the old master -------------------------------------------------------------------
 
-    def start(self):
-        """USR2: start a new master that takes over only once all its workers are ready."""
+    def refused(self, reason):
+        """A USR2 refused (`core` asked `refusal` and the phase): say why, once."""
+        self.seq += 1
+        self.last_refusal = {"seq": self.seq, "reason": reason}
+        emit(self.arbiter.log, "error", "upgrade.refused", pid=self.arbiter.pid, reason=reason)
+
+    def start(self, notify_address):
+        """USR2: start a new master that takes over only once all its workers are ready
+        (`notify_address`: systemd's socket, which the pack took out of the environment)."""
         arbiter = self.arbiter
         self.seq += 1
-        reason = self.refusal()
-        if reason:
-            self.last_refusal = {"seq": self.seq, "reason": reason}
-            arbiter.status.write()
-            emit(arbiter.log, "error", "upgrade.refused", pid=arbiter.pid, reason=reason)
-            return
         self.drop_files()
         report = upgrade_report.Channel()
-        self.prepare_reexec(report)
+        self.prepare_reexec(report, notify_address)
         parent = os.getpid()
         try:
             arbiter.reexec()
@@ -86,21 +105,15 @@ class Upgrades:
             arbiter.cfg.env_orig.pop(upgrade_report.ENV, None)
             report.after_fork()
         self.current = Upgrade(self.seq, arbiter.reexec_pid, report)
-        arbiter.phase.move(Phase.UPGRADING)
-        self.record(self.current, "booting")
-        emit(arbiter.log, "info", "upgrade.start", pid=arbiter.pid, new_master=arbiter.reexec_pid,
-             timeout=settings.current().upgrade_timeout)
-        arbiter.notifier.status(arbiter.log, "upgrading: new master %s booting"
-                                % arbiter.reexec_pid)
+
+    def announce(self):
+        emit(self.arbiter.log, "info", "upgrade.start", pid=self.arbiter.pid,
+             new_master=self.arbiter.reexec_pid, timeout=settings.current().upgrade_timeout)
 
     def refusal(self):
-        """Why a USR2 cannot start now, or None. Each reason avoids a half state."""
+        """Why a USR2 cannot start now, or None, beyond what the phase refuses (`core`).
+        Each reason avoids a half state."""
         arbiter = self.arbiter
-        reason = arbiter.phase.refusal("upgrade", old=arbiter.master_pid or arbiter.pid,
-                                       new=arbiter.reexec_pid or arbiter.pid,
-                                       generation=arbiter.generation)
-        if reason:
-            return reason
         if arbiter.reexec_pid:  # Gunicorn's reexec would ignore the USR2 ("Child exists")
             return ("the new master %s of the last upgrade is still stopping: USR2 again once "
                     "it exited" % arbiter.reexec_pid)
@@ -111,7 +124,7 @@ class Upgrades:
             return "reuse_port is on: Gunicorn cannot hand its listeners to a new master"
         return None
 
-    def prepare_reexec(self, report):
+    def prepare_reexec(self, report, notify_address):
         """Fix what the new master will be started with (Gunicorn's START_CTX and environment).
 
         Started as `python -m gunicorn`, Gunicorn re-executes `.../gunicorn/__main__.py`
@@ -124,8 +137,8 @@ class Upgrades:
         this process's), and carries the report channel's write end.
         """
         arbiter = self.arbiter
-        if arbiter.notifier.address:
-            arbiter.cfg.env_orig["NOTIFY_SOCKET"] = arbiter.notifier.address
+        if notify_address:
+            arbiter.cfg.env_orig["NOTIFY_SOCKET"] = notify_address
         arbiter.cfg.env_orig[upgrade_report.ENV] = report.environ_value()
         args = arbiter.START_CTX["args"]
         if len(args) > 1 and args[1].endswith(os.path.join("gunicorn", "__main__.py")):
@@ -139,75 +152,65 @@ class Upgrades:
             self.current.exit_status = status
 
     def watch(self):
-        """Old master, each tick: roll back when the new master died or ran out of time."""
+        """Old master, each tick: what became of the new master (an `Outcome`), or None.
+
+        It rolls back when the new master died or ran out of time; a late one gets
+        SIGTERM, then SIGKILL once its own workers had their graceful_timeout.
+        """
         arbiter, upgrade = self.arbiter, self.current
         if upgrade is None:
-            return
+            return None
         waited = clock.monotonic() - upgrade.started
         if not arbiter.reexec_pid:
             self.current = None
-            if arbiter.metrics:
-                arbiter.metrics.carry(upgrade.report.returned_totals())
-            reported = upgrade.report.reason()
-            if exited_pre_exec_refused(upgrade.exit_status):
-                self.refused_before_exec(upgrade, reported)
-            elif not upgrade.stop_sent:
-                self.roll_back(upgrade, waited, describe_master_exit(upgrade.exit_status,
-                                                                     reported))
+            reported, totals = upgrade.report.reason(), upgrade.report.returned_totals()
             self.clean_up()
-        elif not upgrade.stop_sent and upgrade.report.asks_to_take_over():
-            self.hand_over(upgrade)
-        elif not upgrade.stop_sent and waited > settings.current().upgrade_timeout:
+            if exited_pre_exec_refused(upgrade.exit_status):
+                return Outcome("refused", upgrade, reported or "the checks before the exec "
+                               "failed", waited, totals)
+            if upgrade.stop_sent:
+                return Outcome("gone", upgrade, totals=totals)
+            return Outcome("rolled_back", upgrade, describe_master_exit(upgrade.exit_status,
+                                                                         reported), waited, totals)
+        if not upgrade.stop_sent and upgrade.report.asks_to_take_over():
+            return Outcome("asks", upgrade, waited=waited)
+        if not upgrade.stop_sent and waited > settings.current().upgrade_timeout:
             upgrade.stop_sent = clock.monotonic()
-            self.roll_back(upgrade, waited, "new master not ready after %.1fs "
-                           "(graceful_upgrade_timeout)" % waited)
             signal_process(upgrade.new_master, signal.SIGTERM)
-        elif upgrade.stop_sent and clock.monotonic() - upgrade.stop_sent \
+            return Outcome("rolled_back", upgrade, "new master not ready after %.1fs "
+                           "(graceful_upgrade_timeout)" % waited, waited)
+        if upgrade.stop_sent and clock.monotonic() - upgrade.stop_sent \
                 > arbiter.cfg.graceful_timeout + KILL_GRACE:
             signal_process(upgrade.new_master, signal.SIGKILL)
+        return None
+
+    def name_successor(self, upgrade):
+        """Before answering: the pidfile names the new master (else this master's own exit
+        could unlink it before the new master rewrites it)."""
+        if self.arbiter.pidfile is not None:
+            files.write(self.arbiter.log, self.arbiter.pidfile.fname, "%s\n" % upgrade.new_master)
 
     def hand_over(self, upgrade):
-        """The new master's workers are all ready and it asks: give it the service, then stop
-        (Gunicorn's loop halts on StopIteration; `stop` sees the new master and neither
-        closes the door nor tells systemd the service stops).
-
-        The old master names its successor itself, before it answers: the pidfile
-        (else its own exit could unlink it before the new master rewrites it) and
-        systemd's MAINPID (which systemd takes from the main process without
-        NotifyAccess=all, and must know before this process exits). The SIGCHLD
-        wakes the new master to read the answer now.
-        """
-        arbiter = self.arbiter
-        if arbiter.pidfile is not None:
-            files.write(arbiter.log, arbiter.pidfile.fname, "%s\n" % upgrade.new_master)
-        arbiter.notifier.send(arbiter.log, MAINPID=upgrade.new_master,
-                              STATUS="handing over to new master %s" % upgrade.new_master)
+        """Answer the new master that asked: it takes the service, this master stops. The
+        SIGCHLD wakes it to read the answer now."""
         upgrade.report.acknowledge()
         self.handed_to = upgrade
         signal_process(upgrade.new_master, signal.SIGCHLD)
         self.record(upgrade, "handed_over")
-        emit(arbiter.log, "info", "upgrade.handing_over", pid=arbiter.pid,
+        emit(self.arbiter.log, "info", "upgrade.handing_over", pid=self.arbiter.pid,
              new_master=upgrade.new_master, after=clock.monotonic() - upgrade.started)
-        raise StopIteration
 
-    def roll_back(self, upgrade, waited, reason):
+    def ended(self, outcome):
+        """The new master failed, is late, or was refused before its exec: one line, and the
+        outcome `gunicorn-graceful upgrade` reads."""
         arbiter = self.arbiter
-        emit(arbiter.log, "error", "upgrade.rollback", pid=arbiter.pid,
-             new_master=upgrade.new_master, after=waited, reason=reason)
-        self.record(upgrade, "rolled_back", reason)
-        arbiter.phase.move(Phase.SERVING)
-        arbiter.notifier.ready(arbiter.log, "upgrade rolled back, master %s still serving: %s"
-                               % (arbiter.pid, reason))
-
-    def refused_before_exec(self, upgrade, reason):
-        """The forked child's checks (pidfile, pre-flight import) refused: no new master ran."""
-        arbiter = self.arbiter
-        reason = reason or "the checks before the exec failed"
-        emit(arbiter.log, "error", "upgrade.refused", pid=arbiter.pid, reason=reason)
-        self.record(upgrade, "refused", reason)
-        arbiter.phase.move(Phase.SERVING)
-        arbiter.notifier.ready(arbiter.log, "upgrade refused, master %s still serving: %s"
-                               % (arbiter.pid, reason))
+        if outcome.kind == "refused":
+            emit(arbiter.log, "error", "upgrade.refused", pid=arbiter.pid, reason=outcome.reason)
+        else:
+            emit(arbiter.log, "error", "upgrade.rollback", pid=arbiter.pid,
+                 new_master=outcome.upgrade.new_master, after=outcome.waited,
+                 reason=outcome.reason)
+        self.record(outcome.upgrade, outcome.kind, outcome.reason)
 
     def clean_up(self):
         """The new master is gone without taking over: nothing of it may linger.
@@ -231,72 +234,65 @@ class Upgrades:
         """The outcome `gunicorn-graceful upgrade` follows in the status file."""
         self.last = {"seq": upgrade.seq, "state": state_name, "new_master": upgrade.new_master,
                      "reason": reason}
-        self.arbiter.status.write()
 
     # -- the new master -------------------------------------------------------------------
 
     def ask_to_take_over(self):
         """New master, each tick once all its workers are ready: ask the old master for the
-        service; take it once acknowledged, or once the old master is gone (SIGKILL, OOM)
-        and nobody is left to ask. An old master of an earlier version, which passed no
-        ack fd, is told by SIGTERM, as it used to be."""
+        service; whether to take it now: once acknowledged, or once the old master is gone
+        (SIGKILL, OOM) and nobody is left to ask. An old master of an earlier version, which
+        passed no ack fd, is not asked (`stop_old_master_without_ack`)."""
         arbiter = self.arbiter
         if self.ack_fd is None:
-            self.take_over()
-            if arbiter.master_pid == os.getppid():  # still our parent: never a reused pid
-                signal_process(arbiter.master_pid, signal.SIGTERM)
-            return
+            return True
         if not self.asked:
             self.asked = True
             upgrade_report.tell(self.report_fd, upgrade_report.HANDOVER)
             emit(arbiter.log, "info", "upgrade.asking", pid=arbiter.pid,
                  old_master=arbiter.master_pid, generation=arbiter.generation)
         self.heard += upgrade_report.read_available(self.ack_fd)
-        if upgrade_report.acknowledged(self.heard) or arbiter.master_pid != os.getppid():
-            self.take_over()
+        return upgrade_report.acknowledged(self.heard) or arbiter.master_pid != os.getppid()
 
     def take_over(self):
-        """Become the service: pidfile, systemd MAINPID and READY (the old master stops)."""
+        """Become the service: the pidfile names this master (`core` tells systemd)."""
         arbiter = self.arbiter
-        arbiter.phase.move(Phase.TAKING_OVER)
         if arbiter.cfg.pidfile is not None:
             files.write(arbiter.log, arbiter.cfg.pidfile, "%s\n" % arbiter.pid)
-        arbiter.notifier.send(arbiter.log, MAINPID=arbiter.pid)
-        arbiter.notifier.ready(arbiter.log, "new master %s serving, old master %s draining"
-                               % (arbiter.pid, arbiter.master_pid))
         emit(arbiter.log, "info", "upgrade.handover", pid=arbiter.pid,
              old_master=arbiter.master_pid, generation=arbiter.generation)
         upgrade_report.close(self.report_fd)  # the ack pipe stays open: the old master's totals
         self.report_fd = None
 
-    def may_promote(self):
-        """Gunicorn promotes as soon as its parent changed; the pack waits until it serves."""
+    def stop_old_master_without_ack(self):
+        """An old master of an earlier version, which passed no ack fd, is told by SIGTERM once
+        this master took the service, as it used to be."""
         arbiter = self.arbiter
-        return arbiter.master_pid and arbiter.master_pid != os.getppid() \
-            and arbiter.phase.is_in(Phase.TAKING_OVER)
+        if self.ack_fd is None and arbiter.master_pid == os.getppid():  # never a reused pid
+            signal_process(arbiter.master_pid, signal.SIGTERM)
+
+    def may_promote(self):
+        """Gunicorn promotes as soon as its parent changed; the pack waits until it serves
+        (`core` checks the phase)."""
+        arbiter = self.arbiter
+        return bool(arbiter.master_pid) and arbiter.master_pid != os.getppid()
 
     def promoted(self, old_master, trial_pidfile):
-        """Promoted: the pidfile and status file of the trial go, and the control socket path
-        is bound to this master again (Gunicorn 27's old master re-binds it at each fork,
-        so a worker it replaced during the upgrade took the path back)."""
+        """Promoted: the pidfile and status file of the trial go; the old master's metrics
+        totals, which it wrote on the ack pipe (`core` carries them)."""
         arbiter = self.arbiter
-        compat.rebind_control_socket(arbiter)
-        arbiter.phase.move(Phase.SERVING)
         self.heard += upgrade_report.read_available(self.ack_fd)
         upgrade_report.close(self.ack_fd)
         self.ack_fd = None
-        if arbiter.metrics:
-            arbiter.metrics.carry(upgrade_report.totals(self.heard))
         emit(arbiter.log, "info", "upgrade.promoted", pid=arbiter.pid, old_master=old_master)
         if trial_pidfile is not None:
             files.remove(arbiter.log, trial_pidfile.fname + ".status")
             files.remove(arbiter.log, trial_pidfile.fname)
+        return upgrade_report.totals(self.heard)
 
-    def send_totals(self):
-        """Once this master's workers are gone, its metrics' totals go to the master that
+    def send_totals(self, metrics):
+        """Once this master's workers are gone, its `metrics`' totals go to the master that
         serves on (`upgrade_report`): an old master that handed over gives them to its new
         master; a new master stopped on trial returns them to its old master."""
-        metrics = self.arbiter.metrics
         if not metrics:
             return
         if self.handed_to is not None:
@@ -306,8 +302,7 @@ class Upgrades:
 
     def report_halt(self, reason):
         """A new master on trial that halts tells its old master why."""
-        if reason and self.arbiter.phase.is_in(Phase.TRIAL):
-            upgrade_report.tell(self.report_fd, reason)
+        upgrade_report.tell(self.report_fd, reason)
 
 
 def signal_process(pid, sig):

@@ -28,9 +28,10 @@ import time
 
 from gunicorn.arbiter import Arbiter
 
-from gunicorn_graceful import asgi, health, listeners, readiness, settings, state
+from gunicorn_graceful import asgi, listeners, settings, state
 from gunicorn_graceful.events import emit
-from gunicorn_graceful.workers import GracefulMixin
+from gunicorn_graceful.workers import guard, health, readiness
+from gunicorn_graceful.workers.base import GracefulMixin
 
 _POLL = 0.05
 _CUT_WAIT = 1.0  # after the cut: how long cancelled calls get to unwind
@@ -103,7 +104,7 @@ class AsyncGracefulMixin(GracefulMixin):
         self.limits.check_boot_size()
 
     def wrap_app(self):
-        self.guard = asgi.Guard(getattr(self, self.APP_ATTRIBUTE), self)
+        self.guard = guard.Guard(getattr(self, self.APP_ATTRIBUTE), self)
         setattr(self, self.APP_ATTRIBUTE, self.guard)
 
     def health_state(self):

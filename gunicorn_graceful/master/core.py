@@ -1,0 +1,276 @@
+"""The master's decisions: what each helper reports, in the current phase, decides what follows.
+
+The helpers act on their own part and return what happened: the pool that a
+generation is complete, that a worker failed to boot, that it recovered; the
+rollout that a HUP started; the upgrade what became of the new master; the stop
+that lame duck is over. This module alone maps (phase, outcome) to the next step,
+moves the phase and tells systemd, so that the phase, the records, the status
+file and what systemd was told change together, in one place:
+
+| outcome                 | phase           | what follows                                    |
+|-------------------------|-----------------|-------------------------------------------------|
+| generation complete     | starting        | serving; READY                                  |
+|                         | reloading       | the rollout finishes; serving; READY            |
+|                         | trial           | ask the old master; taking_over once it answers |
+| a worker failed to boot | reloading       | roll back; serving; READY with the reason       |
+|                         | starting, trial | halt (no worker ever served)                    |
+|                         | otherwise       | back off; degraded; STATUS                      |
+| recovered               | any             | READY                                           |
+| HUP                     | refused by phase, else reloading; RELOADING=1 (`phase.REFUSALS`)    |
+| USR2                    | refused by phase or upgrade, else upgrading; STATUS                 |
+| the new master asks     | upgrading       | pidfile, MAINPID, acknowledge; this master stops |
+| the new master failed   | upgrading       | serving; READY with its reason                  |
+| promoted                | taking_over     | serving                                         |
+| TERM                    | lame duck first with a shutdown delay; STOPPING only from the service |
+
+Invariants (checked in simulation, `tests/test_simulation.py`): only this module
+calls `PhaseKeeper.move` and the notifier; the helpers never call each other
+through the arbiter.
+"""
+
+from gunicorn_graceful import compat, settings
+from gunicorn_graceful.events import emit
+from gunicorn_graceful.master import metrics
+from gunicorn_graceful.master.phase import Phase
+
+
+class Core:
+    """Reads the helpers' outcomes and decides; the arbiter's overrides call it."""
+
+    def __init__(self, arbiter):
+        self.arbiter = arbiter
+        self.was_service = False  # whether this master was the service when lame duck began
+
+    @property
+    def phase(self):
+        return self.arbiter.phase
+
+    @property
+    def notifier(self):
+        return self.arbiter.notifier
+
+    # -- the tick ---------------------------------------------------------------------------
+
+    def tick(self):
+        """Gunicorn's `manage_workers`: the upgrade, the metrics, the pool, the status file."""
+        arbiter = self.arbiter
+        if self.phase.is_in(Phase.STOPPING):
+            return
+        if self.phase.is_in(Phase.LAME_DUCK):
+            self.watch_lame_duck()
+            return
+        self.watch_upgrade()
+        if arbiter.metrics:
+            arbiter.metrics.tick()  # before the pool forgets the records of reaped workers
+        self.reconcile()
+        compat.report_metrics(arbiter)
+        arbiter.status.write()
+
+    def reconcile(self):
+        """The pool's step (see `pool`), with the failures and completions it reports."""
+        arbiter, pool = self.arbiter, self.arbiter.pool
+        pool.observe()
+        for failure in pool.take_boot_failures():
+            if failure.generation == arbiter.generation:  # a rollback changes it
+                self.boot_failed(failure)
+        pool.reconcile(recycling=self.phase.is_in(Phase.SERVING))
+        ready = pool.complete()
+        if ready is not None:
+            pool.retire_old()
+            self.generation_complete(ready)
+        reason = pool.recovered()
+        if reason is not None:
+            self.notifier.ready(arbiter.log, "generation %s serving" % arbiter.generation)
+
+    def generation_complete(self, ready):
+        arbiter = self.arbiter
+        if self.phase.is_in(Phase.RELOADING):
+            arbiter.rollouts.finish(ready)
+            self.phase.move(Phase.SERVING)
+            self.notifier.ready(arbiter.log, "generation %s serving" % arbiter.generation)
+        elif self.phase.is_in(Phase.STARTING, Phase.TRIAL):
+            emit(arbiter.log, "info", "master.serving", pid=arbiter.pid,
+                 generation=arbiter.generation, workers=ready)
+            if self.phase.is_in(Phase.TRIAL):
+                self.ask_to_take_over()
+            else:
+                self.phase.move(Phase.SERVING)
+                self.notifier.ready(arbiter.log, "generation %s serving" % arbiter.generation)
+
+    def boot_failed(self, failure):
+        arbiter = self.arbiter
+        if self.phase.is_in(Phase.RELOADING):
+            arbiter.pool.retire_generation(arbiter.rollouts.roll_back(failure), "rollback")
+            self.phase.move(Phase.SERVING)
+            self.notifier.ready(arbiter.log, "reload failed, generation %s still serving: %s"
+                                % (arbiter.generation, failure.reason))
+        elif self.phase.is_in(Phase.STARTING, Phase.TRIAL):
+            arbiter.pool.halt_on_boot_failure(failure)
+        else:
+            arbiter.pool.back_off(failure)
+            self.notifier.status(arbiter.log, "degraded: generation %s cannot replace workers: "
+                                 "%s" % (arbiter.generation, failure.reason))
+
+    # -- HUP --------------------------------------------------------------------------------
+
+    def reload(self):
+        """HUP: refused by the phase, or a new generation that must prove itself (`rollout`)."""
+        arbiter = self.arbiter
+        reason = self.phase.refusal("reload", old=arbiter.master_pid or arbiter.pid,
+                                    new=arbiter.reexec_pid or arbiter.pid)
+        if reason:
+            emit(arbiter.log, "error", "reload.refused", pid=arbiter.pid, reason=reason)
+            return
+        started = arbiter.rollouts.reload(self.config_problem)
+        if started is None:
+            return
+        if started.superseded is not None:
+            arbiter.pool.retire_generation(started.superseded, "superseded")
+        arbiter.pool.reset_back_off()
+        self.phase.move(Phase.RELOADING)
+        self.notifier.reloading(arbiter.log, "booting generation %s" % arbiter.generation)
+        arbiter.manage_workers()
+
+    def config_problem(self, cfg, log):
+        """Why a config loaded on HUP cannot run, or None (the pack's checks, the endpoint's)."""
+        return self.arbiter.check_config(cfg, log) \
+            or metrics.reload_problem(self.arbiter.metrics, settings.current())
+
+    # -- USR2 -------------------------------------------------------------------------------
+
+    def upgrade(self):
+        """USR2: refused with its reason, or a new master that takes over only once ready."""
+        arbiter, upgrades = self.arbiter, self.arbiter.upgrades
+        reason = self.phase.refusal("upgrade", old=arbiter.master_pid or arbiter.pid,
+                                    new=arbiter.reexec_pid or arbiter.pid,
+                                    generation=arbiter.generation) or upgrades.refusal()
+        if reason:
+            upgrades.refused(reason)
+            arbiter.status.write()
+            return
+        upgrades.start(self.notifier.address)
+        self.phase.move(Phase.UPGRADING)
+        upgrades.record(upgrades.current, "booting")
+        arbiter.status.write()
+        upgrades.announce()
+        self.notifier.status(arbiter.log, "upgrading: new master %s booting"
+                             % arbiter.reexec_pid)
+
+    def watch_upgrade(self):
+        """Old master, each tick: act on what became of the new master (`Upgrades.watch`)."""
+        arbiter = self.arbiter
+        outcome = arbiter.upgrades.watch()
+        if outcome is None:
+            return
+        if arbiter.metrics and outcome.totals is not None:
+            arbiter.metrics.carry(outcome.totals)
+        if outcome.kind == "asks":
+            self.hand_over(outcome.upgrade)
+        elif outcome.kind in ("rolled_back", "refused"):
+            arbiter.upgrades.ended(outcome)
+            self.phase.move(Phase.SERVING)
+            what = "rolled back" if outcome.kind == "rolled_back" else "refused"
+            self.notifier.ready(arbiter.log, "upgrade %s, master %s still serving: %s"
+                                % (what, arbiter.pid, outcome.reason))
+        arbiter.status.write()
+
+    def hand_over(self, upgrade):
+        """The new master's workers are all ready and it asks: name it (pidfile, then systemd's
+        MAINPID, which systemd must know before this process exits), then answer and stop
+        (Gunicorn's loop halts on StopIteration; `stopping` sees the new master and neither
+        closes the door nor tells systemd the service stops)."""
+        arbiter = self.arbiter
+        arbiter.upgrades.name_successor(upgrade)
+        self.notifier.send(arbiter.log, MAINPID=upgrade.new_master,
+                           STATUS="handing over to new master %s" % upgrade.new_master)
+        arbiter.upgrades.hand_over(upgrade)
+        arbiter.status.write()
+        raise StopIteration
+
+    def ask_to_take_over(self):
+        """New master on trial, all its workers ready: take the service once the old master
+        acknowledged (or is gone)."""
+        arbiter = self.arbiter
+        if not arbiter.upgrades.ask_to_take_over():
+            return
+        self.phase.move(Phase.TAKING_OVER)
+        arbiter.upgrades.take_over()
+        self.notifier.send(arbiter.log, MAINPID=arbiter.pid)
+        self.notifier.ready(arbiter.log, "new master %s serving, old master %s draining"
+                            % (arbiter.pid, arbiter.master_pid))
+        arbiter.upgrades.stop_old_master_without_ack()
+
+    def may_promote(self):
+        return self.phase.is_in(Phase.TAKING_OVER) and self.arbiter.upgrades.may_promote()
+
+    def promoted(self, old_master, trial_pidfile):
+        arbiter = self.arbiter
+        compat.rebind_control_socket(arbiter)
+        self.phase.move(Phase.SERVING)
+        totals = arbiter.upgrades.promoted(old_master, trial_pidfile)
+        if arbiter.metrics:
+            arbiter.metrics.carry(totals)
+
+    def halting(self, reason):
+        """A new master on trial that halts tells its old master why."""
+        if reason and self.phase.is_in(Phase.TRIAL):
+            self.arbiter.upgrades.report_halt(reason)
+
+    # -- TERM -------------------------------------------------------------------------------
+
+    def term(self):
+        """SIGTERM: with graceful_shutdown_delay, lame duck first; a second SIGTERM stops now.
+
+        Kubernetes removes a pod from its endpoints while it sends SIGTERM, and a
+        balancer notices a backend leaves only when its health check fails: a
+        server that stops accepting at once refuses clients still routed to it.
+
+        A master handing over to its new master never comes here: it stops itself
+        once it acknowledged the hand-over, with no lame duck (its workers' 503s on
+        the listener the new workers share would make a balancer take the backend
+        out) and no STOPPING.
+        """
+        arbiter = self.arbiter
+        if self.phase.is_in(Phase.LAME_DUCK):
+            emit(arbiter.log, "info", "master.lame_duck_skipped", pid=arbiter.pid,
+                 reason="second SIGTERM")
+            raise StopIteration
+        delay = settings.current().shutdown_delay
+        if delay <= 0:
+            raise StopIteration
+        service = self.was_service = self.is_service()
+        arbiter.stopper.lame_duck(delay)
+        self.phase.move(Phase.LAME_DUCK)
+        if service:
+            self.notifier.stopping(arbiter.log, "lame duck for %ss, then draining" % delay)
+        arbiter.stopper.tell_lame_duck(arbiter.pool.workers())
+
+    def watch_lame_duck(self):
+        """Each tick in lame duck: at its end the normal stop begins."""
+        arbiter = self.arbiter
+        if arbiter.stopper.lame_duck_over():
+            raise StopIteration
+        arbiter.pool.notice_ready()
+        arbiter.stopper.tell_lame_duck(arbiter.pool.workers())
+
+    def stopping(self, graceful):
+        """Before Gunicorn's stop: close the door, say what stops, drop the status file."""
+        arbiter = self.arbiter
+        service = self.is_service()
+        self.phase.move(Phase.STOPPING)
+        arbiter.stopper.close_door(graceful)
+        if arbiter.reexec_pid:
+            emit(arbiter.log, "info", "upgrade.retiring", pid=arbiter.pid,
+                 new_master=arbiter.reexec_pid, workers=len(arbiter.WORKERS))
+        elif service:
+            self.notifier.stopping(arbiter.log, "draining %s workers" % len(arbiter.WORKERS))
+        arbiter.status.remove()
+
+    def is_service(self):
+        """Whether systemd knows this master as the service: not a new master on trial.
+
+        (A new master that took over is; in lame duck, whatever it was before.)
+        """
+        if self.phase.is_in(Phase.LAME_DUCK, Phase.STOPPING):
+            return self.was_service
+        return not self.arbiter.master_pid or self.phase.is_in(Phase.TAKING_OVER)

@@ -1,0 +1,120 @@
+"""The package's shape, as code: two wings (the master's, the workers') on a shared floor.
+
+Entry points (`conf`, `hooks`, `cli`) may import anything; the master's wing and the
+workers' wing import the floor and never each other; the floor imports neither wing;
+no module imports itself back through a cycle. Imports inside functions count too.
+"""
+
+import ast
+import pathlib
+
+import gunicorn_graceful
+
+PACKAGE = pathlib.Path(gunicorn_graceful.__file__).parent
+ENTRY = {"gunicorn_graceful.conf", "gunicorn_graceful.hooks", "gunicorn_graceful.cli",
+         "gunicorn_graceful"}
+
+
+def module_name(path):
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path, known):
+    """The pack's modules `path` imports (a package's name when it names the package)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and \
+                node.module.startswith("gunicorn_graceful"):
+            for alias in node.names:
+                name = "%s.%s" % (node.module, alias.name)
+                found.add(name if name in known else node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name in known)
+    return found
+
+
+def graph():
+    paths = [p for p in PACKAGE.rglob("*.py") if "templates" not in p.parts]
+    known = {module_name(p) for p in paths}
+    return {module_name(p): imports(p, known) - {module_name(p)} for p in paths}
+
+
+def wing(name):
+    if name in ENTRY:
+        return "entry"
+    for side in ("master", "workers"):
+        if name == "gunicorn_graceful." + side or name.startswith("gunicorn_graceful.%s." % side):
+            return side
+    return "floor"
+
+
+def test_the_wings_import_the_floor_and_never_each_other():
+    allowed = {"floor": {"floor"}, "master": {"master", "floor"},
+               "workers": {"workers", "floor"}}
+    crossings = sorted("%s -> %s" % (source, target)
+                       for source, targets in graph().items() if wing(source) != "entry"
+                       for target in targets if wing(target) not in allowed[wing(source)])
+    assert crossings == []
+
+
+def test_no_import_cycle():
+    edges = graph()
+    cycles = []
+
+    def visit(name, path):
+        for target in sorted(edges.get(name, ())):
+            if target in path:
+                cycles.append(path[path.index(target):] + [target])
+            elif len(path) < len(edges):
+                visit(target, path + [target])
+
+    for start in sorted(edges):
+        visit(start, [start])
+    assert cycles == []
+
+
+def test_both_wings_and_the_floor_hold_modules():
+    sides = {wing(name) for name in graph()}
+    assert sides == {"entry", "floor", "master", "workers"}
+
+
+SIBLINGS = {"core", "phase", "records", "pool", "recycler", "rollouts", "upgrades", "stopper",
+            "status", "metrics", "notifier"}
+
+
+def reaches(path):
+    """`arbiter.<sibling>` (or `self.arbiter.<sibling>`) read in the master's module `path`."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute) and node.attr in SIBLINGS:
+            owner = node.value
+            if (isinstance(owner, ast.Name) and owner.id == "arbiter") or \
+                    (isinstance(owner, ast.Attribute) and owner.attr == "arbiter"):
+                found.append("%s:%s arbiter.%s" % (path.name, node.lineno, node.attr))
+    return found
+
+
+def test_no_helper_of_the_master_reaches_a_sibling_through_the_arbiter():
+    """Only the arbiter (which builds them) and the core (which decides) hold them all."""
+    helpers = [p for p in (PACKAGE / "master").glob("*.py")
+               if p.name not in ("arbiter.py", "core.py")]
+    assert len(helpers) > 10
+    assert [hit for path in helpers for hit in reaches(path)] == []
+
+
+def calls(path, method, owners):
+    return ["%s:%s" % (path.name, node.lineno) for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+            and node.func.attr == method and isinstance(node.func.value, ast.Attribute)
+            and node.func.value.attr in owners]
+
+
+def test_only_the_core_moves_the_phase_and_speaks_to_systemd():
+    modules = [p for p in PACKAGE.rglob("*.py") if p.name != "core.py"]
+    moves = [hit for p in modules for hit in calls(p, "move", {"phase"})]
+    told = [hit for p in modules for method in ("ready", "reloading", "stopping", "status", "send")
+            for hit in calls(p, method, {"notifier"})]
+    assert moves == [] and told == []
+    core = PACKAGE / "master" / "core.py"
+    assert calls(core, "move", {"phase"}) and calls(core, "ready", {"notifier"})
