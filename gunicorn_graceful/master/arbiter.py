@@ -55,6 +55,9 @@ class GracefulArbiter(Arbiter):
         arbiter.__class__ = cls
         arbiter.check_config = check_config
         arbiter.worker_class_of = worker_class_of
+        # The pack's settings travel with the arbiter, as Gunicorn's `cfg` does: what the
+        # config's install(globals()) loaded; a HUP replaces both, a rollback restores both.
+        arbiter.settings = settings.current()
         arbiter.generation = 1
         arbiter.phase = PhaseKeeper(arbiter.log, arbiter.pid,
                                     Phase.TRIAL if arbiter.master_pid else Phase.STARTING)
@@ -72,7 +75,7 @@ class GracefulArbiter(Arbiter):
         reason = check_config(arbiter.cfg, arbiter.log)
         if reason:
             raise SystemExit("Error: gunicorn-graceful: " + reason)
-        arbiter.metrics = metrics.start(arbiter, arbiter.pool, settings.current())
+        arbiter.metrics = metrics.start(arbiter, arbiter.pool, arbiter.settings)
         return arbiter
 
     def setup(self, app):

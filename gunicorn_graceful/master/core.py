@@ -28,7 +28,7 @@ calls `PhaseKeeper.move` and the notifier; the helpers never call each other
 through the arbiter.
 """
 
-from gunicorn_graceful import compat, settings
+from gunicorn_graceful import compat
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.master import metrics
 from gunicorn_graceful.master.phase import Phase
@@ -131,10 +131,11 @@ class Core:
         self.notifier.reloading(arbiter.log, "booting generation %s" % arbiter.generation)
         arbiter.manage_workers()
 
-    def config_problem(self, cfg, log):
-        """Why a config loaded on HUP cannot run, or None (the pack's checks, the endpoint's)."""
+    def config_problem(self, cfg, pack_settings, log):
+        """Why a config loaded on HUP (Gunicorn's `cfg`, the pack's settings) cannot run, or
+        None: the pack's checks, the metrics endpoint's."""
         return self.arbiter.check_config(cfg, log) \
-            or metrics.reload_problem(self.arbiter.metrics, settings.current())
+            or metrics.reload_problem(self.arbiter.metrics, pack_settings)
 
     # -- USR2 -------------------------------------------------------------------------------
 
@@ -235,7 +236,7 @@ class Core:
             emit(arbiter.log, "info", "master.lame_duck_skipped", pid=arbiter.pid,
                  reason="second SIGTERM")
             raise StopIteration
-        delay = settings.current().shutdown_delay
+        delay = self.arbiter.settings.shutdown_delay
         if delay <= 0:
             raise StopIteration
         service = self.was_service = self.is_service()

@@ -12,7 +12,7 @@ Invariants:
 - At most `graceful_max_booting` new workers boot at once (0: no limit).
 - A worker is stopped with SIGTERM, whatever the master believes of it: a ready
   one drains, one still booting exits at once. SIGKILL follows only when its
-  own state bit still says booting _KILL_GRACE later (it has accepted nothing),
+  own state bit still says booting KILL_GRACE later (it has accepted nothing),
   or when it still drains after graceful_timeout.
 - A replacement that cannot boot while others serve is retried with back-off
   and the pool is `degraded` (status file, systemd STATUS=) until the wanted
@@ -25,7 +25,7 @@ import signal
 
 from gunicorn.errors import HaltServer
 
-from gunicorn_graceful import clock, compat, settings, state
+from gunicorn_graceful import clock, compat, state
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.master import recycle
 from gunicorn_graceful.master.records import Record
@@ -81,7 +81,7 @@ class Pool:
         """The record of a worker of the wanted generation, made before its fork."""
         generation = self.arbiter.generation
         return Record(generation, self.release_of(generation),
-                      age_jitter=recycle.age_jitter(settings.current().max_worker_age_jitter))
+                      age_jitter=recycle.age_jitter(self.arbiter.settings.max_worker_age_jitter))
 
     def retire(self, worker, record, reason):
         """Tell a worker to stop (SIGTERM); it no longer counts as serving."""
@@ -148,7 +148,7 @@ class Pool:
         if clock.monotonic() < self.respawn_after:
             return
         missing = self.arbiter.num_workers - len(members)
-        limit = settings.current().max_booting
+        limit = self.arbiter.settings.max_booting
         if limit and missing > 0:  # 0: no limit
             missing = min(missing, limit - sum(1 for _, r in members if not r.ready_at))
         for _ in range(max(missing, 0)):
@@ -243,7 +243,7 @@ class Pool:
         """Stop a worker not ready within the readiness timeout (Gunicorn never times out a
         worker before its first heartbeat); SIGKILL one that ignored SIGTERM (see the top)."""
         now = clock.monotonic()
-        readiness_timeout = settings.current().readiness_timeout
+        readiness_timeout = self.arbiter.settings.readiness_timeout
         for worker, record in self.workers():
             booting = not state.was_ready(worker.tmp)
             if record.term_sent is None:
@@ -251,9 +251,14 @@ class Pool:
                     record.kill_reason = "not ready after %.1fs (graceful_readiness_timeout)" \
                         % (now - record.spawned)
                     self.terminate(worker, record)
-            elif now - record.term_sent > (KILL_GRACE if booting else
-                                           self.arbiter.cfg.graceful_timeout + KILL_GRACE):
+            elif kill_due(record.term_sent, now, booting, self.arbiter.cfg.graceful_timeout):
                 self.kill(worker, record)
+
+
+def kill_due(term_sent, now, booting, graceful_timeout):
+    """Whether a process told to stop at `term_sent` gets SIGKILL now: one still booting (it
+    has accepted nothing) after KILL_GRACE, one that may drain after graceful_timeout more."""
+    return now - term_sent > (KILL_GRACE if booting else graceful_timeout + KILL_GRACE)
 
 
 def log_signal_exit(log, pid, status, record):

@@ -18,7 +18,7 @@ Invariants:
 
 import random
 
-from gunicorn_graceful import clock, settings, state
+from gunicorn_graceful import clock, state
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.memory import rss_mib
 
@@ -34,7 +34,7 @@ class Recycler:
 
     def notice(self, members):
         """Mark members that asked to be recycled, or that the master finds too old or big."""
-        current = settings.current()
+        current = self.arbiter.settings
         now = clock.monotonic()
         for worker, record in members:
             if record.recycle is not None or not record.ready_at:
@@ -63,7 +63,7 @@ class Recycler:
         arbiter = self.arbiter
         staying = sum(1 for _, r in members if r.recycle is None)
         needed = arbiter.num_workers - staying - max(arbiter.num_workers - len(members), 0)
-        limit = settings.current().max_booting or 1
+        limit = self.arbiter.settings.max_booting or 1
         in_transit = sum(1 for _, r in members if not r.ready_at) + sum(
             1 for _, r in workers if r.retire_reason == "recycled")
         return max(min(needed, limit - in_transit), 0)

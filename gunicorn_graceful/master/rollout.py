@@ -47,7 +47,7 @@ class Rollouts:
         self.arbiter = arbiter
         self.current = None
         self.last_generation = arbiter.generation
-        self.releases = {arbiter.generation: release.resolve(settings.current().release_link)}
+        self.releases = {arbiter.generation: release.resolve(arbiter.settings.release_link)}
 
     def release_of(self, generation):
         return self.releases.get(generation, "")
@@ -55,15 +55,15 @@ class Rollouts:
     def reload(self, config_problem):
         """HUP: load the config again; the Rollout that starts, or None when the config fails.
 
-        `config_problem(cfg, log)` says why a loaded config cannot run (`core`).
+        `config_problem(cfg, settings, log)` says why a loaded config cannot run (`core`).
         """
         arbiter = self.arbiter
-        previous_cfg, previous_settings = arbiter.cfg, settings.current()
+        previous_cfg, previous_settings = arbiter.cfg, arbiter.settings
         reset_environment(previous_cfg)
         new_listeners = arbiter.LISTENERS
         try:
-            arbiter.app.reload()
-            failure = config_problem(arbiter.app.cfg, arbiter.log)
+            arbiter.app.reload()  # the config's install(globals()) sets settings.current()
+            failure = config_problem(arbiter.app.cfg, settings.current(), arbiter.log)
             if not failure and binds.changed(previous_cfg, arbiter.app.cfg):
                 new_listeners = binds.reopen(arbiter.app.cfg, self.held(), arbiter.log)
         except binds.BindFailure as exc:
@@ -77,6 +77,7 @@ class Rollouts:
             emit(arbiter.log, "error", "reload.config_failed", config=previous_cfg.config,
                  reason=failure, kept_generation=arbiter.generation)
             return None
+        arbiter.settings = settings.current()
         compat.count_reload(arbiter)
         generation = self.last_generation + 1
         if self.current is None:
@@ -122,10 +123,10 @@ class Rollouts:
         arbiter = self.arbiter
         self.current = rollout
         arbiter.generation = self.last_generation = rollout.generation
-        self.releases[rollout.generation] = release.resolve(settings.current().release_link)
+        self.releases[rollout.generation] = release.resolve(arbiter.settings.release_link)
         emit(arbiter.log, "info", "reload.start", generation=arbiter.generation,
              previous_generation=rollout.previous_generation, workers=arbiter.num_workers,
-             max_booting=settings.current().max_booting)
+             max_booting=arbiter.settings.max_booting)
 
     def supersede(self, rollout, new_listeners):
         """A newer HUP replaces a rollout still booting: drop what it opened (but the listeners
@@ -160,7 +161,8 @@ class Rollouts:
         self.releases.pop(rollout.generation, None)
         reset_environment(arbiter.cfg)
         arbiter.app.cfg = rollout.previous_cfg
-        settings.set_current(rollout.previous_settings)
+        arbiter.settings = rollout.previous_settings
+        settings.set_current(rollout.previous_settings)  # what a worker forked later inherits
         arbiter.setup(arbiter.app)
         arbiter.LISTENERS, arbiter.pidfile = rollout.previous_listeners, rollout.previous_pidfile
         return rollout.generation

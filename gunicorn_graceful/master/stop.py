@@ -10,7 +10,7 @@ Invariants:
   queue is taken and served first (`listeners`).
 - In lame duck nothing is spawned or replaced; each ready worker is told once.
 - A file error (status file, pidfile) never stops the stop: `files` warns.
-- Only the master that is the service sends systemd STOPPING=1.
+- Only the master that is the service sends systemd STOPPING=1 (`core.is_service`).
 """
 
 

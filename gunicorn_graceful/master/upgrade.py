@@ -25,10 +25,10 @@ import dataclasses
 import os
 import signal
 
-from gunicorn_graceful import clock, compat, settings
+from gunicorn_graceful import clock, compat
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.master import files, upgrade_report
-from gunicorn_graceful.master.pool import KILL_GRACE, signal_name
+from gunicorn_graceful.master.pool import kill_due, signal_name
 
 # Exit codes of the forked child of a USR2 that never became a new master.
 EXEC_FAILED = 70
@@ -108,7 +108,7 @@ class Upgrades:
 
     def announce(self):
         emit(self.arbiter.log, "info", "upgrade.start", pid=self.arbiter.pid,
-             new_master=self.arbiter.reexec_pid, timeout=settings.current().upgrade_timeout)
+             new_master=self.arbiter.reexec_pid, timeout=self.arbiter.settings.upgrade_timeout)
 
     def refusal(self):
         """Why a USR2 cannot start now, or None, beyond what the phase refuses (`core`).
@@ -143,8 +143,8 @@ class Upgrades:
         args = arbiter.START_CTX["args"]
         if len(args) > 1 and args[1].endswith(os.path.join("gunicorn", "__main__.py")):
             arbiter.START_CTX["args"] = [args[0], "-m", "gunicorn"] + args[2:]
-        if settings.current().release_link:
-            arbiter.START_CTX["cwd"] = settings.current().release_link
+        if self.arbiter.settings.release_link:
+            arbiter.START_CTX["cwd"] = self.arbiter.settings.release_link
 
     def new_master_exited(self, status):
         """Reaped (possibly inside the SIGCHLD handler): only note it; `watch` acts."""
@@ -174,13 +174,13 @@ class Upgrades:
                                                                          reported), waited, totals)
         if not upgrade.stop_sent and upgrade.report.asks_to_take_over():
             return Outcome("asks", upgrade, waited=waited)
-        if not upgrade.stop_sent and waited > settings.current().upgrade_timeout:
+        if not upgrade.stop_sent and waited > self.arbiter.settings.upgrade_timeout:
             upgrade.stop_sent = clock.monotonic()
             signal_process(upgrade.new_master, signal.SIGTERM)
             return Outcome("rolled_back", upgrade, "new master not ready after %.1fs "
                            "(graceful_upgrade_timeout)" % waited, waited)
-        if upgrade.stop_sent and clock.monotonic() - upgrade.stop_sent \
-                > arbiter.cfg.graceful_timeout + KILL_GRACE:
+        if upgrade.stop_sent and kill_due(upgrade.stop_sent, clock.monotonic(), False,
+                                          arbiter.cfg.graceful_timeout):
             signal_process(upgrade.new_master, signal.SIGKILL)
         return None
 

@@ -5,7 +5,6 @@ the drain itself is `asyncio_base`'s.
 """
 
 import asyncio
-import os
 import time
 
 from gunicorn.workers import base
@@ -47,8 +46,7 @@ if compat.NATIVE_ASGI:
             """SIGTERM, from the event loop: drain at once (not at the next one-second tick
             of the base's serving loop), then end that loop; `alive` stays true meanwhile
             (see AsyncGracefulMixin.start_drain)."""
-            if not self.serving:
-                os._exit(0)
+            self.exit_if_booting()
             if self.heartbeat is None:
                 self.draining_task = asyncio.ensure_future(self._drain_then_exit())
 

@@ -6,7 +6,6 @@ Every override of uvicorn's internals is here: the server's exit signal and its
 """
 
 import logging
-import os
 import signal
 import sys
 
@@ -30,8 +29,7 @@ class GracefulServer(Server):
         SIGTERM: a booting worker has accepted nothing and ends at once, a serving one drains."""
         if sig in (signal.SIGINT, signal.SIGQUIT):
             self.worker.quick_stop()
-        if not self.worker.serving:
-            os._exit(0)
+        self.worker.exit_if_booting()
         super().handle_exit(sig, frame)
 
     async def shutdown(self, sockets=None):

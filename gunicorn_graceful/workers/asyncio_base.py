@@ -86,7 +86,6 @@ class AsyncGracefulMixin(GracefulMixin):
         self.guard = None
         self.cut_at = self.deadline = self.drain_began = None
         self.heartbeat = self.first_steps = None
-        self.orphaned = False
         super().init_process()
 
     def init_signals(self):
@@ -97,8 +96,7 @@ class AsyncGracefulMixin(GracefulMixin):
 
     def handle_exit(self, sig, frame):
         """SIGTERM outside the server's own handling: only a booting worker acts on it."""
-        if not self.serving:
-            os._exit(0)
+        self.exit_if_booting()
 
     def check_loaded(self):
         self.limits.check_boot_size()
@@ -159,13 +157,8 @@ class AsyncGracefulMixin(GracefulMixin):
 
     def check_parent(self):
         """False once the master is gone: the worker then drains as on a restart."""
-        if self.ppid == os.getppid():
-            return True
-        if not self.orphaned:
-            self.orphaned = True
-            emit(self.log, "warning", "worker.orphaned", pid=self.pid, ppid=self.ppid,
-                 reason="master gone; draining")
-        return False
+        self.notice_orphaned()
+        return not self.orphaned
 
     def start_drain(self):
         """In the event loop: the drain begins now (idempotent).

@@ -74,6 +74,7 @@ class GracefulMixin:
         self.deferred = []  # a full stop while busy: listeners whose queue to take later
         self.queue_left = []  # (listener, error) where taking the queue stopped early
         self.lame_duck = False
+        self.orphaned = False  # the master is gone (`notice_orphaned`)
         health.quiet(self.log, self.settings)
         super().init_process()
 
@@ -155,17 +156,19 @@ class GracefulMixin:
     def reading_connections(self):
         return 0
 
-    def handle_exit(self, sig, frame):
-        """SIGTERM: start draining. Runs in a signal handler: no lock, no thread start.
-
-        Still booting (importing the app, running the readiness check), the
-        worker has accepted nothing and holds no request: it exits at once, from
-        wherever it is. `os._exit`, because a SystemExit raised here can land in
-        a finalizer (importlib's module-lock callbacks), where Python swallows it
-        and the import goes on.
-        """
+    def exit_if_booting(self):
+        """SIGTERM while booting (importing the app, running the readiness check): the
+        worker has accepted nothing and holds no request, so it exits at once, from
+        wherever it is. `os._exit`, because a SystemExit raised in a signal handler can
+        land in a finalizer (importlib's module-lock callbacks), where Python swallows
+        it and the import goes on. Every class's SIGTERM path calls this first."""
         if not self.serving:
             os._exit(0)
+
+    def handle_exit(self, sig, frame):
+        """SIGTERM: start draining (`exit_if_booting` first). Runs in a signal handler: no
+        lock, no thread start."""
+        self.exit_if_booting()
         if self.alive:
             self.take_share()
             self.begin_drain()
@@ -219,14 +222,20 @@ class GracefulMixin:
         answering kept-alive clients without `Connection: close` until
         graceful_timeout, and resets them at the end.
         """
-        if self.ppid == os.getppid():
-            return True
-        if self.alive:
-            emit(self.log, "warning", "worker.orphaned", pid=self.pid, ppid=self.ppid,
-                 reason="master gone; draining")
+        if self.notice_orphaned() and self.alive:
             self.begin_drain()
             super().handle_exit(signal.SIGTERM, None)
-        return False
+        return not self.orphaned
+
+    def notice_orphaned(self):
+        """Whether this call found the master gone (SIGKILL, OOM: the worker's parent
+        changed), the first time only, with one WARNING line; `orphaned` stays set."""
+        if self.orphaned or self.ppid == os.getppid():
+            return False
+        self.orphaned = True
+        emit(self.log, "warning", "worker.orphaned", pid=self.pid, ppid=self.ppid,
+             reason="master gone; draining")
+        return True
 
     def handle_quit(self, sig, frame):
         """SIGINT/SIGQUIT (worker_int): a quick stop cuts what is in flight; say what.

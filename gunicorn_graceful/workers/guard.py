@@ -21,7 +21,7 @@ from gunicorn_graceful.asgi import STATE_KEY
 from gunicorn_graceful.events import emit, redact
 from gunicorn_graceful.workers import health, inflight, readiness
 
-_HEALTH_HEADERS = [(b"content-type", b"text/plain"), (b"cache-control", b"no-store")]
+_HEALTH_HEADERS = [(name.lower().encode(), value.encode()) for name, value in health.HEADERS]
 _CLOSE = (b"connection", b"close")
 
 
@@ -116,14 +116,12 @@ class Guard:
         return await self.app(scope, receive, send)
 
     async def answer_health(self, scope, send):
-        now = self.worker.health_state()
-        ok = now == health.SERVING or scope["path"] == self.worker.settings.liveness_path
-        body = (now + "\n").encode()
+        status, body = health.answer(scope["path"], self.worker.health_state(),
+                                     self.worker.settings.liveness_path)
         headers = _HEALTH_HEADERS + [(b"content-length", str(len(body)).encode())]
         if self.worker.lame_duck or self.worker.draining.is_set():
             headers.append(_CLOSE)
-        await send({"type": "http.response.start", "status": 200 if ok else 503,
-                    "headers": headers})
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 
     async def websocket(self, scope, receive, send):

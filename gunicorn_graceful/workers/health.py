@@ -8,7 +8,14 @@ SERVING = "serving"
 LAME_DUCK = "lame duck"
 DRAINING = "draining"
 
-_HEADERS = [("Content-Type", "text/plain"), ("Cache-Control", "no-store")]
+HEADERS = [("Content-Type", "text/plain"), ("Cache-Control", "no-store")]
+
+
+def answer(path, state, liveness_path):
+    """A probe's answer, (status, body), for every worker class: health is 200 only while
+    the worker serves (503 in lame duck and while draining), liveness while it lives."""
+    ok = state == SERVING or path == liveness_path
+    return (200 if ok else 503), (state + "\n").encode()
 
 
 def wrap(app, settings, state_of):
@@ -17,18 +24,13 @@ def wrap(app, settings, state_of):
     if not health and not liveness:
         return app
 
-    def answer(start_response, ok, state):
-        start_response("200 OK" if ok else "503 Service Unavailable", list(_HEADERS))
-        return [(state + "\n").encode()]
-
     def with_health(environ, start_response):
         path = environ.get("PATH_INFO")
-        if path == health:
-            state = state_of()
-            return answer(start_response, state == SERVING, state)
-        if path == liveness:
-            return answer(start_response, True, state_of())
-        return app(environ, start_response)
+        if path not in (health, liveness):
+            return app(environ, start_response)
+        status, body = answer(path, state_of(), liveness)
+        start_response("200 OK" if status == 200 else "503 Service Unavailable", list(HEADERS))
+        return [body]
     return with_health
 
 
