@@ -19,6 +19,7 @@ from gunicorn_graceful.master.arbiter import GracefulArbiter
 from gunicorn_graceful.master.upgrade import PRE_EXEC_FAILED
 from gunicorn_graceful.workers import GracefulMixin, GracefulThreadWorker
 
+_ERROR = "Error: gunicorn-graceful: "
 WORKER_CLASSES = ("GracefulThreadWorker", "GracefulSyncWorker", "GracefulUvicornWorker",
                   "GracefulASGIWorker")
 
@@ -27,7 +28,7 @@ def on_starting(server):
     """Install the graceful master, then log the effective settings once."""
     problem = settings.callable_problem(settings.current())
     if problem:
-        raise SystemExit("Error: gunicorn-graceful: " + problem)
+        raise SystemExit(_ERROR + problem)
     GracefulArbiter.install(server, check_config, worker_class_of)
     emit(server.log, "info", "master.starting", pid=server.pid, version=__version__,
          gunicorn=gunicorn_version, worker_class=server.cfg.worker_class_str,
@@ -195,7 +196,8 @@ def install(namespace):
 
 def check_config(cfg, log):
     """Why a loaded config cannot run under the pack, or None; chains the hooks it defined
-    after `install(globals())` (one WARNING each).
+    after `install(globals())` (one WARNING each). The one check a config passes, at start
+    (`GracefulArbiter.install`) and on every HUP (`core.config_problem`).
 
     Without the pack's hooks the master would lose its lifecycle lines; without
     its `on_starting` the config does not use the pack at all (a HUP to it is
@@ -205,12 +207,16 @@ def check_config(cfg, log):
     if not getattr(cfg.on_starting, "graceful_hook", False):
         return ("the config does not install gunicorn-graceful: it must end with "
                 "install(globals()) and define no on_starting after it")
-    if not issubclass(worker_class_of(cfg), GracefulMixin):
+    worker_class = worker_class_of(cfg)
+    if not issubclass(worker_class, GracefulMixin):
         # No worker of another class ever says it is ready: the master would halt later
         # with a misleading readiness reason (or a HUP roll back).
         return ("worker_class=%s is not a gunicorn-graceful worker; use one of "
                 "gunicorn_graceful.workers.%s (-k on the command line overrides the config)"
                 % (cfg.worker_class_str, ", ".join(WORKER_CLASSES)))
+    reason = worker_class_problem(worker_class, cfg, log)
+    if reason:
+        return reason
     for name, pack_hook in HOOKS.items():
         hook = cfg.settings[name].get()
         if not getattr(hook, "graceful_hook", False):
@@ -218,6 +224,17 @@ def check_config(cfg, log):
             emit(log, "warning", "settings.warning",
                  problem="%s is defined after install(globals()): it runs after the pack's %s; "
                          "define hooks before install(globals())" % (name, name))
+    return None
+
+
+def worker_class_problem(worker_class, cfg, log):
+    """The worker class's own checks (HTTP/2, the ASGI lifespan and its budget), as one line,
+    or None. Gunicorn runs them at start only (`Arbiter.start`): a HUP to a config they
+    refuse would have been taken."""
+    try:
+        worker_class.check_config(cfg, log)
+    except SystemExit as exc:
+        return str(exc.code).replace(_ERROR, "", 1)
     return None
 
 

@@ -14,7 +14,9 @@ import time
 
 import pytest
 import requests
+from gunicorn.config import Config
 
+from gunicorn_graceful import compat
 from tests.harness import ROOT, Load, cli, free_port, wait_for, write_app, write_config
 
 PACKAGE_APP = '''\
@@ -116,12 +118,26 @@ def test_a_user_on_starting_after_install_stops_the_start_with_one_line(workdir,
                         r"install\(globals\(\)\)") >= 1, server.tail()
 
 
+PACK = ("from gunicorn_graceful.conf import *\n"
+        "worker_class = 'gunicorn_graceful.workers.GracefulSyncWorker'\n")
+
+
 @pytest.mark.parametrize("config, reason", [
     ("workers = 2\n", r"the config does not install gunicorn-graceful"),
     ("from gunicorn_graceful.conf import *\nworker_class = 'sync'\ninstall(globals())\n",
      r"worker_class=sync is not a gunicorn-graceful worker; use one of "
      r"gunicorn_graceful\.workers\.GracefulThreadWorker, GracefulSyncWorker, "
      r"GracefulUvicornWorker, GracefulASGIWorker"),
+    # The worker classes' own checks, which Gunicorn runs at start only (Arbiter.start).
+    pytest.param(PACK + "http_protocols = 'h2,h1'\ninstall(globals())\n",
+                 r"http_protocols=h2,h1 is not supported by the pack's workers \(allowed: h1\)",
+                 marks=pytest.mark.skipif("http_protocols" not in Config().settings,
+                                          reason="Gunicorn < 27 has no http_protocols")),
+    pytest.param(PACK.replace("GracefulSyncWorker", "GracefulASGIWorker")
+                 + "asgi_lifespan = 'off'\ninstall(globals())\n",
+                 r"asgi_lifespan=off leaves no place for the readiness check \(allowed: auto, on\)",
+                 marks=pytest.mark.skipif(not compat.NATIVE_ASGI,
+                                          reason="Gunicorn < 24 has no native asgi worker")),
 ])
 def test_hup_to_a_config_the_pack_cannot_run_is_refused_and_nothing_changes(
         workdir, servers, config, reason):
