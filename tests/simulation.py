@@ -240,12 +240,15 @@ class SimApp:
 
     def __init__(self, cfg):
         self.cfg = cfg
-        self.next_cfg = None
+        self.next_cfg = self.next_settings = None
 
     def reload(self):
+        """Gunicorn reads the config again; its install(globals()) sets the pack's settings."""
         if isinstance(self.next_cfg, BaseException):
             raise self.next_cfg
         self.cfg = self.next_cfg
+        if self.next_settings is not None:
+            settings.set_current(self.next_settings)
 
     def wsgi(self):
         pass

@@ -7,6 +7,7 @@ invariants the master's modules state in prose. A failing sequence is shrunk
 to the shortest one and printed; each one found becomes a named test below.
 """
 
+import dataclasses
 import os
 import signal
 
@@ -45,6 +46,7 @@ class MasterMachine(RuleBasedStateMachine):
         self.master = Master(workers, pack)
         self.generations = [1]
         self.most_workers = workers
+        self.most_booting = max_booting or 1
         for _ in range(MAX_WORKERS + 1):  # max_booting may boot them one at a time
             self.master.loop()
             for worker in booting(self.master):
@@ -125,8 +127,9 @@ class MasterMachine(RuleBasedStateMachine):
     @precondition(running)
     @rule(code=st.sampled_from(["good", "broken", "slow"]), workers=st.integers(0, MAX_WORKERS),
           config=st.sampled_from(["fine", "raises", "user pre_fork"]),
-          bind=st.sampled_from(list(BINDS)))
-    def hup(self, code, workers, config, bind):
+          bind=st.sampled_from(list(BINDS)), max_booting=st.integers(0, 2))
+    def hup(self, code, workers, config, bind, max_booting):
+        """A HUP; the new config may change the pack's settings too (its install(globals()))."""
         master = self.master
         master.world.code = code
         if config == "raises":
@@ -135,7 +138,10 @@ class MasterMachine(RuleBasedStateMachine):
             master.arbiter.app.next_cfg = make_config(
                 workers, pre_fork=user_pre_fork if config == "user pre_fork" else None,
                 bind=BINDS[bind])
+            master.arbiter.app.next_settings = dataclasses.replace(
+                master.arbiter.settings, max_booting=max_booting)
         self.most_workers = max(self.most_workers, workers)
+        self.most_booting = max(self.most_booting, max_booting or 1)
         before = master.arbiter.rollouts.last_generation
         try:
             master.arbiter.reload()
@@ -201,7 +207,7 @@ class MasterMachine(RuleBasedStateMachine):
         staying = [pid for pid, w in self.master.world.processes.items() if not w.exited
                    and not (pid in records and records[pid].retired)]
         # The serving generation with its recycle replacements in transit, and the next one.
-        bound = 2 * self.most_workers + (settings.current().max_booting or 1)
+        bound = 2 * self.most_workers + self.most_booting
         assert len(staying) <= bound, "%s workers not told to stop, wanted at most %s" \
             % (len(staying), self.most_workers)
 
@@ -217,6 +223,15 @@ class MasterMachine(RuleBasedStateMachine):
         leaked = [lnr for lnr in self.master.world.opened
                   if not lnr.closed and all(lnr is not h for h in held)]
         assert not leaked, "listeners neither held nor closed: %s" % leaked
+
+    @invariant()
+    def the_master_decides_with_the_settings_its_workers_inherit(self):
+        """The pack settings on the arbiter are the ones a worker forked now inherits (the
+        global), and a rollback or a refused config restores both."""
+        if self.master is None:
+            return
+        assert self.master.arbiter.settings is settings.current(), \
+            "arbiter.settings and settings.current() differ"
 
     @invariant()
     def at_most_max_booting_boot_at_once(self):
