@@ -9,6 +9,7 @@ falling back here. Supported: the releases CI runs (see the README).
 import importlib.util
 import inspect
 import re
+import time
 
 from gunicorn import sock
 from gunicorn.arbiter import Arbiter
@@ -146,6 +147,25 @@ def rebind_control_socket(arbiter):
     if CONTROL_SOCKET and arbiter._control_server is not None:
         Arbiter._stop_control_server(arbiter)
         arbiter._start_control_server()
+
+
+def settle_control_server(arbiter, limit=2.0):
+    """Before a fork: wait (at most `limit` seconds) until the control server listens.
+
+    Gunicorn stops its control server's thread before every fork and starts it
+    again after. Gunicorn 25's stop signals the thread only once it listens
+    (`_server` set); a fork that comes sooner waits out a 2 s join and leaves the
+    thread running, holding its socket (Gunicorn #3648). 26 waits for it itself
+    (`_ready`); here the pack does, for the lines whose server has no `_ready`.
+    """
+    server = getattr(arbiter, "_control_server", None) if CONTROL_SOCKET else None
+    thread = getattr(server, "_thread", None)
+    if thread is None or hasattr(server, "_ready"):
+        return
+    deadline = time.monotonic() + limit
+    while getattr(server, "_server", None) is None and thread.is_alive() \
+            and time.monotonic() < deadline:
+        time.sleep(0.002)
 
 
 def report_metrics(arbiter):

@@ -191,3 +191,18 @@ def test_gunicornc_answers_the_promoted_master_after_the_old_one_replaced_a_work
         with ControlClient(os.path.join(workdir, "ctl.sock"), timeout=5) as client:
             return client.send_command("show stats").get("pid")
     assert wait_for(master_answering, 10, "gunicornc to answer") == new_master
+
+
+@pytest.mark.lines  # Gunicorn 25's control server loses a thread when forks come back to back
+@pytest.mark.skipif(not compat.CONTROL_SOCKET, reason="Gunicorn < 25 has no control socket")
+def test_forks_in_a_row_leave_the_master_one_control_socket_thread(workdir, servers):
+    """Gunicorn stops its control server's thread before each fork and starts it again
+    after. On 25, a fork that follows a restart before the new thread listens cannot stop
+    it: the fork waits 2 s, and the thread is left running, holding its socket. A HUP forks
+    a whole generation in one tick."""
+    server = servers(workdir, workers=4)
+    for generation in (2, 3):
+        server.signal(signal.SIGHUP)
+        server.wait_log(r"event=reload\.done generation=%s" % generation, timeout=60)
+    threads = os.listdir("/proc/%s/task" % server.pid)
+    assert len(threads) <= 2, "the master runs %s threads (main, control socket)" % len(threads)

@@ -108,7 +108,8 @@ class GracefulArbiter(Arbiter):
         Not in the pre_fork hook: a config that defines its own `pre_fork` after
         `install(globals())` replaces it, and the pool, seeing no worker, forked
         `workers` more on every tick. The worker inherits its release from here,
-        and which listeners it must close (`forked`).
+        and which listeners it must close (`forked`). On Gunicorn 25 the control
+        server must be listening before the next fork (`compat.settle_control_server`).
         """
         record = self.pool.new_record()
         self.records.expect(record)
@@ -116,6 +117,7 @@ class GracefulArbiter(Arbiter):
         forked.prepare(record.release, [lnr.fileno() for lnr in self.rollouts.held()
                                         if lnr not in self.LISTENERS], slot)
         pid = None
+        compat.settle_control_server(self)  # forks come back to back: see there
         try:
             pid = super().spawn_worker()
         finally:
