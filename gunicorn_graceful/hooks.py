@@ -19,7 +19,6 @@ from gunicorn_graceful.master.arbiter import GracefulArbiter
 from gunicorn_graceful.master.upgrade import PRE_EXEC_FAILED
 from gunicorn_graceful.workers import GracefulMixin, GracefulThreadWorker
 
-_ERROR = "Error: gunicorn-graceful: "
 WORKER_CLASSES = ("GracefulThreadWorker", "GracefulSyncWorker", "GracefulUvicornWorker",
                   "GracefulASGIWorker")
 
@@ -28,7 +27,7 @@ def on_starting(server):
     """Install the graceful master, then log the effective settings once."""
     problem = settings.callable_problem(settings.current())
     if problem:
-        raise SystemExit(_ERROR + problem)
+        raise SystemExit(settings.ERROR + problem)
     GracefulArbiter.install(server, check_config, worker_class_of)
     emit(server.log, "info", "master.starting", pid=server.pid, version=__version__,
          gunicorn=gunicorn_version, worker_class=server.cfg.worker_class_str,
@@ -234,7 +233,7 @@ def worker_class_problem(worker_class, cfg, log):
     try:
         worker_class.check_config(cfg, log)
     except SystemExit as exc:
-        return str(exc.code).replace(_ERROR, "", 1)
+        return str(exc.code).replace(settings.ERROR, "", 1)
     return None
 
 

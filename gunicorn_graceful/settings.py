@@ -18,6 +18,8 @@ import types
 
 from gunicorn.config import KNOWN_SETTINGS
 
+# What starts each line the pack stops a start with (a SystemExit); a HUP logs the rest.
+ERROR = "Error: gunicorn-graceful: "
 # Set by an old master for its new master on USR2 (`master/upgrade_report`), not by users.
 UPGRADE_REPORT_ENV = "GRACEFUL_UPGRADE_REPORT_FD"
 

@@ -74,7 +74,7 @@ class GracefulArbiter(Arbiter):
         arbiter.keep_graceful_worker()
         reason = check_config(arbiter.cfg, arbiter.log)
         if reason:
-            raise SystemExit("Error: gunicorn-graceful: " + reason)
+            raise SystemExit(settings.ERROR + reason)
         arbiter.metrics = metrics.start(arbiter, arbiter.pool, arbiter.settings)
         return arbiter
 

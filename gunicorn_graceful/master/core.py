@@ -78,24 +78,26 @@ class Core:
         if ready is not None:
             pool.retire_old()
             self.generation_complete(ready)
-        reason = pool.recovered()
-        if reason is not None:
-            self.notifier.ready(arbiter.log, "generation %s serving" % arbiter.generation)
+        if pool.recovered():
+            self.tell_serving()
 
     def generation_complete(self, ready):
         arbiter = self.arbiter
-        if self.phase.is_in(Phase.RELOADING):
-            arbiter.rollouts.finish(ready)
-            self.phase.move(Phase.SERVING)
-            self.notifier.ready(arbiter.log, "generation %s serving" % arbiter.generation)
-        elif self.phase.is_in(Phase.STARTING, Phase.TRIAL):
+        if self.phase.is_in(Phase.STARTING, Phase.TRIAL):
             emit(arbiter.log, "info", "master.serving", pid=arbiter.pid,
                  generation=arbiter.generation, workers=ready)
             if self.phase.is_in(Phase.TRIAL):
                 self.ask_to_take_over()
-            else:
-                self.phase.move(Phase.SERVING)
-                self.notifier.ready(arbiter.log, "generation %s serving" % arbiter.generation)
+                return
+        elif self.phase.is_in(Phase.RELOADING):
+            arbiter.rollouts.finish(ready)
+        else:
+            return
+        self.phase.move(Phase.SERVING)
+        self.tell_serving()
+
+    def tell_serving(self):
+        self.notifier.ready(self.arbiter.log, "generation %s serving" % self.arbiter.generation)
 
     def boot_failed(self, failure):
         arbiter = self.arbiter

@@ -37,6 +37,7 @@ from gunicorn.arbiter import Arbiter
 from gunicorn_graceful import clock, counters, events, listeners, state
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.master import status
+from gunicorn_graceful.settings import ERROR
 
 _BOOT_ERRORS = (Arbiter.WORKER_BOOT_ERROR, Arbiter.APP_LOAD_ERROR)
 DRAIN_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -123,7 +124,7 @@ class Metrics:
             if not self.bind_failed:
                 self.bind_failed = True
                 emit(self.arbiter.log, "warning", "metrics.bind_failed", pid=os.getpid(),
-                     reason=str(exc).replace("Error: gunicorn-graceful: ", ""),
+                     reason=str(exc).replace(ERROR, ""),
                      retry="every tick")
 
     def fold(self, pid):

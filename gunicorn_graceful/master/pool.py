@@ -170,19 +170,20 @@ class Pool:
             self.retire(worker, record, "surplus")
 
     def recovered(self):
-        """Why the pool was degraded, once every wanted worker is ready again (none waits for
-        a replacement): it is not degraded any more. None otherwise."""
+        """Whether the pool stops being degraded now: every wanted worker is ready again
+        (none waits for a replacement). One line saying what it had been."""
         if self.degraded is None:
-            return None
+            return False
         members = self.members(self.arbiter.generation)
         if sum(1 for _, r in members if r.ready_at and r.recycle is None) \
                 < self.arbiter.num_workers:
-            return None
-        arbiter, reason = self.arbiter, self.degraded["reason"]
+            return False
+        arbiter = self.arbiter
         emit(arbiter.log, "info", "master.recovered", pid=arbiter.pid,
-             generation=arbiter.generation, workers=arbiter.num_workers, reason=reason)
+             generation=arbiter.generation, workers=arbiter.num_workers,
+             reason=self.degraded["reason"])
         self.degraded = None
-        return reason
+        return True
 
     # -- exits and failures ---------------------------------------------------------------
 
