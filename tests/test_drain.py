@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from gunicorn_graceful import compat
-from tests.harness import WORKERS, Load, quick_stop, wait_for
+from tests.harness import WORKERS, Load, quick_stop, wait_for, write_app
 
 pytestmark = pytest.mark.lines  # every test here goes through internals that differ between lines
 
@@ -153,6 +153,25 @@ def test_connections_waiting_in_the_backlog_at_term_are_served_not_reset(workdir
     assert statuses[:1] + statuses[1 + held:] == [200] * (13 - held), statuses
     assert server.count(r"event=drain\.start pid=\d+ in_flight=\d+ idle_conns=\d+ reading=\d+ "
                         r"queued=[1-9]\d*") == 1
+
+
+def test_a_probe_queued_for_a_retiring_worker_says_the_service_serves(workdir, servers):
+    """A worker replaced while the service serves on (HUP, USR2 hand-over, recycling, a
+    SIGTERM of its own) still answers what waited in the queue for it: a health probe
+    among that speaks for the service, which serves, so it is a 200, not a 503 that
+    takes the backend out. The replacement's slow import leaves the probe to the old
+    worker."""
+    server = servers(workdir, worker="sync", workers=1,
+                     config_body="graceful_health_path = '/health'\n")
+    write_app(workdir, "1", before="time.sleep(3)")  # what the replacement imports
+    worker = server.children()[0]
+    busy = _send_raw(server.port, "/slow?seconds=1.5")
+    server.wait_started("/slow")
+    probe = _send_raw(server.port, "/health")
+    wait_for(lambda: _queued_at(server) >= 1, 10, "the probe in the accept queue")
+    os.kill(worker, signal.SIGTERM)
+    assert [_read_status(sock) for sock in (busy, probe)] == [200, 200], server.tail()
+    server.wait_log(r"event=worker\.exited pid=%s" % worker)
 
 
 @pytest.mark.parametrize("worker", WORKERS)

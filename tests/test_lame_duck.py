@@ -89,6 +89,8 @@ def test_health_state_wrapper_answers_each_state():
         current["state"] = state
         assert call("/health") == ("503", state)
         assert call("/live") == ("200", state)
+    current["state"] = health.RETIRING  # replaced while the service serves on
+    assert call("/health") == ("200", "retiring") and call("/live") == ("200", "retiring")
 
 
 def test_health_is_off_unless_configured():

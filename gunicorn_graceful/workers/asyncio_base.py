@@ -108,7 +108,7 @@ class AsyncGracefulMixin(GracefulMixin):
     def health_state(self):
         """`alive` stays true while an asyncio worker drains (see `start_drain`)."""
         if self.draining.is_set():
-            return health.DRAINING
+            return self.drain_health(self.draining.reason)
         return health.LAME_DUCK if self.lame_duck else health.SERVING
 
     def before_serving(self):
@@ -150,10 +150,6 @@ class AsyncGracefulMixin(GracefulMixin):
                 call.cut = True
             self.abort_connections()  # their clients learn now, not from a 500 of the unwinding
         self.handle_quit(signal.SIGQUIT, None)
-
-    def stop_reason(self):
-        """A full stop closed the listeners' door; anything else is a restart."""
-        return "stop" if any(listeners.door_closed(s) for s in self.sockets) else "restart"
 
     def check_parent(self):
         """False once the master is gone: the worker then drains as on a restart."""

@@ -113,8 +113,22 @@ class GracefulMixin:
 
     def health_state(self):
         if not self.alive:
-            return health.DRAINING
+            return self.drain_health(self.stop_reason())
         return health.LAME_DUCK if self.lame_duck else health.SERVING
+
+    def stop_reason(self):
+        """A full stop closed the listeners' door; anything else is a restart."""
+        return "stop" if any(listeners.door_closed(s) for s in self.sockets) else "restart"
+
+    def drain_health(self, reason):
+        """What a draining worker's probe says. Replaced while the service serves on (a
+        HUP, a USR2 hand-over, recycling), it still answers what waited in the queue
+        for it, and a probe among that speaks for the service: retiring, a 200, not a
+        503 that takes the backend out. A full stop, or an orphan (no master replaces
+        it): draining, a 503."""
+        if reason == "restart" and not self.orphaned:
+            return health.RETIRING
+        return health.DRAINING
 
     def init_signals(self):
         """Gunicorn's worker signals, plus SIGUSR2 for lame duck (by default it kills a worker)."""

@@ -6,15 +6,16 @@ is busy, and says nothing but the worker's state.
 
 SERVING = "serving"
 LAME_DUCK = "lame duck"
+RETIRING = "retiring"  # replaced while the service serves on (base.drain_health)
 DRAINING = "draining"
 
 HEADERS = [("Content-Type", "text/plain"), ("Cache-Control", "no-store")]
 
 
 def answer(path, state, liveness_path):
-    """A probe's answer, (status, body), for every worker class: health is 200 only while
-    the worker serves (503 in lame duck and while draining), liveness while it lives."""
-    ok = state == SERVING or path == liveness_path
+    """A probe's answer, (status, body), for every worker class: health is 200 while the
+    service serves (503 in lame duck and while it stops), liveness while the worker lives."""
+    ok = state in (SERVING, RETIRING) or path == liveness_path
     return (200 if ok else 503), (state + "\n").encode()
 
 
