@@ -216,8 +216,10 @@ class Settings:
     health_path: str = dataclasses.field(default="", metadata={
         "parse": _path,
         "doc": "Path the worker answers itself, without calling the app, for load balancers: "
-               "200 while serving, 503 in lame duck or draining. Empty (the default): off, "
-               "so the pack never shadows one of your app's routes."})
+               "200 while the service serves (also from a worker a HUP, a USR2 or recycling "
+               "replaces, answering what waited for it: `retiring`), 503 in lame duck and "
+               "while the service stops (`draining`). Empty (the default): off, so the pack "
+               "never shadows one of your app's routes."})
     liveness_path: str = dataclasses.field(default="", metadata={
         "parse": _path,
         "doc": "Like graceful_health_path, but 200 as long as the worker runs, draining "
