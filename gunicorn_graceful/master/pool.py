@@ -3,8 +3,10 @@
 The step compares the wanted generation with the workers that are ready and
 shrinks the difference by one step: notice ready workers, report boot
 failures, spawn what is missing, retire surplus, report when the wanted
-generation is complete. What a failure or a complete generation means in the
-master's phase (a rollback, a halt, a hand-over) is decided by `core`.
+generation is complete. The pool gathers the facts and carries out the plan;
+what to spawn, retire and kill is decided from those facts alone (`plan`).
+What a failure or a complete generation means in the master's phase (a
+rollback, a halt, a hand-over) is decided by `core`.
 
 Invariants:
 - Old workers are told to stop only when the whole wanted generation is ready,
@@ -12,8 +14,8 @@ Invariants:
 - At most `graceful_max_booting` new workers boot at once (0: no limit).
 - A worker is stopped with SIGTERM, whatever the master believes of it: a ready
   one drains, one still booting exits at once. SIGKILL follows only when its
-  own state bit still says booting KILL_GRACE later (it has accepted nothing),
-  or when it still drains after graceful_timeout.
+  own state bit still says booting `plan.KILL_GRACE` later (it has accepted
+  nothing), or when it still drains after graceful_timeout.
 - A replacement that cannot boot while others serve is retried with back-off
   and the pool is `degraded` (status file, systemd STATUS=) until the wanted
   generation is complete again; the master never exits for it.
@@ -27,11 +29,10 @@ from gunicorn.errors import HaltServer
 
 from gunicorn_graceful import clock, compat, state
 from gunicorn_graceful.events import emit
-from gunicorn_graceful.master import recycle
+from gunicorn_graceful.master import plan, recycle
 from gunicorn_graceful.master.records import Record
 
 _BACKOFF_LIMIT = 30.0
-KILL_GRACE = 1.0
 
 
 @dataclasses.dataclass
@@ -110,15 +111,35 @@ class Pool:
         self.notice_ready()
 
     def reconcile(self, recycling):
-        """Spawn what is missing, retire surplus, recycle (only while `recycling`)."""
-        generation = self.arbiter.generation
+        """Spawn what is missing, retire surplus, recycle (only while `recycling`): the
+        plan of these facts (`plan.decide`), carried out in its order."""
         if recycling:
-            self.recycler.notice(self.members(generation))
-        self.spawn_missing(self.members(generation), recycling)
-        self.retire_surplus(self.members(generation))
-        if recycling:
-            for worker, record in self.recycler.going(self.members(generation)):
-                self.retire(worker, record, "recycled")
+            self.recycler.notice(self.members(self.arbiter.generation))
+        pool = dict((w.pid, (w, r)) for w, r in self.workers())
+        step = plan.decide(self.facts(pool.values(), recycling))
+        for _ in range(step.spawn + step.replace):
+            self.arbiter.spawn_worker()
+        for pid in step.surplus:
+            self.retire(*pool[pid], "surplus")
+        for pid, replacement in step.going:
+            self.recycle(*pool[pid], replacement)
+
+    def facts(self, workers, recycling):
+        """What the plan decides from: every worker as a `plan.Member`, and the settings."""
+        arbiter = self.arbiter
+        return plan.Facts(
+            members=tuple(member(w, r) for w, r in workers), generation=arbiter.generation,
+            workers=arbiter.num_workers, max_booting=arbiter.settings.max_booting,
+            recycling=recycling, backing_off=clock.monotonic() < self.respawn_after)
+
+    def recycle(self, worker, record, replacement):
+        """A waiting worker goes now that `replacement` serves: one line, then SIGTERM."""
+        details = record.recycle
+        emit(self.arbiter.log, "info", "worker.recycle", pid=worker.pid,
+             reason=details.get("reason"), served=details.get("served", "-"),
+             rss_mib=details.get("rss_mib"), replacement=replacement or "-",
+             after=clock.monotonic() - details["noticed"])
+        self.retire(worker, record, "recycled")
 
     def complete(self):
         """How many workers of the wanted generation serve, once they are all ready; else None."""
@@ -138,36 +159,6 @@ class Pool:
                 self.failure_streak = 0
                 emit(self.arbiter.log, "info", "worker.ready", pid=worker.pid,
                      generation=record.generation, boot_time=record.ready_at - record.spawned)
-
-    def spawn_missing(self, members, recycling):
-        """Replace what is missing (crash, TTIN, a new generation), then what is recycled.
-
-        The replacements are counted after the first spawns, which take their share
-        of the booting limit (counted together, both filled it once each).
-        """
-        if clock.monotonic() < self.respawn_after:
-            return
-        missing = self.arbiter.num_workers - len(members)
-        limit = self.arbiter.settings.max_booting
-        if limit and missing > 0:  # 0: no limit
-            missing = min(missing, limit - sum(1 for _, r in members if not r.ready_at))
-        for _ in range(max(missing, 0)):
-            self.arbiter.spawn_worker()
-        if not recycling:
-            return
-        members = self.members(self.arbiter.generation)
-        for _ in range(self.recycler.replacements(members, self.workers())):
-            self.arbiter.spawn_worker()
-
-    def retire_surplus(self, members):
-        """TTOU or a smaller `workers` after HUP: retire surplus workers, those still booting
-        first (they hold nothing), then the oldest. Workers waiting to be recycled are not
-        surplus: they go when their replacement is ready."""
-        staying = [m for m in members if m[1].recycle is None]
-        surplus = len(staying) - self.arbiter.num_workers
-        by_cost = sorted(staying, key=lambda m: (m[1].ready_at is not None, m[0].age))
-        for worker, record in by_cost[:max(surplus, 0)]:
-            self.retire(worker, record, "surplus")
 
     def recovered(self):
         """Whether the pool stops being degraded now: every wanted worker is ready again
@@ -243,23 +234,26 @@ class Pool:
     def enforce_deadlines(self):
         """Stop a worker not ready within the readiness timeout (Gunicorn never times out a
         worker before its first heartbeat); SIGKILL one that ignored SIGTERM (see the top)."""
-        now = clock.monotonic()
-        readiness_timeout = self.arbiter.settings.readiness_timeout
-        for worker, record in self.workers():
-            booting = not state.was_ready(worker.tmp)
-            if record.term_sent is None:
-                if booting and now - record.spawned > readiness_timeout:
-                    record.kill_reason = "not ready after %.1fs (graceful_readiness_timeout)" \
-                        % (now - record.spawned)
-                    self.terminate(worker, record)
-            elif kill_due(record.term_sent, now, booting, self.arbiter.cfg.graceful_timeout):
-                self.kill(worker, record)
+        pool = dict((w.pid, (w, r)) for w, r in self.workers())
+        facts = [(member(w, r), not state.was_ready(w.tmp), r.term_sent)
+                 for w, r in pool.values()]
+        terminate, kill = plan.deadlines(facts, clock.monotonic(),
+                                         self.arbiter.settings.readiness_timeout,
+                                         self.arbiter.cfg.graceful_timeout)
+        for pid, reason in terminate:
+            worker, record = pool[pid]
+            record.kill_reason = reason
+            self.terminate(worker, record)
+        for pid in kill:
+            self.kill(*pool[pid])
 
 
-def kill_due(term_sent, now, booting, graceful_timeout):
-    """Whether a process told to stop at `term_sent` gets SIGKILL now: one still booting (it
-    has accepted nothing) after KILL_GRACE, one that may drain after graceful_timeout more."""
-    return now - term_sent > (KILL_GRACE if booting else graceful_timeout + KILL_GRACE)
+def member(worker, record):
+    """A worker and its record as the plan sees them."""
+    return plan.Member(pid=worker.pid, generation=record.generation, age=worker.age,
+                       spawned=record.spawned, ready=record.ready_at is not None,
+                       retire_reason=record.retire_reason,
+                       recycle_noticed=record.recycle["noticed"] if record.recycle else None)
 
 
 def log_signal_exit(log, pid, status, record):

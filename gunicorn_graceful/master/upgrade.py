@@ -28,7 +28,8 @@ import signal
 from gunicorn_graceful import clock, compat
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.master import files, upgrade_report
-from gunicorn_graceful.master.pool import kill_due, signal_name
+from gunicorn_graceful.master.plan import kill_due
+from gunicorn_graceful.master.pool import signal_name
 
 # Exit codes of the forked child of a USR2 that never became a new master.
 EXEC_FAILED = 70
