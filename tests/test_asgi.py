@@ -21,20 +21,25 @@ UVICORN = "gunicorn_graceful.workers.GracefulUvicornWorker"
 NATIVE = "gunicorn_graceful.workers.GracefulASGIWorker"
 
 
-def _classes(uvicorn_on_every_line):
-    """The classes as test parameters. Gunicorn's native asgi worker differs between lines:
-    its tests run on every line (`lines`). uvicorn's worker reaches Gunicorn only through
-    what the sync tests cover on every line: its tests run on the newest, plus a smoke set
-    (SMOKE: the signal paths) on every line."""
-    params = [pytest.param(UVICORN, id="GracefulUvicornWorker",
-                           marks=[pytest.mark.lines] if uvicorn_on_every_line else [])]
+def _classes(uvicorn_on_every_line, native_on_every_line=True):
+    """The classes as test parameters; `lines` marks those that run on every line.
+
+    Gunicorn's native asgi worker differs between lines: the tests that go through its
+    internals (the drain, the close handshake, heartbeats, lifespan, counting) run on
+    every line. uvicorn's worker reaches Gunicorn only through what the sync tests cover
+    on every line: a smoke set (SMOKE: the signal paths) on every line. The rest is the
+    pack's own logic, the same on every line: NEWEST runs it on the newest line only."""
+    uvicorn = [pytest.mark.lines] if uvicorn_on_every_line else []
+    params = [pytest.param(UVICORN, id="GracefulUvicornWorker", marks=uvicorn)]
     if compat.NATIVE_ASGI:
-        params.append(pytest.param(NATIVE, id="GracefulASGIWorker", marks=pytest.mark.lines))
+        native = [pytest.mark.lines] if native_on_every_line else []
+        params.append(pytest.param(NATIVE, id="GracefulASGIWorker", marks=native))
     return params
 
 
 CLASSES = _classes(uvicorn_on_every_line=False)
 SMOKE = _classes(uvicorn_on_every_line=True)
+NEWEST = _classes(uvicorn_on_every_line=False, native_on_every_line=False)
 
 CONFIG = 'graceful_readiness_path = "/ready"\n'
 
@@ -104,7 +109,7 @@ def test_term_closes_websockets_with_1001_and_finishes_http(asgi, worker):
     assert shutdowns(server) == 2
 
 
-@pytest.mark.parametrize("worker", SMOKE)
+@pytest.mark.parametrize("worker", NEWEST)  # the worker's 1012 path: the USR2 twin, on every line
 def test_hup_closes_old_websockets_with_1012_and_loses_no_request(asgi, workdir, worker):
     server = asgi(worker)
     old_pids = {pid for pid in server.children()}
@@ -122,7 +127,7 @@ def test_hup_closes_old_websockets_with_1012_and_loses_no_request(asgi, workdir,
     assert echo_pid(server) not in old_pids  # a client that reconnects reaches the new generation
 
 
-@pytest.mark.parametrize("worker", CLASSES)
+@pytest.mark.parametrize("worker", NEWEST)
 def test_sse_stream_ends_with_its_final_event(asgi, worker):
     server = asgi(worker, workers=1)
     client = socket.create_connection(("127.0.0.1", server.port), timeout=20)
@@ -148,7 +153,7 @@ def test_sse_stream_ends_with_its_final_event(asgi, worker):
     assert server.count(r"event=drain\.cut") == 0
 
 
-@pytest.mark.parametrize("worker", CLASSES)
+@pytest.mark.parametrize("worker", NEWEST)
 def test_cut_at_the_deadline_still_runs_the_lifespan_shutdown(asgi, worker):
     server = asgi(worker, workers=1, config_body=CONFIG + (
         "graceful_timeout = 4\ngraceful_lifespan_shutdown_timeout = 1.5\n"
@@ -177,7 +182,7 @@ def test_slow_lifespan_shutdown_is_bounded_and_reported(asgi, worker):
     assert server.count(r"event=lifespan\.shutdown_timeout pid=\d+ timeout=1\.00") == 1
 
 
-@pytest.mark.parametrize("worker", CLASSES)
+@pytest.mark.parametrize("worker", NEWEST)
 def test_broken_asgi_code_on_hup_rolls_back(asgi, workdir, worker):
     server = asgi(worker)
     load = Load(server.url, threads=4).start()
@@ -193,7 +198,7 @@ def test_broken_asgi_code_on_hup_rolls_back(asgi, workdir, worker):
     assert server.alive()
 
 
-@pytest.mark.parametrize("worker", CLASSES)
+@pytest.mark.parametrize("worker", NEWEST)
 def test_failing_readiness_path_rolls_back_hup_with_one_line(asgi, workdir, worker):
     server = asgi(worker)
     write_asgi_app(workdir, "2")
@@ -221,7 +226,7 @@ def test_long_drain_outlives_timeout_by_heartbeating(asgi, worker):
     assert shutdowns(server) == 1
 
 
-@pytest.mark.parametrize("worker", CLASSES)
+@pytest.mark.parametrize("worker", NEWEST)
 def test_app_closes_its_own_websockets_first_within_the_delay(asgi, worker):
     server = asgi(worker, workers=1, config_body=CONFIG + "graceful_websocket_close_delay = 3\n")
 
@@ -346,7 +351,7 @@ def test_a_failing_lifespan_startup_on_hup_rolls_back_with_its_reason(asgi, work
     assert requests.get(server.url + "/", timeout=5).json()["version"] == "1"
 
 
-@pytest.mark.parametrize("worker", CLASSES)
+@pytest.mark.parametrize("worker", NEWEST)
 def test_a_hanging_lifespan_startup_on_hup_is_killed_and_rolled_back(asgi, workdir, worker):
     server = asgi(worker, config_body=CONFIG + "graceful_readiness_timeout = 3\n")
     write_startup_app(workdir, "await asyncio.sleep(60)")
@@ -495,7 +500,7 @@ def websocket_close_code(url, say=None, timeout=30):
     return thread, codes
 
 
-@pytest.mark.parametrize("worker", CLASSES)
+@pytest.mark.parametrize("worker", NEWEST)
 def test_a_websocket_accepted_after_the_close_round_gets_its_close_at_once(asgi, workdir,
                                                                            worker):
     write_edge_app(workdir)
@@ -535,7 +540,7 @@ def test_uvicorn_leaves_health_probes_out_of_its_access_log(asgi):
     assert server.count(r'"GET /(healthz|livez)') == 0, server.tail()
 
 
-@pytest.mark.parametrize("worker", CLASSES)
+@pytest.mark.parametrize("worker", NEWEST)
 def test_a_draining_answer_has_one_connection_header_when_the_app_sent_its_own(
         asgi, workdir, worker):
     write_edge_app(workdir)

@@ -93,7 +93,6 @@ def append_to_config(server, text):
         handle.write(text)
 
 
-@pytest.mark.lines
 def test_a_user_pre_fork_after_install_is_chained_and_the_pool_stays_bounded(workdir, servers):
     server = servers(workdir, workers=2, serve=None)
     append_to_config(server, "def pre_fork(server, worker):\n"

@@ -13,11 +13,13 @@ import requests
 from gunicorn_graceful import compat
 from tests.harness import WORKERS, Load, quick_stop, wait_for, write_app
 
-pytestmark = pytest.mark.lines  # every test here goes through internals that differ between lines
+# `lines`: the drain goes through each worker class's accept loop and connection handling,
+# which differ between lines; the pack's own reporting (escaping, health) runs on the newest.
 
 BEFORE_SEND = ("refused", "connect_timeout")
 
 
+@pytest.mark.lines
 @pytest.mark.parametrize("worker", WORKERS)
 def test_term_with_slow_requests_in_flight_answers_every_request_sent(workdir, servers, worker):
     server = servers(workdir, worker=worker, workers=2)
@@ -53,6 +55,7 @@ def test_term_with_slow_requests_in_flight_answers_every_request_sent(workdir, s
     assert exited_at - term_at < 10
 
 
+@pytest.mark.lines
 @pytest.mark.parametrize("worker", WORKERS)
 def test_request_outliving_graceful_timeout_is_listed_as_cut(workdir, servers, worker):
     server = servers(workdir, worker=worker, workers=1,
@@ -81,6 +84,7 @@ def test_request_outliving_graceful_timeout_is_listed_as_cut(workdir, servers, w
 
 @pytest.mark.parametrize("signals", [("SIGQUIT",), ("SIGTERM", "SIGQUIT")],
                          ids=["quit", "quit-during-the-drain"])
+@pytest.mark.lines
 @pytest.mark.parametrize("worker", WORKERS)
 def test_a_quick_stop_ends_within_a_second_and_says_what_it_cut(workdir, servers, worker,
                                                                 signals):
@@ -130,6 +134,7 @@ def _read_status(sock):
         sock.close()
 
 
+@pytest.mark.lines
 @pytest.mark.parametrize("worker", ["sync", "gthread"])  # gthread on Gunicorn 23 too
 def test_connections_waiting_in_the_backlog_at_term_are_served_not_reset(workdir, servers,
                                                                          worker):
@@ -174,6 +179,7 @@ def test_a_probe_queued_for_a_retiring_worker_says_the_service_serves(workdir, s
     server.wait_log(r"event=worker\.exited pid=%s" % worker)
 
 
+@pytest.mark.lines
 @pytest.mark.parametrize("worker", WORKERS)
 def test_new_clients_during_a_stop_are_refused_at_once_while_queued_ones_are_served(
         workdir, servers, worker):
@@ -211,6 +217,7 @@ def test_new_clients_during_a_stop_are_refused_at_once_while_queued_ones_are_ser
     assert len(shares) == 2 and sum(shares) == 4, shares
 
 
+@pytest.mark.lines
 @pytest.mark.parametrize("worker", WORKERS)
 def test_a_client_still_sending_its_request_is_reported_and_listed_as_cut(workdir, servers,
                                                                           worker):
@@ -262,6 +269,7 @@ def test_control_characters_in_a_cut_request_path_are_escaped_in_the_log(workdir
     assert not any(line.startswith("[ERROR]") for line in log.splitlines())
 
 
+@pytest.mark.lines
 def test_a_sync_worker_busy_with_a_slow_client_leaves_the_queue_to_one_that_can_serve_it(
         workdir, servers):
     """Both sync workers are busy at TERM, one of them reading a client that never finishes

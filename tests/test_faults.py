@@ -65,7 +65,6 @@ def test_after_a_rollback_recycled_workers_load_the_pinned_release(tmp_path, ser
                         % re.escape(os.path.join(root, "releases", "1"))) >= 4
 
 
-@pytest.mark.lines
 def test_kept_worker_that_cannot_be_replaced_reports_degraded_until_a_good_hup(workdir, servers):
     with NotifySocket(workdir) as notify:
         server = servers(workdir, workers=2, config_body=READINESS,
@@ -101,7 +100,6 @@ def test_kept_worker_that_cannot_be_replaced_reports_degraded_until_a_good_hup(w
 
 # -- 2. a reload decision never SIGKILLs a worker that may hold connections -------------------
 
-@pytest.mark.lines
 @pytest.mark.parametrize("worker", WORKERS)
 def test_hup_storm_under_load_loses_no_request(workdir, servers, worker):
     server = servers(workdir, worker=worker, workers=2, config_body=READINESS)
@@ -313,7 +311,6 @@ def control_socket_answers(workdir):
         return client.send_command("show workers")
 
 
-@pytest.mark.lines
 @pytest.mark.parametrize("fault", ["broken_release", "new_master_sigkill"])
 def test_rolled_back_upgrade_leaves_no_trace_and_a_later_one_succeeds(workdir, servers, fault):
     server = servers(workdir, workers=2, config_body=READINESS)

@@ -59,7 +59,6 @@ def metrics_server(servers, workdir, port, body="", **kwargs):
                    **kwargs)
 
 
-@pytest.mark.lines  # the fold follows Gunicorn's reaping, which differs by line
 def test_requests_total_never_goes_down_and_ends_at_what_the_load_saw(workdir, servers):
     port = free_port()
     server = metrics_server(servers, workdir, port, "max_requests = 15\n", workers=2)

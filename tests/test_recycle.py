@@ -176,7 +176,6 @@ def status_workers(server):
         return json.load(handle)["workers"]
 
 
-@pytest.mark.lines
 def test_ttou_while_a_replacement_boots_keeps_a_ready_worker_serving(workdir, servers):
     write_app(workdir, "1", before=SLOW_WHEN_MARKED)
     server = servers(workdir, worker="sync", workers=2,

@@ -86,7 +86,6 @@ def test_hup_with_failing_readiness_path_rolls_back(workdir, servers, worker):
     assert "Traceback" not in log and "Exception in worker process" not in log
 
 
-@pytest.mark.lines
 def test_worker_hanging_at_import_is_stopped_at_the_readiness_timeout(workdir, servers):
     server = servers(workdir, workers=2,
                      config_body=READINESS + "graceful_readiness_timeout = 2\n")

@@ -78,10 +78,10 @@ def test_usr2_works_when_started_as_python_m_gunicorn(workdir, servers):
 
 
 @pytest.mark.parametrize("release, reason", [
-    ({"before": "raise RuntimeError('no database url')"}, "RuntimeError: no database url"),
+    pytest.param({"before": "raise RuntimeError('no database url')"},
+                 "RuntimeError: no database url", marks=pytest.mark.lines),
     ({"healthz": 503}, "readiness path /healthz answered 503"),
 ])
-@pytest.mark.lines
 def test_usr2_to_a_failing_release_rolls_back_and_keeps_serving(workdir, servers, release,
                                                                reason):
     server = servers(workdir, workers=2, config_body=READINESS)
