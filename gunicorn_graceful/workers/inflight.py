@@ -92,24 +92,24 @@ class Registry:
         return len(self._requests)
 
 
-class _Body:
-    """The app's response iterable; ending it (close) ends the request in the registry, and
-    counts it in the worker's metrics slot, if any."""
+class _Tracked(Request):
+    """A WSGI request in flight and the response iterable the server gets, in one object:
+    it sits on every request's path, so one object is made per request, not two.
+    Closing it (Gunicorn does, after the last byte) ends the request in the registry
+    and counts it in the worker's metrics slot, if any."""
 
-    __slots__ = ("_registry", "_request", "_body", "_slot")
-
-    def __init__(self, registry, request, body, slot):
-        self._registry, self._request, self._body, self._slot = registry, request, body, slot
+    __slots__ = ("registry", "body", "slot")
 
     def __iter__(self):
-        return iter(self._body)
+        return iter(self.body)
 
     def close(self):
         try:
-            if hasattr(self._body, "close"):
-                self._body.close()
+            close = getattr(self.body, "close", None)
+            if close is not None:
+                close()
         finally:
-            _end(self._registry, self._request, self._slot)
+            _end(self.registry, self, self.slot)
 
 
 def _end(registry, request, slot, status=None):
@@ -128,8 +128,11 @@ def track(app, registry, slot=None):
     (so sendfile still works) and ends when the app returns. An app that raises
     counts as the 500 Gunicorn answers.
     """
+    requests = registry._requests
+
     def tracked(environ, start_response):
-        request = registry.begin(environ)
+        request = _Tracked(environ)
+        requests[request] = request  # Registry.add, without a call on the hot path
         if slot is not None:
             slot.started()
             start_response = request.recording(start_response)
@@ -138,11 +141,13 @@ def track(app, registry, slot=None):
         except BaseException:
             _end(registry, request, slot, 500)
             raise
-        wrapper = environ.get("wsgi.file_wrapper")
-        if wrapper is not None and isinstance(wrapper, type) and isinstance(body, wrapper):
-            _end(registry, request, slot)
-            return body
-        return _Body(registry, request, body, slot)
+        if body.__class__ is not list:  # most apps answer a list: never a file wrapper
+            wrapper = environ.get("wsgi.file_wrapper")
+            if wrapper is not None and isinstance(wrapper, type) and isinstance(body, wrapper):
+                _end(registry, request, slot)
+                return body
+        request.registry, request.body, request.slot = registry, body, slot
+        return request
     return tracked
 
 

@@ -28,10 +28,13 @@ class GracefulSyncWorker(GracefulMixin, SyncWorker):
         super().init_signals()
         signal.siginterrupt(signal.SIGTERM, True)
 
+    # On every request's path, these call Gunicorn's method by name: a super() call makes
+    # an object per call (Python < 3.12), and the mixin before it defines neither method.
+
     def handle(self, listener, client, addr):
         self.reading_peer = addr
         try:
-            return super().handle(listener, client, addr)
+            return SyncWorker.handle(self, listener, client, addr)
         finally:
             self.reading_peer = None
 
@@ -59,7 +62,7 @@ class GracefulSyncWorker(GracefulMixin, SyncWorker):
     def handle_request(self, listener, req, client, addr):
         """Gunicorn's, then the recycling limits (its own max_requests exit is disabled)."""
         try:
-            return super().handle_request(listener, req, client, addr)
+            return SyncWorker.handle_request(self, listener, req, client, addr)
         finally:
             self.limits.after_request()
 
@@ -90,7 +93,7 @@ class GracefulThreadWorker(GracefulMixin, ThreadWorker):
         if self.lame_duck:
             req.must_close = True
         try:
-            return super().handle_request(req, conn)
+            return ThreadWorker.handle_request(self, req, conn)
         finally:
             self.limits.after_request()
 
