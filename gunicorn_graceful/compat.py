@@ -8,6 +8,7 @@ falling back here. Supported: the releases CI runs (see the README).
 
 import importlib.util
 import inspect
+import os
 import re
 import time
 
@@ -78,8 +79,17 @@ CONTROL_SOCKET = hasattr(Arbiter, "_start_control_server") \
 # Gunicorn >= 27: the dirty arbiter is a child too, reaped by its own handler.
 DIRTY_ARBITER = hasattr(Arbiter, "handle_dirty_arbiter_exit")
 
-# Gunicorn >= 27 counts reloads in `_stats`.
+# Gunicorn >= 27 counts reloads in `_stats`, and forks in `_stats['workers_spawned']`.
 RELOAD_STATS = "_stats['reloads']" in inspect.getsource(Arbiter.reload)
+SPAWN_STATS = "_stats['workers_spawned']" in inspect.getsource(Arbiter.spawn_worker)
+
+# Gunicorn >= 24 opens each worker's own listeners with reuse_port, in the forked child.
+WORKER_REUSE_PORT = "create_sockets" in inspect.getsource(Arbiter.spawn_worker)
+
+# WorkerTmp keeps its open file in `_tmp` (every method reads it): a worker a mold forks
+# takes the heartbeat file the master made, by descriptor (`inherited_heartbeat`).
+WORKER_TMP_FILE = all("self._tmp" in inspect.getsource(getattr(WorkerTmp, name))
+                      for name in ("notify", "last_update", "fileno", "close"))
 
 # Gunicorn >= 24: its native asyncio worker (`gunicorn.workers.gasgi.ASGIWorker`), which the
 # graceful one extends: it keeps its asyncio servers in `servers`, counts connections in
@@ -140,6 +150,19 @@ def count_reload(arbiter):
     """Gunicorn's own reload counter, which the pack's reload must keep counting."""
     if RELOAD_STATS:
         arbiter._stats["reloads"] += 1
+
+
+def count_spawn(arbiter):
+    """Gunicorn's own fork counter, for a worker a mold forked."""
+    if SPAWN_STATS:
+        arbiter._stats["workers_spawned"] += 1
+
+
+def inherited_heartbeat(fd):
+    """A WorkerTmp over the heartbeat file descriptor `fd` the master made (see above)."""
+    tmp = WorkerTmp.__new__(WorkerTmp)
+    tmp._tmp = os.fdopen(fd, "w+b", 0)
+    return tmp
 
 
 def rebind_control_socket(arbiter):

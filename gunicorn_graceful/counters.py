@@ -17,6 +17,7 @@ Threads of one worker share its slot, so a threaded worker adds under a lock.
 
 import bisect
 import mmap
+import os
 import threading
 import time
 
@@ -45,13 +46,32 @@ class Slot:
     """One worker's counts (see the module docstring); `buckets` are the histogram's upper
     bounds in seconds, +Inf implied."""
 
-    def __init__(self, buckets):
+    def __init__(self, buckets, fd=None):
+        """A new slot in the master; with `fd`, the one a mold's worker was handed (`attach`)."""
         self.buckets = tuple(buckets)
-        size = (_BUCKETS + len(self.buckets) + 1) * 8
-        self._map = mmap.mmap(-1, max(size, mmap.PAGESIZE))
-        self._values = memoryview(self._map).cast("d")
-        self._values[_DRAIN_SECONDS] = -1.0
+        size = max((_BUCKETS + len(self.buckets) + 1) * 8, mmap.PAGESIZE)
+        self.fd = fd
+        if fd is None and hasattr(os, "memfd_create"):  # a file a mold can pass on (`mold`)
+            self.fd = os.memfd_create("gunicorn-graceful-counts", os.MFD_CLOEXEC)
+            os.ftruncate(self.fd, size)
+            self._map = mmap.mmap(self.fd, size)
+            self._values = memoryview(self._map).cast("d")
+            self._values[_DRAIN_SECONDS] = -1.0
+        elif fd is None:
+            self._map = mmap.mmap(-1, size)
+            self._values = memoryview(self._map).cast("d")
+            self._values[_DRAIN_SECONDS] = -1.0
+        else:
+            self._map = mmap.mmap(fd, size)
+            self._values = memoryview(self._map).cast("d")
         self._lock = None
+
+    def forget_fd(self):
+        """The worker holds the memory now (forked, or handed to its mold): close the file,
+        so the master holds one descriptor per mold, not one per worker."""
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
 
     def adopt(self, threaded):
         """In the forked worker: this slot is the one it writes."""
@@ -115,6 +135,7 @@ class Slot:
             buckets=values[_BUCKETS:_BUCKETS + len(self.buckets) + 1])
 
     def close(self):
+        self.forget_fd()
         self._values.release()
         self._map.close()
 

@@ -208,6 +208,13 @@ class Settings:
                "generation is pinned to the release it points to when the HUP comes, so a "
                "worker replaced after a rollback loads the kept release. Empty: Gunicorn's "
                "own start directory."})
+    mold: bool = dataclasses.field(default=False, metadata={
+        "parse": _switch,
+        "doc": "Per generation, one process (the mold) imports the app once, runs gc.freeze() "
+               "and forks that generation's workers: they share its memory and a killed or "
+               "recycled worker is replaced in milliseconds, and HUP still loads new code "
+               "(a new mold). Linux only; not with preload_app or reload. Changes on a "
+               "restart or a USR2 only."})
     preflight: bool = dataclasses.field(default=False, metadata={
         "parse": _switch,
         "doc": "Before a USR2 upgrade execs the new master, import the app in a subprocess "

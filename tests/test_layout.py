@@ -80,7 +80,7 @@ def test_both_wings_and_the_floor_hold_modules():
 
 
 SIBLINGS = {"core", "phase", "records", "pool", "recycler", "rollouts", "upgrades", "stopper",
-            "status", "metrics", "notifier"}
+            "status", "metrics", "notifier", "molds"}
 
 
 def reaches(path):

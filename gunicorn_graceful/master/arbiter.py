@@ -17,7 +17,9 @@ its invariants:
 - `upgrade`: USR2, as old master and as new master;
 - `stop`: lame duck, door, drain;
 - `status`: the status file;
-- `metrics`: the Prometheus endpoint and the totals it serves (with graceful_metrics_bind).
+- `metrics`: the Prometheus endpoint and the totals it serves (with graceful_metrics_bind);
+- `mold`: per generation, the process that imports the app once and forks its
+  workers (with graceful_mold).
 Each helper receives the siblings it reads; none calls another through the arbiter.
 
 The `on_starting` hook installs it on the running arbiter (`install`), because
@@ -25,12 +27,17 @@ Gunicorn offers no setting for the arbiter class.
 """
 
 import os
+import socket
+import sys
+import traceback
 
+from gunicorn import sock, util
 from gunicorn.arbiter import Arbiter
+from gunicorn.errors import AppImportError
 
 from gunicorn_graceful import compat, forked, settings
 from gunicorn_graceful.events import emit
-from gunicorn_graceful.master import metrics, rollout, upgrade
+from gunicorn_graceful.master import metrics, mold, rollout, upgrade
 from gunicorn_graceful.master.core import Core
 from gunicorn_graceful.master.phase import Phase, PhaseKeeper
 from gunicorn_graceful.master.pool import Pool
@@ -70,12 +77,16 @@ class GracefulArbiter(Arbiter):
         arbiter.status = StatusFile(arbiter, arbiter.phase, arbiter.pool, arbiter.rollouts,
                                     arbiter.upgrades)
         arbiter.core = Core(arbiter)
-        arbiter.metrics = None
+        arbiter.metrics = arbiter.molds = None
         arbiter.keep_graceful_worker()
-        reason = check_config(arbiter.cfg, arbiter.log)
+        reason = check_config(arbiter.cfg, arbiter.log) \
+            or mold.problem(arbiter.cfg, arbiter.settings)
         if reason:
             raise SystemExit(settings.ERROR + reason)
         arbiter.metrics = metrics.start(arbiter, arbiter.pool, arbiter.settings)
+        if arbiter.settings.mold:
+            mold.become_subreaper()
+            arbiter.molds = mold.Molds(arbiter, arbiter.pool, arbiter.rollouts)
         return arbiter
 
     def setup(self, app):
@@ -110,21 +121,81 @@ class GracefulArbiter(Arbiter):
         `workers` more on every tick. The worker inherits its release from here,
         and which listeners it must close (`forked`). On Gunicorn 25 the control
         server must be listening before the next fork (`compat.settle_control_server`).
+        With graceful_mold the generation's mold forks it (`spawn_from_mold`); while the
+        mold imports, nothing is forked and the pool asks again on the next tick.
         """
+        if self.molds is not None and not self.molds.ready():
+            return None
         record = self.pool.new_record()
         self.records.expect(record)
         slot = self.metrics.forking() if self.metrics else None
-        forked.prepare(record.release, [lnr.fileno() for lnr in self.rollouts.held()
-                                        if lnr not in self.LISTENERS], slot)
         pid = None
-        compat.settle_control_server(self)  # forks come back to back: see there
         try:
-            pid = super().spawn_worker()
+            if self.molds is not None:
+                pid = self.spawn_from_mold(slot)
+            else:
+                forked.prepare(record.release, [lnr.fileno() for lnr in self.rollouts.held()
+                                                if lnr not in self.LISTENERS], slot)
+                compat.settle_control_server(self)  # forks come back to back: see there
+                pid = super().spawn_worker()
         finally:
             self.records.spawned(pid)
             if slot is not None:
                 self.metrics.forked(pid, slot)
         return pid
+
+    def spawn_from_mold(self, slot):
+        """Gunicorn's spawn_worker, its master's half, with the fork done by the mold: the
+        Worker object and pre_fork here, the worker's start in the worker (`run_worker`)."""
+        self.worker_age += 1
+        worker = self.worker_class(self.worker_age, self.pid, self.LISTENERS, self.app,
+                                   self.timeout / 2.0, self.cfg, self.log)
+        self.cfg.pre_fork(self, worker)
+        buckets = self.metrics.buckets if self.metrics else ()
+        pid = self.molds.fork(worker, slot, buckets)
+        if pid is None:
+            worker.tmp.close()
+            return None
+        worker.pid = pid
+        self.WORKERS[pid] = worker
+        compat.count_spawn(self)
+        status = self.molds.take_early_exit(pid)
+        if status is not None:  # Gunicorn 23 reaped it before the mold's answer came
+            self.reaped(pid, status)
+        return pid
+
+    def run_worker(self, worker):
+        """In a worker a mold forked: the child's half of Gunicorn's spawn_worker, which cannot
+        be called without its fork. Exits like Gunicorn's (SystemExit with its codes)."""
+        worker.pid = os.getpid()
+        try:
+            util._setproctitle("worker [%s]" % self.proc_name)
+            self.log.info("Booting worker with pid: %s", worker.pid)
+            if compat.WORKER_REUSE_PORT and self.cfg.reuse_port \
+                    and hasattr(socket, "SO_REUSEPORT"):
+                worker.sockets = sock.create_sockets(self.cfg, self.log)
+            self.cfg.post_fork(self, worker)
+            worker.init_process()
+            sys.exit(0)
+        except SystemExit:
+            raise
+        except AppImportError as exc:
+            self.log.debug("Exception while loading the application", exc_info=True)
+            print("%s" % exc, file=sys.stderr)
+            sys.stderr.flush()
+            sys.exit(self.APP_LOAD_ERROR)
+        except Exception as exc:
+            self.log.exception("Exception in worker process")
+            print("%s" % exc, file=sys.stderr)
+            sys.stderr.flush()
+            sys.exit(self.WORKER_BOOT_ERROR if not worker.booted else -1)
+        finally:
+            self.log.info("Worker exiting (pid: %s)", worker.pid)
+            try:
+                worker.tmp.close()
+                self.cfg.worker_exit(self, worker)
+            except Exception:
+                self.log.warning("Exception during worker exit:\n%s", traceback.format_exc())
 
     def murder_workers(self):
         """Gunicorn's heartbeat timeout, plus the deadlines it does not have (`pool`)."""
@@ -165,8 +236,12 @@ class GracefulArbiter(Arbiter):
             self.upgrades.new_master_exited(status)
         elif compat.is_dirty_arbiter(self, wpid):
             self.handle_dirty_arbiter_exit(wpid, status)
+        elif self.molds is not None and self.molds.reaped(wpid, status):
+            return
         else:
             worker = self.WORKERS.pop(wpid, None)
+            if worker is None and self.molds is not None:
+                self.molds.early_exit(wpid, status)
             if worker is not None:
                 record = self.pool.exited(worker, status)
                 if self.metrics and record is not None:
@@ -217,6 +292,8 @@ class GracefulArbiter(Arbiter):
         """Gunicorn's stop, after the door closed (`stop`); then the metrics' totals go to
         the master that serves on, if another does (`upgrade.send_totals`)."""
         self.core.stopping(graceful)
+        if self.molds is not None:
+            self.molds.stop_all()
         super().stop(graceful)
         self.upgrades.send_totals(self.metrics)
 

@@ -30,7 +30,7 @@ through the arbiter.
 
 from gunicorn_graceful import compat
 from gunicorn_graceful.events import emit
-from gunicorn_graceful.master import metrics
+from gunicorn_graceful.master import metrics, mold
 from gunicorn_graceful.master.phase import Phase
 
 
@@ -73,6 +73,8 @@ class Core:
         for failure in pool.take_boot_failures():
             if failure.generation == arbiter.generation:  # a rollback changes it
                 self.boot_failed(failure)
+        if arbiter.molds:  # after the failures: a rollback changes which molds are needed
+            arbiter.molds.tick()
         pool.reconcile(recycling=self.phase.is_in(Phase.SERVING))
         ready = pool.complete()
         if ready is not None:
@@ -135,9 +137,11 @@ class Core:
 
     def config_problem(self, cfg, pack_settings, log):
         """Why a config loaded on HUP (Gunicorn's `cfg`, the pack's settings) cannot run, or
-        None: the pack's checks, the metrics endpoint's."""
+        None: the pack's checks, the metrics endpoint's, the mold's."""
         return self.arbiter.check_config(cfg, log) \
-            or metrics.reload_problem(self.arbiter.metrics, pack_settings)
+            or metrics.reload_problem(self.arbiter.metrics, pack_settings) \
+            or mold.problem(cfg, pack_settings) \
+            or mold.reload_problem(self.arbiter.molds, pack_settings)
 
     # -- USR2 -------------------------------------------------------------------------------
 

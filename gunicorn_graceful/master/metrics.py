@@ -102,6 +102,7 @@ class Metrics:
     def forked(self, pid, slot):
         """After the fork in the master (pid None: the fork failed)."""
         if pid:
+            slot.forget_fd()
             with self.lock:
                 self.slots[pid] = slot
         else:
@@ -215,7 +216,8 @@ class Metrics:
                              "bound: %s" % (self.bind, exc)) from None
         self.server.metrics = self
         fd = self.server.fileno()
-        os.register_at_fork(after_in_child=lambda: _close_in_child(fd))
+        identity = _identity(fd)
+        os.register_at_fork(after_in_child=lambda: _close_in_child(fd, identity))
         thread = threading.Thread(target=self.server.serve_forever, name="graceful-metrics",
                                   daemon=True)
         thread.start()
@@ -324,9 +326,18 @@ def _labelled(family, name, doc, labels, values):
     return metric
 
 
-def _close_in_child(fd):
+def _identity(fd):
+    info = os.fstat(fd)
+    return info.st_dev, info.st_ino
+
+
+def _close_in_child(fd, identity):
+    """In every child: close the endpoint's socket, but only while `fd` is still that socket.
+    A handler cannot be unregistered, and a later fork (a mold's worker, a worker after a HUP
+    moved the endpoint) may hold another file under the same number."""
     try:
-        os.close(fd)
+        if _identity(fd) == identity:
+            os.close(fd)
     except OSError:
         pass
     events.forget_observers()

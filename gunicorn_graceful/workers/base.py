@@ -60,6 +60,7 @@ class GracefulMixin:
         forked.close_stale()
         if forked.slot is not None:
             forked.slot.adopt(self.THREADED)
+            forked.slot.forget_fd()
         release.enter(forked.release, settings.current().release_link)
         self.settings = settings.current()
         self.serving = False

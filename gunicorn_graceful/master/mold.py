@@ -1,0 +1,456 @@
+"""The mold: per generation, one process imports the app once and forks that generation's workers.
+
+With `graceful_mold`, the master never imports the application. For each
+generation it forks a mold, which enters the generation's release, imports the
+app through Gunicorn's own load path (`app.wsgi()`: `chdir`, `pythonpath` and
+`wsgi_app` apply), runs `gc.freeze()` so that the workers' reference counting
+does not copy the app's pages, and then forks a worker whenever the master
+asks. Each worker is forked twice (mold -> a middle process that exits at once
+-> the worker) and the master is a child subreaper (a Linux prctl), so the
+worker becomes the master's own child: Gunicorn's reaping, heartbeat timeouts
+and signals, and the pack's records, work on it unchanged. Shopify's pitchfork
+does the same for Ruby.
+
+The master keeps one mold per generation it may still need: the wanted one,
+and during a HUP the one a rollback goes back to; any other is stopped. A mold
+that fails to import, is not ready within graceful_readiness_timeout, or dies
+before it is ready is a boot failure of its generation, which `core` decides
+on as for a worker: a rollback during a HUP, a halt at start, a back-off with
+`degraded` while others serve. A ready mold that dies is started again at
+once, from its generation's release, with one line. A worker the pool asks
+for while the mold imports is not forked yet: the pool asks again on the next
+tick, and the mold wakes the master when it is ready.
+
+Protocol: a SOCK_SEQPACKET pair, one JSON message per packet. The mold's first
+message is {"ready": seconds} or {"failed": why}. Then the master sends
+{"age": n, "buckets": [...]} with the worker's heartbeat file (and its metrics
+slot) as SCM_RIGHTS, and the middle process answers {"pid": p} or the mold
+{"error": why}.
+
+Invariants:
+- A generation's workers are forked only by its mold, after its import
+  succeeded; the master imports no application code.
+- At most one mold per generation; a mold no generation can need is stopped.
+- The master waits for a mold at most FORK_TIMEOUT, and never for an import.
+"""
+
+import atexit
+import ctypes
+import gc
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+
+from gunicorn import util
+
+from gunicorn_graceful import clock, compat, counters, forked, release
+from gunicorn_graceful.events import emit
+from gunicorn_graceful.master.pool import BootFailure, describe_status
+
+PR_SET_CHILD_SUBREAPER = 36
+FORK_TIMEOUT = 5.0       # a mold answers a fork in milliseconds; one that does not is hung
+REPARENT_TIMEOUT = 5.0   # a new worker waits this long to become the master's child
+_PACKET = 65536
+_EARLY_EXITS = 64        # Gunicorn 23: workers reaped before the mold's answer, kept at most
+
+
+def problem(cfg, pack_settings):
+    """Why graceful_mold cannot run with this config, or None (at start and on each HUP)."""
+    if not pack_settings.mold:
+        return None
+    if not sys.platform.startswith("linux"):
+        return ("graceful_mold=true needs Linux (the master becomes a child subreaper, a Linux "
+                "prctl); this is %s: set graceful_mold = False" % sys.platform)
+    if cfg.preload_app:
+        return ("graceful_mold=true and preload_app=True: the mold imports the app once per "
+                "generation, the master must not; set preload_app = False")
+    if cfg.reload:
+        return ("graceful_mold=true and reload=True: a worker restarted by the code reloader "
+                "would be forked from the mold with the old code; set reload = False (HUP "
+                "loads new code through a new mold)")
+    return None
+
+
+def reload_problem(molds, pack_settings):
+    """A HUP cannot turn the mold on or off: the master's children would change kind."""
+    if (molds is not None) != pack_settings.mold:
+        return ("graceful_mold changes on a restart or a USR2 only (the running master has it "
+                "%s)" % ("on" if molds is not None else "off"))
+    return None
+
+
+def become_subreaper():
+    """Make this process the reaper of its orphaned descendants: a mold's workers."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        number = ctypes.get_errno()
+        raise OSError(number, "prctl(PR_SET_CHILD_SUBREAPER): %s" % os.strerror(number))
+
+
+class Mold:
+    """The master's view of one mold process."""
+
+    def __init__(self, pid, generation, sock, release_dir):
+        self.pid, self.generation, self.sock, self.release = pid, generation, sock, release_dir
+        self.started = clock.monotonic()
+        self.ready_at = None
+        self.failure = None      # the reason it sent before exiting
+        self.stopping = None     # why the master stopped it
+        self.kill_reason = None  # why the master killed it before it was ready
+
+
+class Molds:
+    """The molds of one master (see the top). It receives the siblings it reads: the pool
+    (boot failures, back-off) and the rollouts (releases, the generation kept by a HUP)."""
+
+    def __init__(self, arbiter, pool, rollouts):
+        self.arbiter, self.pool, self.rollouts = arbiter, pool, rollouts
+        self.by_pid = {}
+        self.early_exits = {}
+
+    def of(self, generation):
+        """The running mold of `generation` the master has not stopped, or None."""
+        return next((m for m in self.by_pid.values()
+                     if m.generation == generation and not m.stopping), None)
+
+    def ready(self):
+        """Whether the wanted generation's mold can fork now."""
+        mold = self.of(self.arbiter.generation)
+        return mold is not None and mold.ready_at is not None
+
+    def needed(self):
+        generations = {self.arbiter.generation}
+        if self.rollouts.current is not None:
+            generations.add(self.rollouts.current.previous_generation)
+        return generations
+
+    # -- each tick ----------------------------------------------------------------------------
+
+    def tick(self):
+        """Hear what the molds said, enforce their import deadline, stop the molds no
+        generation needs, and start the wanted generation's (unless the pool backs off)."""
+        for mold in list(self.by_pid.values()):
+            self.hear(mold)
+        self.enforce_deadline()
+        needed = self.needed()
+        for mold in list(self.by_pid.values()):
+            if mold.generation not in needed and not mold.stopping:
+                self.stop(mold, "generation %s is not served" % mold.generation)
+        if self.of(self.arbiter.generation) is None \
+                and clock.monotonic() >= self.pool.respawn_after:
+            self.start(self.arbiter.generation)
+
+    def hear(self, mold):
+        if mold.ready_at is not None or mold.failure is not None:
+            return
+        message = receive(mold.sock, 0)
+        if message is None:
+            return
+        if "ready" in message:
+            mold.ready_at = clock.monotonic()
+            emit(self.arbiter.log, "info", "mold.ready", pid=mold.pid,
+                 generation=mold.generation, import_time=message["ready"])
+        else:
+            mold.failure = message.get("failed") or "the mold exited before it was ready"
+
+    def enforce_deadline(self):
+        """A mold not ready within graceful_readiness_timeout is killed: its import hangs,
+        and it has forked nothing, so SIGKILL loses nothing."""
+        limit = self.arbiter.settings.readiness_timeout
+        for mold in self.by_pid.values():
+            if mold.ready_at is None and mold.kill_reason is None \
+                    and clock.monotonic() - mold.started > limit:
+                mold.kill_reason = ("the mold was not ready within graceful_readiness_timeout="
+                                    "%ss (its import hangs?)" % limit)
+                signal_pid(mold.pid, signal.SIGKILL)
+
+    # -- starting and stopping ----------------------------------------------------------------
+
+    def start(self, generation):
+        """Fork the mold of `generation`; it imports in the background (see `run`)."""
+        arbiter = self.arbiter
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        release_dir = self.rollouts.release_of(generation)
+        close = [m.sock.fileno() for m in self.by_pid.values()] + \
+            [lnr.fileno() for lnr in self.rollouts.held() if lnr not in arbiter.LISTENERS]
+        compat.settle_control_server(arbiter)
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            run(arbiter, theirs, generation, release_dir, close)  # never returns
+        theirs.close()
+        self.by_pid[pid] = Mold(pid, generation, ours, release_dir)
+        emit(arbiter.log, "info", "mold.start", pid=pid, generation=generation,
+             release=release_dir or "-")
+
+    def stop(self, mold, reason):
+        mold.stopping = reason
+        emit(self.arbiter.log, "info", "mold.stop", pid=mold.pid, generation=mold.generation,
+             reason=reason)
+        signal_pid(mold.pid, signal.SIGTERM)
+
+    def stop_all(self):
+        """The master stops: so do its molds (a mold importing dies at once)."""
+        for mold in list(self.by_pid.values()):
+            if not mold.stopping:
+                self.stop(mold, "the master stops")
+
+    # -- forking a worker -----------------------------------------------------------------------
+
+    def fork(self, worker, slot, buckets):
+        """Ask the wanted generation's mold to fork `worker` (the master's Worker object, whose
+        heartbeat file the new worker shares); its pid, or None."""
+        mold = self.of(self.arbiter.generation)
+        fds = [worker.tmp.fileno()] + ([slot.fd] if slot is not None and slot.fd is not None
+                                       else [])
+        request = json.dumps({"age": worker.age, "buckets": list(buckets)}).encode()
+        try:
+            socket.send_fds(mold.sock, [request], fds)
+            answer = receive(mold.sock, FORK_TIMEOUT)
+        except OSError as exc:
+            answer = {"error": str(exc)}
+        if answer and "pid" in answer:
+            return answer["pid"]
+        reason = (answer or {}).get("error") or "no answer within %ss" % FORK_TIMEOUT
+        emit(self.arbiter.log, "error", "mold.fork_failed", pid=mold.pid,
+             generation=mold.generation, reason=reason)
+        if answer is None:  # hung or gone: a new mold takes its place
+            mold.stopping = "it did not answer a fork"
+            signal_pid(mold.pid, signal.SIGKILL)
+        return None
+
+    # -- exits ----------------------------------------------------------------------------------
+
+    def reaped(self, pid, status):
+        """Whether `pid` was a mold (then its exit is handled); Gunicorn 23 calls this inside
+        its SIGCHLD handler, so it only records."""
+        mold = self.by_pid.pop(pid, None)
+        if mold is None:
+            return False
+        self.hear(mold)
+        mold.sock.close()
+        log = self.arbiter.log
+        if mold.ready_at is None and (mold.kill_reason or not mold.stopping):
+            reason = "mold: %s" % (mold.kill_reason or mold.failure or describe_status(status))
+            self.pool.boot_failures.append(BootFailure(
+                pid, mold.generation, reason, clock.monotonic() - mold.started,
+                os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1))
+        elif mold.stopping:
+            emit(log, "info", "mold.exit", pid=pid, generation=mold.generation,
+                 reason=mold.stopping)
+        else:
+            emit(log, "error", "mold.lost", pid=pid, generation=mold.generation,
+                 reason=describe_status(status).replace(" before it was ready", ""),
+                 action="starting a new mold for generation %s" % mold.generation)
+        return True
+
+    def early_exit(self, pid, status):
+        """A child that is neither a known worker nor a mold: on Gunicorn 23, a worker reaped
+        (in the SIGCHLD handler) before its mold's answer reached the master."""
+        if len(self.early_exits) >= _EARLY_EXITS:
+            self.early_exits.pop(next(iter(self.early_exits)))
+        self.early_exits[pid] = status
+
+    def take_early_exit(self, pid):
+        return self.early_exits.pop(pid, None)
+
+
+def receive(sock, timeout):
+    """One message from `sock` within `timeout` seconds: a dict, {} at end of file, None when
+    nothing came."""
+    readable, _, _ = select.select([sock], [], [], timeout)
+    if not readable:
+        return None
+    data = sock.recv(_PACKET)
+    return json.loads(data) if data else {}
+
+
+def send(sock, message):
+    sock.send(json.dumps(message).encode())
+
+
+def signal_pid(pid, sig):
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+# -- in the mold --------------------------------------------------------------------------------
+
+_DEFAULT = (signal.SIGTERM, signal.SIGQUIT, signal.SIGCHLD)
+_IGNORED = (signal.SIGHUP, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH,
+            signal.SIGTTIN, signal.SIGTTOU)
+
+
+def run(arbiter, sock, generation, release_dir, close):
+    """The mold's life, in the process the master forked: import, freeze, serve forks.
+
+    SIGTERM ends it at any time (default action, an import included); SIGINT and
+    the master's other signals are ignored (the master stops it itself). It ends
+    when the master's end of the socket closes or the master is gone.
+    """
+    code = 0
+    try:
+        become_mold(arbiter, generation, close)
+        began = time.monotonic()
+        release.enter(release_dir, arbiter.settings.release_link)
+        arbiter.app.wsgi()
+        gc.collect()
+        gc.freeze()
+        warn_fork_safety(arbiter, generation, sock)
+        send(sock, {"ready": round(time.monotonic() - began, 3)})
+        wake(arbiter)
+        serve(arbiter, sock, generation, release_dir)
+    except BaseException as exc:  # the mold must never return into the master's code
+        code = arbiter.APP_LOAD_ERROR
+        reason = load_failure(exc)
+        arbiter.log.error("Exception while the mold of generation %s loaded the application",
+                          generation, exc_info=not isinstance(exc, SystemExit))
+        try:
+            send(sock, {"failed": reason})
+        except OSError:
+            pass
+    finally:
+        os._exit(code)
+
+
+def load_failure(exc):
+    if isinstance(exc, SystemExit):
+        return "the app called sys.exit(%r) while it was imported" % (exc.code,)
+    return "%s: %s" % (type(exc).__name__, exc)
+
+
+def become_mold(arbiter, generation, close):
+    """Leave the master's part: its signal handlers, its workers' heartbeat files, the
+    other molds' sockets and the listeners a HUP dropped."""
+    for sig in _DEFAULT:
+        signal.signal(sig, signal.SIG_DFL)
+    for sig in _IGNORED:
+        signal.signal(sig, signal.SIG_IGN)
+    util._setproctitle("mold [%s] generation %s" % (arbiter.proc_name, generation))
+    for worker in arbiter.WORKERS.values():
+        worker.tmp.close()
+    arbiter.WORKERS = {}
+    for fd in close:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def wake(arbiter):
+    """Wake the master's loop, asleep until a signal or a second passes: SIGCHLD, which
+    every supported Gunicorn answers with a reap (nothing here) and a tick."""
+    signal_pid(arbiter.pid, signal.SIGCHLD)
+
+
+def warn_fork_safety(arbiter, generation, sock):
+    """One WARNING when the import left threads or sockets: a fork copies a lock a thread
+    held (a child deadlocks), and every worker would share one database connection."""
+    threads = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+    own = {sock.fileno()} | {lnr.fileno() for lnr in arbiter.LISTENERS}
+    sockets = [fd for fd in open_sockets() if fd not in own]
+    if threads or sockets:
+        emit(arbiter.log, "warning", "mold.fork_unsafe", pid=os.getpid(), generation=generation,
+             threads=",".join(threads) or "-", sockets=",".join(map(str, sockets)) or "-",
+             problem="the app's import started threads or opened sockets; a forked worker gets "
+                     "a copy without the threads; open them in post_fork or on first use")
+
+
+def open_sockets():
+    """File descriptors of this process that are sockets (Linux: /proc/self/fd)."""
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink("/proc/self/fd/" + name).startswith("socket:"):
+                found.append(int(name))
+        except OSError:
+            pass
+    return sorted(found)
+
+
+def serve(arbiter, sock, generation, release_dir):
+    """Fork a worker per request until the master closes its end or is gone."""
+    master = arbiter.pid
+    while os.getppid() == master:
+        readable, _, _ = select.select([sock], [], [], 1.0)
+        if not readable:
+            continue
+        data, fds, _, _ = socket.recv_fds(sock, _PACKET, 2)
+        if not data:
+            return
+        try:
+            fork_worker(arbiter, sock, json.loads(data), fds, release_dir)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+
+def fork_worker(arbiter, sock, request, fds, release_dir):
+    """Fork twice: the middle process exits at once, so the worker becomes the master's child
+    (the master is a subreaper); the middle sends the worker's pid."""
+    try:
+        middle = os.fork()
+    except OSError as exc:
+        send(sock, {"error": "the mold could not fork: %s" % exc})
+        return
+    if middle == 0:
+        code = 1
+        try:
+            pid = os.fork()
+            if pid == 0:
+                become_worker(arbiter, sock, request, fds, release_dir)  # never returns
+            send(sock, {"pid": pid})
+            code = 0
+        except BaseException as exc:
+            send(sock, {"error": "the mold could not fork: %s" % exc})
+        finally:
+            os._exit(code)
+    os.waitpid(middle, 0)
+
+
+def become_worker(arbiter, sock, request, fds, release_dir):
+    """In the new worker: wait to be the master's child, then Gunicorn's own worker start
+    (`GracefulArbiter.run_worker`) with the heartbeat file and slot the master made."""
+    code = arbiter.WORKER_BOOT_ERROR
+    try:
+        sock.close()
+        deadline = time.monotonic() + REPARENT_TIMEOUT
+        while os.getppid() != arbiter.pid:
+            if time.monotonic() > deadline:
+                os._exit(code)
+            time.sleep(0.001)
+        worker = arbiter.worker_class(request["age"], arbiter.pid, arbiter.LISTENERS,
+                                      arbiter.app, arbiter.timeout / 2.0, arbiter.cfg,
+                                      arbiter.log)
+        worker.tmp.close()
+        worker.tmp = compat.inherited_heartbeat(fds[0])
+        slot = counters.Slot(request["buckets"], fd=fds[1]) if len(fds) > 1 else None
+        forked.prepare(release_dir, (), slot)
+        arbiter.run_worker(worker)
+        code = 0
+    except SystemExit as exc:
+        code = exit_code(exc)
+    except BaseException:
+        arbiter.log.exception("Exception in a worker the mold forked, before it started")
+    finally:
+        atexit._run_exitfuncs()  # what the interpreter's exit runs in a stock worker
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def exit_code(exc):
+    """The process exit code of a SystemExit, as the interpreter computes it."""
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code & 0xFF
+    print(exc.code, file=sys.stderr)
+    return 1
