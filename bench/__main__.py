@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--only NAMES] [--asgi] [--metrics] [--instructions] [--out DIR]`: run, print the tables, write DIR/results.md.
+"""`python -m bench [--quick] [--only NAMES] [--asgi] [--metrics] [--instructions] [--mold] [--out DIR]`: run, print the tables, write DIR/results.md.
 
 `--only hup_storm,term_slow` runs just those restart scenarios (no HAProxy and no
 throughput runs) and writes DIR/only-<names>.md, leaving the full results alone.
@@ -10,7 +10,8 @@ import signal
 import sys
 import time
 
-from bench import asgi, instructions, metrics_cost, report, rolling, scenarios, throughput
+from bench import (asgi, instructions, metrics_cost, mold, report, rolling, scenarios,
+                   throughput)
 
 
 def main(argv=None):
@@ -26,6 +27,9 @@ def main(argv=None):
     parser.add_argument("--instructions", action="store_true",
                         help="instructions per request, stock against the pack, under "
                              "callgrind (results/instructions.md; needs valgrind)")
+    parser.add_argument("--mold", action="store_true",
+                        help="memory, replacement time and HUP cost with graceful_mold, "
+                             "against stock and stock preload + gc.freeze (results/mold.md)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = parser.parse_args(argv)
     if args.asgi:
@@ -34,6 +38,9 @@ def main(argv=None):
     if args.metrics:
         os.makedirs(args.out, exist_ok=True)
         return metrics_cost.main(args.out)
+    if args.mold:
+        os.makedirs(args.out, exist_ok=True)
+        return mold.main(args.out)
     if args.instructions:
         os.makedirs(args.out, exist_ok=True)
         return instructions.main(args.out)

@@ -36,6 +36,11 @@ graceful_deadline_warning = 2.0        # list requests about to be cut this long
 # pip install 'gunicorn-graceful[metrics]'):
 # graceful_metrics_bind = "127.0.0.1:9191"   # GET /metrics
 
+# Linux: import the app once per generation in a mold process that forks the workers (shared
+# memory, a worker replaced in milliseconds; HUP still loads new code). Nothing at import may
+# open connections or start threads: do that in post_fork (README, "The mold"):
+# graceful_mold = True
+
 # Your own hooks chain after the pack's: define them as usual, for example
 # def post_fork(server, worker):
 #     server.log.info("my post_fork")

@@ -38,4 +38,9 @@ graceful_websocket_close_delay = 0         # > 0: the app closes its own WebSock
 # pip install 'gunicorn-graceful[metrics]'):
 # graceful_metrics_bind = "127.0.0.1:9191"   # GET /metrics
 
+# Linux: import the app once per generation in a mold process that forks the workers (shared
+# memory, a worker replaced in milliseconds; HUP still loads new code). Nothing at import may
+# open connections or start threads: do that in post_fork (README, "The mold"):
+# graceful_mold = True
+
 install(globals())  # keep last: validates graceful_* and chains your hooks
