@@ -7,6 +7,7 @@ import signal
 
 import pytest
 
+from gunicorn_graceful import compat
 from tests.harness import (WORKERS, Load, free_port, process_alive, under_load, wait_for,
                            write_app, write_asgi_app)
 
@@ -14,8 +15,9 @@ MOLD = "graceful_mold = True\ngraceful_readiness_path = '/healthz'\n"
 # Each import of the app appends the importing pid to imports.log, beside the app.
 RECORD_IMPORT = ("open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'imports.log'), "
                  "'a').write('%d\\n' % os.getpid())")
-ASGI_CLASSES = ["gunicorn_graceful.workers.GracefulASGIWorker",
-                "gunicorn_graceful.workers.GracefulUvicornWorker"]
+# Gunicorn's native asgi worker exists from 24 on (the graceful one refuses to start on 23).
+ASGI_CLASSES = ["gunicorn_graceful.workers.GracefulUvicornWorker"] + \
+    (["gunicorn_graceful.workers.GracefulASGIWorker"] if compat.NATIVE_ASGI else [])
 
 
 def imports(workdir):
@@ -83,6 +85,7 @@ def test_hup_loads_new_code_through_a_new_mold_with_zero_failures(workdir, serve
     wait_for(lambda: not process_alive(old), 10, "the old mold to be gone")
 
 
+@pytest.mark.lines
 @pytest.mark.parametrize("worker", WORKERS)
 def test_a_broken_hup_rolls_back_and_replacements_keep_the_old_code(workdir, servers, worker):
     """The code is broken in place on disk; the kept generation's mold still holds the old
@@ -123,6 +126,7 @@ def test_killed_and_recycled_workers_are_forked_from_the_mold(workdir, servers):
     print("boot times:", boots)
 
 
+@pytest.mark.lines
 def test_a_mold_killed_with_sigkill_is_started_again(workdir, servers):
     server = mold_server(servers, workdir, workers=2)
     first = mold_pid(server, 1)

@@ -216,7 +216,8 @@ class Molds:
             answer = {"error": str(exc)}
         if answer and "pid" in answer:
             return answer["pid"]
-        reason = (answer or {}).get("error") or "no answer within %ss" % FORK_TIMEOUT
+        reason = answer.get("error", "it closed its socket") if answer is not None \
+            else "no answer within %ss" % FORK_TIMEOUT
         emit(self.arbiter.log, "error", "mold.fork_failed", pid=mold.pid,
              generation=mold.generation, reason=reason)
         if answer is None:  # hung or gone: a new mold takes its place
