@@ -27,7 +27,7 @@ from gunicorn.config import Config
 from gunicorn.errors import HaltServer
 
 from gunicorn_graceful import clock, hooks, listeners, settings, state
-from gunicorn_graceful.master import binds, upgrade, upgrade_report
+from gunicorn_graceful.master import binds, mold, upgrade, upgrade_report
 from gunicorn_graceful.master.arbiter import GracefulArbiter
 from gunicorn_graceful.master.systemd import Notifier
 
@@ -126,6 +126,9 @@ class World:
         self.ack_fd = None
         self.new_masters = []       # each new master a USR2 really forked
         self.handed_over = None     # the new master the old master acknowledged, if any
+        self.molds = {}             # pid -> SimMold
+        self.molds_started = 0
+        self.mold_forks = []        # (the mold's generation, it was ready, the record's)
         self.busy = {("127.0.0.1", 9999)}   # addresses another service listens on
         self.opened = []            # every listener the master opened
 
@@ -145,6 +148,11 @@ class World:
         if not worker.exited:
             worker.exited = True
             self.exits.append((worker.pid, status))
+
+    def exit_mold(self, sim_mold, status):
+        if not sim_mold.exited:
+            sim_mold.exited = True
+            self.exits.append((sim_mold.pid, status))
 
     def close_channels(self):
         for fd in (self.report_fd, self.ack_fd):
@@ -167,6 +175,55 @@ class World:
             worker.lame_duck = True
         elif sig in (signal.SIGKILL, signal.SIGABRT, signal.SIGQUIT, signal.SIGINT):
             self.exit(worker, sig)
+
+
+class SimMold:
+    """A mold process: it imports the code on disk when it was forked (`World.code`)."""
+
+    def __init__(self, pid, generation, code):
+        self.pid, self.generation, self.code = pid, generation, code
+        self.state = "importing"    # then ready, or failed (a "slow" import never ends)
+        self.told = False           # whether the master heard its first message
+        self.exited = False
+
+    def fileno(self):
+        return -1
+
+
+class SimMoldProcesses(mold.Processes):
+    """The molds' process calls (`mold.Processes`), against the `World`."""
+
+    def __init__(self, world, arbiter):
+        self.world, self.arbiter = world, arbiter
+
+    def start(self, arbiter, generation, release_dir, close):
+        pid = next(self.world.pids)
+        self.world.molds[pid] = SimMold(pid, generation, self.world.code)
+        self.world.molds_started += 1
+        return pid, self.world.molds[pid]
+
+    def poll(self, sim_mold):
+        if sim_mold.told or sim_mold.state == "importing":
+            return None
+        sim_mold.told = True
+        return {"ready": 0.1} if sim_mold.state == "ready" else {"failed": "RuntimeError: broken"}
+
+    def ask(self, sim_mold, worker, slot, buckets):
+        """A fork: the worker runs the code its mold imported (which imported, so good)."""
+        if sim_mold.exited:
+            return {}
+        self.world.mold_forks.append((sim_mold.generation, sim_mold.state == "ready",
+                                      self.arbiter.records.next.generation))
+        worker.code = "good"
+        return {"pid": self.world.fork(worker)}
+
+    def signal(self, pid, sig):
+        sim_mold = self.world.molds.get(pid)
+        if sim_mold is not None:
+            self.world.exit_mold(sim_mold, int(sig))
+
+    def close(self, sim_mold):
+        pass
 
 
 class FakeListener:
@@ -234,6 +291,10 @@ class FakeProcesses(Arbiter):
 class SimArbiter(GracefulArbiter, FakeProcesses):
     """The pack's master over simulated processes (GracefulArbiter's `super()` is FakeProcesses)."""
 
+    def new_worker(self):
+        """The worker a mold forks next (its code is set by the mold, `SimMoldProcesses.ask`)."""
+        return SimWorker(self.worker_age, None)
+
 
 class SimApp:
     """Gunicorn's application object: its config, read again on each HUP."""
@@ -278,10 +339,12 @@ class Master:
     def __init__(self, workers, pack_settings):
         self.world = World()
         clock.use(self.world.clock.monotonic, self.world.clock.wall)
-        self.saved = (upgrade.signal_process, binds.open_one, listeners.close_door)
+        self.saved = (upgrade.signal_process, binds.open_one, listeners.close_door,
+                      mold.become_subreaper)
         upgrade.signal_process = self.signal_other_master
         binds.open_one = self.world.open_listener
         listeners.close_door = lambda listener: False  # the door is a socket filter: not here
+        mold.become_subreaper = lambda: None  # the test process must not adopt orphans
         settings.set_current(pack_settings)
         FakeProcesses.world = self.world
         # A stock arbiter (with the fake process calls), made a SimArbiter by install as
@@ -290,6 +353,8 @@ class Master:
         arbiter.pid, arbiter.WORKERS = os.getpid(), {}
         arbiter.LISTENERS = [self.world.open_listener(a, None, None) for a in arbiter.cfg.address]
         SimArbiter.install(arbiter, hooks.check_config, hooks.worker_class_of)
+        if arbiter.molds is not None:
+            arbiter.molds.processes = SimMoldProcesses(self.world, arbiter)
         arbiter.notifier = RecordingNotifier()
         self.arbiter = arbiter
         self.stopped = None         # why the master's main loop ended, once it did
@@ -297,7 +362,8 @@ class Master:
 
     def close(self):
         clock.use(time.monotonic, time.time)
-        upgrade.signal_process, binds.open_one, listeners.close_door = self.saved
+        upgrade.signal_process, binds.open_one, listeners.close_door, \
+            mold.become_subreaper = self.saved
         FakeProcesses.world = None
         for worker in self.world.processes.values():
             worker.tmp.close()
@@ -325,8 +391,11 @@ class Master:
             self.stopped = "halt: %s" % exc.reason
 
     def stop(self):
-        """Gunicorn's stop: the pack's `core.stopping`, then SIGTERM to every worker."""
+        """Gunicorn's stop, as the pack's arbiter runs it: `core.stopping`, the molds stop,
+        then SIGTERM to every worker."""
         self.arbiter.core.stopping(True)
+        if self.arbiter.molds is not None:
+            self.arbiter.molds.stop_all()
         for pid in list(self.arbiter.WORKERS):
             self.arbiter.kill_worker(pid, signal.SIGTERM)
         self.stopped = "stop"

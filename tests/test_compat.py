@@ -112,6 +112,35 @@ def test_the_heartbeat_leaves_the_permission_bits_to_the_worker_state():
         tmp.close()
 
 
+def test_a_mold_worker_can_share_the_heartbeat_file_the_master_made():
+    """`inherited_heartbeat`: a WorkerTmp over another descriptor of the master's file; the
+    master sees the worker's heartbeat through its own object."""
+    assert compat.WORKER_TMP_FILE
+    master = WorkerTmp(Config())
+    worker = compat.inherited_heartbeat(os.dup(master.fileno()))
+    try:
+        os.utime(master.fileno(), (1.0, 1.0))
+        worker.notify()
+        assert master.last_update() == worker.last_update() > 1.0
+    finally:
+        worker.close()
+        master.close()
+
+
+def test_the_child_half_of_spawn_worker_is_what_run_worker_repeats():
+    """`GracefulArbiter.run_worker` repeats the forked child's half of Gunicorn's
+    spawn_worker: the calls it makes there, in that order."""
+    source = inspect.getsource(Arbiter.spawn_worker)
+    child = source[source.index("# Process Child"):]
+    calls = ["_setproctitle", "post_fork(self, worker)", "worker.init_process()",
+             "sys.exit(0)", "APP_LOAD_ERROR", "WORKER_BOOT_ERROR", "worker_exit(self, worker)"]
+    assert [c in child for c in calls] == [True] * len(calls)
+    assert sorted(calls, key=child.index) == calls
+    assert compat.WORKER_REUSE_PORT == ("create_sockets" in child)
+    if compat.SPAWN_STATS:
+        assert "'workers_spawned'" in inspect.getsource(Arbiter.__init__)
+
+
 def test_the_pidfile_object_has_what_the_pack_sets():
     with tempfile.TemporaryDirectory() as directory:
         pidfile = Pidfile(os.path.join(directory, "x.pid"))

@@ -15,8 +15,10 @@ from hypothesis import HealthCheck, Phase as Phase_, settings as hsettings, stra
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition,
                                  rule, run_state_machine_as_test)
 
+from gunicorn.arbiter import Arbiter
+
 from gunicorn_graceful import hooks, settings, state
-from gunicorn_graceful.master import binds, pool, rollout, upgrade_report
+from gunicorn_graceful.master import binds, core, pool, rollout, upgrade_report
 from gunicorn_graceful.master.phase import Phase
 from tests.simulation import (BIND, BOOT_ERROR, FakeProcesses, Master, SimArbiter, booting,
                               make_config)
@@ -38,17 +40,19 @@ class MasterMachine(RuleBasedStateMachine):
 
     @initialize(workers=st.integers(1, MAX_WORKERS), max_booting=st.integers(0, 2),
                 shutdown_delay=st.sampled_from([0.0, 2.0]),
-                max_worker_age=st.sampled_from([0.0, 60.0]))
-    def start(self, workers, max_booting, shutdown_delay, max_worker_age):
+                max_worker_age=st.sampled_from([0.0, 60.0]), mold=st.booleans())
+    def start(self, workers, max_booting, shutdown_delay, max_worker_age, mold=False):
         pack = settings.Settings(max_booting=max_booting, shutdown_delay=shutdown_delay,
                                  readiness_timeout=30.0, upgrade_timeout=60.0,
-                                 max_worker_age=max_worker_age)
+                                 max_worker_age=max_worker_age, mold=mold)
         self.master = Master(workers, pack)
         self.generations = [1]
         self.most_workers = workers
         self.most_booting = max_booting or 1
-        for _ in range(MAX_WORKERS + 1):  # max_booting may boot them one at a time
+        for _ in range(MAX_WORKERS + 2):  # the mold imports; max_booting: one at a time
             self.master.loop()
+            for sim_mold in self.master.world.molds.values():
+                sim_mold.state = "ready"
             for worker in booting(self.master):
                 state.mark_ready(worker.tmp, os.getpid())
         self.master.loop()
@@ -92,6 +96,33 @@ class MasterMachine(RuleBasedStateMachine):
         if worker is None:
             return
         self.master.world.exit(worker, 1 << 8 if how == "exit 1" else int(how))
+        self.step()
+
+    # -- the molds (graceful_mold) ----------------------------------------------------------
+
+    def importing(self):
+        return [m for m in self.master.world.molds.values()
+                if m.state == "importing" and not m.exited]
+
+    @precondition(running)
+    @rule(index=st.integers(0, 20))
+    def a_mold_finishes_importing(self, index):
+        """The code it imported decides: good is ready, broken fails, slow never ends."""
+        sim_mold = self.pick(self.importing(), index)
+        if sim_mold is not None and sim_mold.code == "good":
+            sim_mold.state = "ready"
+        elif sim_mold is not None and sim_mold.code == "broken":
+            sim_mold.state = "failed"
+            self.master.world.exit_mold(sim_mold, Arbiter.APP_LOAD_ERROR << 8)
+        self.step()
+
+    @precondition(running)
+    @rule(index=st.integers(0, 20), how=st.sampled_from([signal.SIGKILL, signal.SIGSEGV]))
+    def a_mold_dies(self, index, how):
+        sim_mold = self.pick([m for m in self.master.world.molds.values() if not m.exited],
+                             index)
+        if sim_mold is not None:
+            self.master.world.exit_mold(sim_mold, int(how))
         self.step()
 
     @precondition(running)
@@ -318,6 +349,39 @@ class MasterMachine(RuleBasedStateMachine):
             assert arbiter.cfg is arbiter.app.cfg
 
 
+    @invariant()
+    def at_most_one_mold_per_generation(self):
+        molds = self.master.arbiter.molds if self.master else None
+        if molds is not None:
+            generations = [m.generation for m in molds.by_pid.values() if not m.stopping]
+            assert len(generations) == len(set(generations)), generations
+
+    @invariant()
+    def a_mold_runs_only_for_a_generation_that_may_serve(self):
+        """The wanted generation, or during a HUP the one a rollback goes back to."""
+        if not self.running() or self.master.arbiter.molds is None:
+            return
+        molds = self.master.arbiter.molds
+        running = sorted(m.generation for m in molds.by_pid.values() if not m.stopping)
+        assert set(running) <= molds.needed(), \
+            "molds of generations %s run, which may not serve (%s may)" % (running, molds.needed())
+
+    @invariant()
+    def workers_are_forked_only_by_a_ready_mold_of_their_generation(self):
+        for generation, ready, wanted in self.master.world.mold_forks if self.master else ():
+            assert ready and generation == wanted, (generation, ready, wanted)
+
+    @invariant()
+    def a_mold_is_started_only_for_a_new_generation_or_in_place_of_one_gone(self):
+        """No mold crash loop faster than the pool's back-off, no second mold beside one."""
+        if self.master is None or self.master.arbiter.molds is None:
+            return
+        world = self.master.world
+        gone = sum(1 for m in world.molds.values() if m.exited)
+        assert world.molds_started <= len(set(self.generations)) + gone, \
+            (world.molds_started, self.generations, gone)
+
+
 def user_pre_fork(server, worker):
     """A user's own pre_fork, defined after install(globals()): it replaces the pack's."""
 
@@ -349,8 +413,8 @@ def replay(start, *steps):
     assert len(INVARIANTS) >= 10, INVARIANTS  # found by the marker Hypothesis puts on them
     machine = MasterMachine()
     try:
-        machine.start(**dict(dict(max_booting=0, shutdown_delay=0.0, max_worker_age=0.0),
-                             **start))
+        machine.start(**dict(dict(max_booting=0, shutdown_delay=0.0, max_worker_age=0.0,
+                                  mold=False), **start))
         for name, arguments in steps:
             getattr(machine, name)(**arguments)
             for invariant_name in INVARIANTS:
@@ -399,6 +463,29 @@ def test_a_reap_only_records_and_the_tick_forgets_the_worker():
         assert worker.pid not in master.arbiter.records.by_pid
     finally:
         machine.teardown()
+
+
+BROKEN_HUP = ("hup", {"code": "broken", "workers": 2, "config": "fine", "bind": "same",
+                     "max_booting": 0})
+
+
+def test_with_the_mold_a_broken_hup_rolls_back_and_a_lost_mold_is_started_again():
+    master = replay({"workers": 2, "mold": True}, BROKEN_HUP,
+                    ("a_mold_finishes_importing", {"index": 0}),
+                    ("a_mold_dies", {"index": 0, "how": signal.SIGKILL}),
+                    ("a_worker_crashes", {"index": 0, "how": signal.SIGKILL}))
+    log = master.arbiter.log
+    assert 'reason="mold: RuntimeError: broken"' in log.events("reload.rollback")[0]
+    assert len(log.events("mold.lost")) == 1 and master.phase() is Phase.SERVING
+    # The kept generation's new mold imports the code on disk now (broken: no release link).
+    assert [m.code for m in master.world.molds.values()] == ["good", "broken", "broken"]
+
+
+def test_with_the_mold_a_hung_import_is_killed_at_the_readiness_timeout():
+    master = replay({"workers": 2, "mold": True}, ("hup", dict(BROKEN_HUP[1], code="slow")),
+                    ("time_passes", {"seconds": 31.0}), ("time_passes", {"seconds": 0.5}))
+    assert "not ready within graceful_readiness_timeout" in \
+        master.arbiter.log.events("reload.rollback")[0]
 
 
 # -- the simulation finds the defects of the old decision code --------------------------------
@@ -480,3 +567,28 @@ class OldHandOver(MasterMachine):
 def test_the_simulation_finds_stopping_sent_during_a_hand_over():
     found = failures(OldHandOver)
     assert any("STOPPING=1 without an operator's TERM" in text for text in found), found
+
+
+def old_reconcile(self):
+    """Before: the molds ticked before the pool's boot failures were decided, so the mold of
+    a generation a failure was about to roll back was started again in the same tick."""
+    arbiter, pool_ = self.arbiter, self.arbiter.pool
+    if arbiter.molds:
+        arbiter.molds.tick()
+    pool_.observe()
+    for failure in pool_.take_boot_failures():
+        if failure.generation == arbiter.generation:
+            self.boot_failed(failure)
+    pool_.reconcile(recycling=self.phase.is_in(Phase.SERVING))
+    ready = pool_.complete()
+    if ready is not None:
+        pool_.retire_old()
+        self.generation_complete(ready)
+    if pool_.recovered():
+        self.tell_serving()
+
+
+def test_the_simulation_finds_a_mold_started_for_a_generation_being_rolled_back(monkeypatch):
+    monkeypatch.setattr(core.Core, "reconcile", old_reconcile)
+    found = failures(MasterMachine)
+    assert any("which may not serve" in text for text in found), found

@@ -148,8 +148,7 @@ class GracefulArbiter(Arbiter):
         """Gunicorn's spawn_worker, its master's half, with the fork done by the mold: the
         Worker object and pre_fork here, the worker's start in the worker (`run_worker`)."""
         self.worker_age += 1
-        worker = self.worker_class(self.worker_age, self.pid, self.LISTENERS, self.app,
-                                   self.timeout / 2.0, self.cfg, self.log)
+        worker = self.new_worker()
         self.cfg.pre_fork(self, worker)
         buckets = self.metrics.buckets if self.metrics else ()
         pid = self.molds.fork(worker, slot, buckets)
@@ -163,6 +162,12 @@ class GracefulArbiter(Arbiter):
         if status is not None:  # Gunicorn 23 reaped it before the mold's answer came
             self.reaped(pid, status)
         return pid
+
+    def new_worker(self):
+        """The master's Worker object for the next worker, as Gunicorn's spawn_worker makes it
+        (the simulation makes its own)."""
+        return self.worker_class(self.worker_age, self.pid, self.LISTENERS, self.app,
+                                 self.timeout / 2.0, self.cfg, self.log)
 
     def run_worker(self, worker):
         """In a worker a mold forked: the child's half of Gunicorn's spawn_worker, which cannot

@@ -21,41 +21,33 @@ once, from its generation's release, with one line. A worker the pool asks
 for while the mold imports is not forked yet: the pool asks again on the next
 tick, and the mold wakes the master when it is ready.
 
-Protocol: a SOCK_SEQPACKET pair, one JSON message per packet. The mold's first
-message is {"ready": seconds} or {"failed": why}. Then the master sends
-{"age": n, "buckets": [...]} with the worker's heartbeat file (and its metrics
-slot) as SCM_RIGHTS, and the middle process answers {"pid": p} or the mold
-{"error": why}.
+What runs in the mold is `mold_process`. Protocol: a SOCK_SEQPACKET pair, one
+JSON message per packet. The mold's first message is {"ready": seconds} or
+{"failed": why}. Then the master sends {"age": n, "buckets": [...]} with the
+worker's heartbeat file (and its metrics slot) as SCM_RIGHTS, and the middle
+process answers {"pid": p} or the mold {"error": why}.
 
-Invariants:
+Invariants (checked in simulation, `tests/test_simulation.py`):
 - A generation's workers are forked only by its mold, after its import
   succeeded; the master imports no application code.
 - At most one mold per generation; a mold no generation can need is stopped.
 - The master waits for a mold at most FORK_TIMEOUT, and never for an import.
 """
 
-import atexit
 import ctypes
-import gc
 import json
 import os
-import select
 import signal
 import socket
 import sys
-import threading
-import time
 
-from gunicorn import util
-
-from gunicorn_graceful import clock, compat, counters, forked, release
+from gunicorn_graceful import clock, compat
 from gunicorn_graceful.events import emit
+from gunicorn_graceful.master import mold_process
 from gunicorn_graceful.master.pool import BootFailure, describe_status
 
 PR_SET_CHILD_SUBREAPER = 36
 FORK_TIMEOUT = 5.0       # a mold answers a fork in milliseconds; one that does not is hung
-REPARENT_TIMEOUT = 5.0   # a new worker waits this long to become the master's child
-_PACKET = 65536
 _EARLY_EXITS = 64        # Gunicorn 23: workers reaped before the mold's answer, kept at most
 
 
@@ -110,6 +102,7 @@ class Molds:
 
     def __init__(self, arbiter, pool, rollouts):
         self.arbiter, self.pool, self.rollouts = arbiter, pool, rollouts
+        self.processes = Processes()
         self.by_pid = {}
         self.early_exits = {}
 
@@ -148,7 +141,7 @@ class Molds:
     def hear(self, mold):
         if mold.ready_at is not None or mold.failure is not None:
             return
-        message = receive(mold.sock, 0)
+        message = self.processes.poll(mold.sock)
         if message is None:
             return
         if "ready" in message:
@@ -167,24 +160,18 @@ class Molds:
                     and clock.monotonic() - mold.started > limit:
                 mold.kill_reason = ("the mold was not ready within graceful_readiness_timeout="
                                     "%ss (its import hangs?)" % limit)
-                signal_pid(mold.pid, signal.SIGKILL)
+                self.processes.signal(mold.pid, signal.SIGKILL)
 
     # -- starting and stopping ----------------------------------------------------------------
 
     def start(self, generation):
         """Fork the mold of `generation`; it imports in the background (see `run`)."""
         arbiter = self.arbiter
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         release_dir = self.rollouts.release_of(generation)
         close = [m.sock.fileno() for m in self.by_pid.values()] + \
             [lnr.fileno() for lnr in self.rollouts.held() if lnr not in arbiter.LISTENERS]
-        compat.settle_control_server(arbiter)
-        pid = os.fork()
-        if pid == 0:
-            ours.close()
-            run(arbiter, theirs, generation, release_dir, close)  # never returns
-        theirs.close()
-        self.by_pid[pid] = Mold(pid, generation, ours, release_dir)
+        pid, sock = self.processes.start(arbiter, generation, release_dir, close)
+        self.by_pid[pid] = Mold(pid, generation, sock, release_dir)
         emit(arbiter.log, "info", "mold.start", pid=pid, generation=generation,
              release=release_dir or "-")
 
@@ -192,7 +179,7 @@ class Molds:
         mold.stopping = reason
         emit(self.arbiter.log, "info", "mold.stop", pid=mold.pid, generation=mold.generation,
              reason=reason)
-        signal_pid(mold.pid, signal.SIGTERM)
+        self.processes.signal(mold.pid, signal.SIGTERM)
 
     def stop_all(self):
         """The master stops: so do its molds (a mold importing dies at once)."""
@@ -206,14 +193,7 @@ class Molds:
         """Ask the wanted generation's mold to fork `worker` (the master's Worker object, whose
         heartbeat file the new worker shares); its pid, or None."""
         mold = self.of(self.arbiter.generation)
-        fds = [worker.tmp.fileno()] + ([slot.fd] if slot is not None and slot.fd is not None
-                                       else [])
-        request = json.dumps({"age": worker.age, "buckets": list(buckets)}).encode()
-        try:
-            socket.send_fds(mold.sock, [request], fds)
-            answer = receive(mold.sock, FORK_TIMEOUT)
-        except OSError as exc:
-            answer = {"error": str(exc)}
+        answer = self.processes.ask(mold.sock, worker, slot, buckets)
         if answer and "pid" in answer:
             return answer["pid"]
         reason = answer.get("error", "it closed its socket") if answer is not None \
@@ -222,7 +202,7 @@ class Molds:
              generation=mold.generation, reason=reason)
         if answer is None:  # hung or gone: a new mold takes its place
             mold.stopping = "it did not answer a fork"
-            signal_pid(mold.pid, signal.SIGKILL)
+            self.processes.signal(mold.pid, signal.SIGKILL)
         return None
 
     # -- exits ----------------------------------------------------------------------------------
@@ -234,7 +214,7 @@ class Molds:
         if mold is None:
             return False
         self.hear(mold)
-        mold.sock.close()
+        self.processes.close(mold.sock)
         log = self.arbiter.log
         if mold.ready_at is None and (mold.kill_reason or not mold.stopping):
             reason = "mold: %s" % (mold.kill_reason or mold.failure or describe_status(status))
@@ -261,197 +241,38 @@ class Molds:
         return self.early_exits.pop(pid, None)
 
 
-def receive(sock, timeout):
-    """One message from `sock` within `timeout` seconds: a dict, {} at end of file, None when
-    nothing came."""
-    readable, _, _ = select.select([sock], [], [], timeout)
-    if not readable:
-        return None
-    data = sock.recv(_PACKET)
-    return json.loads(data) if data else {}
+class Processes:
+    """The molds' process calls: fork a mold, hear it, ask it to fork, signal it (the
+    simulation of the master's decisions replaces them, `tests/simulation.py`)."""
 
+    def start(self, arbiter, generation, release_dir, close):
+        """Fork a mold that imports in the background (`run`); (its pid, the master's end)."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        compat.settle_control_server(arbiter)
+        pid = os.fork()
+        if pid == 0:
+            ours.close()
+            mold_process.run(arbiter, theirs, generation, release_dir, close)  # never returns
+        theirs.close()
+        return pid, ours
 
-def send(sock, message):
-    sock.send(json.dumps(message).encode())
+    def poll(self, sock):
+        return mold_process.receive(sock, 0)
 
-
-def signal_pid(pid, sig):
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-
-
-# -- in the mold --------------------------------------------------------------------------------
-
-_DEFAULT = (signal.SIGTERM, signal.SIGQUIT, signal.SIGCHLD)
-_IGNORED = (signal.SIGHUP, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH,
-            signal.SIGTTIN, signal.SIGTTOU)
-
-
-def run(arbiter, sock, generation, release_dir, close):
-    """The mold's life, in the process the master forked: import, freeze, serve forks.
-
-    SIGTERM ends it at any time (default action, an import included); SIGINT and
-    the master's other signals are ignored (the master stops it itself). It ends
-    when the master's end of the socket closes or the master is gone.
-    """
-    code = 0
-    try:
-        become_mold(arbiter, generation, close)
-        began = time.monotonic()
-        release.enter(release_dir, arbiter.settings.release_link)
-        arbiter.app.wsgi()
-        gc.collect()
-        gc.freeze()
-        warn_fork_safety(arbiter, generation, sock)
-        send(sock, {"ready": round(time.monotonic() - began, 3)})
-        wake(arbiter)
-        serve(arbiter, sock, generation, release_dir)
-    except BaseException as exc:  # the mold must never return into the master's code
-        code = arbiter.APP_LOAD_ERROR
-        reason = load_failure(exc)
-        arbiter.log.error("Exception while the mold of generation %s loaded the application",
-                          generation, exc_info=not isinstance(exc, SystemExit))
+    def ask(self, sock, worker, slot, buckets):
+        """A fork of `worker`, its heartbeat file and its slot handed over: the answer, or
+        None when none came within FORK_TIMEOUT."""
+        fds = [worker.tmp.fileno()] + ([slot.fd] if slot is not None and slot.fd is not None
+                                       else [])
+        request = json.dumps({"age": worker.age, "buckets": list(buckets)}).encode()
         try:
-            send(sock, {"failed": reason})
-        except OSError:
-            pass
-    finally:
-        os._exit(code)
+            socket.send_fds(sock, [request], fds)
+            return mold_process.receive(sock, FORK_TIMEOUT)
+        except OSError as exc:
+            return {"error": str(exc)}
 
+    def signal(self, pid, sig):
+        mold_process.signal_pid(pid, sig)
 
-def load_failure(exc):
-    if isinstance(exc, SystemExit):
-        return "the app called sys.exit(%r) while it was imported" % (exc.code,)
-    return "%s: %s" % (type(exc).__name__, exc)
-
-
-def become_mold(arbiter, generation, close):
-    """Leave the master's part: its signal handlers, its workers' heartbeat files, the
-    other molds' sockets and the listeners a HUP dropped."""
-    for sig in _DEFAULT:
-        signal.signal(sig, signal.SIG_DFL)
-    for sig in _IGNORED:
-        signal.signal(sig, signal.SIG_IGN)
-    util._setproctitle("mold [%s] generation %s" % (arbiter.proc_name, generation))
-    for worker in arbiter.WORKERS.values():
-        worker.tmp.close()
-    arbiter.WORKERS = {}
-    for fd in close:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-
-
-def wake(arbiter):
-    """Wake the master's loop, asleep until a signal or a second passes: SIGCHLD, which
-    every supported Gunicorn answers with a reap (nothing here) and a tick."""
-    signal_pid(arbiter.pid, signal.SIGCHLD)
-
-
-def warn_fork_safety(arbiter, generation, sock):
-    """One WARNING when the import left threads or sockets: a fork copies a lock a thread
-    held (a child deadlocks), and every worker would share one database connection."""
-    threads = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
-    own = {sock.fileno()} | {lnr.fileno() for lnr in arbiter.LISTENERS}
-    sockets = [fd for fd in open_sockets() if fd not in own]
-    if threads or sockets:
-        emit(arbiter.log, "warning", "mold.fork_unsafe", pid=os.getpid(), generation=generation,
-             threads=",".join(threads) or "-", sockets=",".join(map(str, sockets)) or "-",
-             problem="the app's import started threads or opened sockets; a forked worker gets "
-                     "a copy without the threads; open them in post_fork or on first use")
-
-
-def open_sockets():
-    """File descriptors of this process that are sockets (Linux: /proc/self/fd)."""
-    found = []
-    for name in os.listdir("/proc/self/fd"):
-        try:
-            if os.readlink("/proc/self/fd/" + name).startswith("socket:"):
-                found.append(int(name))
-        except OSError:
-            pass
-    return sorted(found)
-
-
-def serve(arbiter, sock, generation, release_dir):
-    """Fork a worker per request until the master closes its end or is gone."""
-    master = arbiter.pid
-    while os.getppid() == master:
-        readable, _, _ = select.select([sock], [], [], 1.0)
-        if not readable:
-            continue
-        data, fds, _, _ = socket.recv_fds(sock, _PACKET, 2)
-        if not data:
-            return
-        try:
-            fork_worker(arbiter, sock, json.loads(data), fds, release_dir)
-        finally:
-            for fd in fds:
-                os.close(fd)
-
-
-def fork_worker(arbiter, sock, request, fds, release_dir):
-    """Fork twice: the middle process exits at once, so the worker becomes the master's child
-    (the master is a subreaper); the middle sends the worker's pid."""
-    try:
-        middle = os.fork()
-    except OSError as exc:
-        send(sock, {"error": "the mold could not fork: %s" % exc})
-        return
-    if middle == 0:
-        code = 1
-        try:
-            pid = os.fork()
-            if pid == 0:
-                become_worker(arbiter, sock, request, fds, release_dir)  # never returns
-            send(sock, {"pid": pid})
-            code = 0
-        except BaseException as exc:
-            send(sock, {"error": "the mold could not fork: %s" % exc})
-        finally:
-            os._exit(code)
-    os.waitpid(middle, 0)
-
-
-def become_worker(arbiter, sock, request, fds, release_dir):
-    """In the new worker: wait to be the master's child, then Gunicorn's own worker start
-    (`GracefulArbiter.run_worker`) with the heartbeat file and slot the master made."""
-    code = arbiter.WORKER_BOOT_ERROR
-    try:
+    def close(self, sock):
         sock.close()
-        deadline = time.monotonic() + REPARENT_TIMEOUT
-        while os.getppid() != arbiter.pid:
-            if time.monotonic() > deadline:
-                os._exit(code)
-            time.sleep(0.001)
-        worker = arbiter.worker_class(request["age"], arbiter.pid, arbiter.LISTENERS,
-                                      arbiter.app, arbiter.timeout / 2.0, arbiter.cfg,
-                                      arbiter.log)
-        worker.tmp.close()
-        worker.tmp = compat.inherited_heartbeat(fds[0])
-        slot = counters.Slot(request["buckets"], fd=fds[1]) if len(fds) > 1 else None
-        forked.prepare(release_dir, (), slot)
-        arbiter.run_worker(worker)
-        code = 0
-    except SystemExit as exc:
-        code = exit_code(exc)
-    except BaseException:
-        arbiter.log.exception("Exception in a worker the mold forked, before it started")
-    finally:
-        atexit._run_exitfuncs()  # what the interpreter's exit runs in a stock worker
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-
-
-def exit_code(exc):
-    """The process exit code of a SystemExit, as the interpreter computes it."""
-    if exc.code is None:
-        return 0
-    if isinstance(exc.code, int):
-        return exc.code & 0xFF
-    print(exc.code, file=sys.stderr)
-    return 1
