@@ -90,6 +90,9 @@ def status(args):
         print("degraded since=%s failures=%s reason=%s" % (
             time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(degraded["since"])),
             degraded["failures"], json.dumps(degraded["reason"])))
+    for mold in snapshot.get("molds", ()):
+        print("mold pid=%s generation=%s state=%s" % (
+            mold["pid"], mold["generation"], mold["state"]))
     for worker in snapshot["workers"]:
         print("worker pid=%s generation=%s state=%s" % (
             worker["pid"], worker["generation"], worker["state"]))

@@ -8,7 +8,7 @@ import signal
 import pytest
 
 from gunicorn_graceful import compat
-from tests.harness import (WORKERS, Load, free_port, process_alive, under_load, wait_for,
+from tests.harness import (WORKERS, Load, cli, free_port, process_alive, under_load, wait_for,
                            write_app, write_asgi_app)
 
 MOLD = "graceful_mold = True\ngraceful_readiness_path = '/healthz'\n"
@@ -67,6 +67,8 @@ def test_one_import_per_generation_and_the_workers_are_the_masters_children(
     assert all(parent_of(pid) == server.pid for pid in workers)
     assert server.count(r"event=mold\.ready pid=%d generation=1 import_time=\S+" % mold) == 1
     assert server.version() == "1"
+    out = cli("status", "--pidfile", server.pidfile).stdout
+    assert "mold pid=%d generation=1 state=ready" % mold in out, out
 
 
 @pytest.mark.lines

@@ -74,19 +74,20 @@ class GracefulArbiter(Arbiter):
         arbiter.pool = Pool(arbiter, arbiter.records, arbiter.rollouts.release_of)
         arbiter.upgrades = upgrade.Upgrades(arbiter)
         arbiter.stopper = Stop(arbiter)
+        arbiter.molds = mold.Molds(arbiter, arbiter.pool, arbiter.rollouts) \
+            if arbiter.settings.mold else None
         arbiter.status = StatusFile(arbiter, arbiter.phase, arbiter.pool, arbiter.rollouts,
-                                    arbiter.upgrades)
+                                    arbiter.upgrades, arbiter.molds)
         arbiter.core = Core(arbiter)
-        arbiter.metrics = arbiter.molds = None
+        arbiter.metrics = None
         arbiter.keep_graceful_worker()
         reason = check_config(arbiter.cfg, arbiter.log) \
             or mold.problem(arbiter.cfg, arbiter.settings)
         if reason:
             raise SystemExit(settings.ERROR + reason)
         arbiter.metrics = metrics.start(arbiter, arbiter.pool, arbiter.settings)
-        if arbiter.settings.mold:
+        if arbiter.molds is not None:
             mold.become_subreaper()
-            arbiter.molds = mold.Molds(arbiter, arbiter.pool, arbiter.rollouts)
         return arbiter
 
     def setup(self, app):

@@ -80,6 +80,8 @@ class Core:
         if ready is not None:
             pool.retire_old()
             self.generation_complete(ready)
+            if arbiter.molds:
+                arbiter.molds.stop_unneeded()
         if pool.recovered():
             self.tell_serving()
 

@@ -130,13 +130,18 @@ class Molds:
         for mold in list(self.by_pid.values()):
             self.hear(mold)
         self.enforce_deadline()
+        self.stop_unneeded()
+        if self.of(self.arbiter.generation) is None \
+                and clock.monotonic() >= self.pool.respawn_after:
+            self.start(self.arbiter.generation)
+
+    def stop_unneeded(self):
+        """Stop each mold no generation can need (also when a HUP's generation completes: the
+        old generation retires, its mold with it)."""
         needed = self.needed()
         for mold in list(self.by_pid.values()):
             if mold.generation not in needed and not mold.stopping:
                 self.stop(mold, "generation %s is not served" % mold.generation)
-        if self.of(self.arbiter.generation) is None \
-                and clock.monotonic() >= self.pool.respawn_after:
-            self.start(self.arbiter.generation)
 
     def hear(self, mold):
         if mold.ready_at is not None or mold.failure is not None:

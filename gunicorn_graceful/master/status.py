@@ -20,9 +20,9 @@ from gunicorn_graceful.master.phase import Phase
 class StatusFile:
     """The status file of one master, written from what the helpers it reads hold."""
 
-    def __init__(self, arbiter, phase, pool, rollouts, upgrades):
+    def __init__(self, arbiter, phase, pool, rollouts, upgrades, molds=None):
         self.arbiter, self.phase = arbiter, phase
-        self.pool, self.rollouts, self.upgrades = pool, rollouts, upgrades
+        self.pool, self.rollouts, self.upgrades, self.molds = pool, rollouts, upgrades, molds
         self.last = None
 
     def path(self):
@@ -45,7 +45,16 @@ class StatusFile:
                 "workers_wanted": arbiter.num_workers, "workers_ready": ready,
                 "serving": ready > 0, "degraded": self.pool.degraded, "reload": rollout,
                 "upgrade": self.upgrades.last, "upgrade_refused": self.upgrades.last_refusal,
-                "old_master": arbiter.master_pid or None, "workers": workers}
+                "old_master": arbiter.master_pid or None, "workers": workers,
+                "molds": self.mold_states()}
+
+    def mold_states(self):
+        """Each mold: importing, ready, or stopping (with graceful_mold; else empty)."""
+        if self.molds is None:
+            return []
+        return [{"pid": m.pid, "generation": m.generation,
+                 "state": "stopping" if m.stopping else "ready" if m.ready_at else "importing"}
+                for m in sorted(self.molds.by_pid.values(), key=lambda m: m.generation)]
 
     def state_name(self, ready):
         """What an operator asks first: does it serve as it should?"""
