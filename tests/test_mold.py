@@ -6,8 +6,11 @@ import re
 import signal
 
 import pytest
+import requests
+from gunicorn.config import Config
 
-from gunicorn_graceful import compat
+from gunicorn_graceful import compat, settings
+from gunicorn_graceful.master import mold
 from tests.harness import (WORKERS, Load, cli, free_port, process_alive, under_load, wait_for,
                            write_app, write_asgi_app)
 
@@ -60,15 +63,15 @@ def assert_no_failures(load):
 def test_one_import_per_generation_and_the_workers_are_the_masters_children(
         workdir, servers, worker):
     server = mold_server(servers, workdir, worker=worker, workers=3)
-    mold = mold_pid(server, 1)
-    assert imports(workdir) == [mold], "only the mold imports the app, once"
+    first_mold = mold_pid(server, 1)
+    assert imports(workdir) == [first_mold], "only the mold imports the app, once"
     workers = workers_of(server)
-    assert len(workers) == 3 and mold in server.children(), server.children()
+    assert len(workers) == 3 and first_mold in server.children(), server.children()
     assert all(parent_of(pid) == server.pid for pid in workers)
-    assert server.count(r"event=mold\.ready pid=%d generation=1 import_time=\S+" % mold) == 1
+    assert server.count(r"event=mold\.ready pid=%d generation=1 import_time=\S+" % first_mold) == 1
     assert server.version() == "1"
     out = cli("status", "--pidfile", server.pidfile).stdout
-    assert "mold pid=%d generation=1 state=ready" % mold in out, out
+    assert "mold pid=%d generation=1 state=ready" % first_mold in out, out
 
 
 @pytest.mark.lines
@@ -160,10 +163,10 @@ def test_term_while_the_mold_imports_stops_everything_at_once(workdir, servers):
     write_app(workdir, "1", before="time.sleep(60)")
     server = servers(workdir, config_body=MOLD, serve=False, workers=2)
     server.wait_log(r"event=mold\.start pid=\d+ generation=1")
-    mold = mold_pid(server, 1)
+    first_mold = mold_pid(server, 1)
     server.signal(signal.SIGTERM)
     assert server.wait_exit(15) == 0
-    wait_for(lambda: not process_alive(mold), 10, "the mold to be gone")
+    wait_for(lambda: not process_alive(first_mold), 10, "the mold to be gone")
 
 
 def test_a_mold_that_cannot_import_at_start_stops_the_master_with_its_reason(workdir, servers):
@@ -245,7 +248,14 @@ def test_metrics_count_the_requests_of_workers_forked_from_the_mold(workdir, ser
 
 
 def _requests_total(port):
-    import requests
     text = requests.get("http://127.0.0.1:%d/metrics" % port, timeout=5).text
     return sum(float(v) for v in re.findall(r"^gunicorn_requests_total\{[^}]*\} (\S+)$", text,
                                             re.M))
+
+
+def test_the_mold_is_refused_off_linux_in_one_line(monkeypatch):
+    monkeypatch.setattr(mold.sys, "platform", "darwin")
+    assert mold.problem(Config(), settings.Settings(mold=True)) == (
+        "graceful_mold=true needs Linux (the master becomes a child subreaper, a Linux prctl); "
+        "this is darwin: set graceful_mold = False")
+    assert mold.problem(Config(), settings.Settings(mold=False)) is None
