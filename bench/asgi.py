@@ -7,13 +7,13 @@ where a scenario says so, WebSocket clients whose close codes are counted.
 
 import collections
 import os
-import shutil
 import signal
 import tempfile
 import time
 
 from bench import metrics, report, throughput
-from bench.scenarios import LOAD_THREADS, WORKERS, Scenario, cpu_seconds, rss_kib
+from bench.scenarios import (LOAD_THREADS, WORKERS, Scenario, cpu_seconds, launch, rss_kib,
+                             stop_server as stop)
 from gunicorn_graceful import compat
 from tests.harness import Load, Server, Sockets, wait_for, write_asgi_app
 
@@ -44,18 +44,7 @@ def start(flavour, worker_class, record=False):
     with open(config, "w") as handle:
         handle.write(head + COMMON + tail)
     server = Server(workdir, config, app="asgiapp:app", worker=worker_class, workers=WORKERS)
-    server.start()
-    try:
-        server.wait_http(timeout=30)
-    except AssertionError:
-        stop(server)
-        raise
-    return server
-
-
-def stop(server):
-    server.stop()
-    shutil.rmtree(server.workdir, ignore_errors=True)
+    return launch(server, lambda: server.wait_http(timeout=30))
 
 
 def run(kind, flavour, worker_class, scenario, steady_seconds=3.0):

@@ -12,14 +12,13 @@ then a HUP under load: failed requests and whether the new code serves.
 """
 
 import os
-import shutil
 import signal
 import tempfile
 import threading
 import time
 
 from bench import report
-from bench.scenarios import write_config
+from bench.scenarios import launch, stop_server as stop, write_config
 from tests.harness import Load, Server, wait_for
 
 WORKERS = 4
@@ -82,18 +81,8 @@ def start(variant):
     flavour = "pack" if variant.startswith("pack") else "stock"
     server = Server(workdir, write_config(workdir, flavour, extra), app="heavyapp:app",
                     worker=PACK_SYNC if flavour == "pack" else STOCK_SYNC, workers=WORKERS)
-    server.start()
-    try:
-        wait_for(lambda: len(ready(server)) >= WORKERS, 60, "%s: workers ready" % variant)
-    except AssertionError:
-        stop(server)
-        raise
-    return server
-
-
-def stop(server):
-    server.stop()
-    shutil.rmtree(server.workdir, ignore_errors=True)
+    return launch(server, lambda: wait_for(lambda: len(ready(server)) >= WORKERS, 60,
+                                           "%s: workers ready" % variant))
 
 
 def ready(server, since=0.0):
@@ -223,7 +212,7 @@ def table(rows):
         ("per worker (PSS of all / workers, MiB)", lambda r: "%.1f" % r["per_worker"]),
         ("a SIGKILLed worker replaced and ready (s)", lambda r: "%.3f" % r["replace"]),
         ("CPU of a HUP, every process (s)", lambda r: "%.2f" % r["hup_cpu"]),
-        ("... in imports of the app (one import: CPU s)",
+        ("CPU of a HUP, in imports (one import's CPU, s)",
          lambda r: "%.2f (%.2f)" % (r["hup_cpu"] / r["import_cpu"], r["import_cpu"])),
         ("peak PSS during the HUP (MiB; x steady)",
          lambda r: "%.0f (%.2fx)" % (r["peak"], r["peak"] / r["steady"])),

@@ -138,9 +138,15 @@ def start_server(flavour, kind, app="testapp:app", workers=WORKERS, config="", e
     write_app(workdir, "1", record=False)
     server = Server(workdir, write_config(workdir, flavour, config), app=app,
                     worker=WORKER_CLASSES[flavour][kind], workers=workers, env=env)
+    return launch(server, lambda: server.wait_http(timeout=30))
+
+
+def launch(server, wait):
+    """Start `server` and `wait()` until it serves; stopped, its directory removed, when the
+    wait fails (a run must never leave a server behind)."""
     server.start()
     try:
-        server.wait_http(timeout=30)
+        wait()
     except AssertionError:
         stop_server(server)
         raise

@@ -58,6 +58,18 @@ def assert_no_failures(load):
     assert load.failures() == [], load.summary()
 
 
+def hup_loads_the_new_code(server, workdir, write):
+    """Version 2 on disk (`write`), a HUP under load: 0 failed, version 2 serves, and the app
+    was imported once per generation, by each generation's mold."""
+    write(workdir, "2", before=RECORD_IMPORT)
+    with under_load(server.url, threads=4) as load:
+        server.signal(signal.SIGHUP)
+        server.wait_log(r"event=reload\.done generation=2")
+    assert_no_failures(load)
+    assert server.version() == "2"
+    assert imports(workdir) == [mold_pid(server, 1), mold_pid(server, 2)]
+
+
 @pytest.mark.lines
 @pytest.mark.parametrize("worker", WORKERS)
 def test_one_import_per_generation_and_the_workers_are_the_masters_children(
@@ -78,14 +90,8 @@ def test_one_import_per_generation_and_the_workers_are_the_masters_children(
 @pytest.mark.parametrize("worker", WORKERS)
 def test_hup_loads_new_code_through_a_new_mold_with_zero_failures(workdir, servers, worker):
     server = mold_server(servers, workdir, worker=worker, workers=2)
-    write_app(workdir, "2", before=RECORD_IMPORT)
-    with under_load(server.url, threads=4) as load:
-        server.signal(signal.SIGHUP)
-        server.wait_log(r"event=reload\.done generation=2")
-    assert_no_failures(load)
-    assert server.version() == "2"
-    old, new = mold_pid(server, 1), mold_pid(server, 2)
-    assert imports(workdir) == [old, new], "one import per generation"
+    hup_loads_the_new_code(server, workdir, write_app)
+    old = mold_pid(server, 1)
     server.wait_log(r"event=mold\.exit pid=%d generation=1" % old)
     wait_for(lambda: not process_alive(old), 10, "the old mold to be gone")
 
@@ -223,13 +229,7 @@ def test_asgi_workers_from_the_mold_and_a_hup(workdir, servers, worker):
     server = servers(workdir, config_body="graceful_mold = True\n", app="asgiapp:app",
                      worker=worker, workers=2)
     assert server.version() == "1"
-    write_asgi_app(workdir, "2", before=RECORD_IMPORT)
-    with under_load(server.url, threads=4) as load:
-        server.signal(signal.SIGHUP)
-        server.wait_log(r"event=reload\.done generation=2")
-    assert_no_failures(load)
-    assert server.version() == "2"
-    assert imports(workdir) == [mold_pid(server, 1), mold_pid(server, 2)]
+    hup_loads_the_new_code(server, workdir, write_asgi_app)
 
 
 def test_metrics_count_the_requests_of_workers_forked_from_the_mold(workdir, servers):
