@@ -3,9 +3,12 @@
 When the last process holding a listener closes it, every connection still in
 its accept queue is reset, although those clients have sent their requests.
 A full stop therefore:
-1. closes the door: a classic BPF filter that drops every packet reaching the
-   listener, so nothing new enters the queue (connections already queued are
-   sockets of their own and keep working);
+1. closes the door: a classic BPF filter on the listener that drops every SYN
+   that opens a connection, so no new client gets in. Everything else passes:
+   a client whose handshake was under way when the door closed completes it and
+   enters the queue (a filter that dropped every packet dropped its ACK and its
+   request, and the shut in 3 reset it 200 ms later, on its retransmission);
+   connections already queued are sockets of their own and keep working;
 2. takes what waits in the queue: the master shuts an empty queue at once; else
    the first worker to get SIGTERM that can serve it accepts all of it
    (`take_queue`): a sync worker still reading a slow client's request takes
@@ -15,7 +18,8 @@ A full stop therefore:
    holds it, so a new client is refused at once, before it sent anything,
    while the workers drain what they took.
 A SYN that arrived between 1 and 3 (a few milliseconds at most) was dropped and
-is refused on its retransmission. Linux TCP only: elsewhere (and on unix
+is refused on its retransmission. The master shuts a queue it finds empty only
+HANDSHAKE_GRACE after the door closed, for the handshakes under way. Linux TCP only: elsewhere (and on unix
 sockets) the door stays open and the count is 0, which is Gunicorn's own
 behaviour.
 """
@@ -29,11 +33,20 @@ _SO_ATTACH_FILTER = _SO_GET_FILTER = 26
 _TAKE_LIMIT = 65536  # more than any accept queue holds
 _TCP_INFO_LEN = 104
 _TCPI_UNACKED = 8 + 4  # after 8 one-byte fields: rto, ato, snd_mss, rcv_mss, unacked
-_DROP_ALL = struct.pack("HBBI", 0x06, 0, 0, 0)  # BPF_RET | BPF_K, return 0 bytes
+HANDSHAKE_GRACE = 0.02  # seconds: a handshake under way on loopback or a LAN completes
+# The door (classic BPF over the TCP header): drop a packet whose SYN is set and ACK is not.
+_DROP_NEW_CONNECTIONS = b"".join(struct.pack("HBBI", *instruction) for instruction in (
+    (0x30, 0, 0, 13),          # BPF_LD | BPF_B | BPF_ABS: the TCP flags byte
+    (0x54, 0, 0, 0x12),        # BPF_ALU | BPF_AND | BPF_K: SYN and ACK only
+    (0x15, 0, 1, 0x02),        # BPF_JMP | BPF_JEQ | BPF_K: SYN alone? next, else skip one
+    (0x06, 0, 0, 0),           # BPF_RET | BPF_K: drop
+    (0x06, 0, 0, 0xFFFFFFFF),  # BPF_RET | BPF_K: keep the whole packet
+))
+_INSTRUCTIONS = len(_DROP_NEW_CONNECTIONS) // 8
 
 # The filter program outlives the call that attaches it only in the kernel,
 # which copies it; the buffer is kept here anyway so its address stays valid.
-_program = ctypes.create_string_buffer(_DROP_ALL)
+_program = ctypes.create_string_buffer(_DROP_NEW_CONNECTIONS)
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -120,7 +133,7 @@ def close_door(sock):
     """
     if not _is_tcp(sock):
         return False
-    program = struct.pack("HP", 1, ctypes.addressof(_program))  # struct sock_fprog
+    program = struct.pack("HP", _INSTRUCTIONS, ctypes.addressof(_program))  # sock_fprog
     try:
         sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, program)
     except OSError:

@@ -11,8 +11,8 @@ from gunicorn.config import Config
 
 from gunicorn_graceful import compat, settings
 from gunicorn_graceful.master import mold
-from tests.harness import (WORKERS, Load, cli, free_port, process_alive, under_load, wait_for,
-                           write_app, write_asgi_app)
+from tests.harness import (WORKERS, Load, cli, free_port, make_release, point_link,
+                           process_alive, under_load, wait_for, write_app, write_asgi_app)
 
 MOLD = "graceful_mold = True\ngraceful_readiness_path = '/healthz'\n"
 # Each import of the app appends the importing pid to imports.log, beside the app.
@@ -151,6 +151,27 @@ def test_a_mold_killed_with_sigkill_is_started_again(workdir, servers):
     server.wait_log(r"event=worker\.ready pid=\d+ generation=1", count=3)
     second = mold_pid(server, 1)
     assert second != first and imports(workdir) == [first, second]
+
+
+def test_a_mold_started_again_after_a_rollback_loads_the_pinned_release(tmp_path, servers):
+    """With graceful_release_link the link points at the rejected release after the rollback:
+    the kept generation's new mold still loads the release that generation was pinned to."""
+    root = str(tmp_path)
+    link = os.path.join(root, "current")
+    point_link(link, make_release(root, "1"))
+    make_release(root, "2", before="raise RuntimeError('database url missing')")
+    server = servers(link, workers=2, rundir=root, config_dir=root,
+                     config_body=MOLD + "graceful_release_link = %r\n" % link)
+    point_link(link, os.path.join(root, "releases", "2"))
+    server.signal(signal.SIGHUP)
+    server.wait_log(r"event=reload\.rollback generation=2")
+    os.kill(mold_pid(server, 1), signal.SIGKILL)
+    server.wait_log(r"event=mold\.ready pid=\d+ generation=1", count=2)
+    assert server.count(r"event=mold\.start pid=%d generation=1 release=%s"
+                        % (mold_pid(server, 1), re.escape(os.path.join(root, "releases", "1"))))
+    os.kill(workers_of(server)[0], signal.SIGKILL)
+    server.wait_log(r"event=worker\.ready pid=\d+ generation=1", count=3)
+    assert server.version() == "1" and server.count("event=worker.boot_failed") == 0
 
 
 def test_a_mold_that_hangs_at_import_is_killed_at_the_readiness_timeout(workdir, servers):

@@ -210,6 +210,31 @@ def test_the_door_reads_as_closed_only_once_closed_and_the_check_copies_nothing(
         assert listeners.door_closed(unix) is False
 
 
+def test_the_door_drops_new_clients_but_lets_a_handshake_under_way_into_the_queue():
+    """A client whose handshake was under way when the door closed: with TCP_DEFER_ACCEPT the
+    listener completes it only when the request arrives, after the door closed. The door
+    used to drop that packet too (every packet): the client was reset at the shut."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, 5)
+        sock.listen()
+        with socket.create_connection(sock.getsockname(), timeout=5) as client:
+            assert listeners.queued(sock) == 0
+            assert listeners.close_door(sock) is True
+            client.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            deadline = time.monotonic() + 5
+            while listeners.queued(sock) == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert listeners.queued(sock) == 1
+            conn, _ = sock.accept()
+            with conn:
+                assert conn.recv(64).startswith(b"GET / ")
+        with socket.socket() as late:
+            late.settimeout(0.5)  # its SYN is dropped: it waits, then retransmits
+            with pytest.raises(socket.timeout):
+                late.connect(sock.getsockname())
+
+
 @pytest.mark.parametrize("accept, code, ready", [
     ("2xx", 200, True), ("2xx", 404, False), ("<500", 404, True), ("<500", 302, True),
     ("<500", 500, False)])

@@ -13,6 +13,7 @@ Invariants:
 - Only the master that is the service sends systemd STOPPING=1 (`core.is_service`).
 """
 
+import time
 
 from gunicorn_graceful import clock, listeners
 from gunicorn_graceful.events import emit
@@ -56,6 +57,8 @@ class Stop:
         if not (graceful and last_holder):
             return
         closed = [lnr for lnr in arbiter.LISTENERS if listeners.close_door(lnr)]
+        if closed and not any(listeners.queued(lnr) for lnr in closed):
+            time.sleep(listeners.HANDSHAKE_GRACE)  # handshakes under way enter the queue
         # Nothing waits: refuse new clients now; else the first worker takes the queue.
         shut = [lnr for lnr in closed if not listeners.queued(lnr) and listeners.shut(lnr)]
         emit(arbiter.log, "info", "master.stopping", pid=arbiter.pid,
