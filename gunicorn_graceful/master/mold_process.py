@@ -49,7 +49,6 @@ def signal_pid(pid, sig):
         pass
 
 
-
 _DEFAULT = (signal.SIGTERM, signal.SIGQUIT, signal.SIGCHLD)
 _IGNORED = (signal.SIGHUP, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH,
             signal.SIGTTIN, signal.SIGTTOU)
@@ -62,7 +61,7 @@ def run(arbiter, sock, generation, release_dir, close):
     the master's other signals are ignored (the master stops it itself). It ends
     when the master's end of the socket closes or the master is gone.
     """
-    code = 0
+    code, ready = 0, False
     try:
         become_mold(arbiter, generation, close)
         began = time.monotonic()
@@ -72,17 +71,19 @@ def run(arbiter, sock, generation, release_dir, close):
         gc.freeze()
         warn_fork_safety(arbiter, generation, sock)
         send(sock, {"ready": round(time.monotonic() - began, 3)})
+        ready = True
         wake(arbiter)
         serve(arbiter, sock, generation, release_dir)
     except BaseException as exc:  # the mold must never return into the master's code
-        code = arbiter.APP_LOAD_ERROR
-        reason = load_failure(exc)
-        arbiter.log.error("Exception while the mold of generation %s loaded the application",
-                          generation, exc_info=not isinstance(exc, SystemExit))
-        try:
-            send(sock, {"failed": reason})
-        except OSError:
-            pass
+        code = 1 if ready else arbiter.APP_LOAD_ERROR
+        arbiter.log.error("Exception in the mold of generation %s %s", generation,
+                          "while it forked workers" if ready else "while it loaded the app",
+                          exc_info=not isinstance(exc, SystemExit))
+        if not ready:
+            try:
+                send(sock, {"failed": load_failure(exc)})
+            except OSError:
+                pass
     finally:
         os._exit(code)
 
