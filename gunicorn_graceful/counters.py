@@ -47,23 +47,18 @@ class Slot:
     bounds in seconds, +Inf implied."""
 
     def __init__(self, buckets, fd=None):
-        """A new slot in the master; with `fd`, the one a mold's worker was handed (`attach`)."""
+        """A new slot in the master; with `fd`, the one a mold's worker was handed."""
         self.buckets = tuple(buckets)
         size = max((_BUCKETS + len(self.buckets) + 1) * 8, mmap.PAGESIZE)
+        new = fd is None
+        if new and hasattr(os, "memfd_create"):  # a file a mold can pass on (`mold`)
+            fd = os.memfd_create("gunicorn-graceful-counts", os.MFD_CLOEXEC)
+            os.ftruncate(fd, size)
         self.fd = fd
-        if fd is None and hasattr(os, "memfd_create"):  # a file a mold can pass on (`mold`)
-            self.fd = os.memfd_create("gunicorn-graceful-counts", os.MFD_CLOEXEC)
-            os.ftruncate(self.fd, size)
-            self._map = mmap.mmap(self.fd, size)
-            self._values = memoryview(self._map).cast("d")
+        self._map = mmap.mmap(-1 if fd is None else fd, size)
+        self._values = memoryview(self._map).cast("d")
+        if new:
             self._values[_DRAIN_SECONDS] = -1.0
-        elif fd is None:
-            self._map = mmap.mmap(-1, size)
-            self._values = memoryview(self._map).cast("d")
-            self._values[_DRAIN_SECONDS] = -1.0
-        else:
-            self._map = mmap.mmap(fd, size)
-            self._values = memoryview(self._map).cast("d")
         self._lock = None
 
     def forget_fd(self):

@@ -19,9 +19,9 @@ A full stop therefore:
    while the workers drain what they took.
 A SYN that arrived between 1 and 3 (a few milliseconds at most) was dropped and
 is refused on its retransmission. The master shuts a queue it finds empty only
-HANDSHAKE_GRACE after the door closed, for the handshakes under way. Linux TCP only: elsewhere (and on unix
-sockets) the door stays open and the count is 0, which is Gunicorn's own
-behaviour.
+HANDSHAKE_GRACE after the door closed, for the handshakes under way. Linux TCP
+only: elsewhere (and on unix sockets) the door stays open and the count is 0,
+which is Gunicorn's own behaviour.
 """
 
 import ctypes

@@ -142,8 +142,7 @@ class Core:
         None: the pack's checks, the metrics endpoint's, the mold's."""
         return self.arbiter.check_config(cfg, log) \
             or metrics.reload_problem(self.arbiter.metrics, pack_settings) \
-            or mold.problem(cfg, pack_settings) \
-            or mold.reload_problem(self.arbiter.molds, pack_settings)
+            or mold.reload_problem(self.arbiter.molds, cfg, pack_settings)
 
     # -- USR2 -------------------------------------------------------------------------------
 

@@ -44,7 +44,7 @@ import sys
 from gunicorn_graceful import clock, compat
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.master import mold_process
-from gunicorn_graceful.master.pool import BootFailure, describe_status
+from gunicorn_graceful.master.pool import BootFailure, describe_status, how_it_ended
 
 PR_SET_CHILD_SUBREAPER = 36
 FORK_TIMEOUT = 5.0       # a mold answers a fork in milliseconds; one that does not is hung
@@ -68,12 +68,13 @@ def problem(cfg, pack_settings):
     return None
 
 
-def reload_problem(molds, pack_settings):
-    """A HUP cannot turn the mold on or off: the master's children would change kind."""
+def reload_problem(molds, cfg, pack_settings):
+    """Why a config loaded on HUP cannot run with the mold (`problem`), or None; a HUP cannot
+    turn the mold on or off either: the master's children would change kind."""
     if (molds is not None) != pack_settings.mold:
         return ("graceful_mold changes on a restart or a USR2 only (the running master has it "
                 "%s)" % ("on" if molds is not None else "off"))
-    return None
+    return problem(cfg, pack_settings)
 
 
 def become_subreaper():
@@ -87,8 +88,8 @@ def become_subreaper():
 class Mold:
     """The master's view of one mold process."""
 
-    def __init__(self, pid, generation, sock, release_dir):
-        self.pid, self.generation, self.sock, self.release = pid, generation, sock, release_dir
+    def __init__(self, pid, generation, sock):
+        self.pid, self.generation, self.sock = pid, generation, sock
         self.started = clock.monotonic()
         self.ready_at = None
         self.failure = None      # the reason it sent before exiting
@@ -176,7 +177,7 @@ class Molds:
         close = [m.sock.fileno() for m in self.by_pid.values()] + \
             [lnr.fileno() for lnr in self.rollouts.held() if lnr not in arbiter.LISTENERS]
         pid, sock = self.processes.start(arbiter, generation, release_dir, close)
-        self.by_pid[pid] = Mold(pid, generation, sock, release_dir)
+        self.by_pid[pid] = Mold(pid, generation, sock)
         emit(arbiter.log, "info", "mold.start", pid=pid, generation=generation,
              release=release_dir or "-")
 
@@ -231,7 +232,7 @@ class Molds:
                  reason=mold.stopping)
         else:
             emit(log, "error", "mold.lost", pid=pid, generation=mold.generation,
-                 reason=describe_status(status).replace(" before it was ready", ""),
+                 reason=how_it_ended(status),
                  action="starting a new mold for generation %s" % mold.generation)
         return True
 

@@ -194,9 +194,8 @@ def become_worker(arbiter, sock, request, fds, release_dir):
             if time.monotonic() > deadline:
                 os._exit(code)
             time.sleep(0.001)
-        worker = arbiter.worker_class(request["age"], arbiter.pid, arbiter.LISTENERS,
-                                      arbiter.app, arbiter.timeout / 2.0, arbiter.cfg,
-                                      arbiter.log)
+        arbiter.worker_age = request["age"]
+        worker = arbiter.new_worker()  # as the master made its own object of this worker
         worker.tmp.close()
         worker.tmp = compat.inherited_heartbeat(fds[0])
         slot = counters.Slot(request["buckets"], fd=fds[1]) if len(fds) > 1 else None

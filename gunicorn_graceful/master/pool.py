@@ -274,9 +274,14 @@ def log_signal_exit(log, pid, status, record):
 
 
 def describe_status(status):
+    return "%s before it was ready" % how_it_ended(status)
+
+
+def how_it_ended(status):
+    """"killed by SIGSEGV" or "exited with code 3", from a wait status."""
     if os.WIFSIGNALED(status):
-        return "killed by %s before it was ready" % signal_name(os.WTERMSIG(status))
-    return "exited with code %s before it was ready" % os.WEXITSTATUS(status)
+        return "killed by %s" % signal_name(os.WTERMSIG(status))
+    return "exited with code %s" % os.WEXITSTATUS(status)
 
 
 def signal_name(number):
