@@ -205,13 +205,15 @@ def unix_answers(path):
 
 
 @pytest.mark.lines
-def test_hup_that_adds_a_bind_address_serves_both_and_the_first_never_stops(workdir, servers):
+@pytest.mark.parametrize("extra", ["", "graceful_mold = True\n"], ids=["fork", "mold"])
+def test_hup_that_adds_a_bind_address_serves_both_and_the_first_never_stops(workdir, servers,
+                                                                            extra):
     one, two = free_port(), free_port()
-    server = bound_server(servers, workdir, ["127.0.0.1:%s" % one])
+    server = bound_server(servers, workdir, ["127.0.0.1:%s" % one], extra)
     load = Load("http://127.0.0.1:%s" % one, threads=4).start()
     try:
         load.wait_count(50)
-        rebind(server, workdir, ["127.0.0.1:%s" % one, "127.0.0.1:%s" % two])
+        rebind(server, workdir, ["127.0.0.1:%s" % one, "127.0.0.1:%s" % two], extra)
         server.wait_log(r"event=reload\.done generation=2")
         load.wait_count(len(load.results) + 50)
     finally:
@@ -219,7 +221,7 @@ def test_hup_that_adds_a_bind_address_serves_both_and_the_first_never_stops(work
     assert load.failures() == [], load.summary()
     assert answers("http://127.0.0.1:%s/" % two) and answers("http://127.0.0.1:%s/" % one)
     assert "Connection in use" not in server.log() and "Retrying" not in server.log()
-    rebind(server, workdir, ["127.0.0.1:%s" % two])  # and away from the first
+    rebind(server, workdir, ["127.0.0.1:%s" % two], extra)  # and away from the first
     server.wait_log(r"event=reload\.done generation=3")
     wait_for(lambda: refused(one), 10, "the first port to refuse connections")
     assert answers("http://127.0.0.1:%s/" % two) and server.alive()
