@@ -8,8 +8,9 @@ a worker booted. Exit 0: running (serving, reloading, starting or stopping);
 cannot be replaced), so that a monitoring check can alert on it.
 
 `gunicorn-graceful upgrade --pidfile PATH [--timeout S]`: USR2, then follow the
-upgrade to its end: exit 0 when the new master is promoted, non-zero with the
-reason when the upgrade is refused, rolled back or out of time.
+upgrade to its end: exit 0 when the new master is promoted (or, in place, when
+the new generation serves), non-zero with the reason when the upgrade is
+refused (2), rolled back (3) or out of time (5).
 
 `gunicorn-graceful init [DIR] [--asgi] [--systemd] [--kubernetes] [--haproxy] [--force]`:
 write the config template (and deployment examples) shipped with the package,
@@ -165,6 +166,8 @@ def upgrade_step(pidfile, old, seq, progress):
     if record.get("seq") == seq and record["state"] == "rolled_back":
         print("upgrade rolled back: %s" % record["reason"], file=sys.stderr)
         return 3
+    if record.get("seq") == seq and record.get("in_place"):
+        return in_place_step(snapshot, record, progress)
     if record.get("seq") == seq:
         progress.new_master = record.get("new_master")  # the old master's file goes when it exits
     new = progress.new_master
@@ -185,6 +188,24 @@ def upgrade_step(pidfile, old, seq, progress):
         if not alive(old) and not os.path.exists(pidfile + ".2"):
             progress.say("promoted: master %s" % new)
             return 0
+    return None
+
+
+def in_place_step(snapshot, record, progress):
+    """One look at an in-place upgrade (graceful_upgrade = "in-place"): the master keeps its
+    PID, so its own status file says how far it is."""
+    progress.say("upgrading in place: master %s" % record["new_master"])
+    if record["state"] == "done":
+        progress.say("done: master %s, generation %s serving" % (record["new_master"],
+                                                                 snapshot.get("generation")))
+        return 0
+    workers = [w for w in snapshot.get("workers", ())
+               if w["generation"] == snapshot.get("generation")]
+    if workers:
+        ready = sum(1 for w in workers if w["state"] == "ready")
+        progress.say("generation %s: workers ready %s/%s" % (
+            snapshot["generation"], min(ready, snapshot["workers_wanted"]),
+            snapshot["workers_wanted"]))
     return None
 
 

@@ -22,6 +22,7 @@ from gunicorn.config import KNOWN_SETTINGS
 ERROR = "Error: gunicorn-graceful: "
 # Set by an old master for its new master on USR2 (`master/upgrade_report`), not by users.
 UPGRADE_REPORT_ENV = "GRACEFUL_UPGRADE_REPORT_FD"
+IN_PLACE_ENV = "GRACEFUL_IN_PLACE_FD"  # an in-place upgrade's hand-over (`master.inplace`)
 
 _GUNICORN_NAMES = frozenset(setting.name for setting in KNOWN_SETTINGS)
 
@@ -87,6 +88,18 @@ def _accept(name, value):
     if text not in ACCEPT:
         raise SettingError(name, value, "'2xx' (a health route) or '<500' (any answer of an "
                                         "app that imported and runs)")
+    return text
+
+
+UPGRADES = ("new-master", "in-place")
+
+
+def _upgrade(name, value):
+    text = str(value).strip()
+    if text not in UPGRADES:
+        raise SettingError(name, value, "'new-master' (a second master takes over, with a new "
+                                        "PID) or 'in-place' (the master execs the new code "
+                                        "itself and keeps its PID)")
     return text
 
 
@@ -199,7 +212,17 @@ class Settings:
     upgrade_timeout: float = dataclasses.field(default=60.0, metadata={
         "parse": _seconds(0, True),
         "doc": "Seconds the old master gives a USR2 upgrade to take over (new master up, all "
-               "its workers ready); then it stops the new master and keeps serving."})
+               "its workers ready); then it stops the new master and keeps serving. In place: "
+               "from the USR2 to the new generation ready, the new code's check included; "
+               "then the new generation stops and the old code comes back."})
+    upgrade: str = dataclasses.field(default="new-master", metadata={
+        "parse": _upgrade,
+        "doc": "What USR2 does. 'new-master': a new master starts beside this one (new PID) "
+               "and takes over once its workers are ready. 'in-place': this master checks the "
+               "new code in a child, then execs it itself (same PID: supervisord, tini, PID 1 "
+               "and Type=notify units follow), keeping its workers serving; the new generation "
+               "boots, and the old one drains once it is ready; a failure execs the old code "
+               "back. Not with graceful_mold, reuse_port or dirty workers."})
     release_link: str = dataclasses.field(default="", metadata={
         "parse": lambda name, value: "" if value is None else str(value),
         "doc": "The deploy symlink (for example /srv/app/current -> releases/42). A USR2 "
@@ -313,7 +336,8 @@ def near_misses(namespace, environ=None):
             iter(difflib.get_close_matches(key, ours, n=1, cutoff=0.85)), None)
         if guess:
             warnings.append("%s in the config is not a setting: did you mean %s?" % (key, guess))
-    known_env = [env_name(f.name) for f in Settings.fields()] + [UPGRADE_REPORT_ENV]
+    known_env = [env_name(f.name) for f in Settings.fields()] + [UPGRADE_REPORT_ENV,
+                                                                 IN_PLACE_ENV]
     for key in environ:
         if key.startswith("GRACEFUL_") and key not in known_env:
             guess = next(iter(difflib.get_close_matches(key, known_env, n=1, cutoff=0.8)), None)

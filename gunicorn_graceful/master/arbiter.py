@@ -15,6 +15,7 @@ its invariants:
   with `recycle` (ready-first recycling: max_requests, memory, age);
 - `rollout`: HUP generations, rollback, pinned releases;
 - `upgrade`: USR2, as old master and as new master;
+- `inplace`: USR2 with graceful_upgrade = "in-place" (the master execs the new code);
 - `stop`: lame duck, door, drain;
 - `status`: the status file;
 - `metrics`: the Prometheus endpoint and the totals it serves (with graceful_metrics_bind);
@@ -37,7 +38,7 @@ from gunicorn.errors import AppImportError
 
 from gunicorn_graceful import compat, forked, settings
 from gunicorn_graceful.events import emit
-from gunicorn_graceful.master import metrics, mold, rollout, upgrade
+from gunicorn_graceful.master import inplace, metrics, mold, rollout, upgrade
 from gunicorn_graceful.master.core import Core
 from gunicorn_graceful.master.phase import Phase, PhaseKeeper
 from gunicorn_graceful.master.pool import Pool
@@ -66,13 +67,16 @@ class GracefulArbiter(Arbiter):
         # config's install(globals()) loaded; a HUP replaces both, a rollback restores both.
         arbiter.settings = settings.current()
         arbiter.generation = 1
-        arbiter.phase = PhaseKeeper(arbiter.log, arbiter.pid,
+        handed = inplace.take_handover()
+        arbiter.phase = PhaseKeeper(arbiter.log, arbiter.pid, Phase.IN_PLACE if handed else
                                     Phase.TRIAL if arbiter.master_pid else Phase.STARTING)
         arbiter.notifier = Notifier.take_from_environ()
         arbiter.records = Records()
         arbiter.rollouts = rollout.Rollouts(arbiter)
         arbiter.pool = Pool(arbiter, arbiter.records, arbiter.rollouts.release_of)
         arbiter.upgrades = upgrade.Upgrades(arbiter)
+        arbiter.inplace = inplace.InPlace(arbiter, arbiter.pool, arbiter.upgrades,
+                                          arbiter.rollouts, handed, arbiter.notifier.address)
         arbiter.stopper = Stop(arbiter)
         arbiter.molds = mold.Molds(arbiter, arbiter.pool, arbiter.rollouts) \
             if arbiter.settings.mold else None
@@ -85,7 +89,9 @@ class GracefulArbiter(Arbiter):
             or mold.problem(arbiter.cfg, arbiter.settings)
         if reason:
             raise SystemExit(settings.ERROR + reason)
-        arbiter.metrics = metrics.start(arbiter, arbiter.pool, arbiter.settings)
+        if handed:
+            arbiter.inplace.adopt()
+        arbiter.metrics = metrics.start(arbiter, arbiter.pool, arbiter.settings, handed)
         if arbiter.molds is not None:
             mold.become_subreaper()
         return arbiter
@@ -135,8 +141,9 @@ class GracefulArbiter(Arbiter):
             if self.molds is not None:
                 pid = self.spawn_from_mold(slot)
             else:
-                forked.prepare(record.release, [lnr.fileno() for lnr in self.rollouts.held()
-                                                if lnr not in self.LISTENERS], slot)
+                stale = [lnr.fileno() for lnr in self.rollouts.held() if lnr not in self.LISTENERS]
+                forked.prepare(record.release,
+                               stale + (self.metrics.sibling_fds() if self.metrics else []), slot)
                 compat.settle_control_server(self)  # forks come back to back: see there
                 pid = super().spawn_worker()
         finally:
@@ -243,6 +250,8 @@ class GracefulArbiter(Arbiter):
         elif compat.is_dirty_arbiter(self, wpid):
             self.handle_dirty_arbiter_exit(wpid, status)
         elif self.molds is not None and self.molds.reaped(wpid, status):
+            return
+        elif self.inplace.reaped(wpid, status):
             return
         else:
             worker = self.WORKERS.pop(wpid, None)

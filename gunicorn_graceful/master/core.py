@@ -18,6 +18,12 @@ file and what systemd was told change together, in one place:
 | recovered               | any             | READY                                           |
 | HUP                     | refused by phase, else reloading; RELOADING=1 (`phase.REFUSALS`)    |
 | USR2                    | refused by phase or upgrade, else upgrading; STATUS                 |
+| USR2, in place          | refused by phase or upgrade, else upgrading_in_place; RELOADING=1   |
+| its check failed        | upgrading_in_place | serving; READY with the reason (refused)     |
+| its exec (`inplace`)    | the next code adopts the workers in upgrading_in_place            |
+| generation complete     | upgrading_in_place | serving; READY (done)                        |
+| a worker failed to boot | upgrading_in_place | retire it; exec the old code back once gone  |
+| exec'd back             | upgrading_in_place | serving; READY with the reason (rolled back) |
 | the new master asks     | upgrading       | pidfile, MAINPID, acknowledge; this master stops |
 | the new master failed   | upgrading       | serving; READY with its reason                  |
 | promoted                | taking_over     | serving                                         |
@@ -54,12 +60,16 @@ class Core:
     def tick(self):
         """Gunicorn's `manage_workers`: the upgrade, the metrics, the pool, the status file."""
         arbiter = self.arbiter
+        if arbiter.inplace.first_tick_due():
+            self.in_place_ended(arbiter.inplace.first_tick())
         if self.phase.is_in(Phase.STOPPING):
             return
         if self.phase.is_in(Phase.LAME_DUCK):
             self.watch_lame_duck()
             return
         self.watch_upgrade()
+        if self.phase.is_in(Phase.IN_PLACE):
+            self.in_place_ended(arbiter.inplace.watch(arbiter.metrics))
         if arbiter.metrics:
             arbiter.metrics.tick()  # before the pool forgets the records of reaped workers
         self.reconcile()
@@ -95,7 +105,7 @@ class Core:
                 return
         elif self.phase.is_in(Phase.RELOADING):
             arbiter.rollouts.finish(ready)
-        else:
+        elif not (self.phase.is_in(Phase.IN_PLACE) and arbiter.inplace.completes()):
             return
         self.phase.move(Phase.SERVING)
         self.tell_serving()
@@ -112,6 +122,9 @@ class Core:
                                 % (arbiter.generation, failure.reason))
         elif self.phase.is_in(Phase.STARTING, Phase.TRIAL):
             arbiter.pool.halt_on_boot_failure(failure)
+        elif self.phase.is_in(Phase.IN_PLACE) and arbiter.inplace.boot_failed(failure.reason):
+            self.notifier.status(arbiter.log, "upgrade failed, going back to the old code: %s"
+                                 % failure.reason)
         else:
             arbiter.pool.back_off(failure)
             self.notifier.status(arbiter.log, "degraded: generation %s cannot replace workers: "
@@ -123,7 +136,8 @@ class Core:
         """HUP: refused by the phase, or a new generation that must prove itself (`rollout`)."""
         arbiter = self.arbiter
         reason = self.phase.refusal("reload", old=arbiter.master_pid or arbiter.pid,
-                                    new=arbiter.reexec_pid or arbiter.pid)
+                                    new=arbiter.reexec_pid or arbiter.pid,
+                                    seq=arbiter.upgrades.seq)
         if reason:
             emit(arbiter.log, "error", "reload.refused", pid=arbiter.pid, reason=reason)
             return
@@ -147,14 +161,20 @@ class Core:
     # -- USR2 -------------------------------------------------------------------------------
 
     def upgrade(self):
-        """USR2: refused with its reason, or a new master that takes over only once ready."""
+        """USR2: refused with its reason, or a new master that takes over only once ready, or
+        (graceful_upgrade = "in-place") this master's own exec of the new code."""
         arbiter, upgrades = self.arbiter, self.arbiter.upgrades
+        in_place = arbiter.settings.upgrade == "in-place"
         reason = self.phase.refusal("upgrade", old=arbiter.master_pid or arbiter.pid,
                                     new=arbiter.reexec_pid or arbiter.pid,
-                                    generation=arbiter.generation) or upgrades.refusal()
+                                    generation=arbiter.generation, seq=upgrades.seq) \
+            or (arbiter.inplace.refusal(arbiter.molds) if in_place else upgrades.refusal())
         if reason:
             upgrades.refused(reason)
             arbiter.status.write()
+            return
+        if in_place:
+            self.upgrade_in_place()
             return
         upgrades.start(self.notifier.address)
         self.phase.move(Phase.UPGRADING)
@@ -163,6 +183,27 @@ class Core:
         upgrades.announce()
         self.notifier.status(arbiter.log, "upgrading: new master %s booting"
                              % arbiter.reexec_pid)
+
+    def upgrade_in_place(self):
+        """USR2 in place: systemd hears RELOADING now and READY when a generation serves; the
+        PID never changes, so there is no MAINPID to tell (`inplace`)."""
+        arbiter = self.arbiter
+        arbiter.inplace.start()
+        self.phase.move(Phase.IN_PLACE)
+        arbiter.status.write()
+        self.notifier.reloading(arbiter.log, "upgrading in place: checking the new code")
+
+    def in_place_ended(self, outcome):
+        """An in-place upgrade ended without the new generation serving: refused before the
+        exec, or rolled back (exec'd back, or the exec back failed): the kept code serves."""
+        if outcome is None:
+            return
+        kind, reason = outcome
+        arbiter = self.arbiter
+        self.phase.move(Phase.SERVING)
+        self.notifier.ready(arbiter.log, "upgrade %s, generation %s still serving: %s"
+                            % (kind.replace("_", " "), arbiter.generation, reason))
+        arbiter.status.write()
 
     def watch_upgrade(self):
         """Old master, each tick: act on what became of the new master (`Upgrades.watch`)."""
@@ -266,6 +307,7 @@ class Core:
         arbiter = self.arbiter
         service = self.is_service()
         self.phase.move(Phase.STOPPING)
+        arbiter.inplace.abandon()
         arbiter.stopper.close_door(graceful)
         if arbiter.reexec_pid:
             emit(arbiter.log, "info", "upgrade.retiring", pid=arbiter.pid,

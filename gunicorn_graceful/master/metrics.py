@@ -29,6 +29,7 @@ import importlib.util
 import json
 import os
 import signal
+import socket
 import threading
 import time
 
@@ -47,19 +48,24 @@ _RELOADS = {"reload.done": ("hup", "ok"), "reload.rollback": ("hup", "rolled_bac
             "upgrade.promoted": ("usr2", "ok")}
 
 
-def start(arbiter, pool, settings):
+def start(arbiter, pool, settings, handed=None):
     """The metrics of this master, serving on graceful_metrics_bind; None when it is empty.
     A SystemExit naming the setting when the address cannot be bound or prometheus_client
-    is missing (at start, so nothing runs half-configured)."""
+    is missing (at start, so nothing runs half-configured). `handed`: what an in-place
+    upgrade handed this code (`inplace`), whose counts go on here."""
     if not settings.metrics_bind:
         return None
     if importlib.util.find_spec("prometheus_client") is None:  # the [metrics] extra
         raise SystemExit("Error: gunicorn-graceful: graceful_metrics_bind=%s needs "
                          "prometheus_client: pip install 'gunicorn-graceful[metrics]'"
                          % settings.metrics_bind)
-    metrics = Metrics(arbiter, pool, settings)
+    kept = handed and handed["metrics"]
+    metrics = Metrics(arbiter, pool, settings, kept["buckets"] if kept else None)
+    if kept:
+        metrics.adopt(kept, handed["workers"])
     if not arbiter.master_pid:  # a new master of a USR2 binds once its old master is gone
-        metrics.serve()
+        same = kept and kept["fd"] is not None and kept["bind"] == settings.metrics_bind
+        metrics.serve(os.dup(kept["fd"]) if same else None)
     return metrics
 
 
@@ -76,9 +82,17 @@ def reload_problem(metrics, settings):
 
 
 class Metrics:
-    def __init__(self, arbiter, pool, settings):
+    def __init__(self, arbiter, pool, settings, buckets=None):
+        """`buckets`: the histogram's of the code an in-place upgrade replaced, kept because
+        its workers' slots are laid out for them (else graceful_metrics_buckets)."""
         self.arbiter, self.pool, self.bind = arbiter, pool, settings.metrics_bind
-        self.buckets = tuple(settings.metrics_buckets)
+        self.buckets = tuple(buckets or settings.metrics_buckets)
+        if buckets and self.buckets != tuple(settings.metrics_buckets):
+            emit(arbiter.log, "warning", "settings.warning",
+                 problem="graceful_metrics_buckets changes on a restart only (an in-place "
+                         "upgrade keeps the running workers' histograms): kept %s"
+                         % ",".join(map(str, self.buckets)))
+        self.keep_fds = settings.upgrade == "in-place"  # each slot's file crosses an exec
         self.lock = threading.Lock()
         self.slots = {}  # pid -> the slot of a worker not yet folded
         self.folded = counters.Counts.zero(self.buckets)
@@ -102,7 +116,8 @@ class Metrics:
     def forked(self, pid, slot):
         """After the fork in the master (pid None: the fork failed)."""
         if pid:
-            slot.forget_fd()
+            if not self.keep_fds:
+                slot.forget_fd()
             with self.lock:
                 self.slots[pid] = slot
         else:
@@ -160,9 +175,40 @@ class Metrics:
                 "degraded": int(self.pool.degraded is not None), "oldest": oldest,
                 "backlog": sum(map(listeners.queued, counted)) if counted else None}
 
-    def export(self):
-        """Every counter as JSON, for the new master of a USR2 (`carry`)."""
-        total, _ = self.snapshot()
+    def sibling_fds(self):
+        """The slot files the master keeps (in-place upgrades): a new worker closes them."""
+        return [slot.fd for slot in self.slots.values() if slot.fd is not None]
+
+    def slot_fd(self, pid):
+        slot = self.slots.get(pid)
+        return slot.fd if slot is not None else None
+
+    def handover(self):
+        """What an in-place upgrade hands the next code (`adopt`): the totals of the workers
+        that exited (each live worker's slot goes with it), the buckets, the listener."""
+        return {"totals": self.export(live=False), "buckets": list(self.buckets),
+                "bind": self.bind, "fd": self.server.fileno() if self.server else None}
+
+    def adopt(self, kept, workers):
+        """In the code an in-place upgrade exec'd: the handed totals, and the slot of each
+        handed worker (a copy of its descriptor: see `inplace.adopt`)."""
+        self.carry(kept["totals"])
+        for item in workers:
+            if item["slot"] is not None:
+                slot = counters.Slot(self.buckets, fd=os.dup(item["slot"]))
+                if not self.keep_fds:
+                    slot.forget_fd()
+                self.slots[item["pid"]] = slot
+
+    def export(self, live=True):
+        """Every counter as JSON, for the new master of a USR2 (`carry`); without `live`, only
+        what exited workers counted."""
+        if live:
+            total, _ = self.snapshot()
+        else:
+            with self.lock:
+                total = counters.Counts.zero(self.buckets)
+                total.add(self.folded)
         return json.dumps({
             "requests": total.requests, "buckets": list(self.buckets),
             "duration": [total.duration_sum, total.duration_count, total.buckets],
@@ -206,14 +252,21 @@ class Metrics:
 
     # -- the endpoint's thread --------------------------------------------------------------
 
-    def serve(self):
+    def serve(self, fd=None):
+        """Bind the endpoint and serve it from a thread; `fd`: the listener an in-place
+        upgrade handed over, served as it is (no scrape finds the port closed)."""
         from prometheus_client import exposition  # noqa: F401  (not on the first scrape)
         host, _, port = self.bind.rpartition(":")
+        address = (host.strip("[]") or "0.0.0.0", int(port))
         try:
-            self.server = _Server((host.strip("[]") or "0.0.0.0", int(port)), _Handler)
+            self.server = _Server(address, _Handler, bind_and_activate=fd is None)
         except (OSError, ValueError) as exc:
             raise SystemExit("Error: gunicorn-graceful: graceful_metrics_bind=%s cannot be "
                              "bound: %s" % (self.bind, exc)) from None
+        if fd is not None:
+            self.server.socket.close()
+            self.server.socket = socket.socket(fileno=fd)
+            self.server.server_name, self.server.server_port = address
         self.server.metrics = self
         fd = self.server.fileno()
         identity = _identity(fd)

@@ -11,7 +11,9 @@ Invariants:
 Phases: `starting` (first generation booting), `trial` (a USR2 new master whose
 workers are not all ready yet), `taking_over` (that new master took over; its
 old master drains), `serving`, `reloading` (a HUP generation boots),
-`upgrading` (a new master of ours is on trial), `lame_duck`, `stopping`.
+`upgrading` (a new master of ours is on trial), `upgrading_in_place` (an in-place
+upgrade: its check, its exec, its new generation, a rollback's exec back),
+`lame_duck`, `stopping`.
 """
 
 import enum
@@ -26,6 +28,7 @@ class Phase(enum.Enum):
     SERVING = "serving"
     RELOADING = "reloading"
     UPGRADING = "upgrading"
+    IN_PLACE = "upgrading_in_place"
     LAME_DUCK = "lame_duck"
     STOPPING = "stopping"
 
@@ -35,14 +38,16 @@ ALLOWED = {
     P.STARTING: {P.SERVING, P.LAME_DUCK, P.STOPPING},
     P.TRIAL: {P.TAKING_OVER, P.LAME_DUCK, P.STOPPING},
     P.TAKING_OVER: {P.SERVING, P.LAME_DUCK, P.STOPPING},
-    P.SERVING: {P.RELOADING, P.UPGRADING, P.LAME_DUCK, P.STOPPING},
+    P.SERVING: {P.RELOADING, P.UPGRADING, P.IN_PLACE, P.LAME_DUCK, P.STOPPING},
     P.RELOADING: {P.SERVING, P.LAME_DUCK, P.STOPPING},
     P.UPGRADING: {P.SERVING, P.LAME_DUCK, P.STOPPING},
+    P.IN_PLACE: {P.SERVING, P.LAME_DUCK, P.STOPPING},
     P.LAME_DUCK: {P.STOPPING},
     P.STOPPING: set(),
 }
 
 _UPGRADE_RUNS = "a USR2 upgrade is in progress (old master %(old)s, new master %(new)s)"
+_IN_PLACE = "an in-place upgrade is in progress (USR2 number %(seq)s)"
 _LAME_DUCK = "the master is in lame duck, about to stop"
 _STOPPING = "the master is stopping"
 REFUSALS = {
@@ -50,6 +55,7 @@ REFUSALS = {
     ("reload", P.TRIAL): _UPGRADE_RUNS + ": HUP again after it",
     ("reload", P.TAKING_OVER): _UPGRADE_RUNS + ": HUP again after it",
     ("reload", P.UPGRADING): _UPGRADE_RUNS + ": HUP again after it",
+    ("reload", P.IN_PLACE): _IN_PLACE + ": HUP again after it",
     ("reload", P.LAME_DUCK): _LAME_DUCK,
     ("reload", P.STOPPING): _STOPPING,
     ("upgrade", P.STARTING): "this master is not serving yet (at most one master may be "
@@ -59,6 +65,7 @@ REFUSALS = {
                                 "(old master %(old)s)",
     ("upgrade", P.RELOADING): "a HUP reload is in progress (generation %(generation)s)",
     ("upgrade", P.UPGRADING): "an upgrade is in progress (new master %(new)s)",
+    ("upgrade", P.IN_PLACE): _IN_PLACE,
     ("upgrade", P.LAME_DUCK): _LAME_DUCK,
     ("upgrade", P.STOPPING): _STOPPING,
 }

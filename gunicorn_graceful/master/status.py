@@ -65,7 +65,8 @@ class StatusFile:
             return "starting"
         if self.pool.degraded is not None or ready == 0:
             return "degraded"
-        return {Phase.RELOADING: "reloading", Phase.UPGRADING: "upgrading"}.get(
+        return {Phase.RELOADING: "reloading", Phase.UPGRADING: "upgrading",
+                Phase.IN_PLACE: "upgrading"}.get(
             phase.value, "serving")
 
     def write(self):

@@ -1,0 +1,453 @@
+"""USR2 with graceful_upgrade = "in-place": the master execs the new code itself, same PID.
+
+Gunicorn's USR2 starts a second master with a new PID, which supervisord, tini,
+a container's PID 1 and a plain systemd unit cannot follow. HAProxy's
+master-worker reload and Puma's hot restart exec in place; here the running
+workers also keep serving across the exec, and the new generation is gated on
+readiness as a HUP's is. Each step fails closed:
+
+1. USR2, in the old code (`start`): the new code's own start runs in a child
+   (`relaunch ... --check-config`: the interpreter, the pack, the config, the
+   app's import), bounded by graceful_upgrade_timeout. A failure refuses the
+   upgrade; nothing else changed.
+2. `exec_code`: what the next code needs (`handover`) goes into a memfd: the
+   listeners, each worker's heartbeat file and metrics slot (descriptors made
+   inheritable), each worker's record, the metrics' totals and listener, and
+   how to exec this code again. The master's signals are blocked across the
+   exec (the mask survives it): a TERM in the window waits for the new code
+   instead of killing the master. An exec that fails leaves this code running:
+   refused.
+3. The new code (`adopt`, from `GracefulArbiter.install`) takes the workers
+   over as the previous generation and boots the next one; the pool retires the
+   old generation only once the new one is complete, as on a HUP.
+4. A new generation that fails, or is not complete within
+   graceful_upgrade_timeout, is retired; once its workers are gone (within the
+   pool's deadlines), the old code is exec'd back the same way, adopts the old
+   workers and serves on: rolled back. A new code that exits before its first
+   tick (its config, hooks or start fail) is exec'd back by `relaunch`, with
+   the hand-over untouched.
+
+Invariants: the master's PID never changes; an upgrade never signals a worker
+of the serving generation before the next one is complete; systemd hears
+RELOADING=1 at the USR2 and READY=1 once a generation serves (`core`), never
+MAINPID; what the upgrade becomes (booting, done, rolled_back, refused) is in the
+status file under the USR2's number, across the execs.
+"""
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+
+from gunicorn import sock
+
+from gunicorn_graceful import clock, compat, release, settings
+from gunicorn_graceful.events import emit
+from gunicorn_graceful.master.records import Record
+
+ENV = settings.IN_PLACE_ENV
+RELAUNCH = "gunicorn_graceful.master.relaunch"
+# Blocked across an exec; the new code unblocks them at its first tick.
+SIGNALS = (signal.SIGHUP, signal.SIGQUIT, signal.SIGINT, signal.SIGTERM, signal.SIGTTIN,
+           signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGCHLD)
+
+
+@dataclasses.dataclass
+class Trial:
+    """An in-place upgrade in progress, in the code that runs it."""
+
+    seq: int
+    started: float
+    preflight: object = None         # the checking child (old code), a subprocess.Popen
+    preflight_status: int = None
+    errors: object = None            # the checking child's stderr, a temporary file
+    failed: str = None               # why the new generation is being rolled back
+    new_generation: int = 0
+
+
+class InPlace:
+    """The in-place side of one master: before the exec (old code) and after (new code).
+
+    `handed`: what the upgrade that exec'd this code handed it (`take_handover`), else None;
+    `notify_address`: systemd's socket, which the exec gives back to the next code."""
+
+    def __init__(self, arbiter, pool, upgrades, rollouts, handed, notify_address):
+        self.arbiter, self.pool, self.upgrades, self.rollouts = arbiter, pool, upgrades, rollouts
+        self.handed, self.notify_address = handed, notify_address
+        self.current = None
+
+    # -- the old code: USR2 -------------------------------------------------------------------
+
+    def refusal(self, molds):
+        """Why an in-place upgrade cannot start, beyond the phase (`core`), or None."""
+        arbiter = self.arbiter
+        if arbiter.cfg.reuse_port:
+            return "reuse_port is on: the workers' own listeners cannot be handed over"
+        if getattr(arbiter, "dirty_arbiter_pid", 0):
+            return "dirty workers run: their arbiter cannot be handed over an exec"
+        if molds is not None:
+            return "graceful_mold is on: an in-place upgrade cannot hand molds over yet"
+        return None
+
+    def start(self):
+        """USR2: run the new code's checks in a child; `watch` execs once they pass."""
+        upgrades = self.upgrades
+        upgrades.seq += 1
+        self.current = Trial(upgrades.seq, clock.monotonic())
+        self.current.preflight = self.check_new_code()
+        self.record("booting")
+        emit(self.arbiter.log, "info", "upgrade.in_place", pid=self.arbiter.pid,
+             generation=self.arbiter.generation,
+             timeout=self.arbiter.settings.upgrade_timeout,
+             checking=self.current.preflight.pid if self.current.preflight else "-")
+
+    def check_new_code(self):
+        """The new code's start, without serving: Gunicorn's --check-config under `relaunch`,
+        in the directory and environment the exec will use. None when it cannot even run."""
+        executable, args, cwd, environ = self.new_code()
+        paths = [p for p in (self.arbiter.cfg.pythonpath or "").split(",") if p]
+        if paths:  # Gunicorn's --check-config imports the app before it applies pythonpath
+            environ["PYTHONPATH"] = os.pathsep.join(
+                [os.path.abspath(os.path.join(cwd, p)) for p in paths]
+                + [environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        self.current.errors = tempfile.TemporaryFile()  # a pipe could fill up and block it
+        try:
+            return subprocess.Popen(args + ["--check-config"], executable=executable, cwd=cwd,
+                                    env=environ, stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.DEVNULL, stderr=self.current.errors,
+                                    close_fds=True)
+        except OSError as exc:
+            self.current.failed = "cannot run the new code's check: %s" % (exc.strerror or exc)
+            return None
+
+    def new_code(self):
+        """(executable, argv, cwd, environment) of the code a USR2 runs: Gunicorn's START_CTX,
+        through `relaunch`, in the release the deploy link points to now."""
+        arbiter = self.arbiter
+        args = gunicorn_args(arbiter.START_CTX["args"])
+        cwd = arbiter.settings.release_link or arbiter.START_CTX["cwd"]
+        return (arbiter.START_CTX[0], [args[0], "-m", RELAUNCH] + args[1:], cwd,
+                environ_of(arbiter.cfg))
+
+    def old_code(self):
+        """How to run this code again: what a new code that fails execs back to."""
+        arbiter = self.arbiter
+        args = gunicorn_args(arbiter.START_CTX["args"])
+        return [arbiter.START_CTX[0], [args[0], "-m", RELAUNCH] + args[1:],
+                arbiter.START_CTX["cwd"], environ_of(arbiter.cfg)]
+
+    def reaped(self, pid, status):
+        """Whether `pid` was the checking child (reaped, maybe in Gunicorn 23's SIGCHLD
+        handler: only noted)."""
+        trial = self.current
+        if trial is None or trial.preflight is None or trial.preflight.pid != pid:
+            return False
+        trial.preflight_status = status
+        trial.preflight.returncode = status  # reaped here: Popen must not wait for it
+        return True
+
+    def watch(self, metrics):
+        """Each tick while an upgrade runs in this code: None while it goes on, else
+        ("refused" or "rolled_back", reason) when it ended here without a new code serving.
+        `metrics`: this master's (None when off), whose counts an exec hands on."""
+        trial = self.current
+        if trial is None or self.handed is not None and trial.new_generation == 0:
+            return None
+        if self.handed is None:
+            return self.watch_check(trial, metrics)
+        waited = clock.monotonic() - trial.started
+        if trial.failed is None and waited > self.arbiter.settings.upgrade_timeout:
+            self.roll_back("generation %s not ready after %.1fs (graceful_upgrade_timeout)"
+                           % (trial.new_generation, waited))
+        if trial.failed is None or self.pool_has(trial.new_generation):
+            return None
+        problem = self.exec_code(tuple(self.handed["back"]), metrics, "back", trial.failed)
+        emit(self.arbiter.log, "error", "upgrade.exec_back_failed", pid=self.arbiter.pid,
+             reason=problem, action="this code serves on with the kept generation")
+        reason = trial.failed
+        self.finish("rolled_back", reason)
+        return "rolled_back", reason
+
+    def watch_check(self, trial, metrics):
+        """Old code: act on the checking child once it ended (or ran out of time)."""
+        child = trial.preflight
+        if child is not None and trial.preflight_status is None:
+            if clock.monotonic() - trial.started <= self.arbiter.settings.upgrade_timeout:
+                return None
+            child.kill()
+            trial.failed = "the new code's check took longer than %ss " \
+                "(graceful_upgrade_timeout)" % self.arbiter.settings.upgrade_timeout
+        if trial.failed is None and check_failed(trial.preflight_status):
+            trial.failed = "the new code's check failed: %s" % last_line(trial)
+        trial.errors.close()
+        if trial.failed is None:
+            trial.failed = self.exec_code(self.new_code(), metrics, "new")  # returns on failure
+        reason = trial.failed
+        emit(self.arbiter.log, "error", "upgrade.refused", pid=self.arbiter.pid, reason=reason)
+        self.finish("refused", reason)
+        return "refused", reason
+
+    def abandon(self):
+        """The master stops during an upgrade: the checking child goes with it."""
+        trial = self.current
+        if trial is not None and trial.preflight is not None \
+                and trial.preflight_status is None:
+            trial.preflight.kill()
+
+    # -- the exec, both ways -----------------------------------------------------------------
+
+    def exec_code(self, code, metrics, direction, reason=""):
+        """Replace this process's code with `code` (see the top), handing it this master's
+        state; returns only when the exec failed: why."""
+        arbiter = self.arbiter
+        state = self.handover(metrics, direction, reason)
+        emit(arbiter.log, "info", "upgrade.exec", pid=arbiter.pid, direction=direction,
+             workers=len(state["workers"]), cwd=code[2])
+        return execute(code, state)
+
+    def handover(self, metrics, direction, reason):
+        """The state the next code adopts (`adopt`): every descriptor in it is kept across
+        the exec."""
+        arbiter, trial = self.arbiter, self.current
+        workers = []
+        for worker, record in self.pool.workers():
+            workers.append({"pid": worker.pid, "age": worker.age,
+                            "heartbeat": worker.tmp.fileno(),
+                            "slot": metrics.slot_fd(worker.pid) if metrics else None,
+                            "record": dataclasses.asdict(record)})
+        return {"seq": trial.seq, "direction": direction, "reason": reason,
+                "started": trial.started, "generation": arbiter.generation,
+                "last_generation": self.rollouts.last_generation,
+                "releases": self.rollouts.releases, "worker_age": arbiter.worker_age,
+                "listeners": [lnr.fileno() for lnr in arbiter.LISTENERS], "workers": workers,
+                "metrics": metrics.handover() if metrics else None,
+                "back": self.old_code() if direction == "new" else self.handed["back"],
+                "notify": self.notify_address, "upgrade_refused": self.upgrades.last_refusal}
+
+    # -- the new code: adopt, then finish --------------------------------------------------
+
+    def adopt(self):
+        """In the code an upgrade exec'd (from `install`): take over the listeners and the
+        workers, with their records; going forward, the next generation is wanted. It works
+        on copies of the handed descriptors: until the first tick, `go_back` can hand the
+        originals back untouched."""
+        arbiter, handed = self.arbiter, self.handed
+        arbiter.LISTENERS = sock.create_sockets(arbiter.cfg, arbiter.log,
+                                                [os.dup(fd) for fd in handed["listeners"]])
+        arbiter.worker_age = handed["worker_age"]
+        for item in handed["workers"]:
+            self.adopt_worker(item)
+        self.rollouts.releases = {int(g): r for g, r in handed["releases"].items()}
+        self.upgrades.seq = handed["seq"]
+        self.upgrades.last_refusal = handed["upgrade_refused"]
+        if arbiter.pidfile is not None:  # Gunicorn found its own pid there and kept it
+            arbiter.pidfile.pid = arbiter.pid
+        self.current = Trial(handed["seq"], handed["started"], failed=handed["reason"] or None)
+        arbiter.generation = handed["generation"]
+        self.rollouts.last_generation = handed["last_generation"]
+        emit(arbiter.log, "info", "upgrade.adopted", pid=arbiter.pid,
+             direction=handed["direction"], workers=len(handed["workers"]),
+             generation=arbiter.generation)
+
+    def adopt_worker(self, item):
+        arbiter = self.arbiter
+        worker = arbiter.new_worker()
+        worker.tmp.close()
+        worker.tmp = compat.inherited_heartbeat(os.dup(item["heartbeat"]))
+        worker.pid, worker.age = item["pid"], item["age"]
+        arbiter.WORKERS[worker.pid] = worker
+        self.pool.records.by_pid[worker.pid] = Record(**item["record"])
+
+    def first_tick(self):
+        """The new code runs its loop: `go_back` no longer applies, the signals the exec held
+        are delivered, the handed descriptors close (copies were adopted), workers exited
+        meanwhile are reaped. Going forward, the next generation boots; going back, the
+        outcome: ("rolled_back", reason)."""
+        global _adopted
+        _adopted = True
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+        close_handed(self.handed)
+        self.arbiter.reap_workers()
+        if self.handed["direction"] == "back":
+            reason = self.current.failed
+            self.finish("rolled_back", reason)
+            return "rolled_back", reason
+        self.begin_generation()
+        return None
+
+    def begin_generation(self):
+        """Going forward: the old code's generation serves on until the next one is ready."""
+        arbiter, handed = self.arbiter, self.handed
+        generation = handed["last_generation"] + 1
+        self.rollouts.releases[generation] = release.resolve(arbiter.settings.release_link)
+        arbiter.generation = self.rollouts.last_generation = generation
+        self.current.new_generation = generation
+        self.record("booting")
+        emit(arbiter.log, "info", "upgrade.booting", pid=arbiter.pid, generation=generation,
+             previous_generation=handed["generation"], workers=arbiter.num_workers)
+
+    def boot_failed(self, reason):
+        """A worker of the new generation failed to boot; False when no new generation of an
+        in-place upgrade boots here (`core` decides as it would without one)."""
+        trial = self.current
+        if trial is None or not trial.new_generation or trial.failed is not None:
+            return False
+        self.roll_back(reason)
+        return True
+
+    def roll_back(self, reason):
+        """The new generation failed: retire it; the old code comes back once it is gone."""
+        arbiter, trial = self.arbiter, self.current
+        trial.failed = reason
+        emit(arbiter.log, "error", "upgrade.rollback", pid=arbiter.pid,
+             generation=trial.new_generation, kept_generation=self.handed["generation"],
+             after=clock.monotonic() - trial.started, reason=reason)
+        arbiter.generation = self.handed["generation"]
+        self.pool.retire_generation(trial.new_generation, "rollback")
+
+    def completes(self):
+        """The wanted generation is complete (`core`): whether that ends an in-place upgrade
+        (True), or is the kept generation while a rollback waits for the exec back (False);
+        None when no in-place upgrade runs here."""
+        trial = self.current
+        if trial is None or not trial.new_generation:
+            return None
+        if trial.failed is not None:
+            return False
+        self.finish("done")
+        return True
+
+    def finish(self, state_name, reason=""):
+        """The upgrade ended in this code: its record, one line when done."""
+        trial = self.current
+        if state_name == "done":
+            emit(self.arbiter.log, "info", "upgrade.done", pid=self.arbiter.pid,
+                 generation=self.arbiter.generation, after=clock.monotonic() - trial.started)
+        self.record(state_name, reason)
+        self.current = None
+        self.handed = None
+
+    def first_tick_due(self):
+        return self.handed is not None and not _adopted
+
+    def pool_has(self, generation):
+        return any(r.generation == generation for _, r in self.pool.workers())
+
+    def record(self, state_name, reason=""):
+        """What `gunicorn-graceful upgrade` follows in the status file."""
+        self.upgrades.last = {"seq": self.current.seq, "state": state_name,
+                              "new_master": self.arbiter.pid, "in_place": True,
+                              "reason": reason}
+
+
+def gunicorn_args(args):
+    """Gunicorn's START_CTX args as a command that starts it again: `python -m gunicorn` for
+    its __main__ module (run as a script, it would shadow the stdlib), and no `relaunch`."""
+    args = list(args)
+    if len(args) > 2 and args[1] == "-m" and args[2] == RELAUNCH:
+        args[1:3] = []
+    if len(args) > 1 and args[1].endswith(os.path.join("gunicorn", "__main__.py")):
+        args[1:2] = ["-m", "gunicorn"]
+    return args
+
+
+_adopted = False  # this code reached its first tick (`first_tick`)
+
+
+def execute(code, state):
+    """Exec `code` ((executable, argv, cwd, environment)) with `state` in a memfd and every
+    descriptor it names kept; returns only when the exec failed: why, after undoing all."""
+    executable, args, cwd, environ = code
+    fds = handed_fds(state)
+    memfd = os.memfd_create("gunicorn-graceful-handover", 0)
+    os.write(memfd, json.dumps(state).encode())
+    environ = dict(environ, **{ENV: str(memfd)})
+    if state["notify"]:
+        environ["NOTIFY_SOCKET"] = state["notify"]
+    kept = [(fd, os.get_inheritable(fd)) for fd in fds]
+    for fd in fds:
+        os.set_inheritable(fd, True)
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    here = os.getcwd()
+    try:
+        os.chdir(cwd)
+        os.execve(executable, args, environ)
+    except OSError as exc:
+        problem = "cannot exec %s in %s: %s" % (executable, cwd, exc.strerror or exc)
+    os.chdir(here)
+    for fd, inheritable in kept:
+        os.set_inheritable(fd, inheritable)
+    os.close(memfd)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+    return problem
+
+
+def handed_fds(state):
+    """Every descriptor a hand-over names."""
+    fds = list(state["listeners"])
+    for item in state["workers"]:
+        fds += [item["heartbeat"]] + ([item["slot"]] if item["slot"] is not None else [])
+    if state["metrics"] and state["metrics"]["fd"] is not None:
+        fds.append(state["metrics"]["fd"])
+    return fds
+
+
+def take_handover():
+    """The state an upgrade handed this code (`handover`), or None."""
+    fd = os.environ.get(ENV)
+    if not fd:
+        return None
+    return json.loads(os.pread(int(fd), 1 << 24, 0).decode())
+
+
+def close_handed(state):
+    """At the first tick: the originals of what was adopted as copies, and the memfd."""
+    for fd in handed_fds(state) + [int(os.environ.pop(ENV))]:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def go_back(code):
+    """From `relaunch`, when Gunicorn returned: a code exec'd forward that exits before its
+    first tick execs the code it came from, which adopts the workers again. Returns when
+    there is nothing to go back to (or the exec failed: the master then ends)."""
+    state = None if _adopted else take_handover()
+    if state is None or state["direction"] != "new":
+        return
+    reason = code if isinstance(code, str) else \
+        "the new code exited (code %s) at start, before its first tick; its error is above " \
+        "on stderr" % code
+    state = dict(state, direction="back", reason=reason)
+    os.close(int(os.environ.pop(ENV)))
+    sys.stderr.write("gunicorn-graceful: event=upgrade.exec direction=back reason=%r\n"
+                     % reason)
+    problem = execute(tuple(state["back"]), state)
+    sys.stderr.write("gunicorn-graceful: event=upgrade.exec_back_failed reason=%r\n" % problem)
+
+
+def environ_of(cfg):
+    """The environment Gunicorn started with (what its USR2 execs with), without the pack's
+    hand-over or systemd's socket (`exec_code` adds them back for the exec only)."""
+    environ = dict(cfg.env_orig)
+    environ.pop(ENV, None)
+    environ.pop("NOTIFY_SOCKET", None)
+    return environ
+
+
+def check_failed(status):
+    return status is None or not os.WIFEXITED(status) or os.WEXITSTATUS(status) != 0
+
+
+def last_line(trial):
+    """The last line the checking child wrote on stderr (Gunicorn's error), or how it ended."""
+    text = ""
+    if trial.errors is not None:
+        trial.errors.seek(0)
+        text = trial.errors.read()[-4096:].decode("utf-8", "replace")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "it ended with status %s" % trial.preflight_status

@@ -1,0 +1,44 @@
+"""`python -m gunicorn_graceful.master.relaunch COMMAND...`: Gunicorn, as an in-place upgrade
+execs it.
+
+COMMAND is Gunicorn's own (its START_CTX args but the interpreter): a script path,
+or `-m gunicorn`, then Gunicorn's options. It runs the way Python would have run
+it, so Gunicorn's START_CTX, its options and a later upgrade see the same command.
+
+The one thing added: a code exec'd by an in-place upgrade that exits before its
+first tick (a config that raises, a hook, a setting the pack refuses) has not
+touched the workers it was handed, so it execs the code it came from, which
+adopts them again (`inplace.go_back`), instead of ending the master.
+"""
+
+import runpy
+import sys
+import traceback
+
+
+def run(command):
+    """Gunicorn's exit: its code, or the message of a SystemExit that carries one."""
+    try:
+        if command[:1] == ["-m"]:
+            sys.argv = [command[1]] + command[2:]
+            runpy.run_module(command[1], run_name="__main__", alter_sys=True)
+        else:
+            sys.argv = list(command)
+            runpy.run_path(command[0], run_name="__main__")
+    except SystemExit as exc:
+        return exc.code
+    except BaseException:
+        traceback.print_exc()
+        return 1
+    return 0
+
+
+def main():
+    code = run(sys.argv[1:])
+    from gunicorn_graceful.master import inplace
+    inplace.go_back(code)  # returns when there is nothing to go back to
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
