@@ -22,7 +22,15 @@ def enter(release, link):
     if not release or not link:
         return
     os.chdir(release)
+    sys.path[:] = [pin(entry, release, link) for entry in sys.path]
+
+
+def pin(path, release, link):
+    """`path` with the link's part replaced by `release` (unchanged outside the link, or
+    without one): what an in-place upgrade's exec back runs (interpreter, config, --chdir)."""
+    if not release or not link:
+        return path
     link = link.rstrip("/")
-    sys.path[:] = [release + entry[len(link):]
-                   if entry == link or entry.startswith(link + "/") else entry
-                   for entry in sys.path]
+    if path == link or path.startswith(link + "/"):
+        return release + path[len(link):]
+    return path

@@ -5,8 +5,9 @@ import signal
 
 import pytest
 
-from tests.harness import (NotifySocket, pid_in, under_load, upgrade_command, wait_for,
-                           write_app)
+from tests.harness import (Load, NotifySocket, cli, free_port, make_release, pid_in,
+                           point_link, process_alive, under_load, upgrade_command, wait_for,
+                           write_app, write_config)
 
 IN_PLACE = "graceful_readiness_path = '/healthz'\ngraceful_upgrade = 'in-place'\n"
 
@@ -90,3 +91,148 @@ def test_notify_socket_hears_reloading_then_ready_from_the_same_pid(workdir, ser
         upgrade_in_place(server, 0)
         notify.wait("generation 2 serving")
     print(notify.messages)
+
+
+# The check (--check-config) imports the app too: a release that is slow only in its workers.
+SLOW_WORKERS = "import sys\nif '--check-config' not in sys.argv:\n    time.sleep(%s)\n"
+
+
+def begin_slow_upgrade(server, workdir, seconds=3):
+    """`gunicorn-graceful upgrade` to a release whose workers take `seconds` to import; the
+    command, once the exec'd code boots its generation (the old workers still serving)."""
+    write_app(workdir, "2", before=SLOW_WORKERS % seconds)
+    command = upgrade_command(server)
+    server.wait_log("event=upgrade.booting pid=%s generation=2" % server.pid)
+    return command
+
+
+def test_a_new_release_that_fails_at_start_after_the_exec_goes_back(tmp_path, servers):
+    """Its config passes the check but a hook raises at start: the exec'd code has not touched
+    the workers, so it execs the kept release back (every path through the link pinned)."""
+    root = str(tmp_path)
+    link = os.path.join(root, "current")
+    point_link(link, make_release(root, "1"))
+    body = IN_PLACE + "graceful_release_link = %r\n" % link
+    write_config(os.path.join(root, "releases", "1"), body=body)
+    write_config(make_release(root, "2"), body=body + "def when_ready(server):\n"
+                 "    raise RuntimeError('release 2 hook')\n")
+    server = servers(link, workers=2, rundir=root, config_body=body)
+    old_workers = server.children()
+    point_link(link, os.path.join(root, "releases", "2"))
+    load, out, err = upgrade_in_place(server, 3)
+    assert load.failures() == [], load.summary()
+    assert "before its first tick" in err
+    assert server.alive() and set(old_workers) <= set(server.children())
+    assert "event=upgrade.adopted pid=%s direction=back" % server.pid in server.log()
+    assert server.version() == "1"
+
+
+def test_a_missing_interpreter_refuses_and_the_old_code_says_so(workdir, servers):
+    import sys
+    # The interpreter path of a virtualenv a deploy removed (a symlink beside the venv's own,
+    # so that it still finds the venv while it exists).
+    python = "%s-inplace-test-%s" % (sys.executable, os.getpid())
+    os.symlink(sys.executable, python)
+    try:
+        server = servers(workdir, workers=2, config_body=IN_PLACE,
+                         launcher=[python, "-m", "gunicorn"])
+    finally:
+        os.unlink(python)
+    write_app(workdir, "2")
+    _, _, err = upgrade_in_place(server, 2)
+    assert "cannot run the new code's check" in err and "No such file" in err, err
+    assert server.alive() and server.version() == "1"
+
+
+def test_a_generation_late_past_the_upgrade_timeout_is_rolled_back(workdir, servers):
+    server = servers(workdir, workers=2,
+                     config_body=IN_PLACE + "graceful_upgrade_timeout = 3\n")
+    write_app(workdir, "2", before=SLOW_WORKERS % 30)
+    load, _, err = upgrade_in_place(server, 3)
+    assert load.failures() == [], load.summary()
+    assert "not ready after" in err and "graceful_upgrade_timeout" in err
+    assert server.version() == "1"
+
+
+@pytest.mark.parametrize("generation", ["old", "new"])
+def test_a_worker_sigkilled_during_the_upgrade(workdir, servers, generation):
+    """An old worker killed: the upgrade completes. A new one killed while it boots: that is
+    the new generation failing: rolled back, the old workers serve on."""
+    server = servers(workdir, workers=2, config_body=IN_PLACE)
+    old_workers = server.children()
+    command = begin_slow_upgrade(server, workdir)
+    new_workers = [p for p in server.children() if p not in old_workers]
+    victim = old_workers[0] if generation == "old" else new_workers[0]
+    os.kill(victim, signal.SIGKILL)
+    out, err = command.communicate(timeout=90)
+    if generation == "old":
+        assert command.returncode == 0, out + err
+        assert server.version() == "2"
+    else:
+        assert command.returncode == 3 and "SIGKILL" in err, out + err
+        assert set(old_workers) <= set(server.children())
+        assert server.version() == "1"
+    assert server.alive() and pid_in(server.pidfile) == server.pid
+
+
+def test_usr2_and_hup_during_an_upgrade_are_refused_and_it_completes(workdir, servers):
+    server = servers(workdir, workers=2, config_body=IN_PLACE)
+    command = begin_slow_upgrade(server, workdir)
+    server.signal(signal.SIGUSR2)
+    server.signal(signal.SIGHUP)
+    out, err = command.communicate(timeout=90)
+    assert command.returncode == 0, out + err
+    log = server.log()
+    assert "event=upgrade.refused pid=%s reason=\"an in-place upgrade is in progress" \
+        % server.pid in log
+    assert "event=reload.refused pid=%s reason=\"an in-place upgrade is in progress" \
+        % server.pid in log
+    assert server_status(server)["upgrade_refused"]["seq"] == 2
+    assert server.version() == "2"
+
+
+@pytest.mark.parametrize("when", ["check", "generation"])
+def test_term_during_an_upgrade_stops_everything_gracefully(workdir, servers, when):
+    server = servers(workdir, workers=2, config_body=IN_PLACE)
+    if when == "check":
+        write_app(workdir, "2", before="time.sleep(30)")  # the check itself takes long
+        server.signal(signal.SIGUSR2)
+        checking = int(server.wait_log(r"event=upgrade.in_place .* checking=(\d+)").group(1))
+    else:
+        command = begin_slow_upgrade(server, workdir, seconds=30)
+    workers = server.children()
+    server.signal(signal.SIGTERM)
+    assert server.wait_exit(timeout=30) == 0
+    for pid in workers + ([checking] if when == "check" else []):
+        wait_for(lambda: not process_alive(pid), 10, "process %s to exit" % pid)
+    assert not os.path.exists(server.pidfile)
+    if when == "generation":
+        command.communicate(timeout=30)
+
+
+def test_metrics_count_on_across_an_upgrade_and_a_rollback(workdir, servers):
+    from tests.test_metrics import Scraper, scrape, value
+    port = free_port()
+    server = servers(workdir, workers=2, config_body=IN_PLACE
+                     + 'graceful_metrics_bind = "127.0.0.1:%d"\n' % port)
+    scraper = Scraper(port).start()
+    load = Load(server.url, threads=4).start()
+    load.wait_count(100)
+    write_app(workdir, "2")
+    assert cli("upgrade", "--pidfile", server.pidfile, timeout=90).returncode == 0
+    write_app(workdir, "3", healthz=503)
+    assert cli("upgrade", "--pidfile", server.pidfile, timeout=90).returncode == 3
+    load.wait_count(len(load.results) + 100)
+    load.stop()
+    answered = sum(1 for r in load.results if r.status == 200)
+    wait_for(lambda: value(scrape(port).text, "gunicorn_requests_total") == answered, 10,
+             lambda: "gunicorn_requests_total == %d answered (last scrape %s)"
+             % (answered, scraper.totals[-1:]))
+    scraper.stop()
+    assert load.failures() == [], load.summary()
+    assert scraper.errors == [] and len(scraper.totals) > 10
+    assert all(a <= b for a, b in zip(scraper.totals, scraper.totals[1:])), scraper.totals
+    text = scrape(port).text
+    assert value(text, 'gunicorn_reloads_total{kind="usr2",result="ok"}') == 1, text
+    assert value(text, 'gunicorn_reloads_total{kind="usr2",result="rolled_back"}') == 1, text
+    assert value(text, "gunicorn_generation") == 2

@@ -133,11 +133,19 @@ class InPlace:
                 environ_of(arbiter.cfg))
 
     def old_code(self):
-        """How to run this code again: what a new code that fails execs back to."""
+        """How to run this code again: what a new code that fails execs back to. With
+        graceful_release_link, every path through the link (interpreter, script, config,
+        --chdir, directory) is pinned to the serving generation's release: the link points
+        to the new one by then."""
         arbiter = self.arbiter
-        args = gunicorn_args(arbiter.START_CTX["args"])
-        return [arbiter.START_CTX[0], [args[0], "-m", RELAUNCH] + args[1:],
-                arbiter.START_CTX["cwd"], environ_of(arbiter.cfg)]
+        serving = self.rollouts.release_of(arbiter.generation)
+        link = arbiter.settings.release_link
+
+        def pinned(path):
+            return release.pin(path, serving, link)
+        args = [pinned(arg) for arg in gunicorn_args(arbiter.START_CTX["args"])]
+        return [pinned(arbiter.START_CTX[0]), [args[0], "-m", RELAUNCH] + args[1:],
+                pinned(arbiter.START_CTX["cwd"]), environ_of(arbiter.cfg)]
 
     def reaped(self, pid, status):
         """Whether `pid` was the checking child (reaped, maybe in Gunicorn 23's SIGCHLD

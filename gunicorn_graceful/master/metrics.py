@@ -45,7 +45,7 @@ DRAIN_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _RELOADS = {"reload.done": ("hup", "ok"), "reload.rollback": ("hup", "rolled_back"),
             "reload.refused": ("hup", "refused"), "reload.config_failed": ("hup", "refused"),
             "upgrade.rollback": ("usr2", "rolled_back"), "upgrade.refused": ("usr2", "refused"),
-            "upgrade.promoted": ("usr2", "ok")}
+            "upgrade.promoted": ("usr2", "ok"), "upgrade.done": ("usr2", "ok")}
 
 
 def start(arbiter, pool, settings, handed=None):
