@@ -13,12 +13,15 @@ venv() {  # venv DIR GUNICORN_SPEC: a virtualenv with the package, its test extr
 }
 
 # Debian's packages: HAProxy for the rolling-restart test behind a real load balancer,
-# Prometheus for the metrics test against a real scraper. They install while pip builds
+# Prometheus for the metrics test against a real scraper, supervisor and tini for the
+# in-place upgrade under the supervisors that follow a PID. They install while pip builds
 # the newest line's virtualenv (both mostly wait on downloads). Without root they cannot
 # be installed: those tests then skip, saying why.
 missing=""
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || missing="$missing haproxy"
 command -v prometheus >/dev/null || missing="$missing prometheus"
+command -v supervisord >/dev/null || missing="$missing supervisor"
+command -v tini >/dev/null || missing="$missing tini"
 apt_log=$(mktemp)
 apt_pid=""
 if [ -n "$missing" ] && [ "$(id -u)" = 0 ]; then

@@ -9,8 +9,8 @@ as `tests.harness` (the repository root is on the path under pytest and `python 
 from tests.harness.apps import (make_release, point_link, write_app, write_asgi_app,
                                 write_config)
 from tests.harness.load import Load, Result, Sockets, classify, under_load
-from tests.harness.peers import (HAPROXY_MISSING, PROMETHEUS_MISSING, HAProxy, Prometheus,
-                                 terminate)
+from tests.harness.peers import (HAPROXY_MISSING, PROMETHEUS_MISSING, SUPERVISORD_MISSING,
+                                 TINI_MISSING, HAProxy, Prometheus, Supervisord, terminate)
 from tests.harness.server import (DEFAULT_WORKER, GUNICORN, MODULE_GUNICORN, ROOT, WORKERS,
                                   Server, cli, control_socket_args, pid_in, process_alive,
                                   quick_stop, read_pid, unwritable, upgrade_command,
@@ -19,8 +19,9 @@ from tests.harness.waits import POLL, free_port, wait_for
 from tests.harness.watchers import NotifySocket, Watcher
 
 __all__ = ["DEFAULT_WORKER", "GUNICORN", "HAPROXY_MISSING", "MODULE_GUNICORN", "POLL",
-           "PROMETHEUS_MISSING", "ROOT", "WORKERS", "HAProxy", "Load", "NotifySocket",
-           "Prometheus", "Result", "Server", "Sockets", "Watcher", "classify", "cli",
+           "PROMETHEUS_MISSING", "ROOT", "SUPERVISORD_MISSING", "TINI_MISSING", "WORKERS",
+           "HAProxy", "Load", "NotifySocket", "Prometheus", "Result", "Server", "Sockets",
+           "Supervisord", "Watcher", "classify", "cli",
            "control_socket_args", "free_port", "make_release", "pid_in", "point_link",
            "process_alive", "quick_stop", "read_pid", "terminate", "under_load", "unwritable",
            "upgrade_command", "usr2_new_master", "wait_for", "write_app", "write_asgi_app",

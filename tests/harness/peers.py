@@ -174,3 +174,75 @@ class Prometheus:
         terminate(self.proc)
         if self.proc is not None:
             self._log.close()
+
+
+SUPERVISORD_CONFIG = """\
+[unix_http_server]
+file={here}/supervisor.sock
+[supervisord]
+nodaemon=true
+logfile={here}/supervisord.log
+pidfile={here}/supervisord.pid
+childlogdir={here}
+[rpcinterface:supervisor]
+supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface
+[supervisorctl]
+serverurl=unix://{here}/supervisor.sock
+[program:app]
+command={command}
+directory={directory}
+environment={environment}
+stopsignal=TERM
+stopwaitsecs=40
+startsecs=1
+autorestart=true
+redirect_stderr=true
+stdout_logfile={log}
+"""
+
+# tests/run.sh installs supervisor and tini as it does HAProxy (Debian's packages).
+SUPERVISORD_MISSING = None if shutil.which("supervisord") or os.geteuid() == 0 else (
+    "supervisord is not installed and tests/run.sh needs root to install it "
+    "(apt-get install supervisor)")
+TINI_MISSING = None if shutil.which("tini") or os.geteuid() == 0 else (
+    "tini is not installed and tests/run.sh needs root to install it (apt-get install tini)")
+
+
+class Supervisord:
+    """supervisord (no daemon) running one program, `app`: a server's command line."""
+
+    def __init__(self, workdir, server):
+        self.here = os.path.join(workdir, "supervisor")
+        os.makedirs(self.here, exist_ok=True)
+        self.config = os.path.join(self.here, "supervisord.conf")
+        environment = ",".join('%s="%s"' % (key, value.replace('"', ""))
+                               for key, value in server.env.items()
+                               if key in ("PATH", "PYTHONUNBUFFERED", "HOME"))
+        with open(self.config, "w") as handle:
+            handle.write(SUPERVISORD_CONFIG.format(
+                here=self.here, command=" ".join(server.args), directory=server.workdir,
+                environment=environment, log=server.logpath))
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(["supervisord", "-c", self.config], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        wait_for(lambda: self.status()[0] == "RUNNING", 30,
+                 lambda: "supervisord to run the app: %s" % (self.status(),))
+        return self
+
+    def status(self):
+        """(state, pid) of the program as `supervisorctl status` says it."""
+        done = subprocess.run(["supervisorctl", "-c", self.config, "status", "app"],
+                              capture_output=True, text=True, timeout=30)
+        words = done.stdout.split()
+        pid = int(words[3].rstrip(",")) if len(words) > 3 and words[2] == "pid" else None
+        return (words[1] if len(words) > 1 else done.stdout + done.stderr), pid
+
+    def spawned(self):
+        """How many times supervisord started the program."""
+        with open(os.path.join(self.here, "supervisord.log")) as handle:
+            return handle.read().count("spawned: 'app'")
+
+    def stop(self):
+        terminate(self.proc)
