@@ -104,7 +104,10 @@ def main(argv=None):
         "rate." % (scenarios.LOAD_THREADS, scenarios.SLOW_THREADS, scenarios.WORKERS, "the scenario's window"),
         "USR2, stock: *manual* is Gunicorn's documented procedure (USR2, wait until the new "
         "master logged booting its workers, QUIT the old master); *naive* is a script that "
-        "TERMs the old master 1 s after USR2. Pack: `kill -USR2` alone. *new version after*: "
+        "TERMs the old master 1 s after USR2. Pack: `kill -USR2` alone; *pack* starts a new "
+        "master (the default), *pack (in place)* execs the new code in the same master "
+        "(`graceful_upgrade = 'in-place'`; *master*: `same pid` when the pidfile still names "
+        "the first master). *new version after*: "
         "from the signal to the first answer from the new release; *handed over after*: from "
         "USR2 to the old master's exit; *hand-over minus import*: that, less the time the new "
         "release spends importing on purpose (3 s in the *_slow scenarios). haproxy_rolling: "

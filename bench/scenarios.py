@@ -7,7 +7,7 @@ import signal
 import tempfile
 import time
 
-from tests.harness import Load, Server, write_app
+from tests.harness import Load, Server, read_pid, write_app
 
 # Full paths: the tests' `Server` reads the short names "sync" and "gthread" as the pack's
 # classes, so stock's must not be spelled that way.
@@ -17,6 +17,8 @@ WORKER_CLASSES = {
     "pack": {"sync": "gunicorn_graceful.workers.GracefulSyncWorker",
              "gthread": "gunicorn_graceful.workers.GracefulThreadWorker"},
 }
+WORKER_CLASSES["pack-inplace"] = WORKER_CLASSES["pack"]  # graceful_upgrade = "in-place"
+IN_PLACE = "graceful_upgrade = 'in-place'\n"
 COMMON = "graceful_timeout = 30\ntimeout = 30\nkeepalive = 2\n"
 PACK = ("from gunicorn_graceful.conf import *  # noqa\n", "graceful_readiness_path = '/healthz'\n"
         "install(globals())\n")
@@ -73,7 +75,8 @@ class Scenario:
         """(label, flavour, action) for each server run of this scenario."""
         if self.upgrade:
             return [("stock (manual)", "stock", manual_usr2),
-                    ("stock (naive)", "stock", naive_usr2), ("pack", "pack", plain_usr2)]
+                    ("stock (naive)", "stock", naive_usr2), ("pack", "pack", plain_usr2),
+                    ("pack (in place)", "pack-inplace", plain_usr2)]
         return [("stock", "stock", self.action), ("pack", "pack", self.action)]
 
 
@@ -106,7 +109,9 @@ QUICK = ("hup_broken", "term_slow")  # the harness end to end: a reload and a st
 
 def write_config(workdir, flavour, extra=""):
     """The config file: the same Gunicorn settings for both, the pack's lines around them."""
-    head, tail = PACK if flavour == "pack" else ("", "")
+    head, tail = PACK if flavour.startswith("pack") else ("", "")
+    if flavour == "pack-inplace":
+        extra += IN_PLACE
     path = os.path.join(workdir, "bench_conf.py")
     with open(path, "w") as handle:
         handle.write(head + COMMON + extra + tail)
@@ -153,11 +158,14 @@ def launch(server, wait):
     return server
 
 
-def master_outcome(server, scenario, exit_code):
-    """What became of the service's master: for USR2, whether any master still runs."""
+def master_outcome(server, scenario, exit_code, flavour):
+    """What became of the service's master: for USR2, whether any master still runs (in
+    place: whether the pidfile still names the first one)."""
     if scenario.stops:
         return "exited %s" % exit_code
     if server.alive():
+        if flavour == "pack-inplace":
+            return "same pid" if read_pid(server.pidfile) == server.pid else "pid changed"
         return "old alive" if scenario.upgrade else "alive"
     if scenario.upgrade:
         running = [pid for pid in server.masters() - {server.pid} if pid_alive(pid)]
@@ -214,7 +222,7 @@ def run(label, flavour, action, kind, scenario, steady_seconds):
         results = load.stop()
         return {"flavour": label, "kind": kind, "scenario": scenario, "results": results,
                 "signal_at": signal_at, "window_end": window_end, "steady_from": steady_from,
-                "master": master_outcome(server, scenario, exit_code),
+                "master": master_outcome(server, scenario, exit_code, flavour),
                 "handed_over": old_exit - signal_at if old_exit and scenario.upgrade else None,
                 "exited_at": exited_at,
                 "new_version": "2" if scenario.before is not None else None}

@@ -244,6 +244,7 @@ def upgrade(args):
 TEMPLATES = {  # what `init` writes: a config always (ASGI's with --asgi), the rest on request
     "config": "graceful.py", "asgi": "graceful_asgi.py", "systemd": "myapp.service",
     "kubernetes": "deployment.yaml", "haproxy": "haproxy.cfg"}
+IN_PLACE_UNIT = "myapp-inplace.service"  # --systemd writes both units: see the README
 
 
 def template(name):
@@ -254,6 +255,8 @@ def init(args):
     """Write the templates into DIR; refuse to overwrite anything without --force."""
     names = [TEMPLATES["asgi" if args.asgi else "config"]] + [
         TEMPLATES[k] for k in ("systemd", "kubernetes", "haproxy") if getattr(args, k)]
+    if args.systemd:
+        names.append(IN_PLACE_UNIT)
     targets = [os.path.join(args.dir, name) for name in names]
     existing = [path for path in targets if os.path.exists(path)]
     if existing and not args.force:

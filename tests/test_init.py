@@ -13,6 +13,7 @@ from tests.harness import ROOT, cli, wait_for
 
 TEMPLATES = {"conf/graceful.py": "graceful.py", "conf/graceful_asgi.py": "graceful_asgi.py",
              "conf/systemd/myapp.service": "myapp.service",
+             "conf/systemd/myapp-inplace.service": "myapp-inplace.service",
              "conf/kubernetes/deployment.yaml": "deployment.yaml",
              "conf/haproxy/haproxy.cfg": "haproxy.cfg"}
 APP = '''def app(environ, start_response):

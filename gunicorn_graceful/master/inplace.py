@@ -46,10 +46,12 @@ from gunicorn import sock
 
 from gunicorn_graceful import clock, compat, release, settings
 from gunicorn_graceful.events import emit
+from gunicorn_graceful.master.pool import how_it_ended
 from gunicorn_graceful.master.records import Record
 
 ENV = settings.IN_PLACE_ENV
 RELAUNCH = "gunicorn_graceful.master.relaunch"
+CHECK = "--check-config"  # Gunicorn's option: the new code's start, as a check (at nice 10)
 # Blocked across an exec; the new code unblocks them at its first tick.
 SIGNALS = (signal.SIGHUP, signal.SIGQUIT, signal.SIGINT, signal.SIGTERM, signal.SIGTTIN,
            signal.SIGTTOU, signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGCHLD)
@@ -113,9 +115,9 @@ class InPlace:
             environ["PYTHONPATH"] = os.pathsep.join(
                 [os.path.abspath(os.path.join(cwd, p)) for p in paths]
                 + [environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-        self.current.errors = tempfile.TemporaryFile()  # a pipe could fill up and block it
         try:
-            return subprocess.Popen(args + ["--check-config"], executable=executable, cwd=cwd,
+            self.current.errors = tempfile.TemporaryFile()  # a pipe could fill up, block it
+            return subprocess.Popen(args + [CHECK], executable=executable, cwd=cwd,
                                     env=environ, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.DEVNULL, stderr=self.current.errors,
                                     close_fds=True)
@@ -190,7 +192,8 @@ class InPlace:
                 "(graceful_upgrade_timeout)" % self.arbiter.settings.upgrade_timeout
         if trial.failed is None and check_failed(trial.preflight_status):
             trial.failed = "the new code's check failed: %s" % last_line(trial)
-        trial.errors.close()
+        if trial.errors is not None:
+            trial.errors.close()
         if trial.failed is None:
             trial.failed = self.exec_code(self.new_code(), metrics, "new")  # returns on failure
         reason = trial.failed
@@ -458,4 +461,4 @@ def last_line(trial):
         trial.errors.seek(0)
         text = trial.errors.read()[-4096:].decode("utf-8", "replace")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[-1] if lines else "it ended with status %s" % trial.preflight_status
+    return lines[-1] if lines else how_it_ended(trial.preflight_status)

@@ -11,6 +11,7 @@ touched the workers it was handed, so it execs the code it came from, which
 adopts them again (`inplace.go_back`), instead of ending the master.
 """
 
+import os
 import runpy
 import sys
 import traceback
@@ -34,8 +35,10 @@ def run(command):
 
 
 def main():
-    code = run(sys.argv[1:])
     from gunicorn_graceful.master import inplace
+    if inplace.CHECK in sys.argv:  # the check must not take CPU from the serving workers
+        os.nice(10)
+    code = run(sys.argv[1:])
     inplace.go_back(code)  # returns when there is nothing to go back to
     sys.exit(code)
 

@@ -119,8 +119,9 @@ class Upgrades:
             return ("the new master %s of the last upgrade is still stopping: USR2 again once "
                     "it exited" % arbiter.reexec_pid)
         if os.getpid() == 1:
-            return ("this master is PID 1: its exit would end the container; run it under an "
-                    "init (tini, dumb-init) or use HUP")
+            return ("this master is PID 1: its exit would end the container; set "
+                    "graceful_upgrade = 'in-place', run it under an init (tini, dumb-init), "
+                    "or use HUP")
         if arbiter.cfg.reuse_port:
             return "reuse_port is on: Gunicorn cannot hand its listeners to a new master"
         return None
