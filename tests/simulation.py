@@ -9,7 +9,10 @@ recycling, upgrade, stop, status and phase code is the code that runs in
 production, on the clock `clock.use` gives it.
 
 Outside it too: the door (a socket filter) never closes, and a bind opens a
-`FakeListener`, or fails on an address another service holds.
+`FakeListener`, or fails on an address another service holds. An in-place
+upgrade's check is a `FakeCheck` the test ends, and its exec builds the next
+code's arbiter from the state the real `inplace.handover` wrote, through the real
+`install` and `inplace.adopt` (`Master.exec_code`).
 
 Fake pids start at 10**8, above any kernel's pid_max: a signal the master code
 sends with os.kill itself can never reach a real process.
@@ -17,6 +20,7 @@ sends with os.kill itself can never reach a real process.
 
 import collections
 import itertools
+import json
 import os
 import signal
 import tempfile
@@ -27,7 +31,7 @@ from gunicorn.config import Config
 from gunicorn.errors import HaltServer
 
 from gunicorn_graceful import clock, hooks, listeners, settings, state
-from gunicorn_graceful.master import binds, mold, upgrade, upgrade_report
+from gunicorn_graceful.master import binds, inplace, mold, upgrade, upgrade_report
 from gunicorn_graceful.master.arbiter import GracefulArbiter
 from gunicorn_graceful.master.systemd import Notifier
 
@@ -131,6 +135,9 @@ class World:
         self.mold_forks = []        # (the mold's generation, it was ready, the record's)
         self.busy = {("127.0.0.1", 9999)}   # addresses another service listens on
         self.opened = []            # every listener the master opened
+        self.checks = {}            # pid -> FakeCheck: in-place upgrades' checks
+        self.exec_fails = False     # the next in-place exec fails (a missing interpreter)
+        self.execs = []             # (direction, reason) of each in-place exec
 
     def open_listener(self, address, cfg, log):
         """`binds.open_one`: a bind, which fails on an address another service holds."""
@@ -175,6 +182,22 @@ class World:
             worker.lame_duck = True
         elif sig in (signal.SIGKILL, signal.SIGABRT, signal.SIGQUIT, signal.SIGINT):
             self.exit(worker, sig)
+
+
+class FakeCheck:
+    """An in-place upgrade's check of the new code (a subprocess.Popen): the test ends it."""
+
+    def __init__(self, world):
+        self.world, self.pid, self.returncode = world, next(world.pids), None
+        world.checks[self.pid] = self
+
+    def kill(self):
+        if self.returncode is None:
+            self.world.exits.append((self.pid, int(signal.SIGKILL)))
+
+
+class Exec(BaseException):
+    """The master's process image was replaced: the old code's call stack ends here."""
 
 
 class SimMold:
@@ -227,18 +250,23 @@ class SimMoldProcesses(mold.Processes):
 
 
 class FakeListener:
-    """A listening socket the master holds (what `binds` opens), without a socket."""
+    """A listening socket the master holds (what `binds` opens): a pipe stands for the
+    socket, so that an in-place exec can hand its descriptor over."""
 
     sock = None
 
     def __init__(self, address):
         self.cfg_addr, self.closed = address, False
+        self.fd, self.other_end = os.pipe()
 
     def close(self):
+        if not self.closed:
+            os.close(self.fd)
+            os.close(self.other_end)
         self.closed = True
 
     def fileno(self):
-        return -1
+        return self.fd
 
     def __str__(self):
         return "fake:%s" % (self.cfg_addr,)
@@ -291,6 +319,9 @@ class FakeProcesses(Arbiter):
 class SimArbiter(GracefulArbiter, FakeProcesses):
     """The pack's master over simulated processes (GracefulArbiter's `super()` is FakeProcesses)."""
 
+    def reap_workers(self):
+        """The world hands exits to `reaped` itself (`Master.loop`): never waitpid here."""
+
     def new_worker(self):
         """The worker a mold forks next (its code is set by the mold, `SimMoldProcesses.ask`)."""
         return SimWorker(self.worker_age, None)
@@ -340,33 +371,84 @@ class Master:
         self.world = World()
         clock.use(self.world.clock.monotonic, self.world.clock.wall)
         self.saved = (upgrade.signal_process, binds.open_one, listeners.close_door,
-                      mold.become_subreaper)
+                      mold.become_subreaper, inplace.InPlace.check_new_code, inplace.execute,
+                      inplace.sock)
         upgrade.signal_process = self.signal_other_master
         binds.open_one = self.world.open_listener
         listeners.close_door = lambda listener: False  # the door is a socket filter: not here
         mold.become_subreaper = lambda: None  # the test process must not adopt orphans
+        inplace.InPlace.check_new_code = lambda _: FakeCheck(self.world)
+        inplace.execute = self.exec_code
+        inplace.sock = self  # `create_sockets` below
+        os.environ.pop(inplace.ENV, None)
         settings.set_current(pack_settings)
         FakeProcesses.world = self.world
-        # A stock arbiter (with the fake process calls), made a SimArbiter by install as
-        # on_starting makes the running one a GracefulArbiter.
-        arbiter = FakeProcesses(SimApp(make_config(workers)))
-        arbiter.pid, arbiter.WORKERS = os.getpid(), {}
-        arbiter.LISTENERS = [self.world.open_listener(a, None, None) for a in arbiter.cfg.address]
+        self.arbiter = self.new_code(make_config(workers), RecordingNotifier())
+        self.stopped = None         # why the master's main loop ended, once it did
+        self.operator_term = False
+
+    def new_code(self, cfg, notifier, log=None, handed=False):
+        """A stock arbiter (with the fake process calls), made a SimArbiter by install as
+        on_starting makes the running one a GracefulArbiter; `handed`: the code an in-place
+        exec started, which adopts the listeners instead of binding them."""
+        arbiter = FakeProcesses(SimApp(cfg))
+        arbiter.pid, arbiter.WORKERS, arbiter.log = os.getpid(), {}, log or arbiter.log
+        arbiter.LISTENERS = [] if handed else [
+            self.world.open_listener(a, None, None) for a in arbiter.cfg.address]
         SimArbiter.install(arbiter, hooks.check_config, hooks.worker_class_of)
         if arbiter.molds is not None:
             arbiter.molds.processes = SimMoldProcesses(self.world, arbiter)
-        arbiter.notifier = RecordingNotifier()
-        self.arbiter = arbiter
-        self.stopped = None         # why the master's main loop ended, once it did
-        self.operator_term = False
+        arbiter.notifier = notifier
+        return arbiter
+
+    def exec_code(self, code, state):
+        """`inplace.execute`: the exec of the next code, which adopts what `state` hands it;
+        or, with `world.exec_fails`, the exec that fails and returns why."""
+        if self.world.exec_fails:
+            return "cannot exec %s: No such file or directory (simulated)" % code[0]
+        self.world.execs.append((state["direction"], state["reason"]))
+        # The originals stay with the world's processes: the next code gets copies (as the
+        # exec gives it the same descriptors), and closes them at its first tick.
+        state = dict(state, listeners=[os.dup(fd) for fd in state["listeners"]],
+                     workers=[dict(w, heartbeat=os.dup(w["heartbeat"]))
+                              for w in state["workers"]])
+        inplace._adopted = False  # a new process image: the module starts afresh
+        memfd = os.memfd_create("simulated-handover", 0)
+        os.write(memfd, json.dumps(state).encode())
+        os.environ[inplace.ENV] = str(memfd)
+        old = self.arbiter  # the next code reads the config on disk: the last one loaded
+        self.next_arbiter = self.new_code(old.app.cfg, old.notifier, old.log, handed=True)
+        for pid, adopted in list(self.next_arbiter.WORKERS.items()):  # the same processes
+            process = self.world.processes[pid]
+            adopted.tmp.close()  # a WorkerTmp over a copy of the process's heartbeat file
+            process.age = adopted.age
+            self.next_arbiter.WORKERS[pid] = process
+        raise Exec()
+
+    def create_sockets(self, cfg, log, fds):
+        """`gunicorn.sock.create_sockets` for the fds an exec handed over: the FakeListeners
+        they stand for (the copies close, as Gunicorn closes the fds it wraps)."""
+        found = []
+        for fd in fds:
+            identity = os.fstat(fd).st_ino
+            os.close(fd)
+            found += [lnr for lnr in self.world.opened
+                      if not lnr.closed and os.fstat(lnr.fd).st_ino == identity]
+        return found
 
     def close(self):
         clock.use(time.monotonic, time.time)
         upgrade.signal_process, binds.open_one, listeners.close_door, \
-            mold.become_subreaper = self.saved
+            mold.become_subreaper, inplace.InPlace.check_new_code, inplace.execute, \
+            inplace.sock = self.saved
         FakeProcesses.world = None
+        fd = os.environ.pop(inplace.ENV, None)  # an exec'd code that never ticked
+        if fd:
+            os.close(int(fd))
         for worker in self.world.processes.values():
             worker.tmp.close()
+        for listener in self.world.opened:
+            listener.close()
         self.world.close_channels()
 
     def signal_other_master(self, pid, sig):
@@ -385,6 +467,8 @@ class Master:
         try:
             self.arbiter.murder_workers()
             self.arbiter.manage_workers()
+        except Exec:            # an in-place upgrade: the next code runs from here on
+            self.arbiter = self.next_arbiter
         except StopIteration:   # lame duck over: the stop begins
             self.stop()
         except HaltServer as exc:

@@ -40,11 +40,14 @@ class MasterMachine(RuleBasedStateMachine):
 
     @initialize(workers=st.integers(1, MAX_WORKERS), max_booting=st.integers(0, 2),
                 shutdown_delay=st.sampled_from([0.0, 2.0]),
-                max_worker_age=st.sampled_from([0.0, 60.0]), mold=st.booleans())
-    def start(self, workers, max_booting, shutdown_delay, max_worker_age, mold=False):
+                max_worker_age=st.sampled_from([0.0, 60.0]), mold=st.booleans(),
+                in_place=st.booleans())
+    def start(self, workers, max_booting, shutdown_delay, max_worker_age, mold=False,
+              in_place=False):
         pack = settings.Settings(max_booting=max_booting, shutdown_delay=shutdown_delay,
                                  readiness_timeout=30.0, upgrade_timeout=60.0,
-                                 max_worker_age=max_worker_age, mold=mold)
+                                 max_worker_age=max_worker_age, mold=mold,
+                                 upgrade="in-place" if in_place else "new-master")
         self.master = Master(workers, pack)
         self.generations = [1]
         self.most_workers = workers
@@ -86,6 +89,18 @@ class MasterMachine(RuleBasedStateMachine):
         elif worker.code == "broken":
             state.write_reason(worker.tmp, "RuntimeError: broken release")
             self.master.world.exit(worker, BOOT_ERROR << 8)
+        self.step()
+
+    @precondition(running)
+    @rule()
+    def every_booting_worker_finishes(self):
+        """Workers boot side by side: each that is booting finishes now (one tick)."""
+        for worker in booting(self.master):
+            if worker.code == "good":
+                state.mark_ready(worker.tmp, os.getpid())
+            elif worker.code == "broken":
+                state.write_reason(worker.tmp, "RuntimeError: broken release")
+                self.master.world.exit(worker, BOOT_ERROR << 8)
         self.step()
 
     @precondition(running)
@@ -196,10 +211,29 @@ class MasterMachine(RuleBasedStateMachine):
         self.step()
 
     @precondition(running)
-    @rule()
-    def usr2(self):
+    @rule(code=st.sampled_from(["good"] * 3 + ["broken", "slow"]))
+    def usr2(self, code="good"):
+        """USR2 after a deploy put `code` on disk (what workers forked from now import)."""
+        self.master.world.code = code
         self.master.arbiter.handle_usr2()
         self.step()
+
+    def checking(self):
+        return [c for c in self.master.world.checks.values() if c.returncode is None
+                and c.pid not in [pid for pid, _ in self.master.world.exits]]
+
+    @precondition(lambda self: self.running() and self.checking())
+    @rule(outcome=st.sampled_from(["passes"] * 4 + ["fails", "passes, the exec fails",
+                                                     "killed"]))
+    def the_in_place_check_ends(self, outcome):
+        """The new code's check (graceful_upgrade = "in-place") ends: the exec follows, or
+        the upgrade is refused."""
+        world = self.master.world
+        world.exec_fails = outcome == "passes, the exec fails"
+        status = {"fails": 1 << 8, "killed": int(signal.SIGKILL)}.get(outcome, 0)
+        world.exits.append((self.checking()[0].pid, status))
+        self.step()
+        world.exec_fails = False
 
     @precondition(lambda self: self.running() and self.master.arbiter.reexec_pid)
     @rule()
@@ -307,6 +341,7 @@ class MasterMachine(RuleBasedStateMachine):
         assert (arbiter.rollouts.current is not None) == (phase is Phase.RELOADING), phase
         upgrading = arbiter.upgrades.current is not None and not arbiter.upgrades.current.stop_sent
         assert upgrading == (phase is Phase.UPGRADING), phase
+        assert (arbiter.inplace.current is not None) == (phase is Phase.IN_PLACE), phase
         snapshot = arbiter.status.snapshot()
         assert snapshot["phase"] == phase.value
         assert snapshot["serving"] == bool(self.master.serving_ready())
@@ -318,6 +353,22 @@ class MasterMachine(RuleBasedStateMachine):
         stopping = [m for m in self.master.arbiter.notifier.messages if "STOPPING" in m]
         assert not stopping or self.master.operator_term, \
             "STOPPING=1 without an operator's TERM: %s" % stopping
+
+    @invariant()
+    def systemd_hears_ready_after_each_reloading_once_a_generation_serves(self):
+        """RELOADING=1 (HUP, in-place USR2) leaves systemd waiting: once the master serves
+        again, the last of the two it said is READY=1, whatever the outcome."""
+        if not self.running() or self.master.phase() is not Phase.SERVING:
+            return
+        said = [m for m in self.master.arbiter.notifier.messages
+                if "READY" in m or "RELOADING" in m]
+        assert not said or "READY" in said[-1], said[-3:]
+
+    @invariant()
+    def an_in_place_upgrade_never_names_another_main_pid(self):
+        if self.master is None or self.master.arbiter.settings.upgrade != "in-place":
+            return
+        assert not [m for m in self.master.arbiter.notifier.messages if "MAINPID" in m]
 
     @invariant()
     def every_upgrade_follows_a_new_master_it_started(self):
@@ -592,3 +643,56 @@ def test_the_simulation_finds_a_mold_started_for_a_generation_being_rolled_back(
     monkeypatch.setattr(core.Core, "reconcile", old_reconcile)
     found = failures(MasterMachine)
     assert any("which may not serve" in text for text in found), found
+
+
+# -- graceful_upgrade = "in-place": the exec, both ways ----------------------------------------
+
+def boot_all(times=4):
+    """A tick (the exec'd code's first), then its workers' boots."""
+    return [("time_passes", {"seconds": 0.5})] + [("a_worker_finishes_booting", {"index": 0})] * times
+
+
+def test_in_place_a_good_release_is_exec_d_adopted_and_completes():
+    master = replay({"workers": 2, "in_place": True}, ("usr2", {"code": "good"}),
+                    ("the_in_place_check_ends", {"outcome": "passes"}), *boot_all())
+    assert master.world.execs == [("new", "")]
+    assert master.phase() is Phase.SERVING and master.arbiter.generation == 2
+    assert len(master.arbiter.log.events("upgrade.done")) == 1
+    assert master.arbiter.upgrades.last["state"] == "done"
+
+
+def test_in_place_a_broken_release_is_rolled_back_by_the_exec_back():
+    master = replay({"workers": 2, "in_place": True}, ("usr2", {"code": "broken"}),
+                    ("the_in_place_check_ends", {"outcome": "passes"}), *boot_all(),
+                    ("time_passes", {"seconds": 0.5}), ("time_passes", {"seconds": 0.5}))
+    assert [d for d, _ in master.world.execs] == ["new", "back"]
+    assert master.phase() is Phase.SERVING and master.arbiter.generation == 1
+    assert master.arbiter.upgrades.last["state"] == "rolled_back"
+    assert "direction=back workers=2 generation=1" in master.arbiter.log.events("upgrade.adopted")[-1]
+
+
+def test_in_place_an_exec_that_fails_refuses_and_the_old_code_serves_on():
+    master = replay({"workers": 2, "in_place": True}, ("usr2", {"code": "good"}),
+                    ("the_in_place_check_ends", {"outcome": "passes, the exec fails"}))
+    assert master.world.execs == [] and master.phase() is Phase.SERVING
+    assert "cannot exec" in master.arbiter.upgrades.last["reason"]
+
+
+def test_in_place_term_while_the_new_generation_boots_stops_the_service_once():
+    master = replay({"workers": 2, "in_place": True}, ("usr2", {"code": "slow"}),
+                    ("the_in_place_check_ends", {"outcome": "passes"}),
+                    ("time_passes", {"seconds": 0.5}), ("operator_term", {}),
+                    ("every_booting_worker_finishes", {}), ("time_passes", {"seconds": 31.0}))
+    assert master.stopped == "stop" and master.world.execs == [("new", "")]
+    assert len([m for m in master.arbiter.notifier.messages if "STOPPING" in m]) == 1
+
+
+def test_in_place_a_new_worker_killed_while_booting_rolls_back_and_the_old_serve():
+    master = replay({"workers": 2, "in_place": True}, ("usr2", {"code": "slow"}),
+                    ("the_in_place_check_ends", {"outcome": "passes"}),
+                    ("time_passes", {"seconds": 0.5}),
+                    ("a_worker_crashes", {"index": 2, "how": signal.SIGKILL}),
+                    ("time_passes", {"seconds": 0.5}), ("time_passes", {"seconds": 0.5}))
+    assert [d for d, _ in master.world.execs] == ["new", "back"]
+    assert "SIGKILL" in master.world.execs[1][1] and master.phase() is Phase.SERVING
+    assert "direction=back workers=2 generation=1" in master.arbiter.log.events("upgrade.adopted")[-1]
