@@ -62,8 +62,9 @@ class Slot:
         self._lock = None
 
     def forget_fd(self):
-        """The worker holds the memory now (forked, or handed to its mold): close the file,
-        so the master holds one descriptor per mold, not one per worker."""
+        """Close the file; the mapping stays. A worker does once it mapped its slot; the
+        master keeps each live worker's file until the worker is folded, for an in-place
+        upgrade to hand it across its exec."""
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None

@@ -138,6 +138,8 @@ class World:
         self.checks = {}            # pid -> FakeCheck: in-place upgrades' checks
         self.exec_fails = False     # the next in-place exec fails (a missing interpreter)
         self.execs = []             # (direction, reason) of each in-place exec
+        self.disk_cfg = None        # the config an in-place exec's next code loads (None: same)
+        self.kept_cfg = None        # the config of the code an in-place exec replaced
 
     def open_listener(self, address, cfg, log):
         """`binds.open_one`: a bind, which fails on an address another service holds."""
@@ -407,6 +409,10 @@ class Master:
         if self.world.exec_fails:
             return "cannot exec %s: No such file or directory (simulated)" % code[0]
         self.world.execs.append((state["direction"], state["reason"]))
+        handed = {os.fstat(fd).st_ino for fd in state["listeners"]}
+        for listener in self.world.opened:  # not handed over: not inheritable, closed
+            if not listener.closed and os.fstat(listener.fd).st_ino not in handed:
+                listener.close()
         # The originals stay with the world's processes: the next code gets copies (as the
         # exec gives it the same descriptors), and closes them at its first tick.
         state = dict(state, listeners=[os.dup(fd) for fd in state["listeners"]],
@@ -416,8 +422,17 @@ class Master:
         memfd = os.memfd_create("simulated-handover", 0)
         os.write(memfd, json.dumps(state).encode())
         os.environ[inplace.ENV] = str(memfd)
-        old = self.arbiter  # the next code reads the config on disk: the last one loaded
-        self.next_arbiter = self.new_code(old.app.cfg, old.notifier, old.log, handed=True)
+        old = self.arbiter
+        if state["direction"] == "new":  # the next code reads the config on disk
+            self.world.kept_cfg = old.app.cfg
+            cfg = self.world.disk_cfg or old.app.cfg
+        else:
+            cfg = self.world.kept_cfg
+        try:
+            self.next_arbiter = self.new_code(cfg, old.notifier, old.log, handed=True)
+        except SystemExit as exc:  # what `relaunch` does when the new code fails at start
+            inplace.go_back(exc.code)
+            raise AssertionError("going back returned: the master would be gone") from exc
         for pid, adopted in list(self.next_arbiter.WORKERS.items()):  # the same processes
             process = self.world.processes[pid]
             adopted.tmp.close()  # a WorkerTmp over a copy of the process's heartbeat file

@@ -2,6 +2,7 @@
 
 import os
 import signal
+import socket
 
 import pytest
 
@@ -83,6 +84,9 @@ def test_a_release_whose_config_fails_is_refused_before_the_exec(workdir, server
 
 
 def test_notify_socket_hears_reloading_then_ready_from_the_same_pid(workdir, servers):
+    """What systemd needs without NotifyAccess=all: every message from the main pid, READY
+    at start, RELOADING=1 with MONOTONIC_USEC at the USR2, READY=1 once the new generation
+    serves (and again after a rolled-back one), never MAINPID."""
     with NotifySocket(workdir) as notify:
         server = servers(workdir, workers=2, config_body=IN_PLACE,
                          env={"NOTIFY_SOCKET": notify.path})
@@ -90,11 +94,21 @@ def test_notify_socket_hears_reloading_then_ready_from_the_same_pid(workdir, ser
         write_app(workdir, "2")
         upgrade_in_place(server, 0)
         notify.wait("generation 2 serving")
-    print(notify.messages)
+        write_app(workdir, "3", healthz=503)
+        upgrade_in_place(server, 3)
+        notify.wait("upgrade rolled back")
+    said = [m for m in notify.messages if "READY=1" in m or "RELOADING=1" in m]
+    assert [m.split("\n")[0] for m in said] == ["READY=1", "RELOADING=1", "READY=1",
+                                                 "RELOADING=1", "READY=1"], notify.messages
+    assert all("MONOTONIC_USEC=" in m for m in said if "RELOADING=1" in m)
+    assert "generation 2 serving" in said[2] and "upgrade rolled back" in said[4]
+    assert not [m for m in notify.messages if "MAINPID" in m or "STOPPING" in m]
+    assert set(notify.senders) == {server.pid}, (notify.senders, server.pid)
 
 
 # The check (--check-config) imports the app too: a release that is slow only in its workers.
 SLOW_WORKERS = "import sys\nif '--check-config' not in sys.argv:\n    time.sleep(%s)\n"
+SLOW_CHECK = "import sys\nif '--check-config' in sys.argv:\n    time.sleep(2)\n"
 
 
 def begin_slow_upgrade(server, workdir, seconds=3):
@@ -153,6 +167,24 @@ def test_a_check_killed_by_sigkill_refuses_the_upgrade(workdir, servers):
     out, err = command.communicate(timeout=60)
     assert command.returncode == 2 and "check failed: killed by SIGKILL" in err, out + err
     assert server.alive() and server.version() == "1"
+
+
+def test_an_exec_that_fails_after_the_check_leaves_the_old_code_serving(workdir, servers):
+    import sys
+    python = "%s-inplace-exec-%s" % (sys.executable, os.getpid())
+    os.symlink(sys.executable, python)
+    try:
+        server = servers(workdir, workers=2, config_body=IN_PLACE,
+                         launcher=[python, "-m", "gunicorn"])
+        write_app(workdir, "2", before=SLOW_CHECK)
+        command = upgrade_command(server)
+        server.wait_log(r"event=upgrade.in_place")
+    finally:
+        os.unlink(python)  # gone while the check runs: the exec finds nothing
+    out, err = command.communicate(timeout=60)
+    assert command.returncode == 2 and "cannot exec %s" % python in err, out + err
+    assert server.alive() and server.version() == "1"
+    assert "direction=new" in server.log()  # it did try
 
 
 def test_a_generation_late_past_the_upgrade_timeout_is_rolled_back(workdir, servers):
@@ -225,7 +257,7 @@ def test_term_during_an_upgrade_stops_everything_gracefully(workdir, servers, wh
 
 
 def test_metrics_count_on_across_an_upgrade_and_a_rollback(workdir, servers):
-    from tests.test_metrics import Scraper, scrape, value
+    from tests.test_metrics import Scraper, counts_end_at_what_the_load_saw, scrape, value
     port = free_port()
     server = servers(workdir, workers=2, config_body=IN_PLACE
                      + 'graceful_metrics_bind = "127.0.0.1:%d"\n' % port)
@@ -236,17 +268,35 @@ def test_metrics_count_on_across_an_upgrade_and_a_rollback(workdir, servers):
     assert cli("upgrade", "--pidfile", server.pidfile, timeout=90).returncode == 0
     write_app(workdir, "3", healthz=503)
     assert cli("upgrade", "--pidfile", server.pidfile, timeout=90).returncode == 3
-    load.wait_count(len(load.results) + 100)
-    load.stop()
-    answered = sum(1 for r in load.results if r.status == 200)
-    wait_for(lambda: value(scrape(port).text, "gunicorn_requests_total") == answered, 10,
-             lambda: "gunicorn_requests_total == %d answered (last scrape %s)"
-             % (answered, scraper.totals[-1:]))
-    scraper.stop()
-    assert load.failures() == [], load.summary()
-    assert scraper.errors == [] and len(scraper.totals) > 10
-    assert all(a <= b for a, b in zip(scraper.totals, scraper.totals[1:])), scraper.totals
+    counts_end_at_what_the_load_saw(load, scraper, port, 100)
     text = scrape(port).text
     assert value(text, 'gunicorn_reloads_total{kind="usr2",result="ok"}') == 1, text
     assert value(text, 'gunicorn_reloads_total{kind="usr2",result="rolled_back"}') == 1, text
     assert value(text, "gunicorn_generation") == 2
+
+
+def test_a_new_config_that_adds_then_moves_a_bind_is_served_and_a_taken_one_goes_back(
+        workdir, servers):
+    from tests.test_config_reload import answers, bind_body, bound_server, refused
+    first, second = free_port(), free_port()
+    server = bound_server(servers, workdir, ["127.0.0.1:%d" % first], IN_PLACE)
+    write_config(workdir, body=bind_body(["127.0.0.1:%d" % first, "127.0.0.1:%d" % second])
+                 + IN_PLACE)
+    done = cli("upgrade", "--pidfile", server.pidfile, timeout=90)
+    assert done.returncode == 0, done.stdout + done.stderr + server.tail()
+    assert answers("http://127.0.0.1:%d/" % first) and answers("http://127.0.0.1:%d/" % second)
+    write_config(workdir, body=bind_body(["127.0.0.1:%d" % second]) + IN_PLACE)
+    with under_load("http://127.0.0.1:%d" % second, after=50, threads=2) as load:
+        done = cli("upgrade", "--pidfile", server.pidfile, timeout=90)
+    assert done.returncode == 0, done.stdout + done.stderr + server.tail()
+    assert load.failures() == [], load.summary()
+    wait_for(lambda: refused(first), 10, "port %d closed once the upgrade moved away" % first)
+    with socket.socket() as taken:  # another service holds the next address
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        write_config(workdir, body=bind_body(["127.0.0.1:%d" % second, "127.0.0.1:%d"
+                                              % taken.getsockname()[1]]) + IN_PLACE)
+        done = cli("upgrade", "--pidfile", server.pidfile, timeout=90)
+    assert done.returncode == 3 and "the new config's bind: cannot bind" in done.stderr, \
+        done.stdout + done.stderr
+    assert answers("http://127.0.0.1:%d/" % second) and server.alive()

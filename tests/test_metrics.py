@@ -54,6 +54,24 @@ class Scraper:
         self.thread.join(10)
 
 
+def counts_end_at_what_the_load_saw(load, scraper, port, more):
+    """`more` requests, then the load and the scraper stop: no request failed, no scrape
+    failed, gunicorn_requests_total never went down and ends at what the load saw answered
+    (returned)."""
+    load.wait_count(len(load.results) + more)
+    load.stop()
+    answered = sum(1 for r in load.results if r.status == 200)
+    wait_for(lambda: value(scrape(port).text, "gunicorn_requests_total") == answered, 10,
+             lambda: "gunicorn_requests_total == %d answered (last scrape %s)"
+             % (answered, scraper.totals[-1:]))
+    scraper.stop()
+    assert load.failures() == [], load.summary()
+    assert scraper.errors == []
+    assert len(scraper.totals) > 10
+    assert all(a <= b for a, b in zip(scraper.totals, scraper.totals[1:])), scraper.totals
+    return answered
+
+
 def metrics_server(servers, workdir, port, body="", **kwargs):
     return servers(workdir, config_body='graceful_metrics_bind = "127.0.0.1:%d"\n' % port + body,
                    **kwargs)
@@ -71,17 +89,7 @@ def test_requests_total_never_goes_down_and_ends_at_what_the_load_saw(workdir, s
     server.signal(signal.SIGHUP)  # a broken one: rolled back
     server.wait_log("event=reload.rollback")
     write_app(workdir, "2")  # fixed on disk: the recycling replacements load it
-    load.wait_count(len(load.results) + 200)
-    load.stop()
-    answered = sum(1 for r in load.results if r.status == 200)
-    wait_for(lambda: value(scrape(port).text, "gunicorn_requests_total") == answered, 10,
-             lambda: "gunicorn_requests_total == %d answered (last scrape %s)"
-             % (answered, scraper.totals[-1:]))
-    scraper.stop()
-    assert load.failures() == [], load.summary()
-    assert scraper.errors == []
-    assert len(scraper.totals) > 10
-    assert all(a <= b for a, b in zip(scraper.totals, scraper.totals[1:])), scraper.totals
+    answered = counts_end_at_what_the_load_saw(load, scraper, port, 200)
     text = scrape(port).text
     assert value(text, 'gunicorn_reloads_total{kind="hup",result="ok"}') == 1
     assert value(text, 'gunicorn_reloads_total{kind="hup",result="rolled_back"}') == 1

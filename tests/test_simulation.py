@@ -84,11 +84,7 @@ class MasterMachine(RuleBasedStateMachine):
         worker = self.pick(booting(self.master), index)
         if worker is None:
             return
-        if worker.code == "good":
-            state.mark_ready(worker.tmp, os.getpid())
-        elif worker.code == "broken":
-            state.write_reason(worker.tmp, "RuntimeError: broken release")
-            self.master.world.exit(worker, BOOT_ERROR << 8)
+        self.finish_booting(worker)
         self.step()
 
     @precondition(running)
@@ -96,12 +92,16 @@ class MasterMachine(RuleBasedStateMachine):
     def every_booting_worker_finishes(self):
         """Workers boot side by side: each that is booting finishes now (one tick)."""
         for worker in booting(self.master):
-            if worker.code == "good":
-                state.mark_ready(worker.tmp, os.getpid())
-            elif worker.code == "broken":
-                state.write_reason(worker.tmp, "RuntimeError: broken release")
-                self.master.world.exit(worker, BOOT_ERROR << 8)
+            self.finish_booting(worker)
         self.step()
+
+    def finish_booting(self, worker):
+        """The code it imported decides: good is ready, broken fails, slow goes on."""
+        if worker.code == "good":
+            state.mark_ready(worker.tmp, os.getpid())
+        elif worker.code == "broken":
+            state.write_reason(worker.tmp, "RuntimeError: broken release")
+            self.master.world.exit(worker, BOOT_ERROR << 8)
 
     @precondition(running)
     @rule(index=st.integers(0, 20), how=st.sampled_from([signal.SIGSEGV, signal.SIGKILL,
@@ -211,10 +211,14 @@ class MasterMachine(RuleBasedStateMachine):
         self.step()
 
     @precondition(running)
-    @rule(code=st.sampled_from(["good"] * 3 + ["broken", "slow"]))
-    def usr2(self, code="good"):
-        """USR2 after a deploy put `code` on disk (what workers forked from now import)."""
+    @rule(code=st.sampled_from(["good"] * 3 + ["broken", "slow"]),
+          bind=st.sampled_from(["same"] * 3 + ["added", "moved", "taken"]))
+    def usr2(self, code="good", bind="same"):
+        """USR2 after a deploy put `code` on disk (what workers forked from now import), and a
+        config whose `bind` an in-place upgrade's next code loads."""
         self.master.world.code = code
+        self.master.world.disk_cfg = make_config(self.master.arbiter.cfg.workers,
+                                                 bind=BINDS[bind])
         self.master.arbiter.handle_usr2()
         self.step()
 
@@ -282,7 +286,8 @@ class MasterMachine(RuleBasedStateMachine):
             return
         arbiter = self.master.arbiter
         rollout = arbiter.rollouts.current
-        held = list(arbiter.LISTENERS) + list(rollout.previous_listeners if rollout else [])
+        held = list(arbiter.LISTENERS) + list(rollout.previous_listeners if rollout else []) \
+            + arbiter.inplace.held()
         assert not [lnr for lnr in held if lnr.closed], "a listener in use was closed"
         assert [lnr.cfg_addr for lnr in arbiter.LISTENERS] == list(arbiter.cfg.address)
         leaked = [lnr for lnr in self.master.world.opened

@@ -141,7 +141,8 @@ class GracefulArbiter(Arbiter):
             if self.molds is not None:
                 pid = self.spawn_from_mold(slot)
             else:
-                stale = [lnr.fileno() for lnr in self.rollouts.held() if lnr not in self.LISTENERS]
+                stale = [lnr.fileno() for lnr in self.rollouts.held() + self.inplace.held()
+                         if lnr not in self.LISTENERS]
                 forked.prepare(record.release,
                                stale + (self.metrics.sibling_fds() if self.metrics else []), slot)
                 compat.settle_control_server(self)  # forks come back to back: see there

@@ -46,6 +46,7 @@ from gunicorn import sock
 
 from gunicorn_graceful import clock, compat, release, settings
 from gunicorn_graceful.events import emit
+from gunicorn_graceful.master import binds
 from gunicorn_graceful.master.pool import how_it_ended
 from gunicorn_graceful.master.records import Record
 
@@ -80,6 +81,7 @@ class InPlace:
         self.arbiter, self.pool, self.upgrades, self.rollouts = arbiter, pool, upgrades, rollouts
         self.handed, self.notify_address = handed, notify_address
         self.current = None
+        self.kept = []  # the old code's listeners, while a new config's own ones serve too
 
     # -- the old code: USR2 -------------------------------------------------------------------
 
@@ -174,7 +176,7 @@ class InPlace:
                            % (trial.new_generation, waited))
         if trial.failed is None or self.pool_has(trial.new_generation):
             return None
-        problem = self.exec_code(tuple(self.handed["back"]), metrics, "back", trial.failed)
+        problem = self.exec_back(metrics, trial.failed)
         emit(self.arbiter.log, "error", "upgrade.exec_back_failed", pid=self.arbiter.pid,
              reason=problem, action="this code serves on with the kept generation")
         reason = trial.failed
@@ -217,7 +219,29 @@ class InPlace:
         state = self.handover(metrics, direction, reason)
         emit(arbiter.log, "info", "upgrade.exec", pid=arbiter.pid, direction=direction,
              workers=len(state["workers"]), cwd=code[2])
-        return execute(code, state)
+        if metrics:
+            metrics.pause()
+        problem = execute(code, state)
+        if metrics:
+            metrics.resume()
+        return problem
+
+    def exec_back(self, metrics, reason):
+        """The new generation is gone: the old code comes back with the old listeners; those
+        only the new config opened close at the exec (not inheritable)."""
+        arbiter = self.arbiter
+        added = [lnr for lnr in arbiter.LISTENERS if lnr not in self.kept]
+        for lnr in added:
+            os.set_inheritable(lnr.fileno(), False)
+        problem = self.exec_code(tuple(self.handed["back"]), metrics, "back", reason)
+        for lnr in added:
+            os.set_inheritable(lnr.fileno(), True)  # as Gunicorn makes its listeners
+        return problem
+
+    def held(self):
+        """The old code's listeners a new config replaced, held until the upgrade ends: a
+        worker forked meanwhile closes them (`GracefulArbiter.spawn_worker`)."""
+        return [lnr for lnr in self.kept if lnr not in self.arbiter.LISTENERS]
 
     def handover(self, metrics, direction, reason):
         """The state the next code adopts (`adopt`): every descriptor in it is kept across
@@ -233,7 +257,10 @@ class InPlace:
                 "started": trial.started, "generation": arbiter.generation,
                 "last_generation": self.rollouts.last_generation,
                 "releases": self.rollouts.releases, "worker_age": arbiter.worker_age,
-                "listeners": [lnr.fileno() for lnr in arbiter.LISTENERS], "workers": workers,
+                "listeners": [lnr.fileno() for lnr in (self.kept if direction == "back"
+                                                       else arbiter.LISTENERS)],
+                "binds": binds_of(arbiter.cfg) if direction == "new" else self.handed["binds"],
+                "workers": workers,
                 "metrics": metrics.handover() if metrics else None,
                 "back": self.old_code() if direction == "new" else self.handed["back"],
                 "notify": self.notify_address, "upgrade_refused": self.upgrades.last_refusal}
@@ -246,8 +273,9 @@ class InPlace:
         on copies of the handed descriptors: until the first tick, `go_back` can hand the
         originals back untouched."""
         arbiter, handed = self.arbiter, self.handed
-        arbiter.LISTENERS = sock.create_sockets(arbiter.cfg, arbiter.log,
-                                                [os.dup(fd) for fd in handed["listeners"]])
+        self.kept = sock.create_sockets(arbiter.cfg, arbiter.log,
+                                        [os.dup(fd) for fd in handed["listeners"]])
+        arbiter.LISTENERS = self.listeners_for(arbiter.cfg)
         arbiter.worker_age = handed["worker_age"]
         for item in handed["workers"]:
             self.adopt_worker(item)
@@ -262,6 +290,28 @@ class InPlace:
         emit(arbiter.log, "info", "upgrade.adopted", pid=arbiter.pid,
              direction=handed["direction"], workers=len(handed["workers"]),
              generation=arbiter.generation)
+
+    def listeners_for(self, cfg):
+        """The handed listeners, or, when the new config binds elsewhere, its own (those of
+        the handed ones it keeps, new ones bound, as a HUP does: `binds.reopen`); a bind that
+        fails ends this code's start, and `relaunch` goes back. Going back, always the handed
+        ones: they are what the kept workers serve, whatever the config on disk says now."""
+        if self.handed["binds"] == binds_of(cfg):
+            return list(self.kept)
+        if self.handed["direction"] == "back":
+            emit(self.arbiter.log, "warning", "settings.warning",
+                 problem="the config on disk binds %s, the restored code serves %s (the "
+                         "code an upgrade went back to reads the config of the release it "
+                         "runs: with graceful_release_link, the kept one)"
+                 % (cfg.address, ",".join(str(lnr) for lnr in self.kept)))
+            return list(self.kept)
+        try:
+            listeners = binds.reopen(cfg, self.kept, self.arbiter.log)
+        except binds.BindFailure as exc:
+            raise SystemExit(settings.ERROR + "the new config's bind: %s" % exc) from None
+        emit(self.arbiter.log, "info", "master.listening",
+             listeners=",".join(str(lnr) for lnr in listeners))
+        return listeners
 
     def adopt_worker(self, item):
         arbiter = self.arbiter
@@ -337,6 +387,8 @@ class InPlace:
         if state_name == "done":
             emit(self.arbiter.log, "info", "upgrade.done", pid=self.arbiter.pid,
                  generation=self.arbiter.generation, after=clock.monotonic() - trial.started)
+            binds.close_unused(self.kept, keep=self.arbiter.LISTENERS)
+            self.kept = []
         self.record(state_name, reason)
         self.current = None
         self.handed = None
@@ -439,6 +491,12 @@ def go_back(code):
                      % reason)
     problem = execute(tuple(state["back"]), state)
     sys.stderr.write("gunicorn-graceful: event=upgrade.exec_back_failed reason=%r\n" % problem)
+
+
+def binds_of(cfg):
+    """What decides a code's listeners (compared across an exec as `binds.changed` does)."""
+    return json.loads(json.dumps({"address": cfg.address, "certfile": cfg.certfile,
+                                  "keyfile": cfg.keyfile}))
 
 
 def environ_of(cfg):

@@ -92,7 +92,6 @@ class Metrics:
                  problem="graceful_metrics_buckets changes on a restart only (an in-place "
                          "upgrade keeps the running workers' histograms): kept %s"
                          % ",".join(map(str, self.buckets)))
-        self.keep_fds = settings.upgrade == "in-place"  # each slot's file crosses an exec
         self.lock = threading.Lock()
         self.slots = {}  # pid -> the slot of a worker not yet folded
         self.folded = counters.Counts.zero(self.buckets)
@@ -115,9 +114,7 @@ class Metrics:
 
     def forked(self, pid, slot):
         """After the fork in the master (pid None: the fork failed)."""
-        if pid:
-            if not self.keep_fds:
-                slot.forget_fd()
+        if pid:  # its file stays open here: an in-place upgrade hands it across its exec
             with self.lock:
                 self.slots[pid] = slot
         else:
@@ -176,7 +173,8 @@ class Metrics:
                 "backlog": sum(map(listeners.queued, counted)) if counted else None}
 
     def sibling_fds(self):
-        """The slot files the master keeps (in-place upgrades): a new worker closes them."""
+        """The slot files the master keeps (for an in-place upgrade): a new worker closes
+        them, so a slot's memory goes once its worker and the master let it go."""
         return [slot.fd for slot in self.slots.values() if slot.fd is not None]
 
     def slot_fd(self, pid):
@@ -185,7 +183,10 @@ class Metrics:
 
     def handover(self):
         """What an in-place upgrade hands the next code (`adopt`): the totals of the workers
-        that exited (each live worker's slot goes with it), the buckets, the listener."""
+        that exited (each live worker's slot goes with it), the buckets, the listener. A
+        worker reaped since the last tick is folded first: its slot goes nowhere else."""
+        for pid in [pid for pid in list(self.slots) if pid not in self.arbiter.WORKERS]:
+            self.fold(pid)
         return {"totals": self.export(live=False), "buckets": list(self.buckets),
                 "bind": self.bind, "fd": self.server.fileno() if self.server else None}
 
@@ -195,10 +196,7 @@ class Metrics:
         self.carry(kept["totals"])
         for item in workers:
             if item["slot"] is not None:
-                slot = counters.Slot(self.buckets, fd=os.dup(item["slot"]))
-                if not self.keep_fds:
-                    slot.forget_fd()
-                self.slots[item["pid"]] = slot
+                self.slots[item["pid"]] = counters.Slot(self.buckets, fd=os.dup(item["slot"]))
 
     def export(self, live=True):
         """Every counter as JSON, for the new master of a USR2 (`carry`); without `live`, only
@@ -271,11 +269,31 @@ class Metrics:
         fd = self.server.fileno()
         identity = _identity(fd)
         os.register_at_fork(after_in_child=lambda: _close_in_child(fd, identity))
-        thread = threading.Thread(target=self.server.serve_forever, name="graceful-metrics",
-                                  daemon=True)
-        thread.start()
+        self.server.busy, self.server.busy_lock = 0, threading.Lock()
+        self.serve_in_thread()
         emit(self.arbiter.log, "info", "metrics.listening", pid=os.getpid(),
              address="http://%s/metrics" % self.bind)
+
+    def serve_in_thread(self):
+        thread = threading.Thread(target=self.server.serve_forever, args=(0.1,),
+                                  name="graceful-metrics", daemon=True)
+        thread.start()
+
+    def pause(self, limit=1.0):
+        """Before an in-place exec: accept nothing more (new scrapes wait in the listen queue
+        for the next code, which serves this listener), and let the scrapes being answered
+        finish, for at most `limit` seconds: an exec would cut them."""
+        if self.server is None:
+            return
+        self.server.shutdown()  # returns once serve_forever saw it (its poll: 0.1 s)
+        deadline = time.monotonic() + limit
+        while self.server.busy and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    def resume(self):
+        """The exec failed: this code serves the endpoint again."""
+        if self.server is not None:
+            self.serve_in_thread()
 
     def snapshot(self):
         """Totals now: what exited workers counted plus what live ones count."""
@@ -410,14 +428,20 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if self.path.split("?", 1)[0] != "/metrics":
             self.send_error(404, "only /metrics here")
             return
-        from prometheus_client.exposition import choose_encoder
-        encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-        body = encoder(_Registry(self.server.metrics))
-        self.send_response(200)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        with self.server.busy_lock:  # counted: an in-place exec waits for it (`pause`)
+            self.server.busy += 1
+        try:
+            from prometheus_client.exposition import choose_encoder
+            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
+            body = encoder(_Registry(self.server.metrics))
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+        finally:
+            with self.server.busy_lock:
+                self.server.busy -= 1
 
     def log_message(self, *args):
         """Scrapes are not logged: one a second from each Prometheus would drown the log."""

@@ -2,6 +2,7 @@
 
 import os
 import socket
+import struct
 import threading
 import time
 
@@ -50,17 +51,23 @@ class NotifySocket(Watcher):
         super().__init__()
         self.path = os.path.join(directory, "notify.sock")
         self.messages = []
+        self.senders = []  # the pid that sent each message (SCM_CREDENTIALS, as systemd reads)
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
         self._sock.bind(self.path)
         self._sock.settimeout(0.2)
 
     def step(self):
         try:
-            self.messages.append(self._sock.recv(4096).decode())
+            data, ancillary, _, _ = self._sock.recvmsg(4096, socket.CMSG_SPACE(12))
         except socket.timeout:
             return True
         except OSError:
             return False
+        pid = next((struct.unpack("iII", payload[:12])[0] for level, kind, payload in ancillary
+                    if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS), None)
+        self.senders.append(pid)
+        self.messages.append(data.decode())
         return True
 
     def close(self):
