@@ -141,23 +141,6 @@ def test_a_new_release_that_fails_at_start_after_the_exec_goes_back(tmp_path, se
     assert server.version() == "1"
 
 
-def test_a_missing_interpreter_refuses_and_the_old_code_says_so(workdir, servers):
-    import sys
-    # The interpreter path of a virtualenv a deploy removed (a symlink beside the venv's own,
-    # so that it still finds the venv while it exists).
-    python = "%s-inplace-test-%s" % (sys.executable, os.getpid())
-    os.symlink(sys.executable, python)
-    try:
-        server = servers(workdir, workers=2, config_body=IN_PLACE,
-                         launcher=[python, "-m", "gunicorn"])
-    finally:
-        os.unlink(python)
-    write_app(workdir, "2")
-    _, _, err = upgrade_in_place(server, 2)
-    assert "cannot run the new code's check" in err and "No such file" in err, err
-    assert server.alive() and server.version() == "1"
-
-
 def test_a_check_killed_by_sigkill_refuses_the_upgrade(workdir, servers):
     server = servers(workdir, workers=2, config_body=IN_PLACE)
     write_app(workdir, "2", before="time.sleep(30)")  # the check imports it: it takes long
@@ -169,22 +152,31 @@ def test_a_check_killed_by_sigkill_refuses_the_upgrade(workdir, servers):
     assert server.alive() and server.version() == "1"
 
 
-def test_an_exec_that_fails_after_the_check_leaves_the_old_code_serving(workdir, servers):
+@pytest.mark.parametrize("gone", ["before the check", "during the check"])
+def test_an_interpreter_gone_refuses_the_upgrade_and_the_old_code_serves_on(workdir, servers,
+                                                                           gone):
+    """The virtualenv a deploy removed: the check cannot start, or (gone while it ran) the
+    exec fails and returns; either way the old code says why and serves on."""
     import sys
-    python = "%s-inplace-exec-%s" % (sys.executable, os.getpid())
+    # A symlink beside the venv's interpreter, so that it finds the venv while it exists.
+    python = "%s-inplace-test-%s" % (sys.executable, os.getpid())
     os.symlink(sys.executable, python)
     try:
         server = servers(workdir, workers=2, config_body=IN_PLACE,
                          launcher=[python, "-m", "gunicorn"])
         write_app(workdir, "2", before=SLOW_CHECK)
-        command = upgrade_command(server)
-        server.wait_log(r"event=upgrade.in_place")
+        if gone == "during the check":
+            command = upgrade_command(server)
+            server.wait_log(r"event=upgrade.in_place")
     finally:
-        os.unlink(python)  # gone while the check runs: the exec finds nothing
+        os.unlink(python)
+    if gone == "before the check":
+        command = upgrade_command(server)
     out, err = command.communicate(timeout=60)
-    assert command.returncode == 2 and "cannot exec %s" % python in err, out + err
+    expected = "cannot run the new code's check" if gone == "before the check" \
+        else "cannot exec %s" % python
+    assert command.returncode == 2 and expected in err and "No such file" in err, out + err
     assert server.alive() and server.version() == "1"
-    assert "direction=new" in server.log()  # it did try
 
 
 def test_a_generation_late_past_the_upgrade_timeout_is_rolled_back(workdir, servers):
