@@ -63,6 +63,17 @@ def test_requests_are_handled_and_counted_where_the_pack_hooks_recycling():
     assert "self.max_requests = cfg.max_requests + jitter" in inspect.getsource(Worker.__init__)
 
 
+def test_a_parsed_request_has_what_the_in_flight_registry_reads():
+    """`inflight.Parsed` reads Gunicorn's parsed request (method, path, query) and the peer
+    each worker's handle_request gets (sync: addr; gthread: conn.client)."""
+    from gunicorn.http.message import Request
+    from gunicorn.workers.gthread import TConn
+    source = inspect.getsource(Request)
+    for name in ("method", "path", "query"):
+        assert re.search(r"self\.%s = " % name, source), name
+    assert "self.client = client" in inspect.getsource(TConn.__init__)
+
+
 def test_the_thread_worker_stop_hook_is_whole_when_detected():
     if compat.THREAD_WORKER_STOP_HOOK:
         assert parameters(ThreadWorker.set_accept_enabled) == ["self", "enabled"]

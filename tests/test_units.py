@@ -50,6 +50,16 @@ def test_registry_forgets_a_request_whose_app_raised():
     assert len(registry) == 0
 
 
+def test_a_request_registered_around_handle_request_reads_gunicorns_parsed_request():
+    class Req:  # what Gunicorn's parser made (gunicorn.http.message.Request)
+        method, path, query = "POST", "/login", "password=hunter2"
+
+    request = inflight.Parsed(Req(), ("127.0.0.1", 5000))
+    assert (request.method, request.path, request.peer) == \
+        ("POST", "/login?[redacted]", "127.0.0.1:5000")
+    assert inflight.Parsed(Req(), "").peer == "-"  # a unix socket's peer has no address
+
+
 def test_drain_reporter_logs_progress_cut_requests_and_done():
     log, registry = Lines(), inflight.Registry()
     key = registry.begin(environ("/slow", "secret=1"))

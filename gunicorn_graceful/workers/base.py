@@ -37,6 +37,8 @@ class GracefulMixin:
 
     LAME_DUCK_SIGNAL = signal.SIGUSR2
     THREADED = True  # requests may end in several threads (see inflight.Registry)
+    REGISTERS_AROUND_HANDLE_REQUEST = False  # the WSGI workers (`wrap_app`)
+    registers = False  # whether this worker does (set once its app is loaded)
 
     @classmethod
     def check_config(cls, cfg, log):
@@ -104,7 +106,12 @@ class GracefulMixin:
         self.limits.check_boot_size()
 
     def wrap_app(self):
-        app = inflight.track(self.wsgi, self.inflight, counters.mine())
+        """Track each request: around Gunicorn's handle_request where the worker can
+        (`registers` below: no wrapper on the app), else, and with metrics on (the status
+        is read from start_response), by wrapping the app."""
+        slot = counters.mine()
+        self.registers = slot is None and self.REGISTERS_AROUND_HANDLE_REQUEST
+        app = self.wsgi if self.registers else inflight.track(self.wsgi, self.inflight, slot)
         self.wsgi = health.wrap(app, self.settings, self.health_state)
 
     def refuse(self, reason):

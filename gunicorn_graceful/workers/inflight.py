@@ -12,6 +12,8 @@ import threading
 import time
 import traceback
 
+from gunicorn import util
+
 from gunicorn_graceful.events import emit, redact
 
 
@@ -90,6 +92,37 @@ class Registry:
 
     def __len__(self):
         return len(self._requests)
+
+
+class Parsed(Request):
+    """A request registered around Gunicorn's `handle_request` (the WSGI workers, metrics
+    off): made from Gunicorn's parsed request before any environ exists, so no wrapper
+    sits between Gunicorn and the app. It ends when `handle_request` returns: after the
+    last byte was written and the body closed, as a tracked one does."""
+
+    __slots__ = ("req", "addr")
+
+    def __init__(self, req, addr):
+        self.req, self.addr, self.status = req, addr, None
+        self.started = time.monotonic()
+        self.thread = threading.get_ident()
+
+    @property
+    def method(self):
+        return self.req.method or "-"
+
+    @property
+    def path(self):
+        """As PATH_INFO would say it (percent-decoded, as Gunicorn's environ), when asked."""
+        query = self.req.query
+        return redact(util.unquote_to_wsgi_str(self.req.path or "/")
+                      + ("?" + query if query else ""))
+
+    @property
+    def peer(self):
+        if isinstance(self.addr, tuple) and len(self.addr) >= 2:
+            return "%s:%s" % self.addr[:2]
+        return str(self.addr or "-")
 
 
 class _Tracked(Request):

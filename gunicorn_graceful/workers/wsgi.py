@@ -14,10 +14,13 @@ from gunicorn.workers.sync import SyncWorker
 
 from gunicorn_graceful import compat
 from gunicorn_graceful.workers.base import GracefulMixin
+from gunicorn_graceful.workers.inflight import Parsed
 
 
 class GracefulSyncWorker(GracefulMixin, SyncWorker):
     """Gunicorn's sync worker that also serves what waited in the accept queue at SIGTERM."""
+
+    REGISTERS_AROUND_HANDLE_REQUEST = True
 
     reading_peer = None  # the client whose request this worker is reading, if any
 
@@ -60,10 +63,17 @@ class GracefulSyncWorker(GracefulMixin, SyncWorker):
         self.handle(listener, client, addr)
 
     def handle_request(self, listener, req, client, addr):
-        """Gunicorn's, then the recycling limits (its own max_requests exit is disabled)."""
+        """Gunicorn's, in the in-flight registry (`wrap_app`), then the recycling limits
+        (its own max_requests exit is disabled)."""
+        request = None
+        if self.registers:
+            request = Parsed(req, addr)
+            self.inflight._requests[request] = request  # Registry.add, inlined (hot path)
         try:
             return SyncWorker.handle_request(self, listener, req, client, addr)
         finally:
+            if request is not None:
+                self.inflight.end(request)
             self.limits.after_request()
 
 
@@ -73,6 +83,8 @@ class GracefulThreadWorker(GracefulMixin, ThreadWorker):
     Gunicorn 27's gthread worker already answers requests that arrive on a
     kept-alive connection while it stops with `Connection: close`.
     """
+
+    REGISTERS_AROUND_HANDLE_REQUEST = True
 
     def idle_connections(self):
         return compat.idle_connections(self)
@@ -92,9 +104,15 @@ class GracefulThreadWorker(GracefulMixin, ThreadWorker):
         after it, the recycling limits (Gunicorn's own max_requests exit is disabled)."""
         if self.lame_duck:
             req.must_close = True
+        request = None
+        if self.registers:
+            request = Parsed(req, conn.client)
+            self.inflight._requests[request] = request  # Registry.add, inlined (hot path)
         try:
             return ThreadWorker.handle_request(self, req, conn)
         finally:
+            if request is not None:
+                self.inflight.end(request)
             self.limits.after_request()
 
     def _serve(self, listener, client, addr):
