@@ -236,8 +236,9 @@ class MasterMachine(RuleBasedStateMachine):
         world.exec_fails = outcome == "passes, the exec fails"
         status = {"fails": 1 << 8, "killed": int(signal.SIGKILL)}.get(outcome, 0)
         world.exits.append((self.checking()[0].pid, status))
-        self.step()
+        self.step()  # the exec, when it passed
         world.exec_fails = False
+        self.step()  # the next code's first tick: its generation starts booting
 
     @precondition(lambda self: self.running() and self.master.arbiter.reexec_pid)
     @rule()
