@@ -123,8 +123,7 @@ class Metrics:
     def tick(self):
         """Each tick: fold what reaped workers counted, and refresh the master's gauges."""
         arbiter = self.arbiter
-        for pid in [pid for pid in list(self.slots) if pid not in arbiter.WORKERS]:
-            self.fold(pid)
+        self.fold_reaped()
         self.gauges = self.master_gauges()
         if self.server is None and not arbiter.master_pid:
             self.serve_when_free()
@@ -139,6 +138,11 @@ class Metrics:
                 emit(self.arbiter.log, "warning", "metrics.bind_failed", pid=os.getpid(),
                      reason=str(exc).replace(ERROR, ""),
                      retry="every tick")
+
+    def fold_reaped(self):
+        """Fold the slot of every worker Gunicorn reaped (no longer in WORKERS)."""
+        for pid in [pid for pid in list(self.slots) if pid not in self.arbiter.WORKERS]:
+            self.fold(pid)
 
     def fold(self, pid):
         slot = self.slots[pid]
@@ -185,8 +189,7 @@ class Metrics:
         """What an in-place upgrade hands the next code (`adopt`): the totals of the workers
         that exited (each live worker's slot goes with it), the buckets, the listener. A
         worker reaped since the last tick is folded first: its slot goes nowhere else."""
-        for pid in [pid for pid in list(self.slots) if pid not in self.arbiter.WORKERS]:
-            self.fold(pid)
+        self.fold_reaped()
         return {"totals": self.export(live=False), "buckets": list(self.buckets),
                 "bind": self.bind, "fd": self.server.fileno() if self.server else None}
 
