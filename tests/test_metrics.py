@@ -4,6 +4,7 @@ reloads, rollbacks and SIGKILLed workers, scraped over HTTP while real load runs
 import http.client
 import os
 import re
+import select
 import signal
 import socket
 import threading
@@ -153,6 +154,22 @@ def test_openmetrics_when_the_scraper_asks(workdir, servers):
             assert not answer.will_close
     finally:
         kept.close()
+    assert _answers_in_one_piece(port, scrapes=5)
+
+
+def _answers_in_one_piece(port, scrapes):
+    """Each answer on one kept-alive connection is whole in the first read once readable: the
+    head and the body are sent together. Sent apart, the body waited for the client's
+    delayed ACK of the head (Nagle): 40 ms a scrape."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        for _ in range(scrapes):
+            sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert select.select([sock], [], [], 5)[0], "no answer in 5 s"
+            head, _, body = sock.recv(1 << 20).partition(b"\r\n\r\n")
+            length = int(re.search(rb"Content-Length: (\d+)", head).group(1))
+            assert len(body) == length, "the first read had %d of %d body bytes" % (
+                len(body), length)
+    return True
 
 
 def test_a_metrics_address_in_use_stops_the_start_with_one_line(workdir, servers):

@@ -426,6 +426,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"  # Prometheus keeps its connection from scrape to scrape
     timeout = 10  # a client that sends nothing does not keep its thread
+    # The head and the body in one send, at once: written apart on a kept-alive connection,
+    # the body waited for the client's delayed ACK of the head (Nagle): 40 ms a scrape.
+    wbufsize = 1 << 16
+    disable_nagle_algorithm = True
 
     def do_GET(self):
         if self.path.split("?", 1)[0] != "/metrics":
