@@ -19,7 +19,8 @@ WORKER_CLASSES = {
 }
 WORKER_CLASSES["pack-inplace"] = WORKER_CLASSES["pack"]  # graceful_upgrade = "in-place"
 IN_PLACE = "graceful_upgrade = 'in-place'\n"
-COMMON = "graceful_timeout = 30\ntimeout = 30\nkeepalive = 2\n"
+# threads: the pack's config sets 4 (gthread); stock runs the same, not Gunicorn's default 1.
+COMMON = "graceful_timeout = 30\ntimeout = 30\nkeepalive = 2\nthreads = 4\n"
 PACK = ("from gunicorn_graceful.conf import *  # noqa\n", "graceful_readiness_path = '/healthz'\n"
         "install(globals())\n")
 RECYCLING = "max_requests = 200\nmax_requests_jitter = 50\n"

@@ -19,7 +19,10 @@ class WorkerLimits:
         self.max_requests, worker.max_requests = worker.max_requests, sys.maxsize
         self.max_rss = settings.current().max_worker_rss
         self.served = 0
-        self.asked = False
+        # The count from which `check` has something to do (never, once it asked): the WSGI
+        # workers count `served` themselves and call it only from there (a call less on
+        # every request).
+        self.check_from = 1 if self.max_rss else self.max_requests
 
     def check_boot_size(self):
         """A memory limit below the worker's own size after boot would recycle forever."""
@@ -30,9 +33,13 @@ class WorkerLimits:
                 "a size above this worker's %.1f MiB after boot" % size)
 
     def after_request(self):
+        """One request served (the asyncio workers; the WSGI ones inline these lines)."""
         self.served += 1
-        if self.asked:
-            return
+        if self.served >= self.check_from:
+            self.check()
+
+    def check(self):
+        """Past `check_from`: ask once to be recycled when a limit is reached."""
         size = rss_mib() if self.max_rss else None
         if self.served >= self.max_requests:
             reason = "max_requests"
@@ -40,6 +47,6 @@ class WorkerLimits:
             reason = "rss"
         else:
             return
-        self.asked = True
+        self.check_from = sys.maxsize
         state.mark_recycle(self.worker.tmp, self.worker.ppid, "reason=%s served=%s rss_mib=%.1f"
                            % (reason, self.served, size or rss_mib() or 0))

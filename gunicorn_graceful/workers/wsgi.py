@@ -6,9 +6,10 @@ classes' overrides in `asgi_native.py` and `asgi_uvicorn.py`). Each one is small
 and says why it exists.
 """
 
+import errno
+import os
 import signal
 
-from gunicorn import util
 from gunicorn.workers.gthread import TConn, ThreadWorker
 from gunicorn.workers.sync import SyncWorker
 
@@ -21,6 +22,7 @@ class GracefulSyncWorker(GracefulMixin, SyncWorker):
     """Gunicorn's sync worker that also serves what waited in the accept queue at SIGTERM."""
 
     REGISTERS_AROUND_HANDLE_REQUEST = True
+    THREADED = False  # one request at a time, in the main thread: the registry needs no lock
 
     reading_peer = None  # the client whose request this worker is reading, if any
 
@@ -34,12 +36,20 @@ class GracefulSyncWorker(GracefulMixin, SyncWorker):
     # On every request's path, these call Gunicorn's method by name: a super() call makes
     # an object per call (Python < 3.12), and the mixin before it defines neither method.
 
-    def handle(self, listener, client, addr):
-        self.reading_peer = addr
+    def accept(self, listener):
+        """Gunicorn's (a connection from `listener`, served) with the base's checks: not
+        in an orphan, and EINVAL from a listener the master just shut is no crash. Its
+        two lines are here, not called, because this runs once per connection."""
+        if self.ppid != os.getppid():
+            self.is_parent_alive()  # drains as on SIGTERM: the run loop ends
+            return
         try:
-            return SyncWorker.handle(self, listener, client, addr)
-        finally:
-            self.reading_peer = None
+            client, addr = listener.accept()
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            return
+        self._serve(listener, client, addr)
 
     def reading_connections(self):
         """One while the worker reads a request that has not reached the app yet."""
@@ -58,9 +68,15 @@ class GracefulSyncWorker(GracefulMixin, SyncWorker):
         self.take_backlog(self._serve)
 
     def _serve(self, listener, client, addr):
+        """Gunicorn's handle, with the client noted while its request is read (`busy`).
+        No close_on_exec: Python's accept() makes the socket non-inheritable already
+        (PEP 446, accept4 with SOCK_CLOEXEC); Gunicorn's call is two fcntl calls more."""
         client.setblocking(True)
-        util.close_on_exec(client)
-        self.handle(listener, client, addr)
+        self.reading_peer = addr
+        try:
+            SyncWorker.handle(self, listener, client, addr)
+        finally:
+            self.reading_peer = None
 
     def handle_request(self, listener, req, client, addr):
         """Gunicorn's, in the in-flight registry (`wrap_app`), then the recycling limits
@@ -74,7 +90,10 @@ class GracefulSyncWorker(GracefulMixin, SyncWorker):
         finally:
             if request is not None:
                 self.inflight.end(request)
-            self.limits.after_request()
+            limits = self.limits  # WorkerLimits.after_request, inlined (hot path)
+            limits.served += 1
+            if limits.served >= limits.check_from:
+                limits.check()
 
 
 class GracefulThreadWorker(GracefulMixin, ThreadWorker):
@@ -113,7 +132,10 @@ class GracefulThreadWorker(GracefulMixin, ThreadWorker):
         finally:
             if request is not None:
                 self.inflight.end(request)
-            self.limits.after_request()
+            limits = self.limits  # WorkerLimits.after_request, inlined (hot path)
+            limits.served += 1
+            if limits.served >= limits.check_from:
+                limits.check()
 
     def _serve(self, listener, client, addr):
         """Through Gunicorn's own accept path (counting, connection, thread pool)."""
