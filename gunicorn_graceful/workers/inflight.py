@@ -142,13 +142,13 @@ class _Tracked(Request):
             if close is not None:
                 close()
         finally:
-            _end(self.registry, self, self.slot)
+            self.end()
 
-
-def _end(registry, request, slot, status=None):
-    registry.end(request)
-    if slot is not None:
-        slot.ended(status or request.status_code(), request.started)
+    def end(self, status=None):
+        """Out of the registry, and counted in the slot (if any): the last of this request."""
+        self.registry.end(self)
+        if self.slot is not None:
+            self.slot.ended(status or self.status_code(), self.started)
 
 
 def track(app, registry, slot=None):
@@ -165,6 +165,7 @@ def track(app, registry, slot=None):
 
     def tracked(environ, start_response):
         request = _Tracked(environ)
+        request.registry, request.slot = registry, slot
         requests[request] = request  # Registry.add, without a call on the hot path
         if slot is not None:
             slot.started()
@@ -172,14 +173,14 @@ def track(app, registry, slot=None):
         try:
             body = app(environ, start_response)
         except BaseException:
-            _end(registry, request, slot, 500)
+            request.end(500)
             raise
         if body.__class__ is not list:  # most apps answer a list: never a file wrapper
             wrapper = environ.get("wsgi.file_wrapper")
             if wrapper is not None and isinstance(wrapper, type) and isinstance(body, wrapper):
-                _end(registry, request, slot)
+                request.end()
                 return body
-        request.registry, request.body, request.slot = registry, body, slot
+        request.body = body
         return request
     return tracked
 
