@@ -55,6 +55,15 @@ def test_each_worker_checks_its_parent_with_the_method_the_pack_overrides():
     assert parameters(SyncWorker.accept) == compat.ACCEPT
 
 
+def test_the_sync_accept_the_pack_replaces_is_the_one_it_copied():
+    """`GracefulSyncWorker.accept` does what Gunicorn's does (less close_on_exec, which
+    Python's accept makes redundant) instead of calling it: a line Gunicorn adds there
+    must be read before it is missed."""
+    body = inspect.getsource(SyncWorker.accept).split(":", 1)[1].split()
+    assert body == ["client,", "addr", "=", "listener.accept()", "client.setblocking(1)",
+                    "util.close_on_exec(client)", "self.handle(listener,", "client,", "addr)"]
+
+
 def test_requests_are_handled_and_counted_where_the_pack_hooks_recycling():
     assert parameters(SyncWorker.handle_request) == compat.SYNC_HANDLE_REQUEST
     assert parameters(ThreadWorker.handle_request) == compat.THREAD_HANDLE_REQUEST
