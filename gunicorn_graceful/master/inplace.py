@@ -46,7 +46,7 @@ from gunicorn import sock
 
 from gunicorn_graceful import clock, compat, release, settings
 from gunicorn_graceful.events import emit
-from gunicorn_graceful.master import binds
+from gunicorn_graceful.master import binds, preflight
 from gunicorn_graceful.master.pool import how_it_ended
 from gunicorn_graceful.master.records import Record
 
@@ -64,6 +64,7 @@ class Trial:
 
     seq: int
     started: float
+    new_master: int                  # this master's pid: the same before and after
     preflight: object = None         # the checking child (old code), a subprocess.Popen
     preflight_status: int = None
     errors: object = None            # the checking child's stderr, a temporary file
@@ -100,7 +101,7 @@ class InPlace:
         """USR2: run the new code's checks in a child; `watch` execs once they pass."""
         upgrades = self.upgrades
         upgrades.seq += 1
-        self.current = Trial(upgrades.seq, clock.monotonic())
+        self.current = Trial(upgrades.seq, clock.monotonic(), self.arbiter.pid)
         self.current.preflight = self.check_new_code()
         self.record("booting")
         emit(self.arbiter.log, "info", "upgrade.in_place", pid=self.arbiter.pid,
@@ -112,11 +113,8 @@ class InPlace:
         """The new code's start, without serving: Gunicorn's --check-config under `relaunch`,
         in the directory and environment the exec will use. None when it cannot even run."""
         executable, args, cwd, environ = self.new_code()
-        paths = [p for p in (self.arbiter.cfg.pythonpath or "").split(",") if p]
-        if paths:  # Gunicorn's --check-config imports the app before it applies pythonpath
-            environ["PYTHONPATH"] = os.pathsep.join(
-                [os.path.abspath(os.path.join(cwd, p)) for p in paths]
-                + [environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+        # Gunicorn's --check-config imports the app before it applies pythonpath.
+        preflight.with_pythonpath(environ, self.arbiter.cfg, cwd)
         try:
             self.current.errors = tempfile.TemporaryFile()  # a pipe could fill up, block it
             return subprocess.Popen(args + [CHECK], executable=executable, cwd=cwd,
@@ -133,8 +131,7 @@ class InPlace:
         arbiter = self.arbiter
         args = gunicorn_args(arbiter.START_CTX["args"])
         cwd = arbiter.settings.release_link or arbiter.START_CTX["cwd"]
-        return (arbiter.START_CTX[0], [args[0], "-m", RELAUNCH] + args[1:], cwd,
-                environ_of(arbiter.cfg))
+        return arbiter.START_CTX[0], relaunched(args), cwd, environ_of(arbiter.cfg)
 
     def old_code(self):
         """How to run this code again: what a new code that fails execs back to. With
@@ -148,8 +145,8 @@ class InPlace:
         def pinned(path):
             return release.pin(path, serving, link)
         args = [pinned(arg) for arg in gunicorn_args(arbiter.START_CTX["args"])]
-        return [pinned(arbiter.START_CTX[0]), [args[0], "-m", RELAUNCH] + args[1:],
-                pinned(arbiter.START_CTX["cwd"]), environ_of(arbiter.cfg)]
+        return [pinned(arbiter.START_CTX[0]), relaunched(args), pinned(arbiter.START_CTX["cwd"]),
+                environ_of(arbiter.cfg)]
 
     def reaped(self, pid, status):
         """Whether `pid` was the checking child (reaped, maybe in Gunicorn 23's SIGCHLD
@@ -284,7 +281,8 @@ class InPlace:
         self.upgrades.last_refusal = handed["upgrade_refused"]
         if arbiter.pidfile is not None:  # Gunicorn found its own pid there and kept it
             arbiter.pidfile.pid = arbiter.pid
-        self.current = Trial(handed["seq"], handed["started"], failed=handed["reason"] or None)
+        self.current = Trial(handed["seq"], handed["started"], self.arbiter.pid,
+                             failed=handed["reason"] or None)
         arbiter.generation = handed["generation"]
         self.rollouts.last_generation = handed["last_generation"]
         emit(arbiter.log, "info", "upgrade.adopted", pid=arbiter.pid,
@@ -400,10 +398,7 @@ class InPlace:
         return any(r.generation == generation for _, r in self.pool.workers())
 
     def record(self, state_name, reason=""):
-        """What `gunicorn-graceful upgrade` follows in the status file."""
-        self.upgrades.last = {"seq": self.current.seq, "state": state_name,
-                              "new_master": self.arbiter.pid, "in_place": True,
-                              "reason": reason}
+        self.upgrades.record(self.current, state_name, reason, in_place=True)
 
 
 def gunicorn_args(args):
@@ -415,6 +410,11 @@ def gunicorn_args(args):
     if len(args) > 1 and args[1].endswith(os.path.join("gunicorn", "__main__.py")):
         args[1:2] = ["-m", "gunicorn"]
     return args
+
+
+def relaunched(args):
+    """`gunicorn_args` run through `relaunch` (the python -m entry an in-place exec runs)."""
+    return [args[0], "-m", RELAUNCH] + args[1:]
 
 
 _adopted = False  # this code reached its first tick (`first_tick`)

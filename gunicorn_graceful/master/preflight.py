@@ -27,9 +27,7 @@ def check(server, cwd, timeout):
     # Gunicorn 23's reaps every child, ours included, and subprocess then reports exit 0.
     # The child execs right after, which resets the handler anyway.
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    paths = [cwd] + [p for p in (server.cfg.pythonpath or "").split(",") if p]
-    env = dict(server.cfg.env_orig)
-    env["PYTHONPATH"] = os.pathsep.join(paths + [env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env = with_pythonpath(dict(server.cfg.env_orig), server.cfg, cwd, first=[cwd])
     try:
         done = subprocess.run([sys.executable, "-c", "import sys; " + _IMPORT, app_uri],
                               cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
@@ -41,3 +39,14 @@ def check(server, cwd, timeout):
         return None
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     return lines[-1].strip() if lines else "exit code %s" % done.returncode
+
+
+def with_pythonpath(environ, cfg, cwd, first=()):
+    """`environ` with `first` and Gunicorn's pythonpath (relative to `cwd`) ahead of its
+    PYTHONPATH: for a child that imports the app before Gunicorn would apply pythonpath."""
+    paths = list(first) + [os.path.abspath(os.path.join(cwd, path))
+                           for path in (cfg.pythonpath or "").split(",") if path]
+    if paths:
+        environ["PYTHONPATH"] = os.pathsep.join(
+            paths + [environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return environ

@@ -232,10 +232,13 @@ class Upgrades:
             files.remove(self.arbiter.log, pidfile + ".2.status")
             files.remove(self.arbiter.log, pidfile + ".2")
 
-    def record(self, upgrade, state_name, reason=""):
-        """The outcome `gunicorn-graceful upgrade` follows in the status file."""
+    def record(self, upgrade, state_name, reason="", in_place=False):
+        """The outcome `gunicorn-graceful upgrade` follows in the status file (`upgrade`: an
+        Upgrade, or an in-place Trial, whose new master is this one)."""
         self.last = {"seq": upgrade.seq, "state": state_name, "new_master": upgrade.new_master,
                      "reason": reason}
+        if in_place:
+            self.last["in_place"] = True
 
     # -- the new master -------------------------------------------------------------------
 
