@@ -41,9 +41,9 @@ class GracefulMixin:
 
     # The pack's own state, in slots: CPython (3.11-3.13) keeps an instance's attributes in
     # the fast shared-keys layout only up to 30 names, and Gunicorn's gthread worker has 27
-    # of its own; past that every `self.x` on the request path is a dict lookup (measured:
-    # 1% more instructions per request). `registers`: whether this worker registers its
-    # requests around handle_request (set once its app is loaded, `wrap_app`).
+    # of its own; past that every `self.x` on the request path, Gunicorn's too, is a dict
+    # lookup. `registers`: whether this worker registers its requests around
+    # handle_request (set once its app is loaded, `wrap_app`).
     __slots__ = ("settings", "serving", "limits", "inflight", "drain", "backlog", "taken",
                  "deferred", "queue_left", "lame_duck", "orphaned", "registers")
 
