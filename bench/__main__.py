@@ -25,8 +25,9 @@ def main(argv=None):
                         help="what graceful_metrics_bind costs and whether its counts hold "
                              "(results/metrics.md)")
     parser.add_argument("--instructions", action="store_true",
-                        help="instructions per request, stock against the pack, under "
-                             "callgrind (results/instructions.md; needs valgrind)")
+                        help="instructions, system calls and page faults per request, "
+                             "stock against the pack with metrics off and on "
+                             "(results/instructions.md; needs valgrind and strace)")
     parser.add_argument("--mold", action="store_true",
                         help="memory, replacement time and HUP cost with graceful_mold, "
                              "against stock and stock preload + gc.freeze (results/mold.md)")
