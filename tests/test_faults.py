@@ -201,6 +201,26 @@ def test_workers_of_a_killed_master_finish_in_flight_requests_and_exit(workdir, 
     assert server.count(r"\[WARNING\] event=worker\.orphaned pid=\d+ ppid=%s" % server.pid) == 2
 
 
+def test_an_orphaned_sync_worker_whose_queue_never_runs_dry_stops_taking_clients(workdir,
+                                                                                 servers):
+    """Gunicorn's sync worker checks its master only once its accept queue runs dry: under
+    steady load, an orphan would serve new clients with the old code for as long as they
+    come. The pack's accept checks first, so it drains and exits while the load goes on."""
+    server = servers(workdir, worker="sync", workers=1)
+    (worker,) = ready_workers(server, 1)
+    load = Load(server.url, threads=6).start()  # more clients than the worker: a queue
+    try:
+        load.wait_count(200)
+        os.kill(server.pid, signal.SIGKILL)
+        server.proc.wait(timeout=10)
+        wait_for(lambda: not process_alive(worker), 10,
+                 lambda: "the orphan to stop while %d requests were answered:\n%s"
+                 % (len(load.results), server.tail()))
+    finally:
+        load.stop()
+    assert server.count(r"\[WARNING\] event=worker\.orphaned pid=%d" % worker) == 1
+
+
 @pytest.mark.skipif("gthread" not in WORKERS, reason="the sync worker keeps no connection alive")
 def test_orphaned_thread_worker_tells_kept_alive_clients_to_close(workdir, servers):
     server = servers(workdir, worker="gthread", workers=2, config_body="keepalive = 30\n")
