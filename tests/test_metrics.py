@@ -7,6 +7,7 @@ import re
 import select
 import signal
 import socket
+import struct
 import threading
 import time
 
@@ -138,9 +139,9 @@ def test_a_sigkilled_worker_loses_no_count_and_scrapes_answer_while_workers_hang
     assert value(text, "gunicorn_requests_in_flight") == 0  # a dead worker's gauge is gone
 
 
-def test_openmetrics_when_the_scraper_asks(workdir, servers):
+def test_openmetrics_whole_answers_and_scrapers_gone_midway_log_nothing(workdir, servers):
     port = free_port()
-    metrics_server(servers, workdir, port, workers=1)
+    server = metrics_server(servers, workdir, port, workers=1)
     answer = scrape(port, accept="application/openmetrics-text; version=1.0.0")
     assert answer.headers["Content-Type"].startswith("application/openmetrics-text")
     assert answer.text.rstrip().endswith("# EOF")
@@ -155,6 +156,17 @@ def test_openmetrics_when_the_scraper_asks(workdir, servers):
     finally:
         kept.close()
     assert _answers_in_one_piece(port, scrapes=5)
+    for _ in range(20):  # scrapers gone before their answer (a timeout, a port scan)
+        _send_and_reset(port)
+    assert scrape(port).status_code == 200
+    assert "Traceback" not in server.log() and "metrics.scrape_failed" not in server.log()
+
+
+def _send_and_reset(port):
+    """A scrape whose client resets the connection at once, before the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
 def _answers_in_one_piece(port, scrapes):

@@ -30,6 +30,7 @@ import json
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 
@@ -419,6 +420,16 @@ def _close_in_child(fd, identity):
 
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 64  # socketserver's 5 drops a burst's SYNs: each waits 1 s to retry
+
+    def handle_error(self, request, client_address):
+        """A scraper gone mid-answer (Prometheus closes at its scrape timeout) is no error;
+        anything else is one ERROR line, not socketserver's traceback on stderr."""
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            return
+        emit(self.metrics.arbiter.log, "error", "metrics.scrape_failed", pid=os.getpid(),
+             peer=client_address, error=repr(error))
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
