@@ -210,25 +210,6 @@ def test_a_worker_sigkilled_during_the_upgrade(workdir, servers, generation):
     assert server.alive() and pid_in(server.pidfile) == server.pid
 
 
-def test_usr2_and_hup_during_an_upgrade_are_refused_and_it_completes(workdir, servers):
-    server = servers(workdir, workers=2, config_body=IN_PLACE)
-    command = begin_slow_upgrade(server, workdir)
-    for _ in range(5):  # a deploy tool that retries at once
-        server.signal(signal.SIGUSR2)
-    server.signal(signal.SIGHUP)
-    out, err = command.communicate(timeout=90)
-    assert command.returncode == 0, out + err
-    log = server.log()
-    assert "event=upgrade.refused pid=%s reason=\"an in-place upgrade is in progress" \
-        % server.pid in log
-    assert "event=reload.refused pid=%s reason=\"an in-place upgrade is in progress" \
-        % server.pid in log
-    refused = server.count("event=upgrade.refused")  # signals that arrive together coalesce
-    assert 1 <= refused <= 5
-    assert server_status(server)["upgrade_refused"]["seq"] == refused + 1
-    assert server.version() == "2"
-
-
 @pytest.mark.parametrize("when", ["check", "generation"])
 def test_term_during_an_upgrade_stops_everything_gracefully(workdir, servers, when):
     server = servers(workdir, workers=2, config_body=IN_PLACE)

@@ -191,12 +191,3 @@ def test_systemd_hears_ready_only_when_workers_serve_and_reloading_around_hup(wo
     assert messages[3].startswith("STOPPING=1\n")
 
 
-def test_hup_while_the_first_generation_boots_is_refused_and_it_still_starts(workdir, servers):
-    write_app(workdir, "1", before="time.sleep(2)")
-    server = servers(workdir, workers=1, config_body=READINESS, serve=False)
-    server.wait_log(r"event=worker\.booting pid=\d+ ppid=\d+ generation=1")
-    server.signal(signal.SIGHUP)
-    server.wait_log(r"\[ERROR\] event=reload\.refused pid=%s reason=\"the first generation is "
-                    r"still booting" % server.pid)
-    server.wait_log(r"event=master\.serving")
-    assert server.version() == "1" and server.count(r"event=reload\.start") == 0

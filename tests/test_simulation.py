@@ -72,6 +72,14 @@ class MasterMachine(RuleBasedStateMachine):
         """Time passes, then the master's main loop turns once (a signal wakes it too)."""
         self.master.world.clock.now += seconds
         self.master.loop()
+        self.note_generation()
+
+    def note_generation(self):
+        """A generation a HUP started (at once, or once it waited): never a reused number."""
+        after = self.master.arbiter.rollouts.last_generation
+        if after != self.generations[-1]:
+            assert after > max(self.generations), "generation %s reused" % after
+            self.generations.append(after)
 
     def pick(self, workers, index):
         return workers[index % len(workers)] if workers else None
@@ -188,15 +196,11 @@ class MasterMachine(RuleBasedStateMachine):
                 master.arbiter.settings, max_booting=max_booting)
         self.most_workers = max(self.most_workers, workers)
         self.most_booting = max(self.most_booting, max_booting or 1)
-        before = master.arbiter.rollouts.last_generation
         try:
             master.arbiter.reload()
         except BaseException as exc:  # SystemExit included: the master would be gone
             raise AssertionError("the master did not survive a HUP: %r" % exc) from exc
-        after = master.arbiter.rollouts.last_generation
-        if after != before:
-            assert after > max(self.generations), "generation %s reused" % after
-            self.generations.append(after)
+        self.note_generation()
         self.step()
 
     @precondition(running)
@@ -353,6 +357,26 @@ class MasterMachine(RuleBasedStateMachine):
         assert snapshot["serving"] == bool(self.master.serving_ready())
 
     @invariant()
+    def no_accepted_intent_is_lost_while_the_master_serves(self):
+        """A HUP or USR2 that waited runs once the master serves (a USR2 also waits for the
+        last upgrade's new master to be gone); every HUP is in exactly one record."""
+        if not self.running():
+            return
+        arbiter = self.master.arbiter
+        if self.master.phase() is Phase.SERVING:
+            assert arbiter.reloads.pending is None, arbiter.reloads.pending
+            assert arbiter.upgrades.pending is None or arbiter.upgrades.deferral(), \
+                arbiter.upgrades.pending
+        records = arbiter.reloads.records
+        if records:
+            assert records[-1]["seq"] == arbiter.reloads.seq, records[-1]
+        for before, after in zip(records, records[1:]):
+            assert before["seq"] < after["first_seq"], (before, after)
+        booting = [r for r in records if r["state"] == "booting"]
+        if self.master.phase() not in (Phase.LAME_DUCK, Phase.STOPPING):
+            assert len(booting) == (arbiter.rollouts.current is not None), booting
+
+    @invariant()
     def only_a_master_that_stops_the_service_announces_stopping(self):
         if self.master is None:
             return
@@ -491,11 +515,25 @@ def test_ttou_during_a_recycle_retires_the_booting_replacement_not_a_serving_wor
            ("ttin_or_ttou", {"more": False}))
 
 
-def test_usr2_while_a_rolled_back_new_master_still_stops_is_refused():
+def test_usr2_while_a_rolled_back_new_master_still_stops_waits_and_then_runs():
     master = replay({"workers": 1}, ("usr2", {}), ("time_passes", {"seconds": 61.0}),
-                    ("usr2", {}))
+                    ("usr2", {}), ("the_new_master_dies", {"how": signal.SIGKILL}))
     assert "the new master %s of the last upgrade is still stopping" \
-        % master.world.new_masters[0] in master.arbiter.log.events("upgrade.refused")[-1]
+        % master.world.new_masters[0] in master.arbiter.log.events("upgrade.deferred")[-1]
+    assert len(master.world.new_masters) == 2 and master.phase() is Phase.UPGRADING
+    assert master.arbiter.upgrades.last["first_seq"] == 2
+
+
+def test_hups_during_a_boot_and_an_upgrade_wait_and_run_once_as_one_reload():
+    master = replay({"workers": 1}, ("usr2", {}), ("hup", HUP), ("hup", HUP),
+                    ("the_new_master_dies", {"how": signal.SIGKILL}))
+    records = master.arbiter.reloads.records
+    assert [(r["first_seq"], r["seq"], r["state"]) for r in records] == [(1, 2, "booting")]
+    assert master.phase() is Phase.RELOADING
+    assert len(master.arbiter.log.events("reload.deferred")) == 2
+
+
+HUP = {"code": "good", "workers": 1, "config": "fine", "bind": "same", "max_booting": 0}
 
 
 def test_a_new_master_that_asks_after_its_rollback_is_not_handed_the_service():

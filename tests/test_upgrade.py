@@ -121,20 +121,6 @@ def test_new_master_killed_mid_upgrade_is_rolled_back(workdir, servers):
     assert server.version() == "1" and pid_in(server.pidfile) == server.pid
 
 
-def test_second_usr2_and_hup_during_an_upgrade_are_refused(workdir, servers):
-    server = servers(workdir, workers=2, config_body=READINESS)
-    write_app(workdir, "2", before="time.sleep(2)")
-    command = upgrade_command(server)
-    server.wait_log(r"event=upgrade\.start")
-    server.signal(signal.SIGUSR2)
-    server.wait_log(r"event=upgrade\.refused pid=%s reason=\"an upgrade is in progress" % server.pid)
-    server.signal(signal.SIGHUP)
-    server.wait_log(r"event=reload\.refused")
-    out, err = command.communicate(timeout=60)
-    assert command.returncode == 0, out + err
-    assert server.version() == "2"
-
-
 def test_usr2_with_preflight_refuses_a_release_that_cannot_import(workdir, servers):
     server = servers(workdir, workers=2, config_body=READINESS + "graceful_preflight = True\n")
     write_app(workdir, "2", before="import no_such_module")

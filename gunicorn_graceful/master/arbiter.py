@@ -14,6 +14,7 @@ its invariants:
 - `pool`: the reconcile tick (spawn, ready, retire, boot failures, deadlines),
   with `recycle` (ready-first recycling: max_requests, memory, age);
 - `rollout`: HUP generations, rollback, pinned releases;
+- `intents`: every HUP and what became of it (deferred, done, rolled back, ...);
 - `upgrade`: USR2, as old master and as new master;
 - `inplace`: USR2 with graceful_upgrade = "in-place" (the master execs the new code);
 - `stop`: lame duck, door, drain;
@@ -38,7 +39,7 @@ from gunicorn.errors import AppImportError
 
 from gunicorn_graceful import compat, forked, settings
 from gunicorn_graceful.events import emit
-from gunicorn_graceful.master import inplace, metrics, mold, rollout, upgrade
+from gunicorn_graceful.master import inplace, intents, metrics, mold, rollout, upgrade
 from gunicorn_graceful.master.core import Core
 from gunicorn_graceful.master.phase import Phase, PhaseKeeper
 from gunicorn_graceful.master.pool import Pool
@@ -75,13 +76,15 @@ class GracefulArbiter(Arbiter):
         arbiter.rollouts = rollout.Rollouts(arbiter)
         arbiter.pool = Pool(arbiter, arbiter.records, arbiter.rollouts.release_of)
         arbiter.upgrades = upgrade.Upgrades(arbiter)
+        arbiter.reloads = intents.Reloads(arbiter.log, arbiter.pid)
         arbiter.inplace = inplace.InPlace(arbiter, arbiter.pool, arbiter.upgrades,
-                                          arbiter.rollouts, handed, arbiter.notifier.address)
+                                          arbiter.rollouts, arbiter.reloads, handed,
+                                          arbiter.notifier.address)
         arbiter.stopper = Stop(arbiter)
         arbiter.molds = mold.Molds(arbiter, arbiter.pool, arbiter.rollouts) \
             if arbiter.settings.mold else None
         arbiter.status = StatusFile(arbiter, arbiter.phase, arbiter.pool, arbiter.rollouts,
-                                    arbiter.upgrades, arbiter.molds)
+                                    arbiter.upgrades, arbiter.reloads, arbiter.molds)
         arbiter.core = Core(arbiter)
         arbiter.metrics = None
         arbiter.keep_graceful_worker()
@@ -306,12 +309,14 @@ class GracefulArbiter(Arbiter):
 
     def stop(self, graceful=True):
         """Gunicorn's stop, after the door closed (`stop`); then the metrics' totals go to
-        the master that serves on, if another does (`upgrade.send_totals`)."""
+        the master that serves on, if another does (`upgrade.send_totals`), and the status
+        file goes (a new master promoted after this one exited writes its own)."""
         self.core.stopping(graceful)
         if self.molds is not None:
             self.molds.stop_all()
         super().stop(graceful)
         self.upgrades.send_totals(self.metrics)
+        self.status.remove()
 
     def _stop_control_server(self):
         """Gunicorn >= 27: an old master handing over leaves the control socket path alone,

@@ -34,10 +34,14 @@ calls `PhaseKeeper.move` and the notifier; the helpers never call each other
 through the arbiter.
 """
 
+import signal
+
 from gunicorn_graceful import compat
 from gunicorn_graceful.events import emit
-from gunicorn_graceful.master import metrics, mold
+from gunicorn_graceful.master import metrics, mold, upgrade
 from gunicorn_graceful.master.phase import Phase
+
+STOPPING = "the master is stopping"
 
 
 class Core:
@@ -73,6 +77,7 @@ class Core:
         if arbiter.metrics:
             arbiter.metrics.tick()  # before the pool forgets the records of reaped workers
         self.reconcile()
+        self.run_deferred()
         compat.report_metrics(arbiter)
         arbiter.status.write()
 
@@ -105,6 +110,7 @@ class Core:
                 return
         elif self.phase.is_in(Phase.RELOADING):
             arbiter.rollouts.finish(ready)
+            arbiter.reloads.finish("done")
         elif not (self.phase.is_in(Phase.IN_PLACE) and arbiter.inplace.completes()):
             return
         self.phase.move(Phase.SERVING)
@@ -117,6 +123,7 @@ class Core:
         arbiter = self.arbiter
         if self.phase.is_in(Phase.RELOADING):
             arbiter.pool.retire_generation(arbiter.rollouts.roll_back(failure), "rollback")
+            arbiter.reloads.finish("rolled_back", failure.reason)
             self.phase.move(Phase.SERVING)
             self.notifier.ready(arbiter.log, "reload failed, generation %s still serving: %s"
                                 % (arbiter.generation, failure.reason))
@@ -133,23 +140,61 @@ class Core:
     # -- HUP --------------------------------------------------------------------------------
 
     def reload(self):
-        """HUP: refused by the phase, or a new generation that must prove itself (`rollout`)."""
+        """HUP: refused by the phase (lame duck, stopping), deferred while the phase cannot
+        start it (`run_deferred` runs it), or a new generation that must prove itself."""
         arbiter = self.arbiter
-        reason = self.phase.refusal("reload", old=arbiter.master_pid or arbiter.pid,
-                                    new=arbiter.reexec_pid or arbiter.pid,
-                                    seq=arbiter.upgrades.seq)
-        if reason:
-            emit(arbiter.log, "error", "reload.refused", pid=arbiter.pid, reason=reason)
-            return
-        started = arbiter.rollouts.reload(self.config_problem)
+        arbiter.reloads.arrived()
+        refusal = self.phase.refusal("reload", **self.context())
+        deferral = self.phase.deferral("reload", **self.context())
+        if refusal:
+            arbiter.reloads.refuse(refusal)
+        elif deferral:
+            arbiter.reloads.defer(deferral)
+        else:
+            self.start_reload()
+            arbiter.manage_workers()
+        arbiter.status.write()
+
+    def start_reload(self):
+        """Load the config and boot its generation (`rollout`); the HUP's record says which."""
+        arbiter = self.arbiter
+        started, failure = arbiter.rollouts.reload(self.config_problem)
         if started is None:
+            arbiter.reloads.config_failed(failure)
             return
+        arbiter.reloads.start(arbiter.generation, arbiter.rollouts.release_of(arbiter.generation))
         if started.superseded is not None:
             arbiter.pool.retire_generation(started.superseded, "superseded")
         arbiter.pool.reset_back_off()
         self.phase.move(Phase.RELOADING)
         self.notifier.reloading(arbiter.log, "booting generation %s" % arbiter.generation)
-        arbiter.manage_workers()
+
+    def context(self):
+        """What a refusal or deferral names: the masters, the upgrade's number, the generation."""
+        arbiter = self.arbiter
+        return {"old": arbiter.master_pid or arbiter.pid, "new": arbiter.reexec_pid or arbiter.pid,
+                "seq": arbiter.upgrades.seq, "generation": arbiter.generation}
+
+    def run_deferred(self):
+        """Each tick: once the master serves, the HUP or USR2 that waited runs (the one asked
+        first), of the code on disk now; the other waits for it, unless it changed nothing
+        (a config that fails to load, a refused USR2)."""
+        arbiter = self.arbiter
+        for _ in range(2):  # a reload and an upgrade: at most one of each waits
+            if not self.phase.is_in(Phase.SERVING):
+                return
+            upgrade_runs = arbiter.upgrades.pending is not None \
+                and not arbiter.upgrades.deferral()
+            waiting = sorted((r["asked"], kind) for kind, r in (
+                ("reload", arbiter.reloads.pending),
+                ("upgrade", arbiter.upgrades.pending if upgrade_runs else None)) if r)
+            if not waiting:
+                return
+            if waiting[0][1] == "reload":
+                self.start_reload()
+            else:
+                self.try_upgrade()
+            arbiter.status.write()
 
     def config_problem(self, cfg, pack_settings, log):
         """Why a config loaded on HUP (Gunicorn's `cfg`, the pack's settings) cannot run, or
@@ -161,16 +206,24 @@ class Core:
     # -- USR2 -------------------------------------------------------------------------------
 
     def upgrade(self):
-        """USR2: refused with its reason, or a new master that takes over only once ready, or
-        (graceful_upgrade = "in-place") this master's own exec of the new code."""
+        """USR2: refused with its reason, deferred while the phase (or the last upgrade's new
+        master, still stopping) cannot start it, or a new master that takes over only once
+        ready, or (graceful_upgrade = "in-place") this master's own exec of the new code."""
+        self.arbiter.upgrades.arrived()
+        self.try_upgrade()
+
+    def try_upgrade(self):
         arbiter, upgrades = self.arbiter, self.arbiter.upgrades
         in_place = arbiter.settings.upgrade == "in-place"
-        reason = self.phase.refusal("upgrade", old=arbiter.master_pid or arbiter.pid,
-                                    new=arbiter.reexec_pid or arbiter.pid,
-                                    generation=arbiter.generation, seq=upgrades.seq) \
+        reason = self.phase.refusal("upgrade", **self.context()) \
             or (arbiter.inplace.refusal(arbiter.molds) if in_place else upgrades.refusal())
         if reason:
             upgrades.refused(reason)
+            arbiter.status.write()
+            return
+        reason = self.phase.deferral("upgrade", **self.context()) or upgrades.deferral()
+        if reason:
+            upgrades.defer(reason)
             arbiter.status.write()
             return
         if in_place:
@@ -233,8 +286,20 @@ class Core:
         self.notifier.send(arbiter.log, MAINPID=upgrade.new_master,
                            STATUS="handing over to new master %s" % upgrade.new_master)
         arbiter.upgrades.hand_over(upgrade)
+        self.forward_deferred(upgrade.new_master)
         arbiter.status.write()
         raise StopIteration
+
+    def forward_deferred(self, new_master):
+        """What waited for this upgrade to end is the new master's to run: the same signals,
+        sent to it (it defers them until it serves)."""
+        arbiter = self.arbiter
+        if arbiter.reloads.pending is not None:
+            arbiter.reloads.forward(new_master)
+            upgrade.signal_process(new_master, signal.SIGHUP)
+        if arbiter.upgrades.pending is not None:
+            arbiter.upgrades.forward(new_master)
+            upgrade.signal_process(new_master, signal.SIGUSR2)
 
     def ask_to_take_over(self):
         """New master on trial, all its workers ready: take the service once the old master
@@ -303,18 +368,31 @@ class Core:
         arbiter.stopper.tell_lame_duck(arbiter.pool.workers())
 
     def stopping(self, graceful):
-        """Before Gunicorn's stop: close the door, say what stops, drop the status file."""
+        """Before Gunicorn's stop: close the door, say what stops; the status file says it too
+        until the workers are gone (what a HUP or USR2 waited for ends in it)."""
         arbiter = self.arbiter
         service = self.is_service()
         self.phase.move(Phase.STOPPING)
         arbiter.inplace.abandon()
+        self.stop_intents()
         arbiter.stopper.close_door(graceful)
         if arbiter.reexec_pid:
             emit(arbiter.log, "info", "upgrade.retiring", pid=arbiter.pid,
                  new_master=arbiter.reexec_pid, workers=len(arbiter.WORKERS))
         elif service:
             self.notifier.stopping(arbiter.log, "draining %s workers" % len(arbiter.WORKERS))
-        arbiter.status.remove()
+        arbiter.status.write()  # removed when the stop ends (`GracefulArbiter.stop`)
+
+    def stop_intents(self):
+        """The master stops: a HUP or USR2 that waited will not run, nor will a generation
+        that boots serve; their records say so."""
+        arbiter = self.arbiter
+        arbiter.reloads.refuse_pending(STOPPING)
+        if arbiter.rollouts.current is not None:
+            arbiter.reloads.finish("interrupted", "the master stopped before generation %s was "
+                                   "ready" % arbiter.rollouts.current.generation)
+        if arbiter.upgrades.pending is not None:
+            arbiter.upgrades.refused(STOPPING)
 
     def is_service(self):
         """Whether systemd knows this master as the service: not a new master on trial.

@@ -70,6 +70,7 @@ class Trial:
     errors: object = None            # the checking child's stderr, a temporary file
     failed: str = None               # why the new generation is being rolled back
     new_generation: int = 0
+    first_seq: int = 0               # a deferred upgrade carries out USR2s first_seq..seq
 
 
 class InPlace:
@@ -78,8 +79,9 @@ class InPlace:
     `handed`: what the upgrade that exec'd this code handed it (`take_handover`), else None;
     `notify_address`: systemd's socket, which the exec gives back to the next code."""
 
-    def __init__(self, arbiter, pool, upgrades, rollouts, handed, notify_address):
+    def __init__(self, arbiter, pool, upgrades, rollouts, reloads, handed, notify_address):
         self.arbiter, self.pool, self.upgrades, self.rollouts = arbiter, pool, upgrades, rollouts
+        self.reloads = reloads
         self.handed, self.notify_address = handed, notify_address
         self.current = None
         self.kept = []  # the old code's listeners, while a new config's own ones serve too
@@ -100,8 +102,9 @@ class InPlace:
     def start(self):
         """USR2: run the new code's checks in a child; `watch` execs once they pass."""
         upgrades = self.upgrades
-        upgrades.seq += 1
-        self.current = Trial(upgrades.seq, clock.monotonic(), self.arbiter.pid)
+        first_seq = upgrades.take_pending()
+        self.current = Trial(upgrades.seq, clock.monotonic(), self.arbiter.pid,
+                             first_seq=first_seq)
         self.current.preflight = self.check_new_code()
         self.record("booting")
         emit(self.arbiter.log, "info", "upgrade.in_place", pid=self.arbiter.pid,
@@ -250,7 +253,10 @@ class InPlace:
                             "heartbeat": worker.tmp.fileno(),
                             "slot": metrics.slot_fd(worker.pid) if metrics else None,
                             "record": dataclasses.asdict(record)})
-        return {"seq": trial.seq, "direction": direction, "reason": reason,
+        return {"seq": trial.seq, "first_seq": trial.first_seq, "direction": direction,
+                "reason": reason, "upgrade_seq": self.upgrades.seq,
+                "upgrade_pending": self.upgrades.pending, "reloads": self.reloads.export(),
+                "upgrade_history": self.upgrades.history,
                 "started": trial.started, "generation": arbiter.generation,
                 "last_generation": self.rollouts.last_generation,
                 "releases": self.rollouts.releases, "worker_age": arbiter.worker_age,
@@ -277,12 +283,18 @@ class InPlace:
         for item in handed["workers"]:
             self.adopt_worker(item)
         self.rollouts.releases = {int(g): r for g, r in handed["releases"].items()}
-        self.upgrades.seq = handed["seq"]
+        # .get: the code that exec'd this one may be an earlier release of the pack
+        self.upgrades.seq = handed.get("upgrade_seq", handed["seq"])
+        self.upgrades.pending = handed.get("upgrade_pending")
+        self.upgrades.history = handed.get("upgrade_history", [])
         self.upgrades.last_refusal = handed["upgrade_refused"]
+        if handed.get("reloads"):
+            self.reloads.adopt(handed["reloads"])
         if arbiter.pidfile is not None:  # Gunicorn found its own pid there and kept it
             arbiter.pidfile.pid = arbiter.pid
         self.current = Trial(handed["seq"], handed["started"], self.arbiter.pid,
-                             failed=handed["reason"] or None)
+                             failed=handed["reason"] or None,
+                             first_seq=handed.get("first_seq", handed["seq"]))
         arbiter.generation = handed["generation"]
         self.rollouts.last_generation = handed["last_generation"]
         emit(arbiter.log, "info", "upgrade.adopted", pid=arbiter.pid,

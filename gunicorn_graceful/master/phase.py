@@ -5,7 +5,8 @@ Invariants:
   every change is one line: `event=master.phase from=... to=...`.
 - A transition that is not in ALLOWED is a bug: it is logged at ERROR and
   taken anyway (a restart tool must not crash over its own bookkeeping).
-- A signal that a phase does not allow is refused with the reason from
+- A HUP or USR2 that a phase cannot start now waits (DEFERRALS) and runs once
+  the master serves; only lame duck and stopping refuse one, with the reason from
   REFUSALS, before anything is done: never half-done.
 
 Phases: `starting` (first generation booting), `trial` (a USR2 new master whose
@@ -47,25 +48,29 @@ ALLOWED = {
 }
 
 _UPGRADE_RUNS = "a USR2 upgrade is in progress (old master %(old)s, new master %(new)s)"
+_NEW_MASTER = "this master is a new master not yet promoted (old master %(old)s)"
 _IN_PLACE = "an in-place upgrade is in progress (USR2 number %(seq)s)"
+# A HUP or USR2 a phase cannot start now waits, and runs as soon as the master serves
+# (`intents`, `core.run_deferred`): a deploy that was asked for must not silently not happen.
+DEFERRALS = {
+    ("reload", P.STARTING): "the first generation is still booting",
+    ("reload", P.TRIAL): _NEW_MASTER,
+    ("reload", P.TAKING_OVER): _NEW_MASTER,
+    ("reload", P.UPGRADING): _UPGRADE_RUNS,
+    ("reload", P.IN_PLACE): _IN_PLACE,
+    ("upgrade", P.STARTING): "the first generation is still booting",
+    ("upgrade", P.TRIAL): _NEW_MASTER,
+    ("upgrade", P.TAKING_OVER): _NEW_MASTER,
+    ("upgrade", P.RELOADING): "a HUP reload is in progress (generation %(generation)s)",
+    ("upgrade", P.UPGRADING): _UPGRADE_RUNS,
+    ("upgrade", P.IN_PLACE): _IN_PLACE,
+}
+# Only where running it later would be wrong is a HUP or USR2 refused.
 _LAME_DUCK = "the master is in lame duck, about to stop"
 _STOPPING = "the master is stopping"
 REFUSALS = {
-    ("reload", P.STARTING): "the first generation is still booting: HUP again once it serves",
-    ("reload", P.TRIAL): _UPGRADE_RUNS + ": HUP again after it",
-    ("reload", P.TAKING_OVER): _UPGRADE_RUNS + ": HUP again after it",
-    ("reload", P.UPGRADING): _UPGRADE_RUNS + ": HUP again after it",
-    ("reload", P.IN_PLACE): _IN_PLACE + ": HUP again after it",
     ("reload", P.LAME_DUCK): _LAME_DUCK,
     ("reload", P.STOPPING): _STOPPING,
-    ("upgrade", P.STARTING): "this master is not serving yet (at most one master may be "
-                             "not ready)",
-    ("upgrade", P.TRIAL): "this master is a new master not yet promoted (old master %(old)s)",
-    ("upgrade", P.TAKING_OVER): "this master is a new master not yet promoted "
-                                "(old master %(old)s)",
-    ("upgrade", P.RELOADING): "a HUP reload is in progress (generation %(generation)s)",
-    ("upgrade", P.UPGRADING): "an upgrade is in progress (new master %(new)s)",
-    ("upgrade", P.IN_PLACE): _IN_PLACE,
     ("upgrade", P.LAME_DUCK): _LAME_DUCK,
     ("upgrade", P.STOPPING): _STOPPING,
 }
@@ -89,6 +94,11 @@ class PhaseKeeper:
         self.value = to
 
     def refusal(self, action, **context):
-        """Why `action` ("reload", "upgrade") cannot run in this phase, or None."""
+        """Why `action` ("reload", "upgrade") must not run in this phase, or None."""
         template = REFUSALS.get((action, self.value))
+        return template % context if template else None
+
+    def deferral(self, action, **context):
+        """Why `action` must wait for this phase to end, or None."""
+        template = DEFERRALS.get((action, self.value))
         return template % context if template else None

@@ -53,7 +53,8 @@ class Rollouts:
         return self.releases.get(generation, "")
 
     def reload(self, config_problem):
-        """HUP: load the config again; the Rollout that starts, or None when the config fails.
+        """HUP: load the config again; (the Rollout that starts, None) or (None, why the config
+        failed).
 
         `config_problem(cfg, settings, log)` says why a loaded config cannot run (`core`).
         """
@@ -76,7 +77,7 @@ class Rollouts:
             apply_environment(previous_cfg)
             emit(arbiter.log, "error", "reload.config_failed", config=previous_cfg.config,
                  reason=failure, kept_generation=arbiter.generation)
-            return None
+            return None, failure
         arbiter.settings = settings.current()
         compat.count_reload(arbiter)
         generation = self.last_generation + 1
@@ -90,7 +91,7 @@ class Rollouts:
                                           superseded=self.current.generation)
         self.apply_config(rollout.previous_cfg, new_listeners)
         self.begin(rollout)
-        return rollout
+        return rollout, None
 
     def held(self):
         """Every listener the master holds now: the serving ones and a booting rollout's."""

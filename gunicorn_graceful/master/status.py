@@ -20,9 +20,10 @@ from gunicorn_graceful.master.phase import Phase
 class StatusFile:
     """The status file of one master, written from what the helpers it reads hold."""
 
-    def __init__(self, arbiter, phase, pool, rollouts, upgrades, molds=None):
+    def __init__(self, arbiter, phase, pool, rollouts, upgrades, reloads, molds=None):
         self.arbiter, self.phase = arbiter, phase
         self.pool, self.rollouts, self.upgrades, self.molds = pool, rollouts, upgrades, molds
+        self.reloads = reloads
         self.last = None
 
     def path(self):
@@ -45,6 +46,8 @@ class StatusFile:
                 "workers_wanted": arbiter.num_workers, "workers_ready": ready,
                 "serving": ready > 0, "degraded": self.pool.degraded, "reload": rollout,
                 "upgrade": self.upgrades.last, "upgrade_refused": self.upgrades.last_refusal,
+                "upgrades": self.upgrades.history, "upgrade_seq": self.upgrades.seq, "upgrade_pending": self.upgrades.pending,
+                "hup_seq": self.reloads.seq, "reloads": self.reloads.records,
                 "old_master": arbiter.master_pid or None, "workers": workers,
                 "molds": self.mold_states()}
 

@@ -31,6 +31,7 @@ from gunicorn_graceful.master import files, upgrade_report
 from gunicorn_graceful.master.plan import kill_due
 from gunicorn_graceful.master.pool import signal_name
 
+HISTORY = 4  # upgrade records in the status file
 # Exit codes of the forked child of a USR2 that never became a new master.
 EXEC_FAILED = 70
 PRE_EXEC_FAILED = 71
@@ -43,6 +44,7 @@ class Upgrade:
     seq: int
     new_master: int
     report: object
+    first_seq: int = 0  # a deferred upgrade carries out the USR2s first_seq..seq
     started: float = dataclasses.field(default_factory=clock.monotonic)
     exit_status: object = None
     stop_sent: float = 0.0
@@ -72,7 +74,9 @@ class Upgrades:
         self.current = None
         self.seq = 0
         self.last = None        # the last upgrade's outcome, for the status file
+        self.history = []       # the last HISTORY ones: one may end and the next start in a tick
         self.last_refusal = None
+        self.pending = None     # the USR2(s) waiting for the phase (`core.run_deferred`)
         self.report_fd, self.ack_fd, self.returns_totals = upgrade_report.take(
             os.environ, arbiter.cfg.env_orig)
         self.asked = False
@@ -81,17 +85,45 @@ class Upgrades:
 
     # -- the old master -------------------------------------------------------------------
 
-    def refused(self, reason):
-        """A USR2 refused (`core` asked `refusal` and the phase): say why, once."""
+    def arrived(self):
+        """A USR2 arrived: its number (what `gunicorn-graceful upgrade` follows)."""
         self.seq += 1
-        self.last_refusal = {"seq": self.seq, "reason": reason}
-        emit(self.arbiter.log, "error", "upgrade.refused", pid=self.arbiter.pid, reason=reason)
+
+    def defer(self, reason):
+        """The phase cannot start an upgrade now: this USR2 waits, joining one that waits."""
+        if self.pending is None:
+            self.pending = {"seq": self.seq, "first_seq": self.seq, "state": "deferred",
+                            "new_master": None, "reason": reason}
+        self.pending.update(seq=self.seq, reason=reason, asked=round(clock.monotonic(), 3))
+        emit(self.arbiter.log, "info", "upgrade.deferred", pid=self.arbiter.pid, seq=self.seq,
+             first_seq=self.pending["first_seq"], reason=reason)
+
+    def take_pending(self):
+        """The first USR2 number the upgrade that starts now carries out."""
+        pending, self.pending = self.pending, None
+        return pending["first_seq"] if pending else self.seq
+
+    def refused(self, reason):
+        """A USR2 refused (`core` asked `refusal` and the phase), with those that waited: say
+        why, once."""
+        first_seq = self.take_pending()
+        self.last_refusal = {"seq": self.seq, "first_seq": first_seq, "reason": reason}
+        emit(self.arbiter.log, "error", "upgrade.refused", pid=self.arbiter.pid, seq=self.seq,
+             reason=reason)
+
+    def forward(self, new_master):
+        """A hand-over: the new master runs the USR2 that waited (`core` sends it there)."""
+        pending, self.pending = self.pending, None
+        self.last_refusal = dict(pending, state="forwarded", to=new_master,
+                                 reason="handed to new master %s" % new_master)
+        emit(self.arbiter.log, "info", "upgrade.forwarded", pid=self.arbiter.pid,
+             new_master=new_master)
 
     def start(self, notify_address):
         """USR2: start a new master that takes over only once all its workers are ready
         (`notify_address`: systemd's socket, which the pack took out of the environment)."""
         arbiter = self.arbiter
-        self.seq += 1
+        first_seq = self.take_pending()
         self.drop_files()
         report = upgrade_report.Channel()
         self.prepare_reexec(report, notify_address)
@@ -105,24 +137,27 @@ class Upgrades:
         finally:
             arbiter.cfg.env_orig.pop(upgrade_report.ENV, None)
             report.after_fork()
-        self.current = Upgrade(self.seq, arbiter.reexec_pid, report)
+        self.current = Upgrade(self.seq, arbiter.reexec_pid, report, first_seq)
 
     def announce(self):
         emit(self.arbiter.log, "info", "upgrade.start", pid=self.arbiter.pid,
              new_master=self.arbiter.reexec_pid, timeout=self.arbiter.settings.upgrade_timeout)
 
+    def deferral(self):
+        """Why a USR2 must wait, beyond the phase (`core`), or None: Gunicorn's reexec would
+        ignore it ("Child exists") while the last upgrade's new master still stops."""
+        if self.arbiter.reexec_pid:
+            return "the new master %s of the last upgrade is still stopping" \
+                % self.arbiter.reexec_pid
+        return None
+
     def refusal(self):
-        """Why a USR2 cannot start now, or None, beyond what the phase refuses (`core`).
-        Each reason avoids a half state."""
-        arbiter = self.arbiter
-        if arbiter.reexec_pid:  # Gunicorn's reexec would ignore the USR2 ("Child exists")
-            return ("the new master %s of the last upgrade is still stopping: USR2 again once "
-                    "it exited" % arbiter.reexec_pid)
+        """Why a USR2 cannot run at all, or None, beyond what the phase refuses (`core`)."""
         if os.getpid() == 1:
             return ("this master is PID 1: its exit would end the container; set "
                     "graceful_upgrade = 'in-place', run it under an init (tini, dumb-init), "
                     "or use HUP")
-        if arbiter.cfg.reuse_port:
+        if self.arbiter.cfg.reuse_port:
             return "reuse_port is on: Gunicorn cannot hand its listeners to a new master"
         return None
 
@@ -235,10 +270,12 @@ class Upgrades:
     def record(self, upgrade, state_name, reason="", in_place=False):
         """The outcome `gunicorn-graceful upgrade` follows in the status file (`upgrade`: an
         Upgrade, or an in-place Trial, whose new master is this one)."""
-        self.last = {"seq": upgrade.seq, "state": state_name, "new_master": upgrade.new_master,
-                     "reason": reason}
+        self.last = {"seq": upgrade.seq, "first_seq": upgrade.first_seq or upgrade.seq,
+                     "state": state_name, "new_master": upgrade.new_master, "reason": reason}
         if in_place:
             self.last["in_place"] = True
+        self.history = [r for r in self.history if r["seq"] != upgrade.seq][1 - HISTORY:] \
+            + [self.last]
 
     # -- the new master -------------------------------------------------------------------
 
