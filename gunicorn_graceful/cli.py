@@ -7,10 +7,20 @@ a worker booted. Exit 0: running (serving, reloading, starting or stopping);
 1: not running or no status file; 3: degraded (no worker ready, or workers that
 cannot be replaced), so that a monitoring check can alert on it.
 
-`gunicorn-graceful upgrade --pidfile PATH [--timeout S]`: USR2, then follow the
-upgrade to its end: exit 0 when the new master is promoted (or, in place, when
+`gunicorn-graceful reload --pidfile PATH [--timeout S] [--json]`: HUP, then follow
+it to its end, as an orchestrator needs (a rolling deploy stops at the first host
+that says no): exit 0 once the new generation serves, 3 when it was rolled back
+or its config failed to load (the old generation serves on), 2 when it was refused
+or cannot run (no pack master, dead pid, out of time), 1 for a usage error. A HUP
+the master defers (it boots, upgrades) is followed until it ran.
+
+`gunicorn-graceful upgrade --pidfile PATH [--timeout S] [--json]`: USR2, then follow
+the upgrade to its end: exit 0 when the new master is promoted (or, in place, when
 the new generation serves), non-zero with the reason when the upgrade is
 refused (2), rolled back (3) or out of time (5).
+
+With --json, each prints one object on stdout (keys in docs/signals.md) and its
+progress on stderr; without, one outcome line (progress before it).
 
 `gunicorn-graceful init [DIR] [--asgi] [--systemd] [--kubernetes] [--haproxy] [--force]`:
 write the config template (and deployment examples) shipped with the package,
@@ -65,16 +75,14 @@ def status(args):
     if not alive(pid):
         print("not running: master %s from %s is gone" % (pid, args.pidfile), file=sys.stderr)
         return 1
-    try:
-        with open(args.pidfile + ".status") as handle:
-            snapshot = json.load(handle)
-    except (OSError, ValueError) as exc:
+    snapshot, path = read_status(args.pidfile, pid)
+    if snapshot is None:
         print("master %s is running without a status file (%s): is it started with the "
-              "gunicorn-graceful config pack?" % (pid, exc), file=sys.stderr)
+              "gunicorn-graceful config pack?" % (pid, path), file=sys.stderr)
         return 1
     problem = stale(snapshot, pid)
     if problem:
-        print("stale status file %s.status: %s" % (args.pidfile, problem), file=sys.stderr)
+        print("stale status file %s: %s" % (path, problem), file=sys.stderr)
         if snapshot.get("pid") != pid:
             return 1
     if args.json:
@@ -98,6 +106,22 @@ def status(args):
         print("worker pid=%s generation=%s state=%s" % (
             worker["pid"], worker["generation"], worker["state"]))
     return STATUS_DEGRADED if snapshot["state"] == "degraded" else 0
+
+
+def read_status(pidfile, pid):
+    """(the status file master `pid` writes, its path), or (None, why there is none).
+
+    A new master writes `<pidfile>.2.status` until it is promoted, also while its
+    old master drains after the hand-over, when the pidfile names it already.
+    """
+    paths = [pidfile + ".status", pidfile + ".2.status"]
+    found = [(read_json(path), path) for path in paths]
+    for snapshot, path in found:
+        if snapshot is not None and snapshot.get("pid") == pid:
+            return snapshot, path
+    if found[0][0] is not None:  # another master's: `stale` says so
+        return found[0]
+    return None, "no %s" % paths[0]
 
 
 def stale(snapshot, pid):
@@ -140,65 +164,99 @@ def read_pid_or_none(path):
 
 
 class Progress:
-    """What is known of an upgrade so far; prints each step once, as it is first seen."""
+    """What is known of a reload or an upgrade so far; prints each step once, as it is first
+    seen (on stderr with --json, where stdout carries the one object)."""
 
-    def __init__(self):
+    def __init__(self, json_out=False):
         self.said = set()
         self.new_master = None
+        self.stream = sys.stderr if json_out else sys.stdout
 
     def say(self, text):
         if text not in self.said:
             self.said.add(text)
-            print(text, flush=True)
+            print(text, file=self.stream, flush=True)
+
+
+class Outcome(Exception):
+    """How a command ended: its exit code, its result word, its one line and its fields."""
+
+    def __init__(self, code, result, line, **fields):
+        super().__init__(line)
+        self.code, self.result, self.line, self.fields = code, result, line, fields
+
+    def report(self, command, json_out):
+        if json_out:
+            print(json.dumps(dict({"command": command, "result": self.result,
+                                   "exit": self.code, "reason": ""}, **self.fields,
+                                  line=self.line)))
+        else:
+            print(self.line, file=sys.stdout if self.code == 0 else sys.stderr)
+        return self.code
+
+
+def covers(record, seq):
+    """Whether a record carries out USR2 number `seq` (a deferred one, several)."""
+    return bool(record) and record.get("first_seq", record.get("seq")) <= seq \
+        <= record.get("seq", -1)
 
 
 def upgrade_step(pidfile, old, seq, progress):
-    """One look at upgrade number `seq`: an exit code when it ended, None while it goes on."""
-    snapshot = read_json(pidfile + ".status") or {}
+    """One look at upgrade number `seq` of master `old`: raises Outcome when it ended, returns
+    (old, seq) to follow next (a new master it was forwarded to)."""
+    snapshot = read_status(pidfile, old)[0] or {}
     refusal = snapshot.get("upgrade_refused") or {}
-    if refusal.get("seq") == seq:
-        print("upgrade refused: %s" % refusal["reason"], file=sys.stderr)
-        return 2
-    record = snapshot.get("upgrade") or {}
-    if record.get("seq") == seq and record["state"] == "refused":
-        print("upgrade refused: %s" % record["reason"], file=sys.stderr)
-        return 2
-    if record.get("seq") == seq and record["state"] == "rolled_back":
-        print("upgrade rolled back: %s" % record["reason"], file=sys.stderr)
-        return 3
-    if record.get("seq") == seq and record.get("in_place"):
-        return in_place_step(snapshot, record, progress)
-    if record.get("seq") == seq:
+    if covers(refusal, seq) and refusal.get("state") == "forwarded":
+        progress.say("forwarded to new master %s: it runs the upgrade once it serves"
+                     % refusal["to"])
+        return refusal["to"], 1
+    if covers(refusal, seq):
+        raise Outcome(2, "refused", "upgrade refused: %s" % refusal["reason"], master=old,
+                      seq=seq, reason=refusal["reason"])
+    if covers(snapshot.get("upgrade_pending"), seq):
+        progress.say("upgrade deferred: %s" % snapshot["upgrade_pending"]["reason"])
+        return old, seq
+    record = next((r for r in snapshot.get("upgrades") or [snapshot.get("upgrade")]
+                   if covers(r, seq)), {})
+    if covers(record, seq) and record["state"] in ("refused", "rolled_back"):
+        code = 2 if record["state"] == "refused" else 3
+        raise Outcome(code, record["state"], "upgrade %s: %s" % (
+            record["state"].replace("_", " "), record["reason"]), master=old, seq=seq,
+            new_master=record.get("new_master"), reason=record["reason"])
+    if covers(record, seq) and record.get("in_place"):
+        in_place_step(snapshot, record, progress)
+        return old, seq
+    if covers(record, seq):
         progress.new_master = record.get("new_master")  # the old master's file goes when it exits
     new = progress.new_master
     if not new:
         if not alive(old):
-            print("upgrade failed: old master %s exited before starting one" % old,
-                  file=sys.stderr)
-            return 4
-        return None
+            raise Outcome(4, "failed", "upgrade failed: master %s exited before starting one"
+                          % old, master=old, seq=seq)
+        return old, seq
     progress.say("new master %s booting" % new)
-    snapshot = read_json(pidfile + ".2.status") or read_json(pidfile + ".status") or {}
-    if snapshot.get("pid") == new:
+    snapshot = read_status(pidfile, new)[0] or {}
+    if snapshot:
         ready = sum(1 for w in snapshot["workers"] if w["state"] == "ready")
         progress.say("workers ready %s/%s" % (min(ready, snapshot["workers_wanted"]),
                                               snapshot["workers_wanted"]))
     if read_pid_or_none(pidfile) == new:
         progress.say("hand-over: old master %s draining" % old)
         if not alive(old) and not os.path.exists(pidfile + ".2"):
-            progress.say("promoted: master %s" % new)
-            return 0
-    return None
+            raise Outcome(0, "promoted", "promoted: master %s" % new, master=new, seq=seq,
+                          old_master=old, generation=snapshot.get("generation"))
+    return old, seq
 
 
 def in_place_step(snapshot, record, progress):
     """One look at an in-place upgrade (graceful_upgrade = "in-place"): the master keeps its
     PID, so its own status file says how far it is."""
-    progress.say("upgrading in place: master %s" % record["new_master"])
+    master = record["new_master"]
+    progress.say("upgrading in place: master %s" % master)
     if record["state"] == "done":
-        progress.say("done: master %s, generation %s serving" % (record["new_master"],
-                                                                 snapshot.get("generation")))
-        return 0
+        raise Outcome(0, "done", "done: master %s, generation %s serving" % (
+            master, snapshot.get("generation")), master=master, seq=record["seq"],
+            generation=snapshot.get("generation"))
     workers = [w for w in snapshot.get("workers", ())
                if w["generation"] == snapshot.get("generation")]
     if workers:
@@ -206,39 +264,137 @@ def in_place_step(snapshot, record, progress):
         progress.say("generation %s: workers ready %s/%s" % (
             snapshot["generation"], min(ready, snapshot["workers_wanted"]),
             snapshot["workers_wanted"]))
-    return None
+
+
+def pack_master(pidfile, verb, gone_code, wait=0.0):
+    """(the live master's pid, its status file) to send `verb` to, or raises Outcome: no
+    pidfile or a dead pid (`gone_code`), no status file (2: not a pack master). `wait`: how
+    long a master that just started may take to write its first status file."""
+    pid = read_pid_or_none(pidfile)
+    if pid is None:
+        raise Outcome(gone_code, "not_running", "not running: cannot read pidfile %s" % pidfile,
+                      reason="no pidfile")
+    deadline = time.monotonic() + wait
+    while True:
+        if not alive(pid):
+            raise Outcome(gone_code, "not_running", "not running: master %s from %s is gone"
+                          % (pid, pidfile), master=pid, reason="master gone")
+        snapshot = read_status(pidfile, pid)[0]
+        if snapshot is not None and snapshot.get("pid") == pid:
+            return pid, snapshot
+        if time.monotonic() >= deadline:
+            raise Outcome(2, "refused", "%s refused: master %s has no status file %s.status: is "
+                          "it started with the gunicorn-graceful config pack? Nothing was sent."
+                          % (verb, pid, pidfile), master=pid, reason="no status file")
+        time.sleep(POLL)
+
+
+def send(pid, sig, verb):
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        raise Outcome(2, "not_running", "%s not sent: master %s is gone" % (verb, pid),
+                      master=pid, reason="master gone") from None
 
 
 def upgrade(args):
-    old = master_pid(args.pidfile)
-    if old is None:
-        return 1
-    if not alive(old):
-        print("not running: master %s from %s is gone" % (old, args.pidfile), file=sys.stderr)
-        return 1
-    before = read_json(args.pidfile + ".status")
-    if before is None:
-        print("upgrade refused: master %s has no status file %s.status: is it started with the "
-              "gunicorn-graceful config pack? Nothing was sent." % (old, args.pidfile),
-              file=sys.stderr)
-        return 2
-    seq = max((before.get(key) or {}).get("seq", 0) for key in ("upgrade", "upgrade_refused")) + 1
     try:
-        os.kill(old, signal.SIGUSR2)
-    except ProcessLookupError:
-        print("not running: master %s from %s is gone" % (old, args.pidfile), file=sys.stderr)
-        return 1
-    progress = Progress()
+        return follow_upgrade(args)
+    except Outcome as outcome:
+        return outcome.report("upgrade", args.json)
+
+
+def follow_upgrade(args):
+    old, before = pack_master(args.pidfile, "upgrade", 1, wait=STATUS_WAIT)
+    seq = before.get("upgrade_seq") or max(
+        (before.get(key) or {}).get("seq", 0) for key in ("upgrade", "upgrade_refused"))
+    seq += 1
+    send(old, signal.SIGUSR2, "USR2")
+    progress = Progress(args.json)
     progress.say("sent USR2 to master %s" % old)
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
-        code = upgrade_step(args.pidfile, old, seq, progress)
-        if code is not None:
-            return code
+        old, seq = upgrade_step(args.pidfile, old, seq, progress)
         time.sleep(POLL)
-    print("upgrade timed out after %ss; the old master's graceful_upgrade_timeout decides "
-          "what happens next" % args.timeout, file=sys.stderr)
-    return 5
+    raise Outcome(5, "timeout", "upgrade timed out after %ss; the old master's "
+                  "graceful_upgrade_timeout decides what happens next" % args.timeout,
+                  master=old, seq=seq, reason="timeout")
+
+
+STATUS_WAIT = 1.0  # a master just started writes its first status file on its first tick
+SLACK = 0.002      # the master rounds its clock readings to the millisecond
+
+
+def reload(args):
+    try:
+        return follow_reload(args)
+    except Outcome as outcome:
+        return outcome.report("reload", args.json)
+
+
+def follow_reload(args):
+    """HUP, then the records of master `pid` (`intents`): the first after `seq` handled after
+    `sent` is the one that carries this HUP out (one that arrived first and is replaced
+    by a later one is superseded by it)."""
+    pid, before = pack_master(args.pidfile, "reload", 2, wait=STATUS_WAIT)
+    if "hup_seq" not in before:
+        raise Outcome(2, "refused", "HUP not sent: master %s runs a release of the pack that "
+                      "keeps no reload records (upgrade it first)" % pid, master=pid,
+                      reason="no reload records")
+    seq, sent = before["hup_seq"], time.monotonic() - SLACK
+    send(pid, signal.SIGHUP, "HUP")
+    progress = Progress(args.json)
+    progress.say("sent HUP to master %s" % pid)
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        pid, seq = reload_step(args.pidfile, pid, seq, sent, progress)
+        time.sleep(POLL)
+    raise Outcome(2, "timeout", "reload timed out after %ss (master %s)" % (args.timeout, pid),
+                  master=pid, reason="timeout")
+
+
+def reload_step(pidfile, pid, seq, sent, progress):
+    """One look at the HUP: raises Outcome when it ended; (master, seq) to follow next."""
+    snapshot = read_status(pidfile, pid)[0]
+    if snapshot is None:
+        successor = read_pid_or_none(pidfile)
+        if not alive(pid) and successor not in (None, pid) and alive(successor):
+            progress.say("master %s exited; following master %s" % (pid, successor))
+            return successor, 0  # a hand-over: the new master ran what was forwarded to it
+        if not alive(pid):
+            raise Outcome(2, "interrupted", "reload interrupted: master %s exited before it "
+                          "ended" % pid, master=pid, reason="master exited")
+        return pid, seq
+    mine = [r for r in snapshot.get("reloads", ()) if r["seq"] > seq and r["asked"] >= sent
+            and r["state"] != "superseded"]
+    if not mine:
+        return pid, seq
+    record = mine[0]
+    fields = {"master": pid, "seq": record["seq"], "generation": record["generation"],
+              "release": record["release"], "reason": record["reason"],
+              "after": round(time.monotonic() - sent, 3)}
+    state_name = record["state"]
+    if state_name == "deferred":
+        progress.say("reload deferred: %s" % record["reason"])
+    elif state_name == "booting":
+        progress.say("generation %s booting%s" % (record["generation"], release_of(record)))
+    elif state_name == "forwarded":
+        progress.say("forwarded to new master %s: it reloads once it serves" % record["to"])
+        return record["to"], 0
+    elif state_name == "done":
+        raise Outcome(0, "done", "reload done: master %s, generation %s serving%s" % (
+            pid, record["generation"], release_of(record)), **fields)
+    elif state_name in ("rolled_back", "config_failed"):
+        raise Outcome(3, state_name, "reload %s: %s" % (
+            "rolled back" if state_name == "rolled_back" else "config failed",
+            record["reason"]), **fields)
+    else:  # refused, interrupted
+        raise Outcome(2, state_name, "reload %s: %s" % (state_name, record["reason"]), **fields)
+    return pid, seq
+
+
+def release_of(record):
+    return ", release %s" % record["release"] if record.get("release") else ""
 
 
 TEMPLATES = {  # what `init` writes: a config always (ASGI's with --asgi), the rest on request
@@ -284,7 +440,15 @@ def main(argv=None):
     upgrade_parser.add_argument("--pidfile", required=True, help="the master's pidfile")
     upgrade_parser.add_argument("--timeout", type=float, default=120.0,
                                 help="seconds to follow the upgrade (default 120)")
+    upgrade_parser.add_argument("--json", action="store_true", help="print one JSON object")
     upgrade_parser.set_defaults(run=upgrade)
+    reload_parser = commands.add_parser(
+        "reload", help="HUP and follow it: exit 0 once served, 3 on rollback, 2 if refused")
+    reload_parser.add_argument("--pidfile", required=True, help="the master's pidfile")
+    reload_parser.add_argument("--timeout", type=float, default=120.0,
+                               help="seconds to follow the reload (default 120)")
+    reload_parser.add_argument("--json", action="store_true", help="print one JSON object")
+    reload_parser.set_defaults(run=reload)
     init_parser = commands.add_parser(
         "init", help="write the config template (and deployment examples) into DIR")
     init_parser.add_argument("dir", nargs="?", default=".", help="where to write (default .)")

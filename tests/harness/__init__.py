@@ -13,7 +13,8 @@ from tests.harness.peers import (HAPROXY_MISSING, PROMETHEUS_MISSING, SUPERVISOR
                                  TINI_MISSING, HAProxy, Prometheus, Supervisord, terminate)
 from tests.harness.server import (DEFAULT_WORKER, GUNICORN, MODULE_GUNICORN, ROOT, WORKERS,
                                   Server, cli, control_socket_args, pid_in, process_alive,
-                                  quick_stop, read_pid, unwritable, upgrade_command,
+                                  quick_stop, read_pid, reload_command, unwritable,
+                                  upgrade_command,
                                   usr2_new_master)
 from tests.harness.waits import POLL, free_port, wait_for
 from tests.harness.watchers import NotifySocket, Watcher
@@ -23,6 +24,7 @@ __all__ = ["DEFAULT_WORKER", "GUNICORN", "HAPROXY_MISSING", "MODULE_GUNICORN", "
            "HAProxy", "Load", "NotifySocket", "Prometheus", "Result", "Server", "Sockets",
            "Supervisord", "Watcher", "classify", "cli",
            "control_socket_args", "free_port", "make_release", "pid_in", "point_link",
-           "process_alive", "quick_stop", "read_pid", "terminate", "under_load", "unwritable",
+           "process_alive", "quick_stop", "read_pid", "reload_command", "terminate",
+           "under_load", "unwritable",
            "upgrade_command", "usr2_new_master", "wait_for", "write_app", "write_asgi_app",
            "write_config"]

@@ -75,11 +75,17 @@ def cli(*args, timeout=30):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def upgrade_command(server, timeout=60):
-    """`gunicorn-graceful upgrade` started in the background; communicate() for its end."""
-    return subprocess.Popen([sys.executable, "-m", "gunicorn_graceful.cli", "upgrade",
-                             "--pidfile", server.pidfile, "--timeout", str(timeout)],
+def upgrade_command(server, timeout=60, verb="upgrade", *args):
+    """`gunicorn-graceful upgrade` (or `verb`: reload) started in the background;
+    communicate() for its end."""
+    return subprocess.Popen([sys.executable, "-m", "gunicorn_graceful.cli", verb,
+                             "--pidfile", server.pidfile, "--timeout", str(timeout), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def reload_command(server, timeout=60, *args):
+    """`gunicorn-graceful reload` started in the background; communicate() for its end."""
+    return upgrade_command(server, timeout, "reload", *args)
 
 
 def usr2_new_master(server, timeout=20):
