@@ -22,7 +22,7 @@ from gunicorn.workers.workertmp import WorkerTmp
 ARBITER_METHODS = {
     "setup": ["self", "app"], "manage_workers": ["self"], "reap_workers": ["self"],
     "murder_workers": ["self"], "reload": ["self"], "handle_term": ["self"],
-    "handle_usr2": ["self"], "maybe_promote_master": ["self"], "reexec": ["self"],
+    "handle_int": ["self"], "handle_usr2": ["self"], "maybe_promote_master": ["self"], "reexec": ["self"],
     "halt": ["self", "reason", "exit_status"], "stop": ["self", "graceful"],
     "spawn_worker": ["self"], "kill_worker": ["self", "pid", "sig"],
 }

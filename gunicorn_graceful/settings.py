@@ -103,6 +103,17 @@ def _upgrade(name, value):
     return text
 
 
+INT_MODES = ("quick", "drain")
+
+
+def _int_mode(name, value):
+    text = str(value).strip()
+    if text not in INT_MODES:
+        raise SettingError(name, value, "'quick' (Gunicorn's: SIGINT cuts what is in flight) "
+                                        "or 'drain' (SIGINT does what SIGTERM does)")
+    return text
+
+
 def _callable_ref(name, value):
     value = "" if value is None else str(value)
     module, sep, attr = value.partition(":")
@@ -277,6 +288,14 @@ class Settings:
         "parse": _seconds(0, False),
         "doc": "The pod's terminationGracePeriodSeconds, when known: the start warns when "
                "shutdown_delay + graceful_timeout + 2 s does not fit in it. 0: unknown."})
+    # Last: a field named `int` shadows the builtin in the annotations after it.
+    int: str = dataclasses.field(default="quick", metadata={
+        "parse": _int_mode,
+        "doc": "What SIGINT does, to the master and to a worker. 'quick' (Gunicorn's): stop "
+               "at once, cutting what is in flight (worker_int runs). 'drain': exactly what "
+               "SIGTERM does (lame duck, drain, graceful_timeout), for Nomad, whose default "
+               "kill_signal for non-Docker tasks is SIGINT, and Ctrl-C in a terminal. SIGQUIT "
+               "stays the quick stop."})
 
     @classmethod
     def fields(cls):

@@ -420,6 +420,21 @@ def test_a_quick_stop_ends_within_a_second_and_says_what_it_cut(asgi, worker, si
         assert codes == [1001, 1001], codes
 
 
+@pytest.mark.parametrize("worker", NEWEST)
+def test_ctrl_c_under_graceful_int_drain_drains_as_term(asgi, worker):
+    """SIGINT to the process group (Ctrl-C) with graceful_int = "drain": the drain of a
+    SIGTERM, WebSockets closed with a stop's 1001, the slow request finished."""
+    server = asgi(worker, workers=1, config_body=CONFIG + 'graceful_int = "drain"\n')
+    sockets = Sockets(server.url, 2).start()
+    thread, outcome = slow_request(server, 1.5, timeout=20)
+    os.killpg(server.pid, signal.SIGINT)
+    assert server.wait_exit(timeout=30) == 0, server.tail()
+    thread.join(10)
+    assert outcome["response"].status_code == 200, outcome
+    assert sockets.join() == [1001, 1001]
+    assert "event=request.cut_quick" not in server.log()
+
+
 EDGE_APP = '''\
 import asyncio
 import os

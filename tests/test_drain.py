@@ -55,6 +55,27 @@ def test_term_with_slow_requests_in_flight_answers_every_request_sent(workdir, s
     assert exited_at - term_at < 10
 
 
+@pytest.mark.parametrize("worker", WORKERS)
+def test_ctrl_c_under_graceful_int_drain_drains_as_term(workdir, servers, worker):
+    """SIGINT to the whole process group, as a terminal's Ctrl-C sends it (the master and
+    every worker at once): with graceful_int = "drain" nothing in flight is cut."""
+    server = servers(workdir, worker=worker, workers=2, config_body='graceful_int = "drain"\n')
+    load = Load(server.url, threads=4).start()
+    slow = Load(server.url, threads=2, path="/slow?seconds=1.5").start()
+    load.wait_count(50)
+    server.wait_started("/slow", count=server.started("/slow") + 1)
+    int_at = time.monotonic()
+    os.killpg(server.pid, signal.SIGINT)
+    assert server.wait_exit(timeout=40) == 0
+    load.stop()
+    slow.stop()
+    assert load.failures(allow=BEFORE_SEND) == [], load.summary()
+    assert slow.failures(allow=BEFORE_SEND) == [], slow.summary()
+    assert [r for r in slow.results if r.ok and r.started < int_at < r.ended], slow.summary()
+    assert server.count(r"event=drain\.done pid=\d+ .* in_flight=0") == 2, server.tail()
+    assert "event=request.cut_quick" not in server.log()
+
+
 @pytest.mark.lines
 @pytest.mark.parametrize("worker", WORKERS)
 def test_request_outliving_graceful_timeout_is_listed_as_cut(workdir, servers, worker):

@@ -140,6 +140,7 @@ def test_settings_come_from_config_then_environment():
     ("graceful_max_booting", "2.5", "a whole number >= 0"),
     ("graceful_readiness_accept", "3xx", "'2xx' (a health route) or '<500'"),
     ("graceful_readines_path", "/h", "a known setting name"),
+    ("graceful_int", "soft", "'quick' (Gunicorn's: SIGINT cuts what is in flight) or 'drain'"),
 ])
 def test_a_bad_setting_names_itself_its_value_and_what_is_allowed(name, value, allowed):
     with pytest.raises(settings.SettingError) as err:

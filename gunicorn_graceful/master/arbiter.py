@@ -280,6 +280,13 @@ class GracefulArbiter(Arbiter):
         """SIGTERM: lame duck first when configured (`core`); Gunicorn's stops at once."""
         self.core.term()
 
+    def handle_int(self):
+        """SIGINT: Gunicorn's quick stop, or, under graceful_int = "drain", SIGTERM's path
+        (Nomad's default kill_signal, Ctrl-C in a terminal)."""
+        if self.settings.int == "drain":
+            self.handle_term()
+        super().handle_int()
+
     def handle_usr2(self):
         """USR2. Replaces Gunicorn's, which starts a new master and leaves the hand-over
         to the operator (`core`, `upgrade`)."""

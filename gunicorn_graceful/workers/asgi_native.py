@@ -5,6 +5,7 @@ the drain itself is `asyncio_base`'s.
 """
 
 import asyncio
+import signal
 import time
 
 from gunicorn.workers import base
@@ -41,6 +42,14 @@ if compat.NATIVE_ASGI:
             await self.guard.start({"type": "lifespan", "state": self.state,
                                     "asgi": {"version": "3.0", "spec_version": "2.4"}})
             await super()._serve()
+
+        def init_signals(self):
+            """Under graceful_int = "drain", SIGINT is the master's (`GracefulMixin.handle_int`):
+            the loop's handler goes, the base's no-op comes back (the loop's replaced it)."""
+            super().init_signals()
+            if self.drains_on_int():
+                self.loop.remove_signal_handler(signal.SIGINT)
+                signal.signal(signal.SIGINT, self.handle_int)
 
         def handle_exit_signal(self):
             """SIGTERM, from the event loop: drain at once (not at the next one-second tick

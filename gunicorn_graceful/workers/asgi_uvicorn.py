@@ -26,7 +26,10 @@ class GracefulServer(Server):
 
     def handle_exit(self, sig, frame):
         """uvicorn's signal handler. SIGINT/SIGQUIT: Gunicorn's quick stop (`quick_stop`);
-        SIGTERM: a booting worker has accepted nothing and ends at once, a serving one drains."""
+        SIGTERM: a booting worker has accepted nothing and ends at once, a serving one drains.
+        Under graceful_int = "drain", SIGINT is the master's (`GracefulMixin.handle_int`)."""
+        if sig == signal.SIGINT and self.worker.drains_on_int():
+            return
         if sig in (signal.SIGINT, signal.SIGQUIT):
             self.worker.quick_stop()
         self.worker.exit_if_booting()

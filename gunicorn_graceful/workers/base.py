@@ -147,10 +147,26 @@ class GracefulMixin:
         return health.DRAINING
 
     def init_signals(self):
-        """Gunicorn's worker signals, plus SIGUSR2 for lame duck (by default it kills a worker)."""
+        """Gunicorn's worker signals, plus SIGUSR2 for lame duck (by default it kills a
+        worker), and SIGINT left to the master under graceful_int = "drain" (`handle_int`)."""
         super().init_signals()
         signal.signal(self.LAME_DUCK_SIGNAL, self.handle_lame_duck)
         signal.siginterrupt(self.LAME_DUCK_SIGNAL, False)
+        if self.drains_on_int():
+            signal.signal(signal.SIGINT, self.handle_int)
+
+    def drains_on_int(self):
+        return self.settings.int == "drain"
+
+    def handle_int(self, sig, frame):
+        """SIGINT under graceful_int = "drain": nothing; the master drains this worker.
+
+        The master never sends a worker SIGINT: this one came from outside, and what
+        sends it reaches the master too (Ctrl-C signals the whole process group, so does
+        `pkill -INT`). The master's stop then runs as on SIGTERM: lame duck, the door
+        closed, then SIGTERM to each worker. A worker draining on its own SIGINT would
+        skip all three (measured as SIGTERM to the group: 1-4 of ~2,300 requests reset
+        in 2 of 6 runs). A handler, not SIG_IGN: the app's subprocesses get the default."""
 
     def handle_lame_duck(self, sig, frame):
         """SIGUSR2 from the master: keep serving, but tell clients and balancers to go."""
