@@ -81,37 +81,18 @@ def _paths(name, value):
 
 
 ACCEPT = {"2xx": (200, 300), "<500": (100, 500)}
-
-
-def _accept(name, value):
-    text = str(value).strip()
-    if text not in ACCEPT:
-        raise SettingError(name, value, "'2xx' (a health route) or '<500' (any answer of an "
-                                        "app that imported and runs)")
-    return text
-
-
 UPGRADES = ("new-master", "in-place")
-
-
-def _upgrade(name, value):
-    text = str(value).strip()
-    if text not in UPGRADES:
-        raise SettingError(name, value, "'new-master' (a second master takes over, with a new "
-                                        "PID) or 'in-place' (the master execs the new code "
-                                        "itself and keeps its PID)")
-    return text
-
-
 INT_MODES = ("quick", "drain")
 
 
-def _int_mode(name, value):
-    text = str(value).strip()
-    if text not in INT_MODES:
-        raise SettingError(name, value, "'quick' (Gunicorn's: SIGINT cuts what is in flight) "
-                                        "or 'drain' (SIGINT does what SIGTERM does)")
-    return text
+def _choice(allowed, meaning):
+    """A parser for one word of `allowed`; `meaning` is the error's list of what each does."""
+    def parse(name, value):
+        text = str(value).strip()
+        if text not in allowed:
+            raise SettingError(name, value, meaning)
+        return text
+    return parse
 
 
 def _callable_ref(name, value):
@@ -168,7 +149,8 @@ class Settings:
                "its answer must be one graceful_readiness_accept allows. Empty: ready once "
                "the app is loaded."})
     readiness_accept: str = dataclasses.field(default="2xx", metadata={
-        "parse": _accept,
+        "parse": _choice(ACCEPT, "'2xx' (a health route) or '<500' (any answer of an app "
+                                 "that imported and runs)"),
         "doc": "Which answers of the readiness path count as ready: '2xx' (a health route "
                "of yours) or '<500' (any answer below 500: the app imported and runs, so "
                "'/' of any app will do, a 404 or a login redirect included)."})
@@ -227,7 +209,9 @@ class Settings:
                "from the USR2 to the new generation ready, the new code's check included; "
                "then the new generation stops and the old code comes back."})
     upgrade: str = dataclasses.field(default="new-master", metadata={
-        "parse": _upgrade,
+        "parse": _choice(UPGRADES, "'new-master' (a second master takes over, with a new "
+                                   "PID) or 'in-place' (the master execs the new code "
+                                   "itself and keeps its PID)"),
         "doc": "What USR2 does. 'new-master': a new master starts beside this one (new PID) "
                "and takes over once its workers are ready. 'in-place': this master checks the "
                "new code in a child, then execs it itself (same PID: supervisord, tini, PID 1 "
@@ -290,7 +274,8 @@ class Settings:
                "shutdown_delay + graceful_timeout + 2 s does not fit in it. 0: unknown."})
     # Last: a field named `int` shadows the builtin in the annotations after it.
     int: str = dataclasses.field(default="quick", metadata={
-        "parse": _int_mode,
+        "parse": _choice(INT_MODES, "'quick' (Gunicorn's: SIGINT cuts what is in flight) "
+                                    "or 'drain' (SIGINT does what SIGTERM does)"),
         "doc": "What SIGINT does, to the master and to a worker. 'quick' (Gunicorn's): stop "
                "at once, cutting what is in flight (worker_int runs). 'drain': exactly what "
                "SIGTERM does (lame duck, drain, graceful_timeout), for Nomad, whose default "
