@@ -53,16 +53,22 @@ class FakeClock:
 
 
 class Log:
-    """Gunicorn's logger interface; keeps every line."""
+    """Gunicorn's logger interface; keeps every line, and shows each to `watch` as it is
+    written: what an invariant must judge at the moment of a decision, not after the step."""
 
     def __init__(self):
         self.lines = []
+        self.watch = None
 
     def __getattr__(self, level):
         if level.startswith("_"):
             raise AttributeError(level)
-        return lambda msg, *args, **kwargs: self.lines.append(
-            (level, msg % args if args else msg))
+        return lambda msg, *args, **kwargs: self.write(level, msg % args if args else msg)
+
+    def write(self, level, text):
+        self.lines.append((level, text))
+        if self.watch is not None:
+            self.watch(text)
 
     def reopen_files(self):
         pass
@@ -386,6 +392,8 @@ class Master:
         settings.set_current(pack_settings)
         FakeProcesses.world = self.world
         self.arbiter = self.new_code(make_config(workers), RecordingNotifier())
+        self.arbiter.log.watch = self.note_retirement
+        self.retirements = []       # (ready, wanted, line) as each replaced worker was retired
         self.stopped = None         # why the master's main loop ended, once it did
         self.operator_term = False
 
@@ -514,6 +522,13 @@ class Master:
 
     def ready(self, worker):
         return state.read(worker.tmp) == "ready"
+
+    def note_retirement(self, text):
+        """A worker retired as replaced or recycled: how many others served ready then, and
+        how many the master wanted (a deferred HUP may change that later in the tick)."""
+        if text.startswith("event=worker.retire ") and (
+                "reason=replaced" in text or "reason=recycled" in text):
+            self.retirements.append((len(self.serving_ready()), self.arbiter.num_workers, text))
 
     def serving_ready(self):
         """Ready workers the master has not told to stop."""

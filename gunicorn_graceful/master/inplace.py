@@ -398,7 +398,10 @@ class InPlace:
             emit(self.arbiter.log, "info", "upgrade.done", pid=self.arbiter.pid,
                  generation=self.arbiter.generation, after=clock.monotonic() - trial.started)
             binds.close_unused(self.kept, keep=self.arbiter.LISTENERS)
-            self.kept = []
+        # Those the serving config uses are the listeners' own from now on: a later HUP
+        # that moves the bind closes them. Only after a failed exec back does the kept
+        # generation serve on others, and those stay held.
+        self.kept = [] if state_name == "done" else self.held()
         self.record(state_name, reason)
         self.current = None
         self.handed = None
