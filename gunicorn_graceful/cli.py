@@ -399,7 +399,8 @@ def release_of(record):
 
 TEMPLATES = {  # what `init` writes: a config always (ASGI's with --asgi), the rest on request
     "config": "graceful.py", "asgi": "graceful_asgi.py", "systemd": "myapp.service",
-    "kubernetes": "deployment.yaml", "haproxy": "haproxy.cfg"}
+    "kubernetes": "deployment.yaml", "haproxy": "haproxy.cfg", "ansible": "deploy.yml"}
+EXAMPLES = ("systemd", "kubernetes", "haproxy", "ansible")  # init's --systemd ... flags
 IN_PLACE_UNIT = "myapp-inplace.service"  # --systemd writes both units: see the README
 
 
@@ -410,7 +411,7 @@ def template(name):
 def init(args):
     """Write the templates into DIR; refuse to overwrite anything without --force."""
     names = [TEMPLATES["asgi" if args.asgi else "config"]] + [
-        TEMPLATES[k] for k in ("systemd", "kubernetes", "haproxy") if getattr(args, k)]
+        TEMPLATES[k] for k in EXAMPLES if getattr(args, k)]
     if args.systemd:
         names.append(IN_PLACE_UNIT)
     targets = [os.path.join(args.dir, name) for name in names]
@@ -452,7 +453,7 @@ def main(argv=None):
     init_parser = commands.add_parser(
         "init", help="write the config template (and deployment examples) into DIR")
     init_parser.add_argument("dir", nargs="?", default=".", help="where to write (default .)")
-    for name in ("systemd", "kubernetes", "haproxy"):
+    for name in EXAMPLES:
         init_parser.add_argument("--" + name, action="store_true",
                                  help="also write %s" % TEMPLATES[name])
     init_parser.add_argument("--asgi", action="store_true",

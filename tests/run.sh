@@ -7,9 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
 
-venv() {  # venv DIR GUNICORN_SPEC: a virtualenv with the package, its test extras and that Gunicorn
+venv() {  # venv DIR GUNICORN_SPEC [EXTRAS]: a virtualenv with the package, its extras (test
+  # by default) and that Gunicorn
   [ -x "$1/bin/python" ] || python3 -m venv "$1"
-  "$1/bin/python" -m pip install -q --disable-pip-version-check -e '.[test]' "$2"
+  "$1/bin/python" -m pip install -q --disable-pip-version-check -e ".[${3:-test}]" "$2"
 }
 
 # Debian's packages: HAProxy for the rolling-restart test behind a real load balancer,
@@ -35,7 +36,8 @@ fi
 
 LINES="23:gunicorn==23.0.0 24:gunicorn>=24,<25 25:gunicorn>=25,<26 26:gunicorn>=26,<27"
 
-venv .venv 'gunicorn>=27,<28'
+# The fleet extra (ansible, for the fleet test's real ansible-playbook) on the newest line only.
+venv .venv 'gunicorn>=27,<28' test,fleet
 if [ -n "$apt_pid" ]; then
   wait "$apt_pid" || { cat "$apt_log"; exit 1; }
 fi

@@ -15,7 +15,7 @@ TEMPLATES = {"conf/graceful.py": "graceful.py", "conf/graceful_asgi.py": "gracef
              "conf/systemd/myapp.service": "myapp.service",
              "conf/systemd/myapp-inplace.service": "myapp-inplace.service",
              "conf/kubernetes/deployment.yaml": "deployment.yaml",
-             "conf/haproxy/haproxy.cfg": "haproxy.cfg"}
+             "conf/haproxy/haproxy.cfg": "haproxy.cfg", "conf/ansible/deploy.yml": "deploy.yml"}
 APP = '''def app(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"hello from a pip install\\n"]
@@ -30,8 +30,9 @@ def test_the_repository_conf_files_are_the_packaged_templates(repo_path, name):
 
 
 def test_init_refuses_to_overwrite_without_force(tmp_path):
-    first = cli("init", str(tmp_path), "--haproxy")
+    first = cli("init", str(tmp_path), "--haproxy", "--ansible")
     assert first.returncode == 0 and "wrote %s" % (tmp_path / "haproxy.cfg") in first.stdout
+    assert "wrote %s" % (tmp_path / "deploy.yml") in first.stdout
     again = cli("init", str(tmp_path))
     assert again.returncode == 2 and "already exists (--force overwrites)" in again.stderr
     assert cli("init", str(tmp_path), "--force").returncode == 0

@@ -7,8 +7,8 @@ import signal
 
 import pytest
 
-from tests.harness import (Server, cli, reload_command, under_load, upgrade_command, wait_for,
-                           write_app)
+from tests.harness import (WORKERS, Server, cli, reload_command, under_load, upgrade_command,
+                           wait_for, write_app)
 
 READINESS = "graceful_readiness_path = '/healthz'\n"
 IN_PLACE = READINESS + "graceful_upgrade = 'in-place'\n"
@@ -23,14 +23,20 @@ def outcome(command, code):
 
 
 @pytest.mark.lines
-def test_reload_exits_0_once_the_new_generation_serves_under_load(workdir, servers):
-    server = servers(workdir, workers=2, config_body=READINESS)
+@pytest.mark.parametrize("worker", WORKERS)
+def test_reload_exits_0_once_the_new_generation_serves_under_load(workdir, servers, worker):
+    """Also the plain HUP's claim: every worker replaced, zero failures, one phase each way."""
+    server = servers(workdir, worker=worker, workers=2, config_body=READINESS)
     write_app(workdir, "2")
     with under_load(server.url, threads=4) as load:
         done = outcome(reload_command(server, 60, "--json"), 0)
     assert load.failures() == [], load.summary()
     assert (done["command"], done["result"], done["generation"]) == ("reload", "done", 2)
     assert done["master"] == server.pid and server.version() == "2"
+    assert server.count(r"event=worker\.retire pid=\d+ generation=1 reason=replaced") == 2
+    assert server.count(r"event=worker\.ready pid=\d+ generation=2") == 2
+    assert server.count(r"event=master\.phase pid=\d+ from=serving to=reloading") == 1
+    assert server.count(r"event=master\.phase pid=\d+ from=reloading to=serving") == 1
 
 
 @pytest.mark.lines

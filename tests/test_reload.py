@@ -29,19 +29,6 @@ def assert_no_failures(load):
 
 @pytest.mark.lines
 @pytest.mark.parametrize("worker", WORKERS)
-def test_hup_with_same_code_replaces_every_worker_with_zero_failures(workdir, servers, worker):
-    server = servers(workdir, worker=worker, workers=2, config_body=READINESS)
-    load = hup_under_load(server, r"event=reload\.done generation=2")
-    assert_no_failures(load)
-    assert server.alive()
-    assert server.count(r"event=worker\.retire pid=\d+ generation=1 reason=replaced") == 2
-    assert server.count(r"event=worker\.ready pid=\d+ generation=2") == 2
-    assert server.count(r"event=master\.phase pid=\d+ from=serving to=reloading") == 1
-    assert server.count(r"event=master\.phase pid=\d+ from=reloading to=serving") == 1
-
-
-@pytest.mark.lines
-@pytest.mark.parametrize("worker", WORKERS)
 def test_hup_with_code_that_raises_at_import_rolls_back_and_keeps_serving(workdir, servers,
                                                                           worker):
     server = servers(workdir, worker=worker, workers=2, config_body=READINESS)

@@ -54,7 +54,8 @@ HAPROXY_MISSING = None if os.path.exists(HAPROXY) or os.geteuid() == 0 else (
 
 
 class HAProxy:
-    """A real HAProxy on 127.0.0.1 in front of `backends` ({name: port}), with active checks.
+    """A real HAProxy on 127.0.0.1 in front of `backends` ({name: port, or "host:port"}), with
+    active checks.
 
     Its frontend port comes from `free_port` (HAProxy does not report a port it picked).
     """
@@ -66,7 +67,9 @@ class HAProxy:
         self.stats = os.path.join(workdir, "haproxy.sock")
         self.config = os.path.join(workdir, "haproxy.cfg")
         self.logpath = os.path.join(workdir, "haproxy.log")
-        servers = "\n".join("    server %s 127.0.0.1:%s check" % item for item in backends.items())
+        servers = "\n".join("    server %s %s check" % (name, address if ":" in str(address)
+                                                        else "127.0.0.1:%s" % address)
+                             for name, address in backends.items())
         with open(self.config, "w") as handle:
             handle.write(HAPROXY_CONFIG.format(stats=self.stats, port=self.port, health=health,
                                                servers=servers))

@@ -125,15 +125,16 @@ class Server:
     picks a free port and `port` reads it from Gunicorn's "Listening at" line."""
 
     def __init__(self, workdir, config, app="testapp:app", worker=DEFAULT_WORKER, workers=2,
-                 extra_args=(), env=None, rundir=None, launcher=GUNICORN, port=0):
-        self.workdir = workdir
+                 extra_args=(), env=None, rundir=None, launcher=GUNICORN, port=0,
+                 host="127.0.0.1"):
+        self.workdir, self.host = workdir, host  # host: 127.0.0.2 and up for another "host"
         self._port = port or None
         rundir = rundir or workdir  # pidfile and log: outside workdir when it is a symlink
         self.pidfile = os.path.join(rundir, "gunicorn.pid")
         self.logpath = os.path.join(rundir, "gunicorn-%s.log" % next(_SERVER_NUMBERS))
         worker_class = {"gthread": "gunicorn_graceful.workers.GracefulThreadWorker",
                         "sync": "gunicorn_graceful.workers.GracefulSyncWorker"}.get(worker, worker)
-        self.args = launcher + ["-c", config, "-b", "127.0.0.1:%s" % port,
+        self.args = launcher + ["-c", config, "-b", "%s:%s" % (host, port),
                                 "-w", str(workers), "-k", worker_class, "--pid", self.pidfile,
                                 "--chdir", workdir, "--pythonpath", ROOT,
                                 *control_socket_args(workdir),
@@ -154,13 +155,13 @@ class Server:
     @property
     def port(self):
         if self._port is None:
-            found = self.wait_log(r"Listening at: http://127\.0\.0\.1:(\d+)")
+            found = self.wait_log(r"Listening at: http://%s:(\d+)" % re.escape(self.host))
             self._port = int(found.group(1))
         return self._port
 
     @property
     def url(self):
-        return "http://127.0.0.1:%s" % self.port
+        return "http://%s:%s" % (self.host, self.port)
 
     def wait_http(self, timeout=30):
         """Wait until the server answers 200 on / (works for stock Gunicorn too)."""
