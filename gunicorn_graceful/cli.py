@@ -297,11 +297,16 @@ def send(pid, sig, verb):
                       master=pid, reason="master gone") from None
 
 
-def upgrade(args):
+def reported(command, follow, args):
+    """Run `follow`, the part of a command that ends in an Outcome, and say that outcome."""
     try:
-        return follow_upgrade(args)
+        return follow(args)
     except Outcome as outcome:
-        return outcome.report("upgrade", args.json)
+        return outcome.report(command, args.json)
+
+
+def upgrade(args):
+    return reported("upgrade", follow_upgrade, args)
 
 
 def follow_upgrade(args):
@@ -326,10 +331,7 @@ SLACK = 0.002      # the master rounds its clock readings to the millisecond
 
 
 def reload(args):
-    try:
-        return follow_reload(args)
-    except Outcome as outcome:
-        return outcome.report("reload", args.json)
+    return reported("reload", follow_reload, args)
 
 
 def follow_reload(args):
@@ -436,20 +438,15 @@ def main(argv=None):
     status_parser.add_argument("--pidfile", required=True, help="the master's pidfile")
     status_parser.add_argument("--json", action="store_true", help="print the raw status")
     status_parser.set_defaults(run=status)
-    upgrade_parser = commands.add_parser(
-        "upgrade", help="USR2 and follow it: exit 0 on promotion, non-zero on rollback")
-    upgrade_parser.add_argument("--pidfile", required=True, help="the master's pidfile")
-    upgrade_parser.add_argument("--timeout", type=float, default=120.0,
-                                help="seconds to follow the upgrade (default 120)")
-    upgrade_parser.add_argument("--json", action="store_true", help="print one JSON object")
-    upgrade_parser.set_defaults(run=upgrade)
-    reload_parser = commands.add_parser(
-        "reload", help="HUP and follow it: exit 0 once served, 3 on rollback, 2 if refused")
-    reload_parser.add_argument("--pidfile", required=True, help="the master's pidfile")
-    reload_parser.add_argument("--timeout", type=float, default=120.0,
-                               help="seconds to follow the reload (default 120)")
-    reload_parser.add_argument("--json", action="store_true", help="print one JSON object")
-    reload_parser.set_defaults(run=reload)
+    for name, verb, said, run in (
+            ("upgrade", "USR2", "exit 0 on promotion, non-zero on rollback", upgrade),
+            ("reload", "HUP", "exit 0 once served, 3 on rollback, 2 if refused", reload)):
+        follower = commands.add_parser(name, help="%s and follow it: %s" % (verb, said))
+        follower.add_argument("--pidfile", required=True, help="the master's pidfile")
+        follower.add_argument("--timeout", type=float, default=120.0,
+                              help="seconds to follow the %s (default 120)" % name)
+        follower.add_argument("--json", action="store_true", help="print one JSON object")
+        follower.set_defaults(run=run)
     init_parser = commands.add_parser(
         "init", help="write the config template (and deployment examples) into DIR")
     init_parser.add_argument("dir", nargs="?", default=".", help="where to write (default .)")

@@ -106,12 +106,20 @@ def test_a_hup_right_after_start_waits_for_the_first_generation_and_runs(workdir
     assert server.count(r"event=reload\.start") == 1
 
 
+def while_release_2_boots(server, start, started):
+    """Release 2 imports for 2 s: `start()` (a reload or upgrade command) deploys it, and
+    once `started` is logged, release 3 is on disk for the request made meanwhile."""
+    write_app(server.workdir, "2", before=SLOW % 2)
+    command = start()
+    server.wait_log(started)
+    write_app(server.workdir, "3")
+    return command
+
+
 def test_a_hup_during_a_hup_ends_with_the_latest_code_serving(workdir, servers):
     server = servers(workdir, workers=2, config_body=READINESS)
-    write_app(workdir, "2", before=SLOW % 2)
-    first = reload_command(server, 60, "--json")
-    server.wait_log(r"event=reload\.start generation=2")
-    write_app(workdir, "3")
+    first = while_release_2_boots(server, lambda: reload_command(server, 60, "--json"),
+                                  r"event=reload\.start generation=2")
     second = reload_command(server, 60, "--json")
     done = [outcome(first, 0), outcome(second, 0)]
     assert [d["generation"] for d in done] == [3, 3], done
@@ -120,10 +128,8 @@ def test_a_hup_during_a_hup_ends_with_the_latest_code_serving(workdir, servers):
 
 def test_a_hup_during_a_usr2_is_handed_to_the_new_master_and_runs_there(workdir, servers):
     server = servers(workdir, workers=2, config_body=READINESS)
-    write_app(workdir, "2", before=SLOW % 2)
-    upgrade = upgrade_command(server, 60)
-    server.wait_log(r"event=upgrade\.start")
-    write_app(workdir, "3")
+    upgrade = while_release_2_boots(server, lambda: upgrade_command(server, 60),
+                                    r"event=upgrade\.start")
     with under_load(server.url, threads=4) as load:
         done = outcome(reload_command(server, 60, "--json"), 0)
     out, err = upgrade.communicate(timeout=90)
@@ -155,10 +161,8 @@ def test_a_hup_and_usr2s_during_an_in_place_upgrade_run_after_it(workdir, server
 
 def test_a_usr2_during_a_hup_waits_and_then_upgrades(workdir, servers):
     server = servers(workdir, workers=2, config_body=READINESS)
-    write_app(workdir, "2", before=SLOW % 2)
-    reload = reload_command(server, 60, "--json")
-    server.wait_log(r"event=reload\.start generation=2")
-    write_app(workdir, "3")
+    reload = while_release_2_boots(server, lambda: reload_command(server, 60, "--json"),
+                                   r"event=reload\.start generation=2")
     done = outcome(upgrade_command(server, 60, "upgrade", "--json"), 0)
     assert outcome(reload, 0)["generation"] == 2
     assert done["result"] == "promoted" and server.version() == "3"

@@ -16,9 +16,13 @@ file and what systemd was told change together, in one place:
 |                         | starting, trial | halt (no worker ever served)                    |
 |                         | otherwise       | back off; degraded; STATUS                      |
 | recovered               | any             | READY                                           |
-| HUP                     | refused by phase, else reloading; RELOADING=1 (`phase.REFUSALS`)    |
-| USR2                    | refused by phase or upgrade, else upgrading; STATUS                 |
-| USR2, in place          | refused by phase or upgrade, else upgrading_in_place; RELOADING=1   |
+| HUP                     | refused in lame duck or stopping (`phase.REFUSALS`); deferred while |
+|                         | starting, reloading or upgrading (`phase.DEFERRALS`), forwarded to  |
+|                         | a new master that takes over; else reloading; RELOADING=1           |
+| USR2                    | refused as HUP; deferred while starting, reloading or while the     |
+|                         | last upgrade's new master still stops; else upgrading; STATUS       |
+| USR2, in place          | as USR2, else upgrading_in_place; RELOADING=1                       |
+| the phase is serving    | the deferred intent asked first runs, of the code on disk now       |
 | its check failed        | upgrading_in_place | serving; READY with the reason (refused)     |
 | its exec (`inplace`)    | the next code adopts the workers in upgrading_in_place            |
 | generation complete     | upgrading_in_place | serving; READY (done)                        |
