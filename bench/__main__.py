@@ -10,7 +10,7 @@ import signal
 import sys
 import time
 
-from bench import (asgi, instructions, metrics_cost, mold, report, rolling, scenarios,
+from bench import (asgi, fleet, instructions, metrics_cost, mold, report, rolling, scenarios,
                    throughput)
 
 
@@ -31,6 +31,10 @@ def main(argv=None):
     parser.add_argument("--mold", action="store_true",
                         help="memory, replacement time and HUP cost with graceful_mold, "
                              "against stock and stock preload + gc.freeze (results/mold.md)")
+    parser.add_argument("--fleet", action="store_true",
+                        help="three hosts behind HAProxy rolled by ansible-playbook, a good "
+                             "and a broken release: stock kill -HUP against the pack's "
+                             "playbook (results/fleet.md; needs the [fleet] extra)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = parser.parse_args(argv)
     if args.asgi:
@@ -42,6 +46,9 @@ def main(argv=None):
     if args.mold:
         os.makedirs(args.out, exist_ok=True)
         return mold.main(args.out)
+    if args.fleet:
+        os.makedirs(args.out, exist_ok=True)
+        return fleet.main(args.out)
     if args.instructions:
         os.makedirs(args.out, exist_ok=True)
         return instructions.main(args.out)

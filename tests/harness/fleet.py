@@ -1,5 +1,6 @@
 """A fleet on one machine: hosts on 127.0.0.2 and up behind a real HAProxy, rolled by the real
-`ansible-playbook` running the shipped playbook (conf/ansible/deploy.yml) with an inventory written here (connection local: each host is a directory,
+`ansible-playbook` running a playbook (the shipped conf/ansible/deploy.yml, or the bench's
+stock one for plain Gunicorn hosts) with an inventory written here (connection local: each host is a directory,
 an address and a master)."""
 
 import os
@@ -20,6 +21,7 @@ ANSIBLE_MISSING = None if os.path.exists(ANSIBLE_PLAYBOOK) else (
     "into .venv only")
 PACK = "graceful_readiness_path = '/healthz'\ngraceful_health_path = '/health'\n" \
        "graceful_release_link = %r\n"
+STOCK_WORKER = "gunicorn.workers.gthread.ThreadWorker"
 INVENTORY_VARS = """\
 [web:vars]
 ansible_connection=local
@@ -32,13 +34,18 @@ graceful_timeout=60
 class Host:
     """One host: <root>/releases/<name>, the link <root>/current, a master on `address`."""
 
-    def __init__(self, root, name, address):
+    def __init__(self, root, name, address, stock=False):
         self.root, self.name, self.address = root, name, address
         self.link = os.path.join(root, "current")
         os.makedirs(root)
         point_link(self.link, make_release(root, "1"))
-        config = write_config(root, body=PACK % self.link)
-        self.server = Server(self.link, config, workers=2, rundir=root, host=address)
+        if stock:  # plain Gunicorn (the bench's side by side): an empty config
+            config = os.path.join(root, "gunicorn_conf.py")
+            open(config, "w").close()
+        else:
+            config = write_config(root, body=PACK % self.link)
+        self.server = Server(self.link, config, workers=2, rundir=root, host=address,
+                             worker=STOCK_WORKER if stock else "gthread")
 
     def release(self):
         """The release the link points at now."""
@@ -47,14 +54,21 @@ class Host:
     def version(self):
         return self.server.version()
 
+    def serves(self):
+        """The release the host answers with, or "down"."""
+        try:
+            return self.version()
+        except Exception:  # refused, reset, a 5xx without JSON: nothing serves there
+            return "down"
+
 
 class Fleet:
     """`count` hosts behind HAProxy (admin socket for the drain), each serving release 1."""
 
-    def __init__(self, workdir, count=3):
+    def __init__(self, workdir, count=3, stock=False):
         self.workdir = workdir
         self.hosts = [Host(os.path.join(workdir, "web%s" % n), "web%s" % n,
-                           "127.0.0.%s" % (n + 1)) for n in range(1, count + 1)]
+                           "127.0.0.%s" % (n + 1), stock) for n in range(1, count + 1)]
         self.proxy = None
 
     def start(self):
