@@ -16,7 +16,8 @@ from tests.harness.fleet import PLAYBOOK, Fleet
 from bench import report
 
 STOCK_PLAYBOOK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "stock_deploy.yml")
-RELEASES = [("good", "2", {}), ("broken", "3", {"before": "raise RuntimeError('database url missing')"})]
+RELEASES = [("good", "2", {}),
+            ("broken", "3", {"before": "raise RuntimeError('database url missing')"})]
 
 
 def run(flavour):

@@ -1,13 +1,15 @@
 """A fleet on one machine: hosts on 127.0.0.2 and up behind a real HAProxy, rolled by the real
 `ansible-playbook` running a playbook (the shipped conf/ansible/deploy.yml, or the bench's
-stock one for plain Gunicorn hosts) with an inventory written here (connection local: each host is a directory,
-an address and a master)."""
+stock one for plain Gunicorn hosts) with an inventory written here (connection local: each
+host is a directory, an address and a master)."""
 
 import os
 import shutil
 import subprocess
 import sys
 import tarfile
+
+import requests
 
 from tests.harness.apps import make_release, point_link, write_app, write_config
 from tests.harness.peers import HAProxy
@@ -58,7 +60,7 @@ class Host:
         """The release the host answers with, or "down"."""
         try:
             return self.version()
-        except Exception:  # refused, reset, a 5xx without JSON: nothing serves there
+        except (requests.RequestException, ValueError):  # refused, reset, a 5xx without JSON
             return "down"
 
 
