@@ -28,9 +28,12 @@ def _value(value):
 
 def format_event(name, **fields):
     """The text of one event line: its name first, then its fields in order."""
-    parts = ["event=%s" % name]
-    parts.extend("%s=%s" % (key, _value(value)) for key, value in fields.items())
-    return " ".join(parts)
+    return "event=%s %s" % (name, format_fields(**fields)) if fields else "event=%s" % name
+
+
+def format_fields(**fields):
+    """`key=value ...` in order, each value quoted only when it has to be."""
+    return " ".join("%s=%s" % (key, _value(value)) for key, value in fields.items())
 
 
 _observers = []

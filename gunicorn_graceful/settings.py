@@ -194,7 +194,9 @@ class Settings:
         "parse": _seconds(0, False),
         "doc": "ASGI workers: seconds kept at the end of a drain for the app's lifespan "
                "shutdown. Connections still open graceful_timeout minus this after SIGTERM are "
-               "cut, so the shutdown always runs, and the worker exits by graceful_timeout."})
+               "cut, so the shutdown always runs, and the worker exits by graceful_timeout. "
+               "Where this plus graceful_websocket_close_delay reaches graceful_timeout, both "
+               "shrink in proportion to half of it (one WARNING at start says what each gets)."})
     websocket_close_delay: float = dataclasses.field(default=0.0, metadata={
         "parse": _seconds(0, False),
         "doc": "ASGI workers: seconds the app has, from the start of a drain, to close its "

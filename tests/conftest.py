@@ -19,8 +19,8 @@ def servers():
     """
     started = []
 
-    def start(workdir, config_body="", serve=True, config_dir=None, **kwargs):
-        config = write_config(config_dir or workdir, body=config_body)
+    def start(workdir, config_body="", serve=True, config_dir=None, pack=True, **kwargs):
+        config = write_config(config_dir or workdir, body=config_body, pack=pack)
         server = Server(workdir, config, **kwargs)
         started.append(server)
         if serve is None:  # the test changes the arguments first, then starts it

@@ -593,10 +593,24 @@ def test_importing_the_workers_does_not_import_uvicorn():
     assert out.stdout.strip() == "False", out.stderr
 
 
-def test_lifespan_budget_must_fit_in_graceful_timeout(asgi):
-    server = asgi(UVICORN, serve=False, config_body=CONFIG + (
-        "graceful_timeout = 5\ngraceful_lifespan_shutdown_timeout = 5\n"))
-    assert server.wait_exit(timeout=20) != 0
-    assert server.count(r"Error: gunicorn-graceful: graceful_lifespan_shutdown_timeout=5\.0 "
-                        r"plus graceful_websocket_close_delay=0\.0 must stay below "
-                        r"graceful_timeout=5") == 1
+@pytest.mark.parametrize("pack", [True, False], ids=["pack", "class-alone"])
+@pytest.mark.parametrize("worker", SMOKE)
+def test_a_short_graceful_timeout_fits_the_lifespan_budget_and_serves(asgi, worker, pack):
+    """Gunicorn and uvicorn-worker start with any graceful_timeout (uvicorn-worker's own tests
+    use 1 s): the default 5 s lifespan budget shrinks to half of 2 s, so a request in flight
+    at SIGTERM still finishes and the lifespan shutdown runs, with or without the pack."""
+    body = CONFIG + "graceful_timeout = 2\n" if pack else "graceful_timeout = 2\n"
+    server = asgi(worker, serve=pack, pack=pack, config_body=body, workers=1)
+    if not pack:  # a stock master: no pack lines to wait for (its one worker answers)
+        server.wait_http()
+    thread, slow = slow_request(server, 0.5)
+    server.signal(signal.SIGTERM)
+    assert server.wait_exit(timeout=20) == 0, server.tail()
+    thread.join(10)
+    assert slow["response"].status_code == 200, slow
+    assert shutdowns(server) == 1
+    assert server.count(r"event=settings\.warning problem=\"graceful_lifespan_shutdown_timeout="
+                        r"5\.0 plus graceful_websocket_close_delay=0\.0 do not fit in "
+                        r"graceful_timeout=2: the drain keeps 1\.0s for the lifespan shutdown "
+                        r"and 0\.0s for the app's own WebSocket closes; connections get "
+                        r"1\.0s\"") == 1

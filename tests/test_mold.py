@@ -212,8 +212,8 @@ def test_a_mold_that_cannot_import_at_start_stops_the_master_with_its_reason(wor
     write_app(workdir, "1", before="raise RuntimeError('database url missing')")
     server = servers(workdir, config_body=MOLD, serve=False, workers=2)
     assert server.wait_exit(30) == 4  # Gunicorn's APP_LOAD_ERROR
-    assert server.count(r"Reason: worker \d+ failed to boot: mold: RuntimeError: database url "
-                        r"missing") == 1
+    assert server.count(r"Reason: App failed to load\. worker=\d+ cause=\"mold: RuntimeError: "
+                        r"database url missing\"") == 1
 
 
 def test_usr2_starts_a_new_master_with_its_own_mold(workdir, servers):

@@ -259,9 +259,11 @@ class GracefulArbiter(Arbiter):
             return
         else:
             worker = self.WORKERS.pop(wpid, None)
-            if worker is None and self.molds is not None:
-                self.molds.early_exit(wpid, status)
-            if worker is not None:
+            if worker is None:  # an orphan, reparented to a master that is PID 1 or a subreaper
+                self.log.debug("Reaped unknown child process (pid:%s, status:%s)", wpid, status)
+                if self.molds is not None:
+                    self.molds.early_exit(wpid, status)
+            else:
                 record = self.pool.exited(worker, status)
                 if self.metrics and record is not None:
                     self.metrics.exited(record)

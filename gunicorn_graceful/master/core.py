@@ -332,7 +332,7 @@ class Core:
     def halting(self, reason):
         """A new master on trial that halts tells its old master why."""
         if reason and self.phase.is_in(Phase.TRIAL):
-            self.arbiter.upgrades.report_halt(reason)
+            self.arbiter.upgrades.report_halt(self.arbiter.pool.halt_detail() or reason)
 
     # -- TERM -------------------------------------------------------------------------------
 

@@ -28,7 +28,7 @@ import signal
 from gunicorn.errors import HaltServer
 
 from gunicorn_graceful import clock, compat, state
-from gunicorn_graceful.events import emit
+from gunicorn_graceful.events import emit, format_fields
 from gunicorn_graceful.master import plan, recycle
 from gunicorn_graceful.master.records import Record
 
@@ -59,6 +59,7 @@ class Pool:
         self.failure_streak = 0
         self.respawn_after = 0.0
         self.degraded = None
+        self.halted_on = None  # the boot failure the master halts on
 
     # -- what the pool holds -----------------------------------------------------------
 
@@ -210,7 +211,15 @@ class Pool:
         code = failure.exit_code if failure.exit_code in (arbiter.WORKER_BOOT_ERROR,
                                                           arbiter.APP_LOAD_ERROR) \
             else arbiter.WORKER_BOOT_ERROR
-        raise HaltServer("worker %s failed to boot: %s" % (failure.pid, failure.reason), code)
+        self.halted_on = failure
+        raise HaltServer(halt_reason(code == arbiter.APP_LOAD_ERROR, failure), code)
+
+    def halt_detail(self):
+        """Why the master halts on a boot failure, in the pack's words (a new master on trial
+        tells its old master this, for its rollback line), or None."""
+        failure = self.halted_on
+        return None if failure is None else "worker %s failed to boot: %s" % (
+            failure.pid, failure.reason)
 
     def back_off(self, failure):
         """A replacement failed to boot while others serve: retry later, never halt."""
@@ -291,3 +300,10 @@ def signal_name(number):
         return signal.Signals(number).name
     except ValueError:
         return "signal %s" % number
+
+
+def halt_reason(app_failed, failure):
+    """Gunicorn's sentence first (`Reason: Worker failed to boot.`, `App failed to load.`:
+    scripts and tests look for it), then the pack's detail as fields."""
+    sentence = "App failed to load." if app_failed else "Worker failed to boot."
+    return "%s %s" % (sentence, format_fields(worker=failure.pid, cause=failure.reason))

@@ -31,7 +31,7 @@ if compat.NATIVE_ASGI:
             if getattr(cfg, "asgi_lifespan", "auto") == "off":
                 raise SystemExit("Error: gunicorn-graceful: asgi_lifespan=off leaves no place "
                                  "for the readiness check (allowed: auto, on)")
-            asyncio_base.check_settings(cfg)
+            asyncio_base.check_settings(cfg, log)
 
         async def _serve(self):
             """The base's, remembering its task (the drain ends its serving loop), after the

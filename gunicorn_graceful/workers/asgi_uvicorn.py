@@ -47,7 +47,7 @@ class GracefulUvicornWorker(asyncio_base.AsyncGracefulMixin, UvicornWorker):
 
     @classmethod
     def check_config(cls, cfg, log):
-        asyncio_base.check_settings(cfg)
+        asyncio_base.check_settings(cfg, log)
 
     def init_process(self):
         self.server = None

@@ -21,6 +21,7 @@ each worker class defines; every override of a server's internals is there.
 """
 
 import asyncio
+import dataclasses
 import errno
 import os
 import signal
@@ -38,17 +39,47 @@ _CUT_WAIT = 1.0  # after the cut: how long cancelled calls get to unwind
 _CLOSE_REASONS = {"stop": "server stopping", "restart": "server restarting"}
 
 
-def check_settings(cfg):
-    """What the drain must fit in; a SystemExit naming the setting, at start, in the master."""
+def drain_budget(graceful_timeout, current):
+    """What a drain keeps for the app's lifespan shutdown and for its own WebSocket closes,
+    as (lifespan_shutdown_timeout, websocket_close_delay).
+
+    The settings, unless together they leave the connections no time: then both shrink in
+    proportion to half of graceful_timeout, the connections keeping the other half. Gunicorn
+    and uvicorn-worker start with any graceful_timeout (uvicorn-worker's own tests use 1 s),
+    so a short one is fitted, not refused; 0 (no drain) keeps the settings, as before."""
+    lifespan, delay = current.lifespan_shutdown_timeout, current.websocket_close_delay
+    reserved = lifespan + delay
+    if graceful_timeout <= 0 or reserved < graceful_timeout:
+        return lifespan, delay
+    scale = graceful_timeout / 2.0 / reserved
+    return round(lifespan * scale, 3), round(delay * scale, 3)
+
+
+def fitted(cfg, current):
+    """The settings with the drain budget fitted into graceful_timeout (`drain_budget`)."""
+    lifespan, delay = drain_budget(cfg.graceful_timeout, current)
+    return dataclasses.replace(current, lifespan_shutdown_timeout=lifespan,
+                               websocket_close_delay=delay)
+
+
+_warned = set()  # the fitted budgets this master has warned about
+
+
+def check_settings(cfg, log):
+    """In the master (Gunicorn's start and the pack's HUP check both call it): one WARNING
+    for each budget it fits, not one per call."""
     current = settings.current()
-    reserved = current.lifespan_shutdown_timeout + current.websocket_close_delay
-    if cfg.graceful_timeout > 0 and reserved >= cfg.graceful_timeout:
-        raise SystemExit(
-            "Error: gunicorn-graceful: graceful_lifespan_shutdown_timeout=%s plus "
-            "graceful_websocket_close_delay=%s must stay below graceful_timeout=%s (allowed: "
-            "their sum < graceful_timeout, so connections get time to finish)"
+    lifespan, delay = drain_budget(cfg.graceful_timeout, current)
+    fit = (cfg.graceful_timeout, current.lifespan_shutdown_timeout, current.websocket_close_delay)
+    if (lifespan, delay) != fit[1:] and fit not in _warned:
+        _warned.add(fit)
+        emit(log, "warning", "settings.warning", problem=(
+            "graceful_lifespan_shutdown_timeout=%s plus graceful_websocket_close_delay=%s do "
+            "not fit in graceful_timeout=%s: the drain keeps %ss for the lifespan shutdown "
+            "and %ss for the app's own WebSocket closes; connections get %ss"
             % (current.lifespan_shutdown_timeout, current.websocket_close_delay,
-               cfg.graceful_timeout))
+               cfg.graceful_timeout, lifespan, delay,
+               round(cfg.graceful_timeout - lifespan, 3))))
 
 
 def _quiet_shut_listener(loop, context):
@@ -82,6 +113,7 @@ class AsyncGracefulMixin(GracefulMixin):
     THREADED = False  # every request ends in the event loop's thread
 
     def init_process(self):
+        settings.set_current(fitted(self.cfg, settings.current()))  # as the master warned
         self.draining = asgi.draining()
         self.guard = None
         self.cut_at = self.deadline = self.drain_began = None

@@ -82,10 +82,14 @@ def write_app(directory, version, before="", healthz=200, record=True):
                                          record=record))
 
 
-def write_config(directory, name="gunicorn_conf.py", body=""):
+def write_config(directory, name="gunicorn_conf.py", body="", pack=True):
+    """A Gunicorn config: `body` inside the pack's (pack=False: `body` alone, a config that
+    uses a graceful worker class without the pack)."""
     path = os.path.join(directory, name)
     with open(path, "w") as handle:
-        handle.write("from gunicorn_graceful.conf import *  # noqa\n")
+        if pack:
+            handle.write("from gunicorn_graceful.conf import *  # noqa\n")
         handle.write(body)
-        handle.write("\ninstall(globals())\n")
+        if pack:
+            handle.write("\ninstall(globals())\n")
     return path
