@@ -2,7 +2,9 @@
 # The test command (README.md): installs what the tests need, runs every test on the newest
 # supported Gunicorn, then, on every older supported line (23.0.0 and the newest 24.x, 25.x,
 # 26.x: the range pyproject.toml promises), the tests marked `lines`: the contract tests and
-# those that go through a Gunicorn internal that differs between lines. Prints its duration.
+# those that go through a Gunicorn internal that differs between lines; beside those,
+# Gunicorn's and uvicorn-worker's own suites against the pack (tests/upstream/run.py).
+# Prints its duration.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
@@ -37,7 +39,7 @@ fi
 LINES="23:gunicorn==23.0.0 24:gunicorn>=24,<25 25:gunicorn>=25,<26 26:gunicorn>=26,<27"
 
 # The fleet extra (ansible, for the fleet test's real ansible-playbook) on the newest line only.
-venv .venv 'gunicorn>=27,<28' test,fleet
+venv .venv 'gunicorn>=27,<28' test,fleet,upstream
 if [ -n "$apt_pid" ]; then
   wait "$apt_pid" || { cat "$apt_log"; exit 1; }
 fi
@@ -49,10 +51,20 @@ preparing=$!
 echo "== all tests, newest Gunicorn: $(.venv/bin/python -m gunicorn --version 2>&1 | head -1)"
 .venv/bin/python -m pytest -q tests
 wait "$preparing" || { cat "$prepared"; exit 1; }
+# Gunicorn's and uvicorn-worker's own suites against the pack's classes (docs/upstream.md),
+# on the newest line, while the older lines' tests run; its counts are printed at the end.
+upstream_log=$(mktemp)
+.venv/bin/python tests/upstream/run.py >"$upstream_log" 2>&1 &
+upstream=$!
 
 for line in $LINES; do
   dir=.venv-gunicorn${line%%:*}
   echo "== tests marked lines, $("$dir"/bin/python -m gunicorn --version 2>&1 | head -1)"
   "$dir"/bin/python -m pytest -q -m lines tests
 done
+upstream_status=0
+wait "$upstream" || upstream_status=$?
+echo "== Gunicorn's and uvicorn-worker's own tests with the pack's classes (docs/upstream.md)"
+cat "$upstream_log"
+[ "$upstream_status" = 0 ] || exit "$upstream_status"
 echo "tests/run.sh: done in $(( $(date +%s) - started )) s"

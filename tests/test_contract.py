@@ -67,3 +67,24 @@ def test_a_reaped_orphan_is_logged_as_gunicorn_logs_it(workdir, servers):
     server.wait_log(r"Reaped unknown child process \(pid:%d, status:1792\)" % grandchild)
     assert server.count(r"Reaped unknown child process") == 1
     assert server.alive()
+
+
+def test_the_upstream_runner_fails_on_a_new_failure_and_on_a_fixed_difference():
+    """tests/upstream/run.py's verdict: what the README test command relies on."""
+    from tests.upstream import run
+    expected = {"t.py::known": "reason", "t.py::fixed": "reason", "t.py::renamed": "reason"}
+    results = {"t.py::known": "failed", "t.py::fixed": "passed", "t.py::new": "failed",
+               "t.py::fine": "passed"}
+    line, problems = run.compare("gunicorn", "27.0.1", results, expected)
+    assert line.startswith("upstream gunicorn 27.0.1: 2 passed, 1 expected differences, ")
+    assert problems == ["unexpected failure: t.py::new",
+                        "passes now (remove it from docs/upstream.md): t.py::fixed",
+                        "not in the suite any more: t.py::renamed"]
+
+
+def test_every_expected_upstream_difference_has_a_reason():
+    from tests.upstream import run
+    expected = run.expected_differences()
+    assert set(expected) == {suite.name for suite in run.SUITES}
+    assert len(expected["gunicorn"]) > 0
+    assert all(reason for tests in expected.values() for reason in tests.values())
