@@ -12,7 +12,7 @@ import tempfile
 
 from gunicorn import __version__ as gunicorn_version
 
-from gunicorn_graceful import __version__, compat, forked, settings
+from gunicorn_graceful import __version__, compat, forked, settings, userhooks
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.master import preflight, upgrade_report
 from gunicorn_graceful.master.arbiter import GracefulArbiter
@@ -74,11 +74,16 @@ def pre_exec(server):
         failure = preflight.check(server, cwd, current.readiness_timeout)
         failure = failure and "pre-flight import failed: %s" % failure
     if failure:
-        emit(server.log, "error", "upgrade.refused", pid=os.getppid(), release=cwd,
-             reason=failure)
-        upgrade_report.tell(upgrade_report.fds(server.cfg.env_orig[upgrade_report.ENV])[0],
-                            failure)
-        os._exit(PRE_EXEC_FAILED)
+        refuse_exec(server, failure)
+
+
+def refuse_exec(server, failure):
+    """In the forked child of a USR2: no exec; the old master reads why (its upgrade line)."""
+    emit(server.log, "error", "upgrade.refused", pid=os.getppid(),
+         release=server.START_CTX["cwd"], reason=failure)
+    upgrade_report.tell(upgrade_report.fds(server.cfg.env_orig[upgrade_report.ENV])[0],
+                        failure)
+    os._exit(PRE_EXEC_FAILED)
 
 
 def pidfile_failure(pidfile):
@@ -167,7 +172,13 @@ def chain(pack_hook, user_hook):
     @functools.wraps(pack_hook)
     def chained(*args):
         pack_hook(*args)
-        return user_hook(*args)
+        try:
+            return user_hook(*args)
+        except Exception as exc:  # what the master does about it: `userhooks`
+            if pack_hook is pre_exec:  # no new master runs without what the hook set up
+                userhooks.failed("pre_exec", args, exc)
+                refuse_exec(args[0], str(userhooks.HookFailed("pre_exec", exc)))
+            return userhooks.failed(pack_hook.__name__, args, exc)
     chained.graceful_hook = True
     return chained
 

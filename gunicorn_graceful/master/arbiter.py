@@ -37,7 +37,7 @@ from gunicorn import sock, util
 from gunicorn.arbiter import Arbiter
 from gunicorn.errors import AppImportError
 
-from gunicorn_graceful import compat, forked, settings
+from gunicorn_graceful import clock, compat, forked, settings, userhooks
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.master import inplace, intents, metrics, mold, rollout, upgrade
 from gunicorn_graceful.master.core import Core
@@ -150,6 +150,10 @@ class GracefulArbiter(Arbiter):
                                stale + (self.metrics.sibling_fds() if self.metrics else []), slot)
                 compat.settle_control_server(self)  # forks come back to back: see there
                 pid = super().spawn_worker()
+        except userhooks.HookFailed as failed:  # the user's pre_fork: no fork, a boot failure
+            failed.hook_args[1].tmp.close()
+            self.pool.hook_failed(record.generation, failed.reason,
+                                  clock.monotonic() - record.spawned)
         finally:
             self.records.spawned(pid)
             if slot is not None:

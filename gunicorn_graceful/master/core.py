@@ -170,6 +170,8 @@ class Core:
         if started.superseded is not None:
             arbiter.pool.retire_generation(started.superseded, "superseded")
         arbiter.pool.reset_back_off()
+        if started.hook_failure:  # decided at the tick, as a worker's boot failure is
+            arbiter.pool.hook_failed(started.generation, started.hook_failure)
         self.phase.move(Phase.RELOADING)
         self.notifier.reloading(arbiter.log, "booting generation %s" % arbiter.generation)
 

@@ -200,6 +200,12 @@ class Pool:
                 os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1))
         return record
 
+    def hook_failed(self, generation, reason, elapsed=0.0):
+        """A user hook failed `generation` where no worker was forked (`userhooks`): a boot
+        failure, decided as any other (rollback, back-off, halt)."""
+        self.boot_failures.append(BootFailure(None, generation, reason, elapsed,
+                                              self.arbiter.WORKER_BOOT_ERROR))
+
     def take_boot_failures(self):
         """The boot failures reaped since the last tick (`core` decides what each means)."""
         failures, self.boot_failures = self.boot_failures, []

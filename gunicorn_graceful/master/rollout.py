@@ -20,7 +20,7 @@ import os
 from gunicorn import util
 from gunicorn.pidfile import Pidfile
 
-from gunicorn_graceful import clock, compat, release, settings
+from gunicorn_graceful import clock, compat, release, settings, userhooks
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.master import binds, files
 
@@ -38,6 +38,7 @@ class Rollout:
     started: float = dataclasses.field(default_factory=clock.monotonic)
     started_at: float = dataclasses.field(default_factory=clock.wall)
     superseded: object = None  # the generation of the rollout this one replaced, if any
+    hook_failure: str = None   # the user's on_reload raised: this generation fails (`core`)
 
 
 class Rollouts:
@@ -89,7 +90,10 @@ class Rollouts:
             rollout = dataclasses.replace(self.current, generation=generation,
                                           started=clock.monotonic(), started_at=clock.wall(),
                                           superseded=self.current.generation)
-        self.apply_config(rollout.previous_cfg, new_listeners)
+        try:
+            self.apply_config(rollout.previous_cfg, new_listeners)
+        except userhooks.HookFailed as failed:  # the user's on_reload: the generation fails
+            rollout = dataclasses.replace(rollout, hook_failure=failed.reason)
         self.begin(rollout)
         return rollout, None
 
