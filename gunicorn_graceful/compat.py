@@ -24,7 +24,7 @@ ARBITER_METHODS = {
     "murder_workers": ["self"], "reload": ["self"], "handle_term": ["self"],
     "handle_int": ["self"], "handle_usr2": ["self"], "maybe_promote_master": ["self"], "reexec": ["self"],
     "halt": ["self", "reason", "exit_status"], "stop": ["self", "graceful"],
-    "spawn_worker": ["self"], "kill_worker": ["self", "pid", "sig"],
+    "spawn_worker": ["self"], "kill_worker": ["self", "pid", "sig"], "wakeup": ["self"],
 }
 ARBITER_ATTRIBUTES = ["WORKERS", "LISTENERS", "reexec_pid", "master_pid", "pidfile", "systemd",
                       "START_CTX", "WORKER_BOOT_ERROR", "APP_LOAD_ERROR", "worker_class",
@@ -204,3 +204,28 @@ def report_metrics(arbiter):
             arbiter.log.debug("socket backlog: {0}".format(backlog), extra={
                 "metric": "gunicorn.backlog", "value": backlog, "mtype": "histogram"})
 
+
+
+def take_queued_signals(arbiter):
+    """The signals Gunicorn's handlers queued in memory that its loop has not handled yet,
+    leaving the queue empty: an exec would throw them away. Gunicorn 23's queue is a list;
+    later ones a SimpleQueue that also carries wake-up requests (not signals)."""
+    queued, taken = arbiter.SIG_QUEUE, []
+    if isinstance(queued, list):
+        taken, queued[:] = list(queued), []
+    else:
+        while not queued.empty():
+            taken.append(queued.get_nowait())
+    wakeup = getattr(arbiter, "WAKEUP_REQUEST", None)
+    return [sig for sig in taken if sig != wakeup]
+
+
+def queue_signals(arbiter, signals):
+    """Put `signals` back in Gunicorn's queue, in order, and wake its loop to handle them."""
+    for sig in signals:
+        if isinstance(arbiter.SIG_QUEUE, list):
+            arbiter.SIG_QUEUE.append(sig)
+        else:
+            arbiter.SIG_QUEUE.put_nowait(sig)
+    if signals:
+        arbiter.wakeup()

@@ -273,3 +273,31 @@ def test_a_new_config_that_adds_then_moves_a_bind_is_served_and_a_taken_one_goes
     assert done.returncode == 3 and "the new config's bind: cannot bind" in done.stderr, \
         done.stdout + done.stderr
     assert answers("http://127.0.0.1:%d/" % second) and server.alive()
+
+
+SENT_AT_EXEC = {  # a signal right after `upgrade.exec direction=new`: what must come of it
+    "TERM": r"event=master\.exit pid=%d",
+    "INT": r"event=master\.exit pid=%d",
+    "QUIT": r"event=master\.exit pid=%d",
+    "HUP": r"event=reload\.done generation=3",
+    "USR2": r"event=upgrade\.done pid=%d generation=3",
+    "TTIN": r"event=master\.workers wanted=3 previous=2",
+}
+
+
+@pytest.mark.parametrize("name", [  # Gunicorn's signal queue differs between lines: two on each
+    pytest.param(name, marks=[pytest.mark.lines] if name in ("TERM", "QUIT") else [])
+    for name in sorted(SENT_AT_EXEC)])
+def test_a_signal_sent_at_the_exec_is_never_lost(workdir, servers, name):
+    """Sent while the old code execs (metrics on: its endpoint's pause makes the moment
+    longer), the signal reaches the new code: queued in memory by Gunicorn's handler, it is
+    handed over; pending in the kernel, the new code's first tick unblocks it."""
+    server = servers(workdir, workers=2, config_body=IN_PLACE + "graceful_timeout = 5\n"
+                     + 'graceful_metrics_bind = "127.0.0.1:%d"\n' % free_port())
+    write_app(workdir, "2")
+    server.signal(signal.SIGUSR2)
+    server.wait_log(r"event=upgrade\.exec pid=%d direction=new" % server.pid)
+    server.signal(getattr(signal, "SIG" + name))
+    server.wait_log(SENT_AT_EXEC[name].replace("%d", str(server.pid)), timeout=60)
+    if name in ("TERM", "INT", "QUIT"):
+        assert server.wait_exit(timeout=30) == 0

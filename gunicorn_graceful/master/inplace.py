@@ -216,14 +216,21 @@ class InPlace:
         """Replace this process's code with `code` (see the top), handing it this master's
         state; returns only when the exec failed: why."""
         arbiter = self.arbiter
+        # First: a signal from here on stays pending in the kernel across the exec, and the
+        # next code's first tick unblocks it. Those Gunicorn's handlers already queued in
+        # memory are handed over (`signals`), or queued again if the exec fails.
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         state = self.handover(metrics, direction, reason)
         emit(arbiter.log, "info", "upgrade.exec", pid=arbiter.pid, direction=direction,
              workers=len(state["workers"]), cwd=code[2])
         if metrics:
             metrics.pause()
+        state["signals"] = compat.take_queued_signals(arbiter)
         problem = execute(code, state)
+        compat.queue_signals(arbiter, state["signals"])
         if metrics:
             metrics.resume()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
         return problem
 
     def exec_back(self, metrics, reason):
@@ -340,6 +347,7 @@ class InPlace:
         global _adopted
         _adopted = True
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+        compat.queue_signals(self.arbiter, self.handed.get("signals", []))  # .get: see adopt
         close_handed(self.handed)
         self.arbiter.reap_workers()
         if self.handed["direction"] == "back":
@@ -448,7 +456,6 @@ def execute(code, state):
     kept = [(fd, os.get_inheritable(fd)) for fd in fds]
     for fd in fds:
         os.set_inheritable(fd, True)
-    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     here = os.getcwd()
     try:
         os.chdir(cwd)
@@ -459,7 +466,6 @@ def execute(code, state):
     for fd, inheritable in kept:
         os.set_inheritable(fd, inheritable)
     os.close(memfd)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
     return problem
 
 
