@@ -357,8 +357,17 @@ class SimApp:
 BIND = ["127.0.0.1:8000"]
 
 
-def make_config(workers, pre_fork=None, bind=BIND):
-    """A Gunicorn Config as the pack's template makes it (the pack's hooks installed)."""
+def raising_hook(name):
+    """A user's hook `name` that raises, chained after the pack's as install(globals())
+    chains it (what the master then does: `userhooks`)."""
+    def hook(*args):
+        raise RuntimeError("user %s failed" % name)
+    return hooks.chain(hooks.HOOKS[name], hook)
+
+
+def make_config(workers, pre_fork=None, bind=BIND, raising=()):
+    """A Gunicorn Config as the pack's template makes it (the pack's hooks installed; the
+    user's hooks named in `raising` raise)."""
     cfg = Config()
     cfg.set("bind", bind)
     cfg.set("workers", workers)
@@ -369,6 +378,8 @@ def make_config(workers, pre_fork=None, bind=BIND):
         cfg.set(name, hook)
     if pre_fork is not None:
         cfg.set("pre_fork", pre_fork)
+    for name in raising:
+        cfg.set(name, raising_hook(name))
     return cfg
 
 

@@ -9,6 +9,7 @@ to the shortest one and printed; each one found becomes a named test below.
 
 import dataclasses
 import os
+import re
 import signal
 
 from hypothesis import HealthCheck, Phase as Phase_, settings as hsettings, strategies as st
@@ -17,11 +18,11 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, p
 
 from gunicorn.arbiter import Arbiter
 
-from gunicorn_graceful import hooks, settings, state
+from gunicorn_graceful import hooks, settings, state, userhooks
 from gunicorn_graceful.master import binds, core, pool, rollout, upgrade_report
 from gunicorn_graceful.master.phase import Phase
 from tests.simulation import (BIND, BOOT_ERROR, FakeProcesses, Master, SimArbiter, booting,
-                              make_config)
+                              make_config, raising_hook)
 
 MAX_WORKERS = 3
 EXAMPLES = int(os.environ.get("SIMULATION_EXAMPLES", "2000"))
@@ -180,7 +181,8 @@ class MasterMachine(RuleBasedStateMachine):
 
     @precondition(running)
     @rule(code=st.sampled_from(["good", "broken", "slow"]), workers=st.integers(0, MAX_WORKERS),
-          config=st.sampled_from(["fine", "raises", "user pre_fork"]),
+          config=st.sampled_from(["fine", "raises", "user pre_fork", "pre_fork raises",
+                                  "on_reload raises"]),
           bind=st.sampled_from(list(BINDS)), max_booting=st.integers(0, 2))
     def hup(self, code, workers, config, bind, max_booting):
         """A HUP; the new config may change the pack's settings too (its install(globals()))."""
@@ -191,7 +193,7 @@ class MasterMachine(RuleBasedStateMachine):
         else:
             master.arbiter.app.next_cfg = make_config(
                 workers, pre_fork=user_pre_fork if config == "user pre_fork" else None,
-                bind=BINDS[bind])
+                bind=BINDS[bind], raising=[config.split()[0]] if "raises" in config else [])
             master.arbiter.app.next_settings = dataclasses.replace(
                 master.arbiter.settings, max_booting=max_booting)
         self.most_workers = max(self.most_workers, workers)
@@ -261,6 +263,13 @@ class MasterMachine(RuleBasedStateMachine):
         master = self.master
         status = 3 << 8 if how == "exit 3" else int(how)
         master.arbiter.reaped(master.arbiter.reexec_pid, status)
+        self.step()
+
+    @precondition(running)
+    @rule(hook=st.sampled_from(["pre_fork", "child_exit", "nworkers_changed"]))
+    def a_user_hook_of_the_serving_config_starts_to_raise(self, hook):
+        """A hook that worked fails from now on (its network share went away)."""
+        self.master.arbiter.cfg.set(hook, raising_hook(hook))
         self.step()
 
     @precondition(running)
@@ -409,9 +418,12 @@ class MasterMachine(RuleBasedStateMachine):
     @invariant()
     def the_two_masters_never_both_stop(self):
         """A new master given the service is never stopped by its old master, and an old
-        master stops only for an operator or a hand-over it acknowledged."""
+        master stops only for an operator or a hand-over it acknowledged; it never halts
+        (the machine starts serving: no user hook, crash or rollback may end it)."""
         if self.master is None:
             return
+        assert not (self.master.stopped or "").startswith("halt"), \
+            (self.master.stopped, self.master.arbiter.log.lines[-20:])
         world = self.master.world
         assert (world.handed_over, signal.SIGTERM) not in world.to_new_master, \
             "the old master handed over to a new master it had already stopped"
@@ -621,8 +633,19 @@ def test_the_simulation_finds_unbounded_spawning_under_a_user_pre_fork(monkeypat
     monkeypatch.setattr(pool.Pool, "workers", old_pool_workers)
     monkeypatch.setattr(SimArbiter, "spawn_worker", old_spawn_worker)
     monkeypatch.setattr(hooks, "check_config", lambda cfg, log: None)  # nothing chained late
-    found = failures(MasterMachine)
+    found = failures(MasterMachine, distinct=True)  # a raising user pre_fork escapes it too
     assert any("workers not told to stop" in text for text in found), found
+
+
+def reraise(hook, args, error):
+    raise error
+
+
+def test_the_simulation_finds_a_user_hook_that_kills_the_master(monkeypatch):
+    """Before: the user's hook was called bare; what it raised went through the master."""
+    monkeypatch.setattr(userhooks, "failed", reraise)
+    found = failures(MasterMachine)
+    assert any(re.search(r"user \w+ failed", text) for text in found), found
 
 
 def old_apply_config(self, kept_cfg, new_listeners):
