@@ -75,8 +75,24 @@ def _path(name, value):
     return value
 
 
+def _items(name, value, meaning):
+    """The items of a list setting: a comma-separated string, or a list or tuple."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return value.split(",")
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    raise SettingError(name, value, meaning)
+
+
+_PATHS = "URL paths starting with '/', comma-separated or a list of strings"
+
+
 def _paths(name, value):
-    items = value.split(",") if isinstance(value, str) else list(value or ())
+    items = _items(name, value, _PATHS)
+    if not all(isinstance(item, str) for item in items):
+        raise SettingError(name, value, _PATHS)
     return tuple(_path(name, item.strip()) for item in items if item.strip())
 
 
@@ -112,14 +128,17 @@ def _address(name, value):
     return text
 
 
+_BOUNDS = "increasing numbers of seconds > 0, comma-separated or a list"
+
+
 def _bounds(name, value):
-    items = value.split(",") if isinstance(value, str) else list(value or ())
+    items = _items(name, value, _BOUNDS)
     try:
         bounds = tuple(float(item) for item in items if str(item).strip())
     except (TypeError, ValueError):
         bounds = ()
     if not bounds or bounds[0] <= 0 or list(bounds) != sorted(set(bounds)):
-        raise SettingError(name, value, "increasing numbers of seconds > 0, comma-separated")
+        raise SettingError(name, value, _BOUNDS)
     return bounds
 
 
@@ -366,6 +385,16 @@ def current():
     if _current is None:
         _current = load({})
     return _current
+
+
+def checked():
+    """`current()`, or a SystemExit with its one line: a worker class used without the pack
+    reads its settings from GRACEFUL_* here, at the master's start (`check_config`), not in
+    each worker, where a bad value would be a traceback and a respawn loop."""
+    try:
+        return current()
+    except SettingError as exc:
+        raise SystemExit(ERROR + str(exc))
 
 
 def set_current(settings, name_warnings=None):

@@ -10,10 +10,10 @@ from gunicorn.config import Config
 from tests.harness import GUNICORN, ROOT, write_config
 
 
-def run_gunicorn(workdir, config_body, env=None, timeout=30):
-    config = write_config(workdir, body=config_body)
+def run_gunicorn(workdir, config_body, env=None, timeout=30, pack=True, extra=()):
+    config = write_config(workdir, body=config_body, pack=pack)
     args = GUNICORN + ["-c", config, "-b", "127.0.0.1:0", "--chdir", workdir,
-                       "--pythonpath", ROOT, "testapp:app"]
+                       "--pythonpath", ROOT, *extra, "testapp:app"]
     return subprocess.run(args, cwd=workdir, env=dict(os.environ, **(env or {})),
                           capture_output=True, text=True, timeout=timeout)
 
@@ -23,6 +23,13 @@ def run_gunicorn(workdir, config_body, env=None, timeout=30):
      "invalid setting graceful_drain_log_interval='soon': allowed a number of seconds > 0"),
     ("", {"GRACEFUL_MAX_BOOTING": "-2"},
      "invalid setting GRACEFUL_MAX_BOOTING='-2': allowed a whole number >= 0 (0 means no limit)"),
+    ("graceful_readiness_warmup = 5\n", {}, "invalid setting graceful_readiness_warmup=5: "
+     "allowed URL paths starting with '/', comma-separated or a list of strings"),
+    ("graceful_readiness_warmup = ['/a', 1]\n", {}, "invalid setting "
+     "graceful_readiness_warmup=['/a', 1]: allowed URL paths starting with '/', "
+     "comma-separated or a list of strings"),
+    ("graceful_metrics_buckets = 5\n", {}, "invalid setting graceful_metrics_buckets=5: "
+     "allowed increasing numbers of seconds > 0, comma-separated or a list"),
 ])
 def test_a_bad_setting_stops_the_start_with_one_line(workdir, body, env, needle):
     done = run_gunicorn(workdir, body, env)
@@ -30,6 +37,20 @@ def test_a_bad_setting_stops_the_start_with_one_line(workdir, body, env, needle)
     errors = [line for line in done.stderr.splitlines() if line.strip()]
     assert errors == ["Error: gunicorn-graceful: " + needle], done.stderr
     assert "Listening at" not in done.stderr
+
+
+@pytest.mark.parametrize("worker", ["GracefulSyncWorker", "GracefulUvicornWorker"])
+def test_a_bad_environment_value_stops_a_class_used_without_the_pack_with_one_line(
+        workdir, worker):
+    """Before: a traceback in every worker and a respawn loop (sync), a master traceback
+    (uvicorn). The class reads GRACEFUL_* at the master's start (`check_config`)."""
+    done = run_gunicorn(workdir, "", {"GRACEFUL_DRAIN_LOG_INTERVAL": "soon"}, pack=False,
+                        extra=["-k", "gunicorn_graceful.workers." + worker])
+    assert done.returncode == 1
+    assert done.stderr.count("Error: gunicorn-graceful: invalid setting "
+                             "GRACEFUL_DRAIN_LOG_INTERVAL='soon': allowed a number of "
+                             "seconds > 0") == 1, done.stderr
+    assert "Traceback" not in done.stderr and "Booting worker" not in done.stderr
 
 
 @pytest.mark.skipif("http_protocols" not in Config().settings,

@@ -68,7 +68,7 @@ _warned = set()  # the fitted budgets this master has warned about
 def check_settings(cfg, log):
     """In the master (Gunicorn's start and the pack's HUP check both call it): one WARNING
     for each budget it fits, not one per call."""
-    current = settings.current()
+    current = settings.checked()
     lifespan, delay = drain_budget(cfg.graceful_timeout, current)
     fit = (cfg.graceful_timeout, current.lifespan_shutdown_timeout, current.websocket_close_delay)
     if (lifespan, delay) != fit[1:] and fit not in _warned:

@@ -52,6 +52,7 @@ class GracefulMixin:
         """Gunicorn's checks, and HTTP/2 refused in one line: its connections bypass the
         request path the pack hooks (lame duck's `Connection: close`, which HTTP/2 forbids,
         recycling's count), and a stop would need a GOAWAY the pack does not send."""
+        settings.checked()
         protocols = getattr(cfg, "http_protocols", None) or ["h1"]
         if "h2" in protocols:
             raise SystemExit("Error: gunicorn-graceful: http_protocols=%s is not supported by "
