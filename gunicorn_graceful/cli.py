@@ -411,24 +411,51 @@ def template(name):
 
 
 def init(args):
-    """Write the templates into DIR; refuse to overwrite anything without --force."""
+    """Write the templates into DIR; refuse to overwrite anything without --force, and never
+    follow a symbolic link (a dangling one named like a template would write outside DIR)."""
     names = [TEMPLATES["asgi" if args.asgi else "config"]] + [
         TEMPLATES[k] for k in EXAMPLES if getattr(args, k)]
     if args.systemd:
         names.append(IN_PLACE_UNIT)
     targets = [os.path.join(args.dir, name) for name in names]
-    existing = [path for path in targets if os.path.exists(path)]
-    if existing and not args.force:
-        print("not written: %s already exists (--force overwrites)" % ", ".join(existing),
+    problem = init_problem(args.dir, targets, args.force)
+    if problem:
+        print("not written: %s" % problem, file=sys.stderr)
+        return 2
+    try:
+        os.makedirs(args.dir, exist_ok=True)
+        for name, path in zip(names, targets):
+            write_new(path, template(name), replace=args.force)
+            print("wrote %s" % path)
+    except OSError as exc:
+        print("not written: %s: %s" % (exc.filename or args.dir, exc.strerror or exc),
               file=sys.stderr)
         return 2
-    os.makedirs(args.dir, exist_ok=True)
-    for name, path in zip(names, targets):
-        with open(path, "w") as handle:
-            handle.write(template(name))
-        print("wrote %s" % path)
     print("next: gunicorn -c %s yourapp:app" % targets[0])
     return 0
+
+
+def init_problem(directory, targets, force):
+    """Why `init` must write nothing, or None."""
+    if os.path.lexists(directory) and not os.path.isdir(directory):
+        return "%s is not a directory" % directory
+    links = [path for path in targets if os.path.islink(path)]
+    if links:
+        return "%s is a symbolic link (init never follows one)" % ", ".join(links)
+    existing = [path for path in targets if os.path.lexists(path)]
+    if existing and not force:
+        return "%s already exists (--force overwrites)" % ", ".join(existing)
+    return None
+
+
+def write_new(path, text, replace):
+    """Create `path` as a new file (O_EXCL, O_NOFOLLOW: no link is followed, nothing that
+    appeared meanwhile is overwritten); `replace` removes the regular file there first."""
+    if replace and os.path.lexists(path) and not os.path.islink(path):
+        os.unlink(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
 
 
 def main(argv=None):

@@ -38,6 +38,24 @@ def test_init_refuses_to_overwrite_without_force(tmp_path):
     assert cli("init", str(tmp_path), "--force").returncode == 0
 
 
+@pytest.mark.parametrize("force", [False, True], ids=["", "force"])
+def test_init_never_follows_a_link_nor_writes_outside_dir(tmp_path, force):
+    """Before: a dangling symlink named like a template was followed (the file was created
+    where it pointed), and a DIR that is a file was a traceback."""
+    target = tmp_path / "outside.py"
+    (tmp_path / "dir").mkdir()
+    os.symlink(target, tmp_path / "dir" / "graceful.py")
+    linked = cli("init", str(tmp_path / "dir"), *(["--force"] if force else []))
+    assert linked.returncode == 2 and linked.stdout == ""
+    assert linked.stderr == "not written: %s is a symbolic link (init never follows one)\n" % (
+        tmp_path / "dir" / "graceful.py")
+    assert not target.exists()
+    (tmp_path / "file").write_text("x")
+    on_file = cli("init", str(tmp_path / "file"))
+    assert on_file.returncode == 2 and "Traceback" not in on_file.stderr
+    assert on_file.stderr == "not written: %s is not a directory\n" % (tmp_path / "file")
+
+
 def test_init_asgi_writes_the_asgi_config(tmp_path):
     written = cli("init", str(tmp_path), "--asgi")
     assert written.returncode == 0, written.stderr
