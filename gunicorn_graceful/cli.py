@@ -35,13 +35,19 @@ import signal
 import sys
 import time
 
+from gunicorn_graceful import proc
+
 POLL = 0.1
 STATUS_DEGRADED = 3
 
 
 def read_pid(pidfile):
+    """The pid in `pidfile`; ValueError for one that names no single process (0, -1, ...)."""
     with open(pidfile) as handle:
-        return int(handle.read().strip())
+        pid = int(handle.read().strip())
+    if not proc.valid_pid(pid):
+        raise ValueError("%s is not a process id" % pid)
+    return pid
 
 
 def alive(pid):
@@ -270,10 +276,11 @@ def pack_master(pidfile, verb, gone_code, wait=0.0):
     """(the live master's pid, its status file) to send `verb` to, or raises Outcome: no
     pidfile or a dead pid (`gone_code`), no status file (2: not a pack master). `wait`: how
     long a master that just started may take to write its first status file."""
-    pid = read_pid_or_none(pidfile)
-    if pid is None:
-        raise Outcome(gone_code, "not_running", "not running: cannot read pidfile %s" % pidfile,
-                      reason="no pidfile")
+    try:
+        pid = read_pid(pidfile)
+    except (OSError, ValueError) as exc:
+        raise Outcome(gone_code, "not_running", "not running: cannot read pidfile %s (%s)"
+                      % (pidfile, exc), reason="no pidfile") from None
     deadline = time.monotonic() + wait
     while True:
         if not alive(pid):
@@ -281,12 +288,23 @@ def pack_master(pidfile, verb, gone_code, wait=0.0):
                           % (pid, pidfile), master=pid, reason="master gone")
         snapshot = read_status(pidfile, pid)[0]
         if snapshot is not None and snapshot.get("pid") == pid:
+            if not is_that_master(pid, snapshot):
+                raise Outcome(gone_code, "not_running", "not running: pid %s from %s now runs "
+                              "another process (the master is gone). Nothing was sent."
+                              % (pid, pidfile), master=pid, reason="pid reused")
             return pid, snapshot
         if time.monotonic() >= deadline:
             raise Outcome(2, "refused", "%s refused: master %s has no status file %s.status: is "
                           "it started with the gunicorn-graceful config pack? Nothing was sent."
                           % (verb, pid, pidfile), master=pid, reason="no status file")
         time.sleep(POLL)
+
+
+def is_that_master(pid, snapshot):
+    """Whether `pid` runs the master that wrote `snapshot`: the process started when the
+    master did (a status file from a release without the field: the pid alone)."""
+    started = snapshot.get("process_started")
+    return started is None or started == proc.start_time(pid)
 
 
 def send(pid, sig, verb):

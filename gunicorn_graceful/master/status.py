@@ -8,11 +8,15 @@ Invariants:
   in (its own state bit), `retiring` while a SIGTERM is on its way.
 - `serving` is true only while at least one worker is ready; `state` is
   `degraded` while workers cannot be replaced or none is ready.
+- `process_started` is the master's start (`proc`): a pid in it that now runs another
+  process is not this master.
 """
 
 import json
 
-from gunicorn_graceful import state
+import os
+
+from gunicorn_graceful import proc, state
 from gunicorn_graceful.master import files
 from gunicorn_graceful.master.phase import Phase
 
@@ -25,6 +29,7 @@ class StatusFile:
         self.pool, self.rollouts, self.upgrades, self.molds = pool, rollouts, upgrades, molds
         self.reloads = reloads
         self.last = None
+        self.started = proc.start_time(os.getpid())  # the CLI's check of who it signals
 
     def path(self):
         pidfile = self.arbiter.pidfile
@@ -41,7 +46,8 @@ class StatusFile:
             rollout = {"generation": rollout.generation,
                        "previous_generation": rollout.previous_generation,
                        "started_at": round(rollout.started_at, 1)}
-        return {"pid": arbiter.pid, "generation": arbiter.generation,
+        return {"pid": arbiter.pid, "process_started": self.started,
+                "generation": arbiter.generation,
                 "state": self.state_name(ready), "phase": self.phase.value.value,
                 "workers_wanted": arbiter.num_workers, "workers_ready": ready,
                 "serving": ready > 0, "degraded": self.pool.degraded, "reload": rollout,

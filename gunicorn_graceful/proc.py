@@ -1,0 +1,21 @@
+"""What /proc says of a process: when it started, which tells it apart from a later process
+that reuses its pid (a stale pidfile's). The master writes its own start into its status
+file; the CLI signals a pid only when the process running under it started then."""
+
+PID_MAX = 1 << 22  # the kernel's ceiling for pid_max on 64-bit Linux
+
+
+def start_time(pid):
+    """The process's start, in clock ticks since boot (field 22 of /proc/PID/stat), or None
+    when it is gone or unreadable. Kept across exec: an in-place upgrade keeps it."""
+    try:
+        with open("/proc/%d/stat" % pid) as handle:
+            return int(handle.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def valid_pid(pid):
+    """Whether `pid` can name one process: 0 would signal the caller's own process group,
+    -1 every process it may signal, and a huge number overflows os.kill."""
+    return 1 <= pid <= PID_MAX
