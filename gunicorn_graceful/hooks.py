@@ -175,10 +175,12 @@ def chain(pack_hook, user_hook):
         try:
             return user_hook(*args)
         except Exception as exc:  # what the master does about it: `userhooks`
-            if pack_hook is pre_exec:  # no new master runs without what the hook set up
-                userhooks.failed("pre_exec", args, exc)
-                refuse_exec(args[0], str(userhooks.HookFailed("pre_exec", exc)))
-            return userhooks.failed(pack_hook.__name__, args, exc)
+            try:
+                return userhooks.failed(pack_hook.__name__, args, exc)
+            except userhooks.HookFailed as failed:
+                if pack_hook is pre_exec:  # no new master runs without what it set up
+                    refuse_exec(args[0], failed.reason)
+                raise
     chained.graceful_hook = True
     return chained
 

@@ -21,13 +21,15 @@ import os
 
 from gunicorn_graceful.events import emit
 
-FAILS_GENERATION = ("pre_fork", "on_reload")
+FAILS = {"pre_fork": "the generation fails", "on_reload": "the generation fails",
+         "pre_exec": "the upgrade is refused"}  # the hooks whose failure stops what they began
 IN_WORKER = ("post_fork", "post_worker_init", "worker_int", "worker_abort", "pre_request",
              "post_request", "worker_exit")
 
 
 class HookFailed(Exception):
-    """A user hook that fails the generation it was called for; `reason` for the rollback."""
+    """A user hook that fails what it was called for (a generation, an upgrade); `reason`
+    for the rollback or the refusal."""
 
     def __init__(self, hook, error, hook_args=()):
         super().__init__("%s hook raised %s: %s" % (hook, type(error).__name__, error))
@@ -41,13 +43,13 @@ def failed(hook, args, error):
     server = args[0]
     if hook in IN_WORKER:
         raise error
-    fails = hook in FAILS_GENERATION or (hook == "when_ready" and _upgrading_in_place(server))
+    action = FAILS.get(hook) or (
+        "the generation fails" if hook == "when_ready" and _upgrading_in_place(server) else None)
     cfg = getattr(server, "cfg", None)
     release = os.path.realpath(cfg.chdir) if cfg is not None and cfg.chdir else ""
     emit(server.log, "error", "hook.failed", pid=os.getpid(), hook=hook, release=release,
-         error="%s: %s" % (type(error).__name__, error),
-         action="the generation fails" if fails else "the master goes on")
-    if fails:
+         error="%s: %s" % (type(error).__name__, error), action=action or "the master goes on")
+    if action:
         raise HookFailed(hook, error, args) from error
 
 

@@ -78,6 +78,7 @@ def test_a_usr2_whose_pre_exec_raises_is_refused_and_the_old_master_serves_on(
     out, err = command.communicate(timeout=90)
     assert command.returncode == 2, out + err + server.tail()
     assert "pre_exec hook raised RuntimeError: no license file" in out + err
-    assert server.count(r"event=hook\.failed pid=\d+ hook=pre_exec ") == 1
+    assert server.count(r"event=hook\.failed pid=\d+ hook=pre_exec .* action=\"the upgrade is "
+                        r"refused\"") == 1
     assert server.alive() and server.version() == "1"
     assert len(server.masters()) == 1 and len(server.children()) == 2
