@@ -205,7 +205,6 @@ def report_metrics(arbiter):
                 "metric": "gunicorn.backlog", "value": backlog, "mtype": "histogram"})
 
 
-
 def take_queued_signals(arbiter):
     """The signals Gunicorn's handlers queued in memory that its loop has not handled yet,
     leaving the queue empty: an exec would throw them away. Gunicorn 23's queue is a list;

@@ -13,7 +13,6 @@ Invariants:
 """
 
 import json
-
 import os
 
 from gunicorn_graceful import proc, state

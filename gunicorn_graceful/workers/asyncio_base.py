@@ -69,17 +69,17 @@ def check_settings(cfg, log):
     """In the master (Gunicorn's start and the pack's HUP check both call it): one WARNING
     for each budget it fits, not one per call."""
     current = settings.checked()
-    lifespan, delay = drain_budget(cfg.graceful_timeout, current)
-    fit = (cfg.graceful_timeout, current.lifespan_shutdown_timeout, current.websocket_close_delay)
-    if (lifespan, delay) != fit[1:] and fit not in _warned:
-        _warned.add(fit)
+    budget, key = fitted(cfg, current), (cfg.graceful_timeout, current)
+    if budget != current and key not in _warned:
+        _warned.add(key)
         emit(log, "warning", "settings.warning", problem=(
             "graceful_lifespan_shutdown_timeout=%s plus graceful_websocket_close_delay=%s do "
             "not fit in graceful_timeout=%s: the drain keeps %ss for the lifespan shutdown "
             "and %ss for the app's own WebSocket closes; connections get %ss"
             % (current.lifespan_shutdown_timeout, current.websocket_close_delay,
-               cfg.graceful_timeout, lifespan, delay,
-               round(cfg.graceful_timeout - lifespan, 3))))
+               cfg.graceful_timeout, budget.lifespan_shutdown_timeout,
+               budget.websocket_close_delay,
+               round(cfg.graceful_timeout - budget.lifespan_shutdown_timeout, 3))))
 
 
 def _quiet_shut_listener(loop, context):
