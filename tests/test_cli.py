@@ -3,7 +3,6 @@
 import json
 import os
 import subprocess
-import sys
 import time
 
 import pytest
@@ -40,13 +39,6 @@ def test_upgrade_and_status_with_a_stale_pidfile_say_so_in_one_line(tmp_path):
             "not running: master %s from %s is gone" % (gone.pid, pidfile)], done.stderr
 
 
-def isolated_cli(*args):
-    """`cli` in a session of its own: a CLI that signals its own process group (pid 0) must
-    not take the test run with it."""
-    return subprocess.run([sys.executable, "-m", "gunicorn_graceful.cli", *args],
-                          capture_output=True, text=True, timeout=30, start_new_session=True)
-
-
 @pytest.mark.parametrize("content", ["0", "-1", "99999999999999999999"])
 def test_a_pidfile_that_names_no_single_process_is_refused_in_one_line(tmp_path, content):
     """Before: 0 signalled the CLI's own process group (it killed itself), -1 every process
@@ -54,7 +46,7 @@ def test_a_pidfile_that_names_no_single_process_is_refused_in_one_line(tmp_path,
     pidfile = tmp_path / "odd.pid"
     pidfile.write_text(content + "\n")
     for command, code in (("upgrade", 1), ("reload", 2), ("status", 1)):
-        done = isolated_cli(command, "--pidfile", str(pidfile))
+        done = cli(command, "--pidfile", str(pidfile))
         assert done.returncode == code, (command, done.returncode, done.stderr)
         assert "is not a process id" in done.stderr and "Traceback" not in done.stderr
 
@@ -69,7 +61,7 @@ def test_a_stale_pidfile_whose_pid_now_runs_another_process_is_not_signalled(tmp
         (tmp_path / "stale.pid.status").write_text(json.dumps(
             {"pid": other.pid, "process_started": 1, "upgrade_seq": 0, "hup_seq": 0}))
         for command, code in (("upgrade", 1), ("reload", 2)):  # their "not running" codes
-            done = isolated_cli(command, "--pidfile", str(pidfile), "--timeout", "5")
+            done = cli(command, "--pidfile", str(pidfile), "--timeout", "5")
             assert done.returncode == code, (command, done.stderr)
             assert "now runs another process (the master is gone). Nothing was sent." \
                 in done.stderr, done.stderr

@@ -70,9 +70,12 @@ def quick_stop(server, during_drain):
 
 
 def cli(*args, timeout=30):
-    """Run `gunicorn-graceful ARGS` to its end; the CompletedProcess."""
+    """Run `gunicorn-graceful ARGS` to its end; the CompletedProcess. In a session of its own:
+    a CLI that signals its own process group (a pidfile holding 0) must not take the test
+    run with it."""
     return subprocess.run([sys.executable, "-m", "gunicorn_graceful.cli", *args],
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=timeout,
+                          start_new_session=True)
 
 
 def upgrade_command(server, timeout=60, verb="upgrade", *args):
