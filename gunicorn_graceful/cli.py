@@ -39,6 +39,7 @@ from gunicorn_graceful import proc
 
 POLL = 0.1
 STATUS_DEGRADED = 3
+STATUS_UNKNOWN = 4  # the status file is stale and the live processes cannot say what serves
 
 
 def read_pid(pidfile):
@@ -93,12 +94,13 @@ def status(args):
             return 1
     if args.json:
         print(json.dumps(snapshot, indent=2))
-        return STATUS_DEGRADED if snapshot.get("state") == "degraded" else 0
+        return status_code(snapshot)
     reload_ = snapshot["reload"]
     print("master pid=%s generation=%s state=%s workers_ready=%s workers_wanted=%s serving=%s "
           "reload=%s" % (
               snapshot["pid"], snapshot["generation"], snapshot["state"],
-              snapshot["workers_ready"], snapshot["workers_wanted"], snapshot["serving"],
+              _known(snapshot["workers_ready"]), snapshot["workers_wanted"],
+              _known(snapshot["serving"]),
               "generation %s in progress" % reload_["generation"] if reload_ else "none"))
     degraded = snapshot["degraded"]
     if degraded:
@@ -111,7 +113,17 @@ def status(args):
     for worker in snapshot["workers"]:
         print("worker pid=%s generation=%s state=%s" % (
             worker["pid"], worker["generation"], worker["state"]))
-    return STATUS_DEGRADED if snapshot["state"] == "degraded" else 0
+    for child in snapshot.get("unlisted_children", ()):
+        print("process pid=%s state=unlisted" % child)
+    return status_code(snapshot)
+
+
+def status_code(snapshot):
+    return {"degraded": STATUS_DEGRADED, "unknown": STATUS_UNKNOWN}.get(snapshot["state"], 0)
+
+
+def _known(value):
+    return "unknown" if value is None else value
 
 
 def read_status(pidfile, pid):
@@ -133,10 +145,13 @@ def read_status(pidfile, pid):
 def stale(snapshot, pid):
     """What in the status file is no longer true, or None; corrects the snapshot in place.
 
-    The master rewrites it on every change, but a write can fail (an unwritable
-    directory) and a SIGKILLed master leaves its last one behind: a worker that
-    is gone is listed as `gone` and counts as not ready; a file written by
-    another master than the pidfile's (a reused pid) is not this master's.
+    The master rewrites it on every change, but a write can fail (a full or
+    read-only file system) and a SIGKILLed master leaves its last one behind: a
+    worker that is gone is listed as `gone` and counts as not ready. If the
+    master then runs children the file does not list, the file is behind what
+    serves: `state` is `unknown`, `serving` and `workers_ready` null, never a
+    serving master called not serving. A file written by another master than
+    the pidfile's (a reused pid) is not this master's.
     """
     if snapshot.get("pid") != pid:
         return "written by master %s, the pidfile names %s" % (snapshot.get("pid"), pid)
@@ -145,6 +160,15 @@ def stale(snapshot, pid):
         return None
     for worker in gone:
         worker["state"] = "gone"
+    listed = {w["pid"] for w in snapshot["workers"]} | {
+        m["pid"] for m in snapshot.get("molds", ())}
+    unlisted = [child for child in proc.children(pid) if child not in listed]
+    if unlisted:
+        snapshot.update(state="unknown", serving=None, workers_ready=None,
+                        unlisted_children=unlisted)
+        return "worker(s) %s listed but gone, process(es) %s running unlisted: the master " \
+            "could not rewrite it, and what serves is not known" % (
+                ",".join(str(w["pid"]) for w in gone), ",".join(map(str, unlisted)))
     snapshot["workers_ready"] = sum(1 for w in snapshot["workers"]
                                     if w["state"] in ("ready", "recycling"))
     snapshot["serving"] = snapshot["workers_ready"] > 0
@@ -154,12 +178,19 @@ def stale(snapshot, pid):
         % ",".join(str(w["pid"]) for w in gone)
 
 
-def read_json(path):
-    try:
-        with open(path) as handle:
-            return json.load(handle)
-    except (OSError, ValueError):
-        return None
+def read_json(path, attempts=5):
+    """The JSON in `path`, or None; read again when it does not parse, since a master that
+    cannot replace it writes it in place (`files`) and a read may meet the write."""
+    for attempt in range(attempts):
+        try:
+            with open(path) as handle:
+                return json.load(handle)
+        except OSError:
+            return None
+        except ValueError:
+            if attempt + 1 < attempts:
+                time.sleep(POLL / 5)
+    return None
 
 
 def read_pid_or_none(path):

@@ -30,7 +30,7 @@ import socket
 import struct
 
 _SO_ATTACH_FILTER = _SO_GET_FILTER = 26
-_TAKE_LIMIT = 65536  # more than any accept queue holds
+TAKE_LIMIT = 65536  # more than any accept queue holds
 _TCP_INFO_LEN = 104
 _TCPI_UNACKED = 8 + 4  # after 8 one-byte fields: rto, ato, snd_mss, rcv_mss, unacked
 HANDSHAKE_GRACE = 0.02  # seconds: a handshake under way on loopback or a LAN completes
@@ -88,31 +88,27 @@ def door_closed(sock):
     return length.value > 0
 
 
-def take_queue(sock):
-    """Accept every connection waiting in `sock`'s queue: ([(client, addr)], problem).
+def take_one(sock):
+    """(client, addr) of one connection waiting in `sock` (non-blocking), or None.
 
-    Only system calls: safe in a signal handler. A listener shut already (by
-    the master, or another worker) has nothing left to take. `problem` names
-    the error that stopped the taking early (EMFILE at the open-file limit,
-    ENOBUFS, ...), or is None when the queue is empty: a listener must never be
-    shut while it holds connections, which the kernel would reset.
+    At a full stop, when a worker finds the queue empty it shuts the listener
+    (new clients are refused from then on); one taken as the last is shut
+    behind at once too. A listener shut already has nothing to take.
     """
-    taken = []
-    try:
-        sock.setblocking(False)
-    except OSError:
-        return taken, None
-    for _ in range(_TAKE_LIMIT):
+    for _ in range(TAKE_LIMIT):
         try:
-            taken.append(sock.accept())
+            taken = sock.accept()
         except (BlockingIOError, InterruptedError):
-            break
+            shut(sock)
+            return None
         except OSError as exc:
-            if exc.errno == errno.EINVAL:  # shut: nothing left to take
-                break
-            if exc.errno != errno.ECONNABORTED:
-                return taken, errno.errorcode.get(exc.errno, str(exc.errno))
-    return taken, None
+            if exc.errno == errno.ECONNABORTED:
+                continue
+            return None  # EINVAL: shut already; EMFILE and the like: left for another worker
+        if not queued(sock):
+            shut(sock)
+        return taken
+    return None
 
 
 def shut(sock):

@@ -1,6 +1,9 @@
 """What /proc says of a process: when it started, which tells it apart from a later process
-that reuses its pid (a stale pidfile's). The master writes its own start into its status
-file; the CLI signals a pid only when the process running under it started then."""
+that reuses its pid (a stale pidfile's), and its children. The master writes its own start
+into its status file; the CLI signals a pid only when the process running under it started
+then, and checks the workers the file lists against the master's live children."""
+
+import os
 
 PID_MAX = 1 << 22  # the kernel's ceiling for pid_max on 64-bit Linux
 
@@ -19,3 +22,21 @@ def valid_pid(pid):
     """Whether `pid` can name one process: 0 would signal the caller's own process group,
     -1 every process it may signal, and a huge number overflows os.kill."""
     return 1 <= pid <= PID_MAX
+
+
+
+def children(pid):
+    """The pids of the live processes whose parent is `pid` (from each /proc/N/stat: the
+    kernel's own children list needs CONFIG_PROC_CHILDREN)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % name) as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 1 and fields[1] == str(pid) and fields[0] != "Z":
+            found.append(int(name))
+    return sorted(found)

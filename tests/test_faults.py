@@ -4,6 +4,7 @@ Each test is one fault an operator meets (kill -9 at a bad moment, a HUP storm, 
 unwritable pidfile directory, a crash after a rollback) with real processes.
 """
 
+import contextlib
 import http.client
 import json
 import os
@@ -165,6 +166,43 @@ def test_usr2_hands_over_when_the_pidfile_directory_turns_unwritable(workdir, se
     assert "Traceback" not in log
     assert server.count(r"\[WARNING\] event=master\.file_failed pid=%s action=write "
                         r"path=\S+gunicorn\.pid " % new) == 1
+
+
+def test_status_tells_the_truth_when_the_pidfile_directory_is_immutable(workdir, servers):
+    """Before, a HUP under an immutable pidfile directory left the status file naming the
+    gone first generation: `status` said serving=False (exit 3) while two v2 workers
+    served, and after the exit both files named dead processes. Now the file is written
+    in place; when even that fails, `status` sees live workers the file does not list
+    and says it does not know (exit 4), never "not serving"."""
+    rundir = os.path.join(workdir, "run")
+    os.makedirs(rundir)
+    server = servers(workdir, workers=2, rundir=rundir)
+    status_path = server.pidfile + ".status"
+    with unwritable(rundir), contextlib.ExitStack() as later:
+        for version in ("2", "3"):
+            if version == "3":  # the file itself refuses writes too now
+                refused = later.enter_context(unwritable(status_path))
+            write_app(workdir, version)
+            server.signal(signal.SIGHUP)
+            server.wait_log(r"event=reload\.done generation=%s " % version, timeout=40)
+            wait_for(lambda: len(server.children()) == 2, 20, "the old workers gone")
+            answer = cli("status", "--pidfile", server.pidfile)
+            if version == "2":
+                assert answer.returncode == 0, (answer.stdout, answer.stderr)
+                assert "serving=True" in answer.stdout and "generation=2" in answer.stdout
+            else:
+                assert answer.returncode == 4, (answer.stdout, answer.stderr)
+                assert "state=unknown workers_ready=unknown" in answer.stdout
+                assert "serving=unknown" in answer.stdout and "unlisted" in answer.stdout
+                later.close()  # writable again for the exit
+                assert refused == status_path
+        server.signal(signal.SIGTERM)
+        assert server.wait_exit(timeout=40) == 0
+        with open(server.pidfile) as pidfile, open(status_path) as status_file:
+            assert (pidfile.read(), status_file.read()) == ("", "")  # emptied: not removable
+    answer = cli("status", "--pidfile", server.pidfile)
+    assert answer.returncode == 1 and "not running" in answer.stderr, answer.stderr
+    assert "Traceback" not in server.log()
 
 
 # -- 4. orphaned workers drain ------------------------------------------------------------------

@@ -10,6 +10,7 @@ from gunicorn_graceful import listeners, settings
 from gunicorn_graceful.events import format_event, redact
 from gunicorn_graceful.master import files, preflight, upgrade_report
 from gunicorn_graceful.workers import inflight
+from tests.harness import wait_for
 
 
 class Lines:
@@ -264,36 +265,91 @@ def test_the_readiness_path_accepts_what_the_setting_says(accept, code, ready):
     assert ("graceful_readiness_accept = '<500'" in str(failed.value)) == (code < 500)
 
 
-def test_taking_the_queue_stops_at_the_open_file_limit_and_then_never_shuts_the_listener():
-    """EMFILE while taking the queue on a full stop: what is left stays for another worker or
-    the deadline (a shut listener would reset it), and the worker says how many and why."""
+def _queue_of(count):
+    """A listener on 127.0.0.1 with `count` connections waiting in its accept queue."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    clients = [socket.create_connection(listener.getsockname(), timeout=5) for _ in range(count)]
+    wait_for(lambda: listeners.queued(listener) == count, 5, "the queue to fill")
+    return listener, clients
+
+
+def test_a_stop_takes_one_connection_at_a_time_and_shuts_the_listener_behind_the_last():
+    listener, clients = _queue_of(3)
+    try:
+        taken = [listeners.take_one(listener) for _ in range(3)]
+        assert all(taken) and listeners.take_one(listener) is None
+        with pytest.raises(ConnectionRefusedError):  # shut behind the last: refused at once
+            socket.create_connection(listener.getsockname(), timeout=2)
+    finally:
+        for sock in clients + [client for client, _ in taken] + [listener]:
+            sock.close()
+
+
+def test_taking_from_the_queue_stops_at_the_open_file_limit_and_never_shuts_the_listener():
+    """EMFILE: what is left stays for another worker or the deadline (a shut listener would
+    reset it)."""
     import errno
 
     class Listener:
         shut = False
 
-        def __init__(self):
-            self.waiting = ["a", "b", "c"]
-
-        def setblocking(self, flag):
-            pass
-
         def accept(self):
-            if len(self.waiting) == 2:
-                raise OSError(errno.EMFILE, "Too many open files")
-            return self.waiting.pop(), ("127.0.0.1", 1)
+            raise OSError(errno.EMFILE, "Too many open files")
 
         def shutdown(self, how):
             self.shut = True
 
     listener = Listener()
-    taken, problem = listeners.take_queue(listener)
-    assert [c for c, _ in taken] == ["c"] and problem == "EMFILE"
-    worker = type("Worker", (), {})()
-    worker.taken, worker.queue_left = [], []
+    assert listeners.take_one(listener) is None and not listener.shut
+
+
+def test_the_hand_off_gives_each_connection_to_one_worker_and_the_queue_goes_in_parallel():
+    """The decision of a full stop, with a real hand-off and a fake worker: the master hands
+    what waits; a worker takes one connection per free thread (`room`), never past the
+    deadline, and each connection reaches exactly one taker."""
+    from gunicorn_graceful import handoff
     from gunicorn_graceful.workers import GracefulMixin
-    GracefulMixin.take_all(worker, listener)
-    assert worker.queue_left == [(listener, "EMFILE")] and not listener.shut
+
+    listener, clients = _queue_of(5)
+    pair = handoff.Handoff()
+    served = []
+
+    class Drain:
+        left = 10.0
+
+        def time_left(self):
+            return self.left
+
+    class Worker:
+        sockets = [listener]
+        drain = Drain()
+        next_queued = GracefulMixin.next_queued
+        serve_queue = GracefulMixin.serve_queue
+
+    old, handoff.shared = handoff.shared, pair
+    try:
+        assert pair.hand([(0, listener)]) == 5 and pair.handed() == 5
+        assert listeners.queued(listener) == 0
+        first, second = Worker(), Worker()
+        first.serve_queue(lambda lnr, client, addr: served.append(("first", addr)),
+                          room=lambda: 2 - sum(1 for who, _ in served if who == "first"))
+        second.serve_queue(lambda lnr, client, addr: served.append(("second", addr)),
+                           room=lambda: 2 - sum(1 for who, _ in served if who == "second"))
+        assert [who for who, _ in served] == ["first", "first", "second", "second"]
+        second.drain.left = 0.0  # past the deadline: nothing more is taken
+        second.serve_queue(lambda lnr, client, addr: served.append(("late", addr)))
+        assert len(served) == 4
+        second.drain.left = 10.0
+        first.serve_queue(lambda lnr, client, addr: served.append(("first", addr)))
+        peers = [addr for _, addr in served]
+        assert len(served) == 5 and len(set(peers)) == 5
+        assert sorted(peers) == sorted(client.getsockname() for client in clients)
+        assert first.next_queued() is None
+    finally:
+        handoff.shared = old
+        pair.close()
+        for sock in clients + [listener]:
+            sock.close()
 
 
 def test_the_report_channel_reads_whole_lines_and_tells_reasons_from_returned_totals():

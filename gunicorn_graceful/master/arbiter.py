@@ -37,9 +37,9 @@ from gunicorn import sock, util
 from gunicorn.arbiter import Arbiter
 from gunicorn.errors import AppImportError
 
-from gunicorn_graceful import clock, compat, forked, settings, userhooks
+from gunicorn_graceful import clock, compat, forked, handoff, settings, userhooks
 from gunicorn_graceful.events import emit
-from gunicorn_graceful.master import inplace, intents, metrics, mold, rollout, upgrade
+from gunicorn_graceful.master import files, inplace, intents, metrics, mold, rollout, upgrade
 from gunicorn_graceful.master.core import Core
 from gunicorn_graceful.master.phase import Phase, PhaseKeeper
 from gunicorn_graceful.master.pool import Pool
@@ -68,6 +68,7 @@ class GracefulArbiter(Arbiter):
         # config's install(globals()) loaded; a HUP replaces both, a rollback restores both.
         arbiter.settings = settings.current()
         arbiter.generation = 1
+        files.adopt_pidfile(arbiter.pidfile, arbiter.log)
         handed = inplace.take_handover()
         arbiter.phase = PhaseKeeper(arbiter.log, arbiter.pid, Phase.IN_PLACE if handed else
                                     Phase.TRIAL if arbiter.master_pid else Phase.STARTING)
@@ -95,6 +96,7 @@ class GracefulArbiter(Arbiter):
         if handed:
             arbiter.inplace.adopt()
         arbiter.metrics = metrics.start(arbiter, arbiter.pool, arbiter.settings, handed)
+        handoff.open_shared()  # before the first fork: every worker holds it (a full stop)
         if arbiter.molds is not None:
             mold.become_subreaper()
         return arbiter

@@ -4,12 +4,18 @@ A pidfile directory that turns unwritable (EACCES, EROFS, EPERM from `chattr +i`
 or disappears must not crash a master in the middle of a drain or a hand-over:
 every write and removal that fails is one WARNING line, and the master carries on.
 The WARNING is logged once per path, action and error until that path works again,
-not on every tick.
+not on every tick. Where the directory refuses new entries but the file itself
+may still be written (an immutable or full directory), a write goes into the
+file in place and a removal truncates it: a file that names what no longer is
+would be read as true (`gunicorn-graceful status` would call a serving master
+not serving).
 """
 
 import errno
 import os
 import tempfile
+
+from gunicorn.pidfile import Pidfile
 
 from gunicorn_graceful.events import emit
 
@@ -33,24 +39,46 @@ def write(log, path, text):
             handle.write(text)
         os.replace(tmp, path)
     except OSError as exc:
-        _warn(log, "write", path, exc)
         if tmp is not None:
             _discard(tmp)
-        return False
+        written = _in_place(path, text)
+        _warn(log, "write", path, exc, "written in place" if written else "none")
+        return written
     _forget(path)
     return True
 
 
 def remove(log, path):
-    """Remove `path` if it is there; a failure is one WARNING, never an exception."""
+    """Remove `path` if it is there, else empty it; a failure is one WARNING, never an
+    exception."""
     try:
         os.unlink(path)
     except FileNotFoundError:
         pass
     except OSError as exc:
-        _warn(log, "remove", path, exc)
+        _warn(log, "remove", path, exc, "truncated" if _in_place(path, "") else "none")
         return
     _forget(path)
+
+
+def _in_place(path, text):
+    """Overwrite the existing file `path` with `text` (no link followed, none created).
+
+    Written first and truncated after, so a reader sees the whole new text, or the
+    old one, or (for a moment) a mix it cannot parse and reads again."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        data = text.encode()
+        os.write(fd, data)
+        os.ftruncate(fd, len(data))
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _discard(path):
@@ -66,10 +94,35 @@ def _forget(path):
         _warned.discard(key)
 
 
-def _warn(log, action, path, exc):
-    key = (action, path, exc.errno)
+def _warn(log, action, path, exc, fallback):
+    key = (action, path, exc.errno, fallback)
     if key in _warned:
         return
     _warned.add(key)
     emit(log, "warning", "master.file_failed", pid=os.getpid(), action=action, path=path,
-         error=errno.errorcode.get(exc.errno, exc.errno), reason=exc.strerror or str(exc))
+         error=errno.errorcode.get(exc.errno, exc.errno), reason=exc.strerror or str(exc),
+         fallback=fallback)
+
+
+class MasterPidfile(Pidfile):
+    """Gunicorn's pidfile, whose removal at exit (while it names this master) is `remove`:
+    Gunicorn's own ignores a failure, and the file named a dead master after it."""
+
+    log = None
+
+    def unlink(self):
+        try:
+            with open(self.fname) as handle:
+                named = int(handle.read().strip() or 0)
+        except (OSError, ValueError):
+            return
+        if named == self.pid:
+            remove(self.log, self.fname)
+
+
+def adopt_pidfile(pidfile, log):
+    """Gunicorn's pidfile (made before the pack took over), removed as `MasterPidfile`."""
+    if pidfile is not None:
+        pidfile.__class__ = MasterPidfile
+        pidfile.log = log
+    return pidfile

@@ -184,7 +184,7 @@ def new_pidfile(arbiter, path):
     """A Pidfile for `path` naming this master, written atomically (None without a path)."""
     if path is None:
         return None
-    pidfile = Pidfile(path)
+    pidfile = files.adopt_pidfile(Pidfile(path), arbiter.log)
     pidfile.pid = arbiter.pid
     files.write(arbiter.log, path, "%s\n" % arbiter.pid)
     return pidfile

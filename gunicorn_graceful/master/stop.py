@@ -7,7 +7,7 @@ Invariants:
   is shut (new clients refused at once), only when this master is the last
   holder of its listeners: not while a USR2 child or parent shares them, not
   with systemd socket activation, not with reuse_port. What waited in the
-  queue is taken and served first (`listeners`).
+  queue is handed to the workers (`handoff`) and served first, by all of them.
 - In lame duck nothing is spawned or replaced; each ready worker is told once.
 - A file error (status file, pidfile) never stops the stop: `files` warns.
 - Only the master that is the service sends systemd STOPPING=1 (`core.is_service`).
@@ -15,7 +15,7 @@ Invariants:
 
 import time
 
-from gunicorn_graceful import clock, listeners
+from gunicorn_graceful import clock, handoff, listeners
 from gunicorn_graceful.events import emit
 
 
@@ -57,11 +57,15 @@ class Stop:
         if not (graceful and last_holder):
             return
         closed = [lnr for lnr in arbiter.LISTENERS if listeners.close_door(lnr)]
-        if closed and not any(listeners.queued(lnr) for lnr in closed):
+        if closed:
             time.sleep(listeners.HANDSHAKE_GRACE)  # handshakes under way enter the queue
-        # Nothing waits: refuse new clients now; else the first worker takes the queue.
+        handed = handoff.shared.hand(
+            [(i, lnr) for i, lnr in enumerate(arbiter.LISTENERS) if lnr in closed]) \
+            if closed and getattr(arbiter.worker_class, "TAKES_HANDOFF", False) else 0
+        # What the hand-off could not hold stays queued: the worker that empties it shuts it.
         shut = [lnr for lnr in closed if not listeners.queued(lnr) and listeners.shut(lnr)]
         emit(arbiter.log, "info", "master.stopping", pid=arbiter.pid,
              door_closed=",".join(map(str, closed)) or "none",
-             shut=",".join(map(str, shut)) or "none", workers=len(arbiter.WORKERS),
+             shut=",".join(map(str, shut)) or "none", handed=handed,
+             queued=sum(listeners.queued(lnr) for lnr in closed), workers=len(arbiter.WORKERS),
              graceful_timeout=arbiter.cfg.graceful_timeout)

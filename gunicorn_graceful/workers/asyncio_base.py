@@ -111,6 +111,7 @@ class AsyncGracefulMixin(GracefulMixin):
     CUT_QUIETLY = False
     HEARS_CLOSE_REPLY = True  # the server tells the app when a client answered a close frame
     THREADED = False  # every request ends in the event loop's thread
+    TAKES_HANDOFF = False
 
     def init_process(self):
         settings.set_current(fitted(self.cfg, settings.current()))  # as the master warned
@@ -129,6 +130,9 @@ class AsyncGracefulMixin(GracefulMixin):
     def handle_exit(self, sig, frame):
         """SIGTERM outside the server's own handling: only a booting worker acts on it."""
         self.exit_if_booting()
+
+    def end_at_deadline(self):
+        """The report's deadline is the cut (`cut_at`), which the event loop makes itself."""
 
     def check_loaded(self):
         self.limits.check_boot_size()

@@ -7,6 +7,7 @@ base only adds behaviour around them. Each method is small and says why it exist
 
 import errno
 import os
+import select
 import signal
 import sys
 import threading
@@ -14,11 +15,15 @@ import time
 
 from gunicorn.arbiter import Arbiter
 
-from gunicorn_graceful import counters, forked, listeners, release, settings, state
+from gunicorn_graceful import counters, forked, handoff, listeners, release, settings, state
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.workers import health, inflight, limits, readiness
 
 _QUICK_EXIT = 0.9  # a quick stop: how long the unwinding may take before the process just ends
+# A WSGI worker ends itself this long before graceful_timeout, so that its cut comes before the
+# master's SIGKILL and the lines naming what it cut are true (the master's count starts first).
+CUT_MARGIN = 0.25
+_MIN_IDLE = 0.5  # seconds a connection from the queue may stay silent, at least (`first_byte`)
 
 
 class GracefulMixin:
@@ -36,6 +41,10 @@ class GracefulMixin:
     """
 
     LAME_DUCK_SIGNAL = signal.SIGUSR2
+    # Whether the master hands what waits at a full stop to these workers (`handoff`): the
+    # WSGI workers take it one connection at a time; an event loop accepts the whole queue
+    # itself, then shuts the listener (`asyncio_base.stop_accepting`).
+    TAKES_HANDOFF = True
     THREADED = True  # requests may end in several threads (see inflight.Registry)
     REGISTERS_AROUND_HANDLE_REQUEST = False  # the WSGI workers (`wrap_app`)
 
@@ -44,8 +53,8 @@ class GracefulMixin:
     # of its own; past that every `self.x` on the request path, Gunicorn's too, is a dict
     # lookup. `registers`: whether this worker registers its requests around
     # handle_request (set once its app is loaded, `wrap_app`).
-    __slots__ = ("settings", "serving", "limits", "inflight", "drain", "backlog", "taken",
-                 "deferred", "queue_left", "lame_duck", "orphaned", "registers")
+    __slots__ = ("settings", "serving", "limits", "inflight", "drain", "backlog", "full_stop",
+                 "lame_duck", "orphaned", "registers")
 
     @classmethod
     def check_config(cls, cfg, log):
@@ -79,11 +88,10 @@ class GracefulMixin:
         self.drain = inflight.DrainReporter(
             self.log, self.inflight, self.pid, self.settings.drain_log_interval,
             self.settings.deadline_warning, idle=self.idle_connections,
-            reading=self.reading_connections, extra=self.drain_fields)
+            reading=self.reading_connections, extra=self.drain_fields,
+            held=self.held_connections, at_deadline=self.end_at_deadline)
         self.backlog = {}   # retiring: listener -> how many waited when SIGTERM came
-        self.taken = []     # a full stop: (listener, client, addr) taken from the queue
-        self.deferred = []  # a full stop while busy: listeners whose queue to take later
-        self.queue_left = []  # (listener, error) where taking the queue stopped early
+        self.full_stop = False  # SIGTERM found the door closed (`take_share`)
         self.lame_duck = False
         self.orphaned = False  # the master is gone (`notice_orphaned`)
         self.registers = False
@@ -203,6 +211,26 @@ class GracefulMixin:
     def reading_connections(self):
         return 0
 
+    def held_connections(self):
+        """(stage, peer) of each connection this worker holds outside the app, for the cut:
+        at a full stop, what still waits for a worker is taken and named too (the cut
+        ends it: no worker is left to serve it)."""
+        held = []
+        if self.stopping():
+            queued = self.next_queued()
+            for _ in range(listeners.TAKE_LIMIT):
+                if queued is None:
+                    break
+                held.append(("queued", _peer(queued[2])))
+                queued[1].close()
+                queued = self.next_queued()
+        return held
+
+    def end_at_deadline(self):
+        """The drain's deadline (graceful_timeout less CUT_MARGIN): the WSGI workers end here,
+        what they cut named just before; the asyncio classes cut on their own clock."""
+        os._exit(0)
+
     def exit_if_booting(self):
         """SIGTERM while booting (importing the app, running the readiness check): the
         worker has accepted nothing and holds no request, so it exits at once, from
@@ -217,48 +245,45 @@ class GracefulMixin:
         lock, no thread start."""
         self.exit_if_booting()
         if self.alive:
+            self.start_drain()
+        super().handle_exit(sig, frame)
+
+    def start_drain(self):
+        """Signal-safe, once (the sync worker's signal thread may have begun it already)."""
+        if not self.drain.draining:
             self.take_share()
             self.begin_drain()
-        super().handle_exit(sig, frame)
 
     def begin_drain(self):
         """Signal-safe: say "draining" to the master and start the drain report."""
         state.mark_draining(self.tmp)
-        deadline = time.monotonic() + self.cfg.graceful_timeout
-        self.drain.begin(deadline, len(self.taken) + sum(self.backlog.values()))
+        deadline = time.monotonic() + max(self.cfg.graceful_timeout - CUT_MARGIN, 0.0)
+        self.drain.begin(deadline, self.waiting())
+
+    def waiting(self):
+        """What waits to be served when the drain begins: at a full stop, for the whole
+        service (what the master handed over and what is left in the accept queue: every
+        worker serves it); retiring, this worker's share."""
+        if self.stopping():
+            pair = handoff.shared
+            return (pair.handed() if pair is not None else 0) + sum(
+                listeners.queued(lnr) for lnr in self.sockets if listeners.door_closed(lnr))
+        return sum(self.backlog.values())
+
+    def stopping(self):
+        """Whether this drain is a full stop: the door was closed when SIGTERM came."""
+        return self.full_stop
 
     def take_share(self):
-        """What of the accept queue this worker serves (signal-safe: system calls only).
-
-        A full stop (the master closed the door): all that waits, taken now, and
-        the listener shut, so new clients are refused at once instead of
-        waiting for the last worker to exit; whoever comes first takes it all, so
-        the shares add up. Retiring only (HUP, recycling, an orphan): the socket
-        stays with the other workers; at most what waited now, accepted later.
-        """
+        """Retiring (HUP, recycling, an orphan: the door stays open and the socket with the
+        other workers): at most what waits now, accepted after the loop (`take_backlog`).
+        At a full stop nothing is taken here: every worker serves what waited, one
+        connection at a time, once it has nothing else (`serve_queue`)."""
         for listener in self.sockets:
-            if not listeners.door_closed(listener):
-                self.backlog[listener] = listeners.queued(listener)
-            elif self.busy():
-                self.deferred.append(listener)
+            if listeners.door_closed(listener):
+                self.full_stop = True
             else:
-                self.take_all(listener)
-
-    def busy(self):
-        """Whether this worker may serve nothing more before the deadline (a sync worker
-        reading a slow client): then it leaves the queue to another worker, or takes it
-        once its request ended."""
-        return False
-
-    def take_all(self, listener):
-        """Signal-safe: accept all that waits in `listener`, then shut it, but only once it is
-        empty (what could not be taken stays for another worker, or for the deadline)."""
-        taken, problem = listeners.take_queue(listener)
-        self.taken.extend((listener, client, addr) for client, addr in taken)
-        if problem is None:
-            listeners.shut(listener)
-        else:
-            self.queue_left.append((listener, problem))
+                self.backlog[listener] = listeners.queued(listener)
 
     def is_parent_alive(self):
         """Gunicorn's check, called in the run loop; an orphan drains as on SIGTERM, but
@@ -332,6 +357,52 @@ class GracefulMixin:
     def serve_backlog(self):
         """Hook for the sync worker, which must serve its share of the accept queue itself."""
 
+    def serve_queue(self, serve_one, room=None):
+        """A full stop: serve what waited, one connection at a time, until nothing waits or
+        the deadline comes (`room`: how many more this worker can take now, if bounded).
+
+        Every worker does this once it has nothing else, so the queue goes as fast as
+        the workers together serve it, and a connection that holds one worker (a slow
+        upload, a client that sends nothing) holds up nothing behind it."""
+        for _ in range(listeners.TAKE_LIMIT):
+            if (room is not None and room() <= 0) or self.drain.time_left() <= 0:
+                return
+            queued = self.next_queued()
+            if queued is None:
+                return
+            serve_one(*queued)
+
+    def next_queued(self):
+        """(listener, client, addr) of the next connection that waited at a full stop: first
+        from the master's hand-off, then what it could not hold, from the accept queue
+        (the worker that finds it empty shuts it); None when nothing waits."""
+        pair = handoff.shared
+        taken = pair.take() if pair is not None else None
+        if taken is not None:
+            index, client = taken
+            listener = self.sockets[index] if index < len(self.sockets) else self.sockets[0]
+            return listener, client, _address(client)
+        for listener in self.sockets:
+            if listeners.door_closed(listener):
+                taken = listeners.take_one(listener)
+                if taken is not None:
+                    return (listener,) + taken
+        return None
+
+    def first_byte(self, client, addr):
+        """Whether `client`, taken from the queue at a stop, sent something within the time
+        an idle connection gets (keepalive, at least _MIN_IDLE; the deadline at most). One
+        that did not (a browser's preconnect, a port check) is closed with one line, so
+        the worker goes on to the connections behind it."""
+        wait = max(min(max(float(self.cfg.keepalive), _MIN_IDLE), self.drain.time_left()), 0.0)
+        readable, _, _ = select.select([client], [], [], wait)
+        if readable:
+            return True
+        emit(self.log, "info", "drain.idle_closed", pid=self.pid, peer=_peer(addr), waited=wait,
+             reason="it sent nothing: the connections behind it are served")
+        client.close()
+        return False
+
     def take_backlog(self, serve_one):
         """Serve this worker's share of the queue (see `take_share`) with `serve_one`.
 
@@ -339,17 +410,6 @@ class GracefulMixin:
         bound keeps it from serving forever while the other workers keep the
         listener open and new connections keep coming.
         """
-        deferred, self.deferred = self.deferred, []
-        for listener in deferred:  # the request it was reading at SIGTERM is over
-            self.take_all(listener)
-        for listener, problem in self.queue_left:
-            emit(self.log, "warning", "drain.queue_left", pid=self.pid, listener=listener,
-                 left=listeners.queued(listener), reason="taking the queue stopped at %s: "
-                 "left for another worker or the deadline" % problem)
-        self.queue_left = []
-        taken, self.taken = self.taken, []
-        for listener, client, addr in taken:
-            serve_one(listener, client, addr)
         for listener, count in self.backlog.items():
             for _ in range(count):
                 try:
@@ -362,3 +422,17 @@ class GracefulMixin:
                     break
                 serve_one(listener, client, addr)
         self.backlog = {}
+
+
+def _address(client):
+    """The peer of a connection received from the hand-off (what accept() would have said)."""
+    try:
+        return client.getpeername()
+    except OSError:
+        return ("-", "-")
+
+
+def _peer(addr):
+    if isinstance(addr, tuple) and len(addr) >= 2:
+        return "%s:%s" % addr[:2]
+    return str(addr or "-")

@@ -157,9 +157,10 @@ def track(app, registry, slot=None):
 
     One wrapper for both, since it sits on every request's path. Gunicorn closes
     the body after the last byte is written, so a request stays listed while its
-    response streams out. A `wsgi.file_wrapper` body is passed through untouched
-    (so sendfile still works) and ends when the app returns. An app that raises
-    counts as the 500 Gunicorn answers.
+    response streams out. A `wsgi.file_wrapper` body is passed through as itself
+    (Gunicorn sends only its own class with sendfile), its close wrapped to end
+    the request after the last byte too. An app that raises counts as the 500
+    Gunicorn answers.
     """
     requests = registry._requests
 
@@ -178,11 +179,25 @@ def track(app, registry, slot=None):
         if body.__class__ is not list:  # most apps answer a list: never a file wrapper
             wrapper = environ.get("wsgi.file_wrapper")
             if wrapper is not None and isinstance(wrapper, type) and isinstance(body, wrapper):
-                request.end()
-                return body
+                return _ending_on_close(body, request)
         request.body = body
         return request
     return tracked
+
+
+def _ending_on_close(body, request):
+    """`body` (a file wrapper), whose close, which Gunicorn calls once the file is sent,
+    also ends `request`."""
+    close = getattr(body, "close", None)
+
+    def closing():
+        try:
+            if close is not None:
+                close()
+        finally:
+            request.end()
+    body.close = closing
+    return body
 
 
 def log_requests(log, level, event, requests, pid, **extra):
@@ -212,15 +227,20 @@ class DrainReporter:
     signal handler can deadlock; `begin()` only sets an Event and is safe to
     call from the SIGTERM handler. Then, every `interval`: one INFO line with
     what is in flight; `warn_before` seconds before the deadline: one WARNING
-    per request about to be cut. `finish()` ends it with one closing line.
+    per request about to be cut (`drain.cut_soon`); at the deadline, one
+    `drain.cut` per request and connection still held, which is what the cut
+    ends (`at_deadline`: the worker ends itself there). `finish()` ends it with
+    one closing line.
     """
 
     def __init__(self, log, registry, pid, interval, warn_before, idle=lambda: 0,
-                 reading=lambda: 0, extra=dict):
+                 reading=lambda: 0, extra=dict, held=list, at_deadline=None):
         self.log, self.registry, self.pid = log, registry, pid
         self.interval, self.warn_before, self.idle = interval, warn_before, idle
         self.reading = reading  # connections still sending their request (not in the app yet)
         self.extra = extra  # more fields for the start and progress lines (ASGI: by kind)
+        self.held = held  # (stage, peer) of each connection held that is not a request yet
+        self.at_deadline = at_deadline  # called once the deadline's cut is logged (the end)
         self.started = self.deadline = None
         self.queued = self._served_before = 0
         self._begun = threading.Event()
@@ -238,6 +258,12 @@ class DrainReporter:
         self._served_before = self.registry.finished
         self._begun.set()
 
+    def time_left(self):
+        """Seconds to the deadline; without a drain, no bound of its own (callers have one)."""
+        if self.deadline is None:
+            return float("inf")
+        return self.deadline - time.monotonic()
+
     @property
     def draining(self):
         return self._begun.is_set()
@@ -254,9 +280,9 @@ class DrainReporter:
             now = time.monotonic()
             left = self.deadline - now
             requests = self.registry.snapshot()
-            warned = self._report(now, left, requests, warned)
             if left <= 0:
-                return
+                return self._cut(requests)
+            warned = self._report(now, left, requests, warned)
             wait = self.interval
             if not warned and left > self.warn_before:
                 wait = min(wait, left - self.warn_before)
@@ -272,14 +298,27 @@ class DrainReporter:
                           oldest_age=oldest.age(now))
         emit(self.log, "info", "drain.progress", **fields)
         if not warned and (requests or reading) and left <= self.warn_before:
-            log_requests(self.log, "warning", "drain.cut", requests, self.pid,
+            log_requests(self.log, "warning", "drain.cut_soon", requests, self.pid,
                          time_left=max(left, 0.0))
             if reading:
-                emit(self.log, "warning", "drain.cut_reading", pid=self.pid, reading=reading,
+                emit(self.log, "warning", "drain.cut_soon", pid=self.pid, reading=reading,
                      time_left=max(left, 0.0),
-                     reason="clients still sending their request at the deadline")
+                     reason="clients still sending their request near the deadline")
             return True
         return warned
+
+    def _cut(self, requests):
+        """The deadline: one line for each request and connection it cuts, then the end."""
+        log_requests(self.log, "warning", "drain.cut", requests, self.pid)
+        held = self.held()
+        for stage, peer in held:
+            emit(self.log, "warning", "drain.cut", pid=self.pid, peer=peer, stage=stage)
+        reading = self.reading() - sum(1 for stage, _ in held if stage == "reading")
+        if reading > 0:
+            emit(self.log, "warning", "drain.cut_reading", pid=self.pid, reading=reading,
+                 reason="clients still sending their request at the deadline")
+        if self.at_deadline is not None:
+            self.at_deadline()
 
     def finish(self):
         """Stop reporting and log the line that closes the drain; (its duration, what it

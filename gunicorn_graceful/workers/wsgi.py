@@ -14,7 +14,8 @@ from gunicorn.workers.gthread import TConn, ThreadWorker
 from gunicorn.workers.sync import SyncWorker
 
 from gunicorn_graceful import compat
-from gunicorn_graceful.workers.base import GracefulMixin
+from gunicorn_graceful.workers import wakeup
+from gunicorn_graceful.workers.base import GracefulMixin, _peer
 from gunicorn_graceful.workers.inflight import Parsed
 
 
@@ -27,11 +28,17 @@ class GracefulSyncWorker(GracefulMixin, SyncWorker):
     reading_peer = None  # the client whose request this worker is reading, if any
 
     def init_signals(self):
-        """SIGTERM interrupts a blocking read, so a drain starts (and is reported) while the
-        worker waits for a slow client; Python retries the read after the handler (PEP 475).
-        Gunicorn sets the opposite to spare requests from EINTR, from before Python retried."""
+        """Gunicorn's (SIGTERM restarts an interrupted system call, so the app's read is not
+        cut), with the drain begun from a thread the moment SIGTERM arrives (`wakeup`):
+        a worker waiting for a slow client says it drains at once, and the master knows."""
         super().init_signals()
-        signal.siginterrupt(signal.SIGTERM, True)
+        wakeup.Watch(self.PIPE[1], {signal.SIGTERM: self.notice_term})
+
+    def notice_term(self):
+        """In the signal thread: the drain begins now (the handler follows, once the main
+        thread is back in Python; beginning twice is a no-op)."""
+        if self.alive and self.serving:
+            self.start_drain()
 
     # On every request's path, these call Gunicorn's method by name: a super() call makes
     # an object per call (Python < 3.12), and the mixin before it defines neither method.
@@ -56,17 +63,24 @@ class GracefulSyncWorker(GracefulMixin, SyncWorker):
         """One while the worker reads a request that has not reached the app yet."""
         return 1 if self.reading_peer is not None and not len(self.inflight) else 0
 
-    def busy(self):
-        """Reading a request that has not reached the app: a slow client may hold this worker
-        until the deadline, so the queue is left to another worker. One with a request in
-        the app still takes it at SIGTERM, serves it after that request, and shuts the
-        listener at once, so new clients are refused at once."""
-        return self.reading_connections() > 0
+    def held_connections(self):
+        """The client whose request is being read, and what still waits (the base's)."""
+        reading = [("reading", _peer(self.reading_peer))] if self.reading_connections() else []
+        return reading + super().held_connections()
 
     def serve_backlog(self):
+        """After the loop: at a full stop, what waited, with every other worker; retiring,
+        this worker's share."""
         for sock in self.sockets:
             sock.setblocking(False)
-        self.take_backlog(self._serve)
+        if self.stopping():
+            self.serve_queue(self._serve_waited)
+        else:
+            self.take_backlog(self._serve)
+
+    def _serve_waited(self, listener, client, addr):
+        if self.first_byte(client, addr):
+            self._serve(listener, client, addr)
 
     def _serve(self, listener, client, addr):
         """Gunicorn's handle, with the client noted while its request is read (`busy`).
@@ -114,10 +128,28 @@ class GracefulThreadWorker(GracefulMixin, ThreadWorker):
         return max(self.nr_conns - self.idle_connections() - len(self.inflight), 0)
 
     def set_accept_enabled(self, enabled):
-        """Gunicorn >= 27 calls this once with False when the worker stops: take the backlog first."""
+        """Gunicorn >= 24 calls this once with False when the worker stops: what waits goes
+        to the pool first (a full stop: as many as it has free threads, `fill_threads`)."""
         if not enabled and not self.alive:
-            self.take_backlog(self._serve)
+            if self.stopping():
+                self.fill_threads()
+            else:
+                self.take_backlog(self._serve)
         super().set_accept_enabled(enabled)
+
+    def finish_request(self, *args):
+        """Gunicorn's (in the main thread, once a request is done); at a full stop the
+        thread it freed takes the next connection that waited."""
+        ThreadWorker.finish_request(self, *args)
+        if not self.alive and compat.THREAD_WORKER_ACCEPT_HOOK and self.stopping():
+            self.fill_threads()
+
+    def fill_threads(self):
+        self.serve_queue(self._serve, room=self.free_threads)
+
+    def free_threads(self):
+        """Threads not serving a connection (kept-alive ones wait in the poller, not in one)."""
+        return self.cfg.threads - (self.nr_conns - self.idle_connections())
 
     def handle_request(self, req, conn):
         """In lame duck every response closes its connection, so clients move elsewhere;
@@ -143,13 +175,17 @@ class GracefulThreadWorker(GracefulMixin, ThreadWorker):
         self.accept(_Accepted(listener, client, addr))
 
     def serve_backlog(self):
-        """Where the loop has no stop hook (`compat.THREAD_WORKER_ACCEPT_HOOK`): what the drain
-        took from the queue, served after the loop, one at a time in this thread (the pool
-        is shut by then); each answer closes its connection (the worker is not alive). The
-        loop closed its listeners: a retiring worker leaves the queue to the others."""
-        if not compat.THREAD_WORKER_ACCEPT_HOOK:
-            self.backlog = {}
-            self.take_backlog(self._serve_after_loop)
+        """Where the loop has no stop hook (`compat.THREAD_WORKER_ACCEPT_HOOK`): at a full
+        stop, what the master handed over, served after the loop, one at a time in this
+        thread (the pool is shut by then); each answer closes its connection (the worker is
+        not alive). The loop closed its listeners: a retiring worker leaves the queue to
+        the others, and what the hand-off could not hold is left to the deadline."""
+        if not compat.THREAD_WORKER_ACCEPT_HOOK and self.stopping():
+            self.serve_queue(self._serve_waited_after_loop)
+
+    def _serve_waited_after_loop(self, listener, client, addr):
+        if self.first_byte(client, addr):
+            self._serve_after_loop(listener, client, addr)
 
     def _serve_after_loop(self, listener, client, addr):
         conn = TConn(self.cfg, client, addr, client.getsockname())

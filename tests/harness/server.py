@@ -108,18 +108,19 @@ def read_pid(path):
 
 @contextlib.contextmanager
 def unwritable(directory):
-    """No entry of `directory` can be created or removed (root too: `chattr +i`, EPERM)."""
+    """No entry of `directory` can be created or removed (root too: `chattr +i`, EPERM); a
+    file given instead cannot be written."""
     if os.geteuid() == 0:
         subprocess.run(["chattr", "+i", directory], check=True, timeout=10)
     else:
-        os.chmod(directory, 0o555)
+        os.chmod(directory, 0o555 if os.path.isdir(directory) else 0o444)
     try:
         yield directory
     finally:
         if os.geteuid() == 0:
             subprocess.run(["chattr", "-i", directory], check=True, timeout=10)
         else:
-            os.chmod(directory, 0o755)
+            os.chmod(directory, 0o755 if os.path.isdir(directory) else 0o644)
 
 
 class Server:
