@@ -12,11 +12,14 @@ and comes back for the next. What the pair cannot hold stays in the kernel's
 queue, where the workers take it with accept(); the last of them shuts it.
 
 A message in the pair holds its connection open; when every process holding
-the pair is gone, the kernel closes what is left, as it resets a queue.
+the pair is gone, the kernel closes what is left, as it resets a queue. An
+in-place upgrade hands the pair across its exec (`fds`, `adopt`): the workers
+it adopts hold the same one.
 """
 
 import errno
 import mmap
+import os
 import socket
 import struct
 
@@ -35,10 +38,25 @@ shared = None  # the master's pair, inherited by every worker it forks (`open_sh
 class Handoff:
     """The pair, and a shared count of what the master handed (for the drain's `queued=`)."""
 
-    def __init__(self):
-        self.sender, self.receiver = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    def __init__(self, fds=None):
+        """A new pair, or (`fds`: what `fds()` said before an in-place exec) copies of the
+        one handed over, which stay valid when the originals are closed."""
+        if fds is None:
+            self.sender, self.receiver = socket.socketpair(socket.AF_UNIX,
+                                                           socket.SOCK_SEQPACKET)
+            self.count_fd = os.memfd_create("gunicorn-graceful-handoff", os.MFD_CLOEXEC)
+            os.ftruncate(self.count_fd, _COUNT.size)
+        else:
+            sender, receiver, count_fd = (os.dup(fd) for fd in fds)
+            self.sender, self.receiver = socket.socket(fileno=sender), socket.socket(
+                fileno=receiver)
+            self.count_fd = count_fd
         self.sender.setblocking(False)
-        self.count = mmap.mmap(-1, _COUNT.size)  # anonymous and shared: seen after the fork
+        self.count = mmap.mmap(self.count_fd, _COUNT.size)  # shared: seen after the fork
+
+    def fds(self):
+        """What an in-place exec keeps for the next code (`Handoff(fds)`)."""
+        return [self.sender.fileno(), self.receiver.fileno(), self.count_fd]
 
     def handed(self):
         """How many connections the master handed at this stop (0 before it)."""
@@ -91,13 +109,15 @@ class Handoff:
         self.sender.close()
         self.receiver.close()
         self.count.close()
+        os.close(self.count_fd)
 
 
-def open_shared():
-    """In the master, before its first fork: the pair its workers inherit."""
+def open_shared(fds=None):
+    """In the master, before its first fork: the pair its workers inherit (`fds`: the one
+    an in-place upgrade handed over)."""
     global shared
     if shared is None:
-        shared = Handoff()
+        shared = Handoff(fds)
     return shared
 
 

@@ -161,7 +161,8 @@ class Settings:
     deadline_warning: float = dataclasses.field(default=2.0, metadata={
         "parse": _seconds(0, False),
         "doc": "Seconds before graceful_timeout runs out at which every request still in "
-               "flight is logged as about to be cut (one WARNING each)."})
+               "flight is logged as about to be cut (`drain.cut_soon`, one WARNING each); "
+               "what the deadline then cuts is named again (`drain.cut`)."})
     readiness_path: str = dataclasses.field(default="", metadata={
         "parse": _path,
         "doc": "Path a new worker calls in-process (no network) before it counts as ready; "

@@ -436,7 +436,8 @@ class Master:
         # exec gives it the same descriptors), and closes them at its first tick.
         state = dict(state, listeners=[os.dup(fd) for fd in state["listeners"]],
                      workers=[dict(w, heartbeat=os.dup(w["heartbeat"]))
-                              for w in state["workers"]])
+                              for w in state["workers"]],
+                     handoff=[os.dup(fd) for fd in state["handoff"] or ()] or None)
         inplace._adopted = False  # a new process image: the module starts afresh
         memfd = os.memfd_create("simulated-handover", 0)
         os.write(memfd, json.dumps(state).encode())

@@ -13,7 +13,7 @@ import pytest
 import requests
 
 from gunicorn_graceful import compat
-from tests.harness import (NotifySocket, Watcher, cli, pid_in, unwritable, upgrade_command,
+from tests.harness import (NotifySocket, Watcher, cli, pid_in, upgrade_command,
                            usr2_new_master, wait_for, write_app)
 
 READINESS = "graceful_readiness_path = '/healthz'\n"
@@ -103,29 +103,6 @@ class HealthProbe(Watcher):
             self.answers.append(requests.get(self.url, timeout=2).status_code)
         except requests.RequestException as exc:
             self.answers.append(type(exc).__name__)
-
-
-def test_a_status_write_that_failed_during_a_hup_lands_once_the_directory_is_writable(
-        workdir, servers):
-    rundir = os.path.join(workdir, "run")
-    os.makedirs(rundir)
-    server = servers(workdir, workers=2, rundir=rundir, config_body=READINESS)
-    first = {w["pid"] for w in status_workers(server)}
-    with unwritable(rundir):
-        server.signal(signal.SIGHUP)
-        server.wait_log(r"event=worker\.exited pid=\d+ generation=1", count=2)
-        # Meanwhile `status` sees the old file: it must not call dead workers ready.
-        shown = cli("status", "--pidfile", server.pidfile)
-        assert shown.returncode == 3, shown.stdout + shown.stderr
-        assert "listed but gone" in shown.stderr and "state=ready" not in shown.stdout
-    server.wait_log(r"event=reload\.done generation=2")
-    wait_for(lambda: {w["pid"] for w in status_workers(server)}.isdisjoint(first), 10,
-             lambda: "the status file to name generation 2:\n" + server.tail())
-    shown = cli("status", "--pidfile", server.pidfile)
-    assert shown.returncode == 0, shown.stdout + shown.stderr
-    assert shown.stdout.count("generation=2 state=ready") == 2, shown.stdout
-    assert server.count(r"\[WARNING\] event=master\.file_failed .*action=write "
-                        r"path=\S+gunicorn\.pid\.status") == 1
 
 
 def test_status_ignores_a_leftover_status_file_of_another_master(workdir, servers):

@@ -44,7 +44,7 @@ import tempfile
 
 from gunicorn import sock
 
-from gunicorn_graceful import clock, compat, release, settings
+from gunicorn_graceful import clock, compat, handoff, release, settings
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.master import binds, preflight
 from gunicorn_graceful.master.pool import how_it_ended
@@ -272,6 +272,7 @@ class InPlace:
                 "binds": binds_of(arbiter.cfg) if direction == "new" else self.handed["binds"],
                 "workers": workers,
                 "metrics": metrics.handover() if metrics else None,
+                "handoff": handoff.shared.fds() if handoff.shared is not None else None,
                 "back": self.old_code() if direction == "new" else self.handed["back"],
                 "notify": self.notify_address, "upgrade_refused": self.upgrades.last_refusal}
 
@@ -476,7 +477,7 @@ def handed_fds(state):
         fds += [item["heartbeat"]] + ([item["slot"]] if item["slot"] is not None else [])
     if state["metrics"] and state["metrics"]["fd"] is not None:
         fds.append(state["metrics"]["fd"])
-    return fds
+    return fds + (state.get("handoff") or [])
 
 
 def take_handover():

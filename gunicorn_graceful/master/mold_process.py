@@ -21,7 +21,7 @@ import time
 
 from gunicorn import util
 
-from gunicorn_graceful import compat, counters, forked, release
+from gunicorn_graceful import compat, counters, forked, handoff, release
 from gunicorn_graceful.events import emit
 
 REPARENT_TIMEOUT = 5.0   # a new worker waits this long to become the master's child
@@ -122,7 +122,8 @@ def warn_fork_safety(arbiter, generation, sock):
     """One WARNING when the import left threads or sockets: a fork copies a lock a thread
     held (a child deadlocks), and every worker would share one database connection."""
     threads = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
-    own = {sock.fileno()} | {lnr.fileno() for lnr in arbiter.LISTENERS}
+    own = {sock.fileno()} | {lnr.fileno() for lnr in arbiter.LISTENERS} | set(
+        handoff.shared.fds() if handoff.shared is not None else ())
     sockets = [fd for fd in open_sockets() if fd not in own]
     if threads or sockets:
         emit(arbiter.log, "warning", "mold.fork_unsafe", pid=os.getpid(), generation=generation,
