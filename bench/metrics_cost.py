@@ -11,6 +11,11 @@ mode (`multiprocess_app`).
    the metrics directory at the end, whether `gunicorn_requests_total` ever went
    down, scrape time p50/p99, and its final value against the requests the client
    saw answered.
+3. Scrapes across upgrades, the pack with metrics on under load, scraped every 50 ms:
+   a USR2 that is rolled back, then one that goes through, with a new master and in
+   place: failed scrapes and whether `gunicorn_requests_total` ever went down. Stock
+   Gunicorn has no master endpoint to compare (multiprocess mode is served by the
+   workers, and a USR2's two masters write two directories).
 """
 
 import http.client
@@ -25,7 +30,7 @@ import time
 
 from bench import multiprocess_app, report, throughput
 from bench.scenarios import cpu_seconds, start_server, stop_server
-from tests.harness import free_port
+from tests.harness import Load, cli, free_port, write_app
 
 SECONDS, REPETITIONS, WORKERS = 3.0, 9, 2  # 9: the ratios move about 2% run to run
 VARIANTS = ("stock", "multiprocess", "off", "on")
@@ -138,6 +143,36 @@ def counting(variant, requests=20000):
             "booted": booted, "files": files}
 
 
+def across_upgrades(mode):
+    """Section 3 for one upgrade mode ("new-master" or "in-place")."""
+    config = "graceful_readiness_path = '/healthz'\n" + (
+        "graceful_upgrade = 'in-place'\n" if mode == "in-place" else "")
+    server, port, _ = _start("on", "sync", WORKERS, config)
+    context = multiprocessing.get_context("spawn")
+    stop, results = context.Event(), context.Queue()
+    scraper = context.Process(target=scrape_every_50ms, args=(port, stop, results), daemon=True)
+    load = Load(server.url, threads=2, max_seconds=300)
+    codes = []
+    try:
+        scraper.start()
+        load.start()
+        for version, healthz in (("2", 503), ("3", 200)):  # rolled back, then through
+            write_app(server.workdir, version, healthz=healthz, record=False)
+            codes.append(cli("upgrade", "--pidfile", server.pidfile, "--timeout", "60",
+                             timeout=120).returncode)
+        stop.set()
+        seen, times, failed = results.get(timeout=30)
+    finally:
+        stop.set()
+        load.stop()
+        scraper.join(10)
+        stop_server(server)
+    return {"mode": mode, "codes": codes, "scrapes": len(seen), "failed": len(failed),
+            "first_failure": failed[0] if failed else "",
+            "decreased": any(b < a for a, b in zip(seen, seen[1:])),
+            "requests_failed": len(load.failures())}
+
+
 def scrape_every_50ms(port, stop, results, seconds=600):
     """In a process of its own (the load's client threads would make it wait for the GIL,
     and the wait would count as scrape time): each scrape's total and duration, put on
@@ -180,6 +215,7 @@ LABELS = {"stock": "stock Gunicorn", "multiprocess": "stock + prometheus_client 
 def main(out):
     costs = [cost(kind) for kind in ("sync", "gthread")]
     counts = [counting(variant) for variant in ("multiprocess", "on")]
+    upgrades = [across_upgrades(mode) for mode in ("new-master", "in-place")]
     text = "\n\n".join([
         "# gunicorn-graceful metrics: cost and counting",
         "Command: `python -m bench --metrics`. Machine: %s." % report.machine(),
@@ -206,7 +242,14 @@ def main(out):
         "The scraper runs in a process of its own and keeps its connection where the server "
         "allows it, as Prometheus does. *workers started*: the pack recycles ready-first (a "
         "worker past max_requests serves on until its replacement is ready), so it starts "
-        "fewer workers in the same requests; stock starts one per 50 requests per worker."])
+        "fewer workers in the same requests; stock starts one per 50 requests per worker.",
+        "## Scrapes across upgrades (sync, %d workers, under load, scraped every 50 ms: a "
+        "USR2 rolled back, then one that goes through)" % WORKERS,
+        "| upgrade | `upgrade` exit codes | scrapes | failed scrapes | ever decreased | "
+        "failed requests |\n|---|---|---|---|---|---|\n" + "\n".join(
+            "| %s | %s | %d | %d %s | %s | %d |"
+            % (u["mode"], ", ".join(map(str, u["codes"])), u["scrapes"], u["failed"],
+               u["first_failure"], u["decreased"], u["requests_failed"]) for u in upgrades)])
     path = "%s/metrics.md" % out
     with open(path, "w") as handle:
         handle.write(text + "\n")

@@ -231,31 +231,31 @@ def test_asgi_counts_http_requests_and_websocket_sessions_apart(workdir, servers
 
 
 def test_usr2_hands_the_endpoint_and_the_counts_to_the_new_master(workdir, servers):
-    """The old master holds the address until it exits, then gives its totals to the new
-    master, which binds the address: every counter goes on from where it was."""
+    """Scraped 20 times a second under load across a rolled-back USR2 and one that goes
+    through: no scrape fails and no counter goes down. Before, the new master bound the
+    address only after its old master exited: about 1.2 s of refused scrapes and one reset
+    in every USR2. Now it inherits the listener and serves it once promoted."""
     port = free_port()
     server = metrics_server(servers, workdir, port, "graceful_readiness_path = '/healthz'\n")
-    for _ in range(30):
-        assert server.get("/").status_code == 200
-    server.signal(signal.SIGHUP)
-    server.wait_log("event=reload.done")
-    text = scrape(port).text
-    before = value(text, "gunicorn_requests_total")
-    started = value(text, "gunicorn_master_start_time_seconds")
-    assert before >= 30
+    started = value(scrape(port).text, "gunicorn_master_start_time_seconds")
+    scraper = Scraper(port).start()
+    load = Load(server.url, threads=2).start()
+    load.wait_count(50)
+    write_app(workdir, "2", healthz=503)
+    broken = cli("upgrade", "--pidfile", server.pidfile, "--timeout", "60", timeout=90)
+    assert broken.returncode == 3, broken.stdout + broken.stderr
     write_app(workdir, "2")
     done = cli("upgrade", "--pidfile", server.pidfile, "--timeout", "60", timeout=90)
     assert done.returncode == 0, done.stdout + done.stderr
     new = pid_in(server.pidfile)
     assert server.wait_exit(timeout=30) == 0  # the old master
-    wait_for(lambda: _answers(port) and value(scrape(port).text,
-                                              "gunicorn_master_start_time_seconds") > started,
+    wait_for(lambda: value(scrape(port).text, "gunicorn_master_start_time_seconds") > started,
              20, "the new master %s serving /metrics" % new)
+    counts_end_at_what_the_load_saw(load, scraper, port, 50)
     text = scrape(port).text
-    assert value(text, "gunicorn_requests_total") >= before, text
-    assert value(text, 'gunicorn_reloads_total{kind="hup",result="ok"}') == 1
+    assert value(text, 'gunicorn_reloads_total{kind="usr2",result="rolled_back"}') == 1
     assert value(text, 'gunicorn_reloads_total{kind="usr2",result="ok"}') == 1
-    assert value(text, 'gunicorn_worker_exits_total{reason="ok"}') >= 4  # two generations
+    assert value(text, 'gunicorn_worker_exits_total{reason="ok"}') >= 2
     assert value(text, 'gunicorn_workers{state="ready"}') == 2
 
 

@@ -96,7 +96,9 @@ class GracefulArbiter(Arbiter):
         if handed:
             arbiter.inplace.adopt()
         arbiter.metrics = metrics.start(arbiter, arbiter.pool, arbiter.settings, handed)
-        handoff.open_shared()  # before the first fork: every worker holds it (a full stop)
+        # Before the first fork, so every worker holds it (a full stop); across an in-place
+        # exec, the one the adopted workers hold.
+        handoff.open_shared(handed.get("handoff") if handed else None)
         if arbiter.molds is not None:
             mold.become_subreaper()
         return arbiter
@@ -331,6 +333,8 @@ class GracefulArbiter(Arbiter):
             self.molds.stop_all()
         super().stop(graceful)
         self.upgrades.send_totals(self.metrics)
+        if self.metrics and self.upgrades.handed_to is not None:
+            self.metrics.pause()  # the new master serves the endpoint next: no scrape is cut
         self.status.remove()
 
     def _stop_control_server(self):

@@ -30,6 +30,8 @@ file and what systemd was told change together, in one place:
 | exec'd back             | upgrading_in_place | serving; READY with the reason (rolled back) |
 | the new master asks     | upgrading       | pidfile, MAINPID, acknowledge; this master stops |
 | the new master failed   | upgrading       | serving; READY with its reason                  |
+| the old master is gone  | trial           | the pidfile names this master (once); it serves |
+|                         |                 | as soon as its workers are ready                |
 | promoted                | taking_over     | serving                                         |
 | TERM                    | lame duck first with a shutdown delay; STOPPING only from the service |
 
@@ -76,6 +78,8 @@ class Core:
             self.watch_lame_duck()
             return
         self.watch_upgrade()
+        if self.phase.is_in(Phase.TRIAL) and arbiter.upgrades.old_master_gone():
+            arbiter.upgrades.claim_pidfile()
         if self.phase.is_in(Phase.IN_PLACE):
             self.in_place_ended(arbiter.inplace.watch(arbiter.metrics))
         if arbiter.metrics:
@@ -235,7 +239,7 @@ class Core:
         if in_place:
             self.upgrade_in_place()
             return
-        upgrades.start(self.notifier.address)
+        upgrades.start(self.notifier.address, arbiter.metrics)
         self.phase.move(Phase.UPGRADING)
         upgrades.record(upgrades.current, "booting")
         arbiter.status.write()

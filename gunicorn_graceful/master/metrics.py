@@ -10,9 +10,14 @@ Invariants:
   unmapped: the memory is bounded by the live workers.
 - The endpoint runs in a thread of the master, on a listener of its own, so it
   answers while every worker is busy, hung or draining. The worker processes
-  close their copy of it at fork. A new master of a USR2 binds it once its old
-  master exited (tried each tick, one WARNING while it fails); until then the
-  old master answers.
+  close their copy of it at fork. A new master of a USR2 inherits the listener
+  (GRACEFUL_METRICS_FD) and serves it once promoted, with its old master's
+  totals carried; the old master answers until its workers are gone, then
+  finishes the scrapes it is answering and accepts no more: a scrape between
+  the two waits in the listener's queue, none is refused or reset. A rolled-back
+  new master never served it. Without an inherited listener (the address
+  changed), the promoted master binds it (tried each tick, one WARNING while it
+  fails).
 - Lifecycle counts come from the master's own events (`events.observe`): the
   log lines operators read are the ones the counters count.
 - A USR2 carries the counters over: the old master, once its workers drained,
@@ -42,6 +47,7 @@ from gunicorn_graceful.master import status
 from gunicorn_graceful.settings import ERROR
 
 _BOOT_ERRORS = (Arbiter.WORKER_BOOT_ERROR, Arbiter.APP_LOAD_ERROR)
+ENV = "GRACEFUL_METRICS_FD"  # "fd address": the endpoint's listener, for a USR2's new master
 DRAIN_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _RELOADS = {"reload.done": ("hup", "ok"), "reload.rollback": ("hup", "rolled_back"),
             "reload.refused": ("hup", "refused"), "reload.config_failed": ("hup", "refused"),
@@ -64,10 +70,25 @@ def start(arbiter, pool, settings, handed=None):
     metrics = Metrics(arbiter, pool, settings, kept["buckets"] if kept else None)
     if kept:
         metrics.adopt(kept, handed["workers"])
-    if not arbiter.master_pid:  # a new master of a USR2 binds once its old master is gone
+    lent = os.environ.pop(ENV, None)
+    if arbiter.master_pid:  # a new master of a USR2 serves once promoted (see the top)
+        metrics.inherit(lent)
+    else:
         same = kept and kept["fd"] is not None and kept["bind"] == settings.metrics_bind
         metrics.serve(os.dup(kept["fd"]) if same else None)
     return metrics
+
+
+def lend(metrics, environ):
+    """Before a USR2's fork: the endpoint's listener goes to the new master (a copy whose
+    number no child-close hook knows); the returned fd is closed here after the fork."""
+    environ.pop(ENV, None)
+    if not metrics or metrics.server is None:
+        return None
+    fd = os.dup(metrics.server.fileno())
+    os.set_inheritable(fd, True)
+    environ[ENV] = "%s %s" % (fd, metrics.bind)
+    return fd
 
 
 def reload_problem(metrics, settings):
@@ -104,6 +125,7 @@ class Metrics:
         self.gauges = {}  # the master's view, refreshed each tick (`tick`)
         self.started_at = time.time()
         self.server = None
+        self.inherited = None  # the old master's listener, served once promoted
         self.bind_failed = False
         events.observe(self.observe)
 
@@ -129,10 +151,30 @@ class Metrics:
         if self.server is None and not arbiter.master_pid:
             self.serve_when_free()
 
-    def serve_when_free(self):
-        """A promoted new master: bind the address its old master held (see the top)."""
+    def inherit(self, lent):
+        """A new master of a USR2: keep the old master's listener (`lend`) if it serves this
+        master's address; its workers close their copy at fork."""
+        if not lent:
+            return
+        fd, _, bind = lent.partition(" ")
         try:
-            self.serve()
+            fd = int(fd)
+            os.set_inheritable(fd, False)
+        except (ValueError, OSError):
+            return
+        if bind != self.bind:
+            os.close(fd)
+            return
+        self.inherited = fd
+        identity = _identity(fd)
+        os.register_at_fork(after_in_child=lambda: _close_in_child(fd, identity))
+
+    def serve_when_free(self):
+        """A promoted new master: serve the listener it inherited, else bind the address its
+        old master held (see the top)."""
+        fd, self.inherited = self.inherited, None
+        try:
+            self.serve(fd)
         except SystemExit as exc:
             if not self.bind_failed:
                 self.bind_failed = True

@@ -27,7 +27,7 @@ import signal
 
 from gunicorn_graceful import clock, compat
 from gunicorn_graceful.events import emit
-from gunicorn_graceful.master import files, upgrade_report
+from gunicorn_graceful.master import files, metrics, upgrade_report
 from gunicorn_graceful.master.plan import kill_due
 from gunicorn_graceful.master.pool import signal_name
 
@@ -80,6 +80,7 @@ class Upgrades:
         self.report_fd, self.ack_fd, self.returns_totals = upgrade_report.take(
             os.environ, arbiter.cfg.env_orig)
         self.asked = False
+        self.claimed = False  # the pidfile, claimed once the old master is gone (`claim_pidfile`)
         self.heard = b""  # what the old master wrote on the ack pipe
         self.handed_to = None  # as an old master: the upgrade it handed the service to
 
@@ -119,14 +120,16 @@ class Upgrades:
         emit(self.arbiter.log, "info", "upgrade.forwarded", pid=self.arbiter.pid,
              new_master=new_master)
 
-    def start(self, notify_address):
+    def start(self, notify_address, endpoint):
         """USR2: start a new master that takes over only once all its workers are ready
-        (`notify_address`: systemd's socket, which the pack took out of the environment)."""
+        (`notify_address`: systemd's socket, which the pack took out of the environment;
+        `endpoint`: the metrics, whose listener the new master inherits)."""
         arbiter = self.arbiter
         first_seq = self.take_pending()
         self.drop_files()
         report = upgrade_report.Channel()
         self.prepare_reexec(report, notify_address)
+        lent = metrics.lend(endpoint, arbiter.cfg.env_orig)
         parent = os.getpid()
         try:
             arbiter.reexec()
@@ -136,6 +139,9 @@ class Upgrades:
             raise
         finally:
             arbiter.cfg.env_orig.pop(upgrade_report.ENV, None)
+            arbiter.cfg.env_orig.pop(metrics.ENV, None)
+            if lent is not None:
+                os.close(lent)
             report.after_fork()
         self.current = Upgrade(self.seq, arbiter.reexec_pid, report, first_seq)
 
@@ -315,8 +321,26 @@ class Upgrades:
     def may_promote(self):
         """Gunicorn promotes as soon as its parent changed; the pack waits until it serves
         (`core` checks the phase)."""
+        return self.old_master_gone()
+
+    def old_master_gone(self):
+        """New master: whether the master that started it is gone (this one was reparented)."""
         arbiter = self.arbiter
         return bool(arbiter.master_pid) and arbiter.master_pid != os.getppid()
+
+    def claim_pidfile(self):
+        """New master on trial whose old master is gone (SIGKILL, OOM): the pidfile names
+        this master from now on, not a dead process, though its workers are not all ready
+        yet (once; `take_over` writes it again)."""
+        arbiter = self.arbiter
+        if self.claimed:
+            return
+        self.claimed = True
+        if arbiter.cfg.pidfile is not None:
+            files.write(arbiter.log, arbiter.cfg.pidfile, "%s\n" % arbiter.pid)
+        emit(arbiter.log, "warning", "upgrade.old_master_gone", pid=arbiter.pid,
+             old_master=arbiter.master_pid, action="the pidfile names this master, which "
+             "serves once its workers are ready")
 
     def promoted(self, old_master, trial_pidfile):
         """Promoted: the pidfile and status file of the trial go; the old master's metrics
