@@ -37,7 +37,7 @@ VARIANTS = ("stock", "multiprocess", "off", "on")
 FLASK, INSTRUMENTED = "examples.flask_app:app", "bench.multiprocess_app:app"
 
 
-def _start(variant, kind, workers, config=""):
+def _start(variant, kind, workers, config="", app=FLASK):
     """(server, its metrics port or None, its multiprocess directory or None)."""
     port = free_port() if variant in ("on", "multiprocess") else None
     if variant == "multiprocess":
@@ -49,7 +49,7 @@ def _start(variant, kind, workers, config=""):
     flavour = "stock" if variant == "stock" else "pack"
     if variant == "on":
         config += 'graceful_metrics_bind = "127.0.0.1:%d"\n' % port
-    return start_server(flavour, kind, app=FLASK, workers=workers, config=config), port, None
+    return start_server(flavour, kind, app=app, workers=workers, config=config), port, None
 
 
 def _rps(variant, kind):
@@ -147,7 +147,7 @@ def across_upgrades(mode):
     """Section 3 for one upgrade mode ("new-master" or "in-place")."""
     config = "graceful_readiness_path = '/healthz'\n" + (
         "graceful_upgrade = 'in-place'\n" if mode == "in-place" else "")
-    server, port, _ = _start("on", "sync", WORKERS, config)
+    server, port, _ = _start("on", "sync", WORKERS, config, app="testapp:app")  # write_app's
     context = multiprocessing.get_context("spawn")
     stop, results = context.Event(), context.Queue()
     scraper = context.Process(target=scrape_every_50ms, args=(port, stop, results), daemon=True)
@@ -167,7 +167,9 @@ def across_upgrades(mode):
         load.stop()
         scraper.join(10)
         stop_server(server)
+    times.sort()
     return {"mode": mode, "codes": codes, "scrapes": len(seen), "failed": len(failed),
+            "p50_ms": times[len(times) // 2] * 1000, "max_ms": times[-1] * 1000,
             "first_failure": failed[0] if failed else "",
             "decreased": any(b < a for a, b in zip(seen, seen[1:])),
             "requests_failed": len(load.failures())}
@@ -246,10 +248,12 @@ def main(out):
         "## Scrapes across upgrades (sync, %d workers, under load, scraped every 50 ms: a "
         "USR2 rolled back, then one that goes through)" % WORKERS,
         "| upgrade | `upgrade` exit codes | scrapes | failed scrapes | ever decreased | "
-        "failed requests |\n|---|---|---|---|---|---|\n" + "\n".join(
-            "| %s | %s | %d | %d %s | %s | %d |"
+        "scrape p50 | longest scrape | failed requests |\n|---|---|---|---|---|---|---|---|\n"
+        + "\n".join(
+            "| %s | %s | %d | %d %s | %s | %.1f ms | %.0f ms | %d |"
             % (u["mode"], ", ".join(map(str, u["codes"])), u["scrapes"], u["failed"],
-               u["first_failure"], u["decreased"], u["requests_failed"]) for u in upgrades)])
+               u["first_failure"], u["decreased"], u["p50_ms"], u["max_ms"],
+               u["requests_failed"]) for u in upgrades)])
     path = "%s/metrics.md" % out
     with open(path, "w") as handle:
         handle.write(text + "\n")

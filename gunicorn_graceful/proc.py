@@ -3,9 +3,11 @@ that reuses its pid (a stale pidfile's), and its children. The master writes its
 into its status file; the CLI signals a pid only when the process running under it started
 then, and checks the workers the file lists against the master's live children."""
 
+import ctypes
 import os
 
 PID_MAX = 1 << 22  # the kernel's ceiling for pid_max on 64-bit Linux
+_PR_SET_PDEATHSIG = 1
 
 
 def start_time(pid):
@@ -40,3 +42,13 @@ def children(pid):
         if len(fields) > 1 and fields[1] == str(pid) and fields[0] != "Z":
             found.append(int(name))
     return sorted(found)
+
+
+def signal_at_parent_exit(signum):
+    """Ask the kernel for `signum` when this process's parent exits (prctl PR_SET_PDEATHSIG,
+    Linux); False where it cannot. The setting survives exec, not fork."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(_PR_SET_PDEATHSIG, int(signum), 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False

@@ -317,7 +317,7 @@ def test_control_characters_in_a_cut_request_path_are_escaped_in_the_log(workdir
 
 
 @pytest.mark.lines
-@pytest.mark.parametrize("worker", ["sync", "gthread"])
+@pytest.mark.parametrize("worker", WORKERS)
 def test_a_stop_serves_the_queue_with_the_worker_that_frees_up_while_one_reads_an_upload(
         workdir, servers, worker):
     """At TERM one worker is in the app reading a slow upload (3 s to go), the other reads a
@@ -356,7 +356,7 @@ def _trickle(reader, upload):
 
 
 @pytest.mark.lines
-@pytest.mark.parametrize("worker", ["sync", "gthread"])
+@pytest.mark.parametrize("worker", WORKERS)
 def test_a_connection_that_sends_nothing_holds_up_nothing_queued_behind_it(workdir, servers,
                                                                           worker):
     """A browser's preconnect or a port check at the head of the queue at TERM: before, the

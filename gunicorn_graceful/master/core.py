@@ -333,7 +333,7 @@ class Core:
         self.phase.move(Phase.SERVING)
         totals = arbiter.upgrades.promoted(old_master, trial_pidfile)
         if arbiter.metrics:
-            arbiter.metrics.carry(totals)
+            arbiter.metrics.promoted(totals)
 
     def halting(self, reason):
         """A new master on trial that halts tells its old master why."""

@@ -169,6 +169,13 @@ class Metrics:
         identity = _identity(fd)
         os.register_at_fork(after_in_child=lambda: _close_in_child(fd, identity))
 
+    def promoted(self, totals):
+        """A new master is the service now: its old master's totals, then the endpoint at once
+        (a scrape waits in the listener's queue meanwhile; the tick would be a second late)."""
+        self.carry(totals)
+        if self.server is None:
+            self.serve_when_free()
+
     def serve_when_free(self):
         """A promoted new master: serve the listener it inherited, else bind the address its
         old master held (see the top)."""
@@ -316,6 +323,7 @@ class Metrics:
         identity = _identity(fd)
         os.register_at_fork(after_in_child=lambda: _close_in_child(fd, identity))
         self.server.busy, self.server.busy_lock = 0, threading.Lock()
+        self.server.connections, self.server.closing = 0, False
         self.serve_in_thread()
         emit(self.arbiter.log, "info", "metrics.listening", pid=os.getpid(),
              address="http://%s/metrics" % self.bind)
@@ -326,19 +334,23 @@ class Metrics:
         thread.start()
 
     def pause(self, limit=1.0):
-        """Before an in-place exec: accept nothing more (new scrapes wait in the listen queue
-        for the next code, which serves this listener), and let the scrapes being answered
-        finish, for at most `limit` seconds: an exec would cut them."""
+        """Before an in-place exec, or the exit of an old master whose new master serves the
+        endpoint next: accept nothing more (new scrapes wait in the listen queue for the
+        code that serves this listener next), and for at most `limit` seconds let the
+        scrapes being answered finish and a kept-alive scraper come back once more, to an
+        answer that closes its connection: an exec or an exit would cut either."""
         if self.server is None:
             return
+        self.server.closing = True
         self.server.shutdown()  # returns once serve_forever saw it (its poll: 0.1 s)
         deadline = time.monotonic() + limit
-        while self.server.busy and time.monotonic() < deadline:
+        while (self.server.busy or self.server.connections) and time.monotonic() < deadline:
             time.sleep(0.005)
 
     def resume(self):
         """The exec failed: this code serves the endpoint again."""
         if self.server is not None:
+            self.server.closing = False
             self.serve_in_thread()
 
     def snapshot(self):
@@ -484,6 +496,19 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     wbufsize = 1 << 16
     disable_nagle_algorithm = True
 
+    def setup(self):
+        """Counted while open: a pause waits for a kept-alive scraper's next scrape."""
+        with self.server.busy_lock:
+            self.server.connections += 1
+        super().setup()
+
+    def finish(self):
+        try:
+            super().finish()
+        finally:
+            with self.server.busy_lock:
+                self.server.connections -= 1
+
     def do_GET(self):
         if self.path.split("?", 1)[0] != "/metrics":
             self.send_error(404, "only /metrics here")
@@ -497,6 +522,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             self.send_response(200)
             self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(body)))
+            if self.server.closing:  # paused (`pause`): the next scrape connects anew
+                self.send_header("Connection", "close")
+                self.close_connection = True
             self.end_headers()
             self.wfile.write(body)
         finally:

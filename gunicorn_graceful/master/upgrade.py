@@ -25,7 +25,7 @@ import dataclasses
 import os
 import signal
 
-from gunicorn_graceful import clock, compat
+from gunicorn_graceful import clock, compat, proc
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.master import files, metrics, upgrade_report
 from gunicorn_graceful.master.plan import kill_due
@@ -83,6 +83,8 @@ class Upgrades:
         self.claimed = False  # the pidfile, claimed once the old master is gone (`claim_pidfile`)
         self.heard = b""  # what the old master wrote on the ack pipe
         self.handed_to = None  # as an old master: the upgrade it handed the service to
+        if arbiter.master_pid:  # a new master: woken (SIGCHLD: a reap, a tick) by its old
+            proc.signal_at_parent_exit(signal.SIGCHLD)  # master's exit, not up to 1 s later
 
     # -- the old master -------------------------------------------------------------------
 
