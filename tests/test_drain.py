@@ -380,6 +380,24 @@ def test_a_connection_that_sends_nothing_holds_up_nothing_queued_behind_it(workd
                             r"waited=2\.00 ") == 1, server.tail()
 
 
+@pytest.mark.parametrize("worker", WORKERS)
+def test_what_the_master_handed_over_is_served_when_it_is_killed_during_the_stop(
+        workdir, servers, worker):
+    """The master SIGKILLed once it handed the queue over: the orphaned workers still serve
+    it (the thread worker dropped all eight: its orphan check refused what it held)."""
+    server = servers(workdir, worker=worker, workers=2,
+                     extra_args=["--threads", "1", "--worker-connections", "1"])
+    busy = [_send_raw(server.port, "/slow?seconds=0.5") for _ in range(2)]
+    server.wait_started("/slow", count=2)
+    queued = [_send_raw(server.port, "/slow?seconds=0.3") for _ in range(8)]
+    wait_for(lambda: _queued_at(server) >= 8, 10, "eight requests in the accept queue")
+    server.signal(signal.SIGTERM)
+    server.wait_log(r"event=drain\.start pid=\d+ .*queued=8", count=2, timeout=10)
+    os.kill(server.pid, signal.SIGKILL)
+    answers = [_read_status(sock) for sock in busy + queued]
+    assert answers == [200] * 10, (answers, server.tail())
+
+
 LIBC_READ_APP = """\
 import ctypes
 import os

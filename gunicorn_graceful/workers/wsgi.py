@@ -171,8 +171,10 @@ class GracefulThreadWorker(GracefulMixin, ThreadWorker):
                 limits.check()
 
     def _serve(self, listener, client, addr):
-        """Through Gunicorn's own accept path (counting, connection, thread pool)."""
-        self.accept(_Accepted(listener, client, addr))
+        """Through Gunicorn's own accept path (counting, connection, thread pool), past the
+        base's orphan check: this worker took the connection already (from the queue or
+        the hand-off), and no one else would serve it, also once the master is gone."""
+        ThreadWorker.accept(self, _Accepted(listener, client, addr))
 
     def serve_backlog(self):
         """Where the loop has no stop hook (`compat.THREAD_WORKER_ACCEPT_HOOK`): at a full
