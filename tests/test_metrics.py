@@ -198,6 +198,30 @@ def test_a_metrics_address_in_use_stops_the_start_with_one_line(workdir, servers
         taken.close()
 
 
+def test_a_request_a_wsgi_drain_cuts_is_counted(workdir, servers):
+    """The sync worker ends itself at its drain's deadline, naming and counting what it cuts
+    (before, the master's SIGKILL came first and gunicorn_drain_cut_requests_total stayed
+    at 0 for the WSGI workers)."""
+    port = free_port()
+    server = metrics_server(servers, workdir, port, "graceful_timeout = 2\n", worker="sync",
+                            workers=1)
+    slow = threading.Thread(target=lambda: _ignore(server.url + "/slow?seconds=10"),
+                            daemon=True)
+    slow.start()
+    server.wait_started("/slow")
+    server.signal(signal.SIGHUP)
+    server.wait_log(r"\[WARNING\] event=drain\.cut pid=\d+ method=GET path=/slow")
+    wait_for(lambda: value(scrape(port).text, "gunicorn_drain_cut_requests_total") == 1, 10,
+             "the cut counted")
+
+
+def _ignore(url):
+    try:
+        requests.get(url, timeout=20)
+    except requests.RequestException:
+        pass
+
+
 def test_a_hup_that_moves_the_metrics_address_is_refused_and_it_keeps_serving(workdir, servers):
     port = free_port()
     server = metrics_server(servers, workdir, port, workers=1)

@@ -228,7 +228,11 @@ class GracefulMixin:
 
     def end_at_deadline(self):
         """The drain's deadline (graceful_timeout less CUT_MARGIN): the WSGI workers end here,
-        what they cut named just before; the asyncio classes cut on their own clock."""
+        what they cut named just before and counted (with metrics on); the asyncio classes
+        cut on their own clock."""
+        slot = counters.mine()
+        if slot is not None:
+            slot.drained(time.monotonic() - self.drain.started, len(self.inflight))
         os._exit(0)
 
     def exit_if_booting(self):
