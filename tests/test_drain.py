@@ -252,7 +252,8 @@ def test_new_clients_during_a_stop_are_refused_at_once_while_queued_ones_are_ser
     assert waits[int(0.99 * len(waits))] <= 0.1, waits
     assert statuses == [200] * 6, statuses
     # The master handed the four over at once; each worker's drain says what waited for both.
-    assert server.count(r"event=master\.stopping pid=\d+ .*handed=4 queued=0 ") == 1, server.tail()
+    assert server.count(r"event=master\.stopping pid=\d+ .*handed=4 queued=0 ") == 1, \
+        server.tail()
     shares = [int(n) for n in re.findall(r"event=drain\.start pid=\d+ .*queued=(\d+)", server.log())]
     assert shares == [4, 4], shares
     # Both workers served the queue as each freed up: four 0.3 s requests in about 0.6 s.

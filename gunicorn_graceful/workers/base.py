@@ -221,7 +221,7 @@ class GracefulMixin:
             for _ in range(listeners.TAKE_LIMIT):
                 if queued is None:
                     break
-                held.append(("queued", _peer(queued[2])))
+                held.append(("queued", describe_peer(queued[2])))
                 queued[1].close()
                 queued = self.next_queued()
         return held
@@ -402,7 +402,8 @@ class GracefulMixin:
         readable, _, _ = select.select([client], [], [], wait)
         if readable:
             return True
-        emit(self.log, "info", "drain.idle_closed", pid=self.pid, peer=_peer(addr), waited=wait,
+        emit(self.log, "info", "drain.idle_closed", pid=self.pid, peer=describe_peer(addr),
+             waited=wait,
              reason="it sent nothing: the connections behind it are served")
         client.close()
         return False
@@ -436,7 +437,8 @@ def _address(client):
         return ("-", "-")
 
 
-def _peer(addr):
+def describe_peer(addr):
+    """`host:port` of an address as a log field."""
     if isinstance(addr, tuple) and len(addr) >= 2:
         return "%s:%s" % addr[:2]
     return str(addr or "-")

@@ -15,7 +15,7 @@ from gunicorn.workers.sync import SyncWorker
 
 from gunicorn_graceful import compat
 from gunicorn_graceful.workers import wakeup
-from gunicorn_graceful.workers.base import GracefulMixin, _peer
+from gunicorn_graceful.workers.base import GracefulMixin, describe_peer
 from gunicorn_graceful.workers.inflight import Parsed
 
 
@@ -65,7 +65,8 @@ class GracefulSyncWorker(GracefulMixin, SyncWorker):
 
     def held_connections(self):
         """The client whose request is being read, and what still waits (the base's)."""
-        reading = [("reading", _peer(self.reading_peer))] if self.reading_connections() else []
+        reading = [("reading", describe_peer(self.reading_peer))] \
+            if self.reading_connections() else []
         return reading + super().held_connections()
 
     def serve_backlog(self):
@@ -83,9 +84,10 @@ class GracefulSyncWorker(GracefulMixin, SyncWorker):
             self._serve(listener, client, addr)
 
     def _serve(self, listener, client, addr):
-        """Gunicorn's handle, with the client noted while its request is read (`busy`).
-        No close_on_exec: Python's accept() makes the socket non-inheritable already
-        (PEP 446, accept4 with SOCK_CLOEXEC); Gunicorn's call is two fcntl calls more."""
+        """Gunicorn's handle, with the client noted while its request is read (the drain
+        reports and names it, `held_connections`). No close_on_exec: Python's accept()
+        makes the socket non-inheritable already (PEP 446, accept4 with SOCK_CLOEXEC);
+        Gunicorn's call is two fcntl calls more."""
         client.setblocking(True)
         self.reading_peer = addr
         try:
