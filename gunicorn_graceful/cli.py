@@ -59,11 +59,8 @@ def alive(pid):
         return False
     except PermissionError:
         return True
-    try:
-        with open("/proc/%s/stat" % pid) as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
+    fields = proc.stat_fields(pid)
+    return not fields or fields[0] != "Z"
 
 
 def master_pid(pidfile):

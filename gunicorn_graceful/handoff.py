@@ -17,7 +17,6 @@ in-place upgrade hands the pair across its exec (`fds`, `adopt`): the workers
 it adopts hold the same one.
 """
 
-import errno
 import mmap
 import os
 import socket
@@ -65,8 +64,9 @@ class Handoff:
     def hand(self, listeners_by_index):
         """In the master, after the door closed: move what waits to the pair (at most HOLD).
 
-        Returns how many moved. A connection is accepted only while the pair has room for
-        it, so none is ever held by the master alone."""
+        Returns how many moved. Each is accepted, then sent; one the pair refuses is reset
+        and ends the hand-off (HOLD, below the 278 the default buffer holds, keeps that from
+        happening), so none is ever held by the master alone."""
         moved = 0
         for index, listener in listeners_by_index:
             while moved < HOLD:
@@ -127,11 +127,8 @@ def _accept(listener):
         listener.setblocking(False)
     except OSError:
         return None
-    for _ in range(listeners.TAKE_LIMIT):
-        try:
-            client, _ = listener.accept()
-            return client
-        except OSError as exc:
-            if exc.errno != errno.ECONNABORTED:
-                return None
-    return None
+    try:
+        taken = listeners.accept_one(listener)
+    except (BlockingIOError, InterruptedError):
+        return None
+    return taken[0] if taken else None

@@ -95,19 +95,28 @@ def take_one(sock):
     (new clients are refused from then on); one taken as the last is shut
     behind at once too. A listener shut already has nothing to take.
     """
+    try:
+        taken = accept_one(sock)
+    except (BlockingIOError, InterruptedError):
+        shut(sock)
+        return None
+    if taken is not None and not queued(sock):
+        shut(sock)
+    return taken
+
+
+def accept_one(sock):
+    """(client, addr) from the non-blocking `sock`, past connections aborted while queued;
+    None when it cannot accept (EINVAL: shut already; EMFILE and the like: left for another
+    process). An empty queue raises BlockingIOError: whether that shuts is the caller's."""
     for _ in range(TAKE_LIMIT):
         try:
-            taken = sock.accept()
+            return sock.accept()
         except (BlockingIOError, InterruptedError):
-            shut(sock)
-            return None
+            raise
         except OSError as exc:
-            if exc.errno == errno.ECONNABORTED:
-                continue
-            return None  # EINVAL: shut already; EMFILE and the like: left for another worker
-        if not queued(sock):
-            shut(sock)
-        return taken
+            if exc.errno != errno.ECONNABORTED:
+                return None
     return None
 
 

@@ -10,13 +10,24 @@ PID_MAX = 1 << 22  # the kernel's ceiling for pid_max on 64-bit Linux
 _PR_SET_PDEATHSIG = 1
 
 
+def stat_fields(pid):
+    """The fields of /proc/PID/stat after the command name (which may hold spaces and
+    parentheses): [0] the state, [1] the parent, [19] the start; None when it is gone or
+    unreadable."""
+    try:
+        with open("/proc/%s/stat" % pid) as handle:
+            return handle.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def start_time(pid):
     """The process's start, in clock ticks since boot (field 22 of /proc/PID/stat), or None
     when it is gone or unreadable. Kept across exec: an in-place upgrade keeps it."""
+    fields = stat_fields(pid)
     try:
-        with open("/proc/%d/stat" % pid) as handle:
-            return int(handle.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
+        return int(fields[19]) if fields else None
+    except (IndexError, ValueError):
         return None
 
 
@@ -26,20 +37,13 @@ def valid_pid(pid):
     return 1 <= pid <= PID_MAX
 
 
-
 def children(pid):
     """The pids of the live processes whose parent is `pid` (from each /proc/N/stat: the
     kernel's own children list needs CONFIG_PROC_CHILDREN)."""
     found = []
     for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % name) as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if len(fields) > 1 and fields[1] == str(pid) and fields[0] != "Z":
+        fields = stat_fields(name) if name.isdigit() else None
+        if fields and len(fields) > 1 and fields[1] == str(pid) and fields[0] != "Z":
             found.append(int(name))
     return sorted(found)
 

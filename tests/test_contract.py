@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from tests.harness import GUNICORN, wait_for, write_app
+from tests.harness import GUNICORN, write_app
 
 ORPHAN_APP = '''\
 import os
