@@ -52,9 +52,9 @@ def when_ready(server):
 
 def on_reload(server):
     """The generation about to boot (numbers are never reused)."""
-    rollouts = getattr(server, "rollouts", None)
+    generations = getattr(server, "generations", None)
     emit(server.log, "info", "master.reload", pid=server.pid,
-         generation=rollouts.last_generation + 1 if rollouts else 0)
+         generation=generations.upcoming() if generations else 0)
 
 
 def pre_exec(server):

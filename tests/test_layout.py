@@ -80,7 +80,7 @@ def test_both_wings_and_the_floor_hold_modules():
 
 
 SIBLINGS = {"core", "phase", "records", "pool", "recycler", "rollouts", "upgrades", "stopper",
-            "status", "metrics", "notifier", "molds"}
+            "status", "metrics", "notifier", "molds", "generations"}
 
 
 def reaches(path):
@@ -118,3 +118,28 @@ def test_only_the_core_moves_the_phase_and_speaks_to_systemd():
     assert moves == [] and told == []
     core = PACKAGE / "master" / "core.py"
     assert calls(core, "move", {"phase"}) and calls(core, "ready", {"notifier"})
+
+
+def generation_writes(path):
+    """Assignments to the arbiter's generation, or to the numbers `generations` owns."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        targets = node.targets if isinstance(node, ast.Assign) else \
+            [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
+        for target in targets:
+            owner = getattr(target, "value", None)
+            owner_name = getattr(owner, "id", None) or getattr(owner, "attr", None)
+            if isinstance(target, ast.Attribute) and (
+                    (target.attr == "generation" and owner_name in ("arbiter", "server"))
+                    or (target.attr in ("current", "last", "releases")
+                        and owner_name == "generations")):
+                found.append("%s:%s" % (path.name, node.lineno))
+    return found
+
+
+def test_only_generations_writes_the_generation():
+    """The arbiter's `generation` is a read-only property over `generations.current`."""
+    modules = [p for p in PACKAGE.rglob("*.py") if p.name != "generations.py"]
+    assert [hit for p in modules for hit in generation_writes(p)] == []
+    from gunicorn_graceful.master.arbiter import GracefulArbiter
+    assert GracefulArbiter.generation.fset is None

@@ -77,7 +77,7 @@ class MasterMachine(RuleBasedStateMachine):
 
     def note_generation(self):
         """A generation a HUP started (at once, or once it waited): never a reused number."""
-        after = self.master.arbiter.rollouts.last_generation
+        after = self.master.arbiter.generations.last
         if after != self.generations[-1]:
             assert after > max(self.generations), "generation %s reused" % after
             self.generations.append(after)

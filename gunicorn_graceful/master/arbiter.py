@@ -41,6 +41,7 @@ from gunicorn_graceful import clock, compat, forked, handoff, settings, userhook
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.master import files, inplace, intents, metrics, mold, rollout, upgrade
 from gunicorn_graceful.master.core import Core
+from gunicorn_graceful.master.generations import Generations
 from gunicorn_graceful.master.phase import Phase, PhaseKeeper
 from gunicorn_graceful.master.pool import Pool
 from gunicorn_graceful.master.records import Records
@@ -67,22 +68,23 @@ class GracefulArbiter(Arbiter):
         # The pack's settings travel with the arbiter, as Gunicorn's `cfg` does: what the
         # config's install(globals()) loaded; a HUP replaces both, a rollback restores both.
         arbiter.settings = settings.current()
-        arbiter.generation = 1
+        arbiter.generations = Generations(arbiter.settings.release_link)
         files.adopt_pidfile(arbiter.pidfile, arbiter.log)
         handed = inplace.take_handover()
         arbiter.phase = PhaseKeeper(arbiter.log, arbiter.pid, Phase.IN_PLACE if handed else
                                     Phase.TRIAL if arbiter.master_pid else Phase.STARTING)
         arbiter.notifier = Notifier.take_from_environ()
         arbiter.records = Records()
-        arbiter.rollouts = rollout.Rollouts(arbiter)
-        arbiter.pool = Pool(arbiter, arbiter.records, arbiter.rollouts.release_of)
+        arbiter.rollouts = rollout.Rollouts(arbiter, arbiter.generations)
+        arbiter.pool = Pool(arbiter, arbiter.records, arbiter.generations.release_of)
         arbiter.upgrades = upgrade.Upgrades(arbiter)
         arbiter.reloads = intents.Reloads(arbiter.log, arbiter.pid)
         arbiter.inplace = inplace.InPlace(arbiter, arbiter.pool, arbiter.upgrades,
-                                          arbiter.rollouts, arbiter.reloads, handed,
+                                          arbiter.generations, arbiter.reloads, handed,
                                           arbiter.notifier.address)
         arbiter.stopper = Stop(arbiter)
-        arbiter.molds = mold.Molds(arbiter, arbiter.pool, arbiter.rollouts) \
+        arbiter.molds = mold.Molds(arbiter, arbiter.pool, arbiter.rollouts,
+                                   arbiter.generations) \
             if arbiter.settings.mold else None
         arbiter.status = StatusFile(arbiter, arbiter.phase, arbiter.pool, arbiter.rollouts,
                                     arbiter.upgrades, arbiter.reloads, arbiter.molds)
@@ -98,10 +100,15 @@ class GracefulArbiter(Arbiter):
         arbiter.metrics = metrics.start(arbiter, arbiter.pool, arbiter.settings, handed)
         # Before the first fork, so every worker holds it (a full stop); across an in-place
         # exec, the one the adopted workers hold.
-        handoff.open_shared(handed.get("handoff") if handed else None)
+        handoff.open_shared(handed["handoff"] if handed else None)
         if arbiter.molds is not None:
             mold.become_subreaper()
         return arbiter
+
+    @property
+    def generation(self):
+        """The wanted generation (read-only: `generations` alone moves it)."""
+        return self.generations.current
 
     def setup(self, app):
         """Gunicorn's setup, then keep the graceful worker when threads > 1 (see below)."""

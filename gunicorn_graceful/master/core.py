@@ -170,7 +170,8 @@ class Core:
         if started is None:
             arbiter.reloads.config_failed(failure)
             return
-        arbiter.reloads.start(arbiter.generation, arbiter.rollouts.release_of(arbiter.generation))
+        arbiter.reloads.start(arbiter.generation,
+                             arbiter.generations.release_of(arbiter.generation))
         if started.superseded is not None:
             arbiter.pool.retire_generation(started.superseded, "superseded")
         arbiter.pool.reset_back_off()

@@ -79,8 +79,9 @@ class InPlace:
     `handed`: what the upgrade that exec'd this code handed it (`take_handover`), else None;
     `notify_address`: systemd's socket, which the exec gives back to the next code."""
 
-    def __init__(self, arbiter, pool, upgrades, rollouts, reloads, handed, notify_address):
-        self.arbiter, self.pool, self.upgrades, self.rollouts = arbiter, pool, upgrades, rollouts
+    def __init__(self, arbiter, pool, upgrades, generations, reloads, handed, notify_address):
+        self.arbiter, self.pool, self.upgrades = arbiter, pool, upgrades
+        self.generations = generations
         self.reloads = reloads
         self.handed, self.notify_address = handed, notify_address
         self.current = None
@@ -142,7 +143,7 @@ class InPlace:
         --chdir, directory) is pinned to the serving generation's release: the link points
         to the new one by then."""
         arbiter = self.arbiter
-        serving = self.rollouts.release_of(arbiter.generation)
+        serving = self.generations.release_of(arbiter.generation)
         link = arbiter.settings.release_link
 
         def pinned(path):
@@ -264,9 +265,8 @@ class InPlace:
                 "reason": reason, "upgrade_seq": self.upgrades.seq,
                 "upgrade_pending": self.upgrades.pending, "reloads": self.reloads.export(),
                 "upgrade_history": self.upgrades.history,
-                "started": trial.started, "generation": arbiter.generation,
-                "last_generation": self.rollouts.last_generation,
-                "releases": self.rollouts.releases, "worker_age": arbiter.worker_age,
+                "started": trial.started, "generations": self.generations.export(),
+                "worker_age": arbiter.worker_age,
                 "listeners": [lnr.fileno() for lnr in (self.kept if direction == "back"
                                                        else arbiter.LISTENERS)],
                 "binds": binds_of(arbiter.cfg) if direction == "new" else self.handed["binds"],
@@ -290,21 +290,17 @@ class InPlace:
         arbiter.worker_age = handed["worker_age"]
         for item in handed["workers"]:
             self.adopt_worker(item)
-        self.rollouts.releases = {int(g): r for g, r in handed["releases"].items()}
-        # .get: the code that exec'd this one may be an earlier release of the pack
-        self.upgrades.seq = handed.get("upgrade_seq", handed["seq"])
-        self.upgrades.pending = handed.get("upgrade_pending")
-        self.upgrades.history = handed.get("upgrade_history", [])
+        self.upgrades.seq = handed["upgrade_seq"]
+        self.upgrades.pending = handed["upgrade_pending"]
+        self.upgrades.history = handed["upgrade_history"]
         self.upgrades.last_refusal = handed["upgrade_refused"]
-        if handed.get("reloads"):
-            self.reloads.adopt(handed["reloads"])
+        self.reloads.adopt(handed["reloads"])
         if arbiter.pidfile is not None:  # Gunicorn found its own pid there and kept it
             arbiter.pidfile.pid = arbiter.pid
         self.current = Trial(handed["seq"], handed["started"], self.arbiter.pid,
                              failed=handed["reason"] or None,
-                             first_seq=handed.get("first_seq", handed["seq"]))
-        arbiter.generation = handed["generation"]
-        self.rollouts.last_generation = handed["last_generation"]
+                             first_seq=handed["first_seq"])
+        self.generations.adopt(handed["generations"])
         emit(arbiter.log, "info", "upgrade.adopted", pid=arbiter.pid,
              direction=handed["direction"], workers=len(handed["workers"]),
              generation=arbiter.generation)
@@ -348,7 +344,7 @@ class InPlace:
         global _adopted
         _adopted = True
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
-        compat.queue_signals(self.arbiter, self.handed.get("signals", []))  # .get: see adopt
+        compat.queue_signals(self.arbiter, self.handed["signals"])
         close_handed(self.handed)
         self.arbiter.reap_workers()
         if self.handed["direction"] == "back":
@@ -361,13 +357,11 @@ class InPlace:
     def begin_generation(self):
         """Going forward: the old code's generation serves on until the next one is ready."""
         arbiter, handed = self.arbiter, self.handed
-        generation = handed["last_generation"] + 1
-        self.rollouts.releases[generation] = release.resolve(arbiter.settings.release_link)
-        arbiter.generation = self.rollouts.last_generation = generation
+        generation = self.generations.begin(arbiter.settings.release_link)
         self.current.new_generation = generation
         self.record("booting")
         emit(arbiter.log, "info", "upgrade.booting", pid=arbiter.pid, generation=generation,
-             previous_generation=handed["generation"], workers=arbiter.num_workers)
+             previous_generation=self.kept_generation(), workers=arbiter.num_workers)
 
     def boot_failed(self, reason):
         """A worker of the new generation failed to boot; False when no new generation of an
@@ -383,9 +377,9 @@ class InPlace:
         arbiter, trial = self.arbiter, self.current
         trial.failed = reason
         emit(arbiter.log, "error", "upgrade.rollback", pid=arbiter.pid,
-             generation=trial.new_generation, kept_generation=self.handed["generation"],
+             generation=trial.new_generation, kept_generation=self.kept_generation(),
              after=clock.monotonic() - trial.started, reason=reason)
-        arbiter.generation = self.handed["generation"]
+        self.generations.roll_back(trial.new_generation, to=self.kept_generation())
         self.pool.retire_generation(trial.new_generation, "rollback")
 
     def completes(self):
@@ -417,6 +411,10 @@ class InPlace:
 
     def first_tick_due(self):
         return self.handed is not None and not _adopted
+
+    def kept_generation(self):
+        """The generation that served when the exec to this code began."""
+        return self.handed["generations"]["generation"]
 
     def pool_has(self, generation):
         return any(r.generation == generation for _, r in self.pool.workers())
@@ -477,7 +475,7 @@ def handed_fds(state):
         fds += [item["heartbeat"]] + ([item["slot"]] if item["slot"] is not None else [])
     if state["metrics"] and state["metrics"]["fd"] is not None:
         fds.append(state["metrics"]["fd"])
-    return fds + (state.get("handoff") or [])
+    return fds + (state["handoff"] or [])
 
 
 def take_handover():

@@ -101,8 +101,9 @@ class Molds:
     """The molds of one master (see the top). It receives the siblings it reads: the pool
     (boot failures, back-off) and the rollouts (releases, the generation kept by a HUP)."""
 
-    def __init__(self, arbiter, pool, rollouts):
+    def __init__(self, arbiter, pool, rollouts, generations):
         self.arbiter, self.pool, self.rollouts = arbiter, pool, rollouts
+        self.generations = generations
         self.processes = Processes()
         self.by_pid = {}
         self.early_exits = {}
@@ -173,7 +174,7 @@ class Molds:
     def start(self, generation):
         """Fork the mold of `generation`; it imports in the background (see `run`)."""
         arbiter = self.arbiter
-        release_dir = self.rollouts.release_of(generation)
+        release_dir = self.generations.release_of(generation)
         close = [m.sock.fileno() for m in self.by_pid.values()] + \
             [lnr.fileno() for lnr in self.rollouts.held() if lnr not in arbiter.LISTENERS]
         pid, sock = self.processes.start(arbiter, generation, release_dir, close)

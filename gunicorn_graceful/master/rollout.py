@@ -6,9 +6,9 @@ Invariants:
 - A rollback restores everything the reload changed: configuration, pack
   settings, environment, listeners and pidfile; the listeners and pidfile the
   new config replaced stay open until the new generation serves.
-- Generation numbers are never reused, a rolled-back one included.
-- With graceful_release_link, each generation is pinned to the release the link
-  pointed to when it started (see `release`).
+- Generation numbers are never reused, a rolled-back one included, and with
+  graceful_release_link each generation is pinned to the release the link
+  pointed to when it started (`generations` owns both).
 - A config that fails to load on HUP changes nothing.
 Whether a HUP may start, and what follows a complete or a failed generation,
 is decided by `core`; this module loads, applies and restores.
@@ -20,7 +20,7 @@ import os
 from gunicorn import util
 from gunicorn.pidfile import Pidfile
 
-from gunicorn_graceful import clock, compat, release, settings, userhooks
+from gunicorn_graceful import clock, compat, settings, userhooks
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.master import binds, files
 
@@ -42,16 +42,11 @@ class Rollout:
 
 
 class Rollouts:
-    """The HUP side of one master: the current rollout and each generation's release."""
+    """The HUP side of one master: the current rollout (`generations`: the numbers)."""
 
-    def __init__(self, arbiter):
-        self.arbiter = arbiter
+    def __init__(self, arbiter, generations):
+        self.arbiter, self.generations = arbiter, generations
         self.current = None
-        self.last_generation = arbiter.generation
-        self.releases = {arbiter.generation: release.resolve(arbiter.settings.release_link)}
-
-    def release_of(self, generation):
-        return self.releases.get(generation, "")
 
     def reload(self, config_problem):
         """HUP: load the config again; (the Rollout that starts, None) or (None, why the config
@@ -81,7 +76,7 @@ class Rollouts:
             return None, failure
         arbiter.settings = settings.current()
         compat.count_reload(arbiter)
-        generation = self.last_generation + 1
+        generation = self.generations.upcoming()
         if self.current is None:
             rollout = Rollout(generation, arbiter.generation, previous_cfg, previous_settings,
                               arbiter.LISTENERS, arbiter.pidfile)
@@ -118,7 +113,7 @@ class Rollouts:
             arbiter.pidfile = new_pidfile(arbiter, arbiter.cfg.pidfile)
         util._setproctitle("master [%s]" % arbiter.proc_name)
         if arbiter.cfg.preload_app:
-            emit(arbiter.log, "warning", "reload.preload", generation=self.last_generation + 1,
+            emit(arbiter.log, "warning", "reload.preload", generation=self.generations.upcoming(),
                  reason="preload_app is on: the master imported the app once and HUP cannot "
                         "reload its code; workers are replaced with the same code. Use USR2 "
                         "to deploy new code")
@@ -127,8 +122,7 @@ class Rollouts:
         """A new generation boots from the release the deploy link points to now."""
         arbiter = self.arbiter
         self.current = rollout
-        arbiter.generation = self.last_generation = rollout.generation
-        self.releases[rollout.generation] = release.resolve(arbiter.settings.release_link)
+        self.generations.begin(arbiter.settings.release_link)
         emit(arbiter.log, "info", "reload.start", generation=arbiter.generation,
              previous_generation=rollout.previous_generation, workers=arbiter.num_workers,
              max_booting=arbiter.settings.max_booting)
@@ -137,7 +131,7 @@ class Rollouts:
         """A newer HUP replaces a rollout still booting: drop what it opened (but the listeners
         the newer one keeps); `core` retires its workers."""
         arbiter = self.arbiter
-        self.releases.pop(rollout.generation, None)
+        self.generations.forget(rollout.generation)
         self.drop_files(rollout, keep=new_listeners)
         arbiter.LISTENERS, arbiter.pidfile = rollout.previous_listeners, rollout.previous_pidfile
 
@@ -147,8 +141,7 @@ class Rollouts:
         emit(arbiter.log, "info", "reload.done", generation=arbiter.generation,
              duration=clock.monotonic() - rollout.started, workers=workers)
         self.current = None
-        for generation in [g for g in self.releases if g < rollout.generation]:
-            del self.releases[generation]
+        self.generations.forget_before(rollout.generation)
         binds.close_unused(rollout.previous_listeners, keep=arbiter.LISTENERS)
         if arbiter.pidfile is not rollout.previous_pidfile and rollout.previous_pidfile:
             files.remove(arbiter.log, rollout.previous_pidfile.fname)
@@ -161,9 +154,8 @@ class Rollouts:
              kept_generation=rollout.previous_generation, worker=failure.pid,
              after=failure.elapsed, reason=failure.reason)
         self.current = None
-        arbiter.generation = rollout.previous_generation
+        self.generations.roll_back(rollout.generation, to=rollout.previous_generation)
         self.drop_files(rollout)
-        self.releases.pop(rollout.generation, None)
         reset_environment(arbiter.cfg)
         arbiter.app.cfg = rollout.previous_cfg
         arbiter.settings = rollout.previous_settings
