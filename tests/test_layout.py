@@ -143,3 +143,69 @@ def test_only_generations_writes_the_generation():
     assert [hit for p in modules for hit in generation_writes(p)] == []
     from gunicorn_graceful.master.arbiter import GracefulArbiter
     assert GracefulArbiter.generation.fset is None
+
+
+def documented_table():
+    """The rows of the fact table in `core`'s docstring: {(phase, fact): handler}."""
+    from gunicorn_graceful.master import core
+    rows, phase = {}, None
+    for line in core.__doc__.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[1] and cells[1][0].isupper() and cells[1] != "fact":
+            phase = cells[0]
+            rows[(phase, cells[1])] = cells[2]
+    return rows
+
+
+def test_the_documented_table_is_the_dispatch_table():
+    from gunicorn_graceful.master import core, facts
+    table = {(k if k == core.ANY else k.value, fact.__name__): handler
+             for (k, fact), handler in core.TABLE.items()}
+    assert documented_table() == table
+    kinds = {c for c in vars(facts).values() if isinstance(c, type) and c.__module__ == facts.__name__}
+    assert {fact for _, fact in core.TABLE} == kinds  # every fact has a row
+    assert all(callable(getattr(core.Core, handler)) for handler in core.TABLE.values())
+
+
+# Where a helper of the master sends a signal: each carries out what `core` (or `plan`,
+# through the pool) decided, and is called from there; any other is a decision made in a
+# helper, which belongs in `core`'s table.
+SIGNAL_SITES = {
+    "inplace.py": {"kill_check", "abandon"},      # core: CheckLate; the master stops
+    "mold.py": {"kill", "stop", "fork"},          # core: MoldLate; unneeded; a fork unanswered
+    "mold_process.py": {"signal_pid"},            # the molds' process calls
+    "upgrade.py": {"signal_process"},             # core's: the other master's signals
+    "pool.py": {"terminate", "kill"},             # plan's actions
+    "stop.py": {"tell_lame_duck"},                # core: lame duck
+}
+SIGNALS = {"kill", "signal", "kill_worker", "signal_process"}
+
+
+def signal_sites(path):
+    """(function, call) for each call in `path` that signals a process, retires a generation
+    or halts the master."""
+    found = set()
+    for func in ast.walk(ast.parse(path.read_text())):
+        if not isinstance(func, ast.FunctionDef):
+            continue
+        for node in ast.walk(func):
+            owner = getattr(getattr(node, "func", None), "value", None)
+            if isinstance(node, ast.Call) and getattr(owner, "id", None) not in ("self",
+                                                                                 "signal"):
+                name = getattr(node.func, "attr", None) or getattr(node.func, "id", None)
+                if name in SIGNALS | {"retire_generation", "HaltServer"}:
+                    found.add((func.name, name))
+    return found
+
+
+def test_only_the_core_decides_timeouts_rollbacks_halts_and_retirements():
+    """No helper signals another master, retires a generation or halts on its own; the
+    signals helpers send are the listed ones."""
+    helpers = [p for p in (PACKAGE / "master").glob("*.py")
+               if p.name not in ("core.py", "arbiter.py")]
+    found = {(p.name, func, name) for p in helpers for func, name in signal_sites(p)}
+    decided_here = sorted(hit for hit in found if hit[2] in ("retire_generation", "HaltServer",
+                                                            "signal_process"))
+    assert decided_here == []
+    assert {(module, func) for module, func, _ in found} == \
+        {(module, func) for module, funcs in SIGNAL_SITES.items() for func in funcs}

@@ -19,7 +19,7 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, p
 from gunicorn.arbiter import Arbiter
 
 from gunicorn_graceful import hooks, settings, state, userhooks
-from gunicorn_graceful.master import binds, core, pool, rollout, upgrade_report
+from gunicorn_graceful.master import binds, core, facts, pool, rollout, upgrade_report
 from gunicorn_graceful.master.phase import Phase
 from tests.simulation import (BIND, BOOT_ERROR, FakeProcesses, Master, SimArbiter, booting,
                               make_config, raising_hook)
@@ -690,18 +690,19 @@ def old_reconcile(self):
     a generation a failure was about to roll back was started again in the same tick."""
     arbiter, pool_ = self.arbiter, self.arbiter.pool
     if arbiter.molds:
+        self.dispatch_all(arbiter.molds.late())
         arbiter.molds.tick()
     pool_.observe()
     for failure in pool_.take_boot_failures():
         if failure.generation == arbiter.generation:
-            self.boot_failed(failure)
+            self.dispatch(facts.BootFailed(failure))
     pool_.reconcile(recycling=self.phase.is_in(Phase.SERVING))
     ready = pool_.complete()
     if ready is not None:
         pool_.retire_old()
-        self.generation_complete(ready)
+        self.dispatch(facts.GenerationComplete(ready))
     if pool_.recovered():
-        self.tell_serving()
+        self.dispatch(facts.Recovered())
 
 
 def test_the_simulation_finds_a_mold_started_for_a_generation_being_rolled_back(monkeypatch):

@@ -1,39 +1,49 @@
-"""The master's decisions: what each helper reports, in the current phase, decides what follows.
+"""The master's decisions: what each fact a helper observed means in the current phase.
 
-The helpers act on their own part and return what happened: the pool that a
-generation is complete, that a worker failed to boot, that it recovered; the
-rollout that a HUP started; the upgrade what became of the new master; the stop
-that lame duck is over. This module alone maps (phase, outcome) to the next step,
-moves the phase and tells systemd, so that the phase, the records, the status
-file and what systemd was told change together, in one place:
+The helpers act on their own part and observe the rest as typed facts
+(`facts`): the pool that a generation is complete or a worker failed to boot,
+the upgrade what became of the new master, the in-place trial what became of
+its check and its exec, the stop that lame duck is over. Each tick `dispatch`
+looks up (phase, type of fact) in `TABLE` and runs its one handler: every
+timeout, rollback, halt and retirement is decided here, and only here is the
+phase moved and systemd told, so the phase, the records, the status file and
+what systemd was told change together. A phase of `any` stands for the phases
+the fact has no row of its own in; a fact with no row at all is a bug, logged
+at ERROR (`master.unexpected`). The table, as `tests/test_layout.py` checks it:
 
-| outcome                 | phase           | what follows                                    |
-|-------------------------|-----------------|-------------------------------------------------|
-| generation complete     | starting        | serving; READY                                  |
-|                         | reloading       | the rollout finishes; serving; READY            |
-|                         | trial           | ask the old master; taking_over once it answers |
-| a worker failed to boot | reloading       | roll back; serving; READY with the reason       |
-|                         | starting, trial | halt (no worker ever served)                    |
-|                         | otherwise       | back off; degraded; STATUS                      |
-| recovered               | any             | READY                                           |
-| HUP                     | refused in lame duck or stopping (`phase.REFUSALS`); deferred while |
-|                         | starting, reloading or upgrading (`phase.DEFERRALS`), forwarded to  |
-|                         | a new master that takes over; else reloading; RELOADING=1           |
-| USR2                    | refused as HUP; deferred while starting, reloading or while the     |
-|                         | last upgrade's new master still stops; else upgrading; STATUS       |
-| USR2, in place          | as USR2, else upgrading_in_place; RELOADING=1                       |
-| the phase is serving    | the deferred intent asked first runs, of the code on disk now       |
-| its check failed        | upgrading_in_place | serving; READY with the reason (refused)     |
-| its exec (`inplace`)    | the next code adopts the workers in upgrading_in_place            |
-| generation complete     | upgrading_in_place | serving; READY (done)                        |
-| a worker failed to boot | upgrading_in_place | retire it; exec the old code back once gone  |
-| exec'd back             | upgrading_in_place | serving; READY with the reason (rolled back) |
-| the new master asks     | upgrading       | pidfile, MAINPID, acknowledge; this master stops |
-| the new master failed   | upgrading       | serving; READY with its reason                  |
-| the old master is gone  | trial           | the pidfile names this master (once); it serves |
-|                         |                 | as soon as its workers are ready                |
-| promoted                | taking_over     | serving                                         |
-| TERM                    | lame duck first with a shutdown delay; STOPPING only from the service |
+| phase              | fact               | handler              | what follows                   |
+|--------------------|--------------------|----------------------|--------------------------------|
+| starting           | GenerationComplete | first_serving        | serving; READY                 |
+| trial              | GenerationComplete | ask_to_take_over     | taking_over once acknowledged  |
+| reloading          | GenerationComplete | reload_done          | the rollout ends; serving      |
+| upgrading_in_place | GenerationComplete | in_place_complete    | done; serving (not the kept)   |
+| any                | GenerationComplete | nothing              | (the old ones retire: `tick`)  |
+| reloading          | BootFailed         | roll_back_reload     | retire it; serving; READY      |
+| starting           | BootFailed         | halt                 | no worker ever served: halt    |
+| trial              | BootFailed         | halt                 | its old master rolls back      |
+| upgrading_in_place | BootFailed         | roll_back_in_place   | retire it; exec back once gone |
+| any                | BootFailed         | back_off             | degraded; STATUS               |
+| any                | Recovered          | recovered            | READY                          |
+| any                | MoldLate           | kill_mold            | SIGKILL; its boot failure      |
+| upgrading          | NewMasterAsks      | hand_over            | pidfile, MAINPID, ack; stop    |
+| upgrading          | UpgradeLate        | stop_late_new_master | SIGTERM; serving; READY        |
+| any                | NewMasterKillDue   | kill_new_master      | SIGKILL                        |
+| any                | NewMasterExited    | new_master_exited    | totals carried; serving; READY |
+| trial              | OldMasterGone      | claim_pidfile        | the pidfile names this master  |
+| upgrading_in_place | CheckLate          | check_late           | kill it; refused; serving      |
+| upgrading_in_place | CheckEnded         | check_ended          | exec the new code, or refused  |
+| upgrading_in_place | ExecFailed         | exec_failed          | refused, or rolled back        |
+| upgrading_in_place | Adopted            | adopted              | boot the next generation, or   |
+|                    |                    |                      | rolled back; serving; READY    |
+| upgrading_in_place | InPlaceLate        | in_place_late        | retire it; exec back once gone |
+| upgrading_in_place | RollbackDrained    | exec_back            | the old code adopts its workers|
+| lame_duck          | LameDuckOver       | stop                 | the stop begins                |
+
+Signals come in through the arbiter: HUP (`reload`) and USR2 (`upgrade`) are
+refused in lame duck or stopping (`phase.REFUSALS`), deferred while starting,
+reloading or upgrading (`phase.DEFERRALS`) and run once the phase is serving
+(`run_deferred`), forwarded to a new master that takes over; TERM (`term`) is
+lame duck first with a shutdown delay; STOPPING only from the service.
 
 Invariants (checked in simulation, `tests/test_simulation.py`): only this module
 calls `PhaseKeeper.move` and the notifier; the helpers never call each other
@@ -42,16 +52,50 @@ through the arbiter.
 
 import signal
 
+from gunicorn.errors import HaltServer
+
 from gunicorn_graceful import compat
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.master import metrics, mold, upgrade
+from gunicorn_graceful.master.facts import (
+    Adopted, BootFailed, CheckEnded, CheckLate, ExecFailed, GenerationComplete, InPlaceLate,
+    LameDuckOver, MoldLate, NewMasterAsks, NewMasterExited, NewMasterKillDue, OldMasterGone,
+    Recovered, RollbackDrained, UpgradeLate)
 from gunicorn_graceful.master.phase import Phase
 
 STOPPING = "the master is stopping"
+ANY = "any"
+P = Phase
+TABLE = {
+    (P.STARTING, GenerationComplete): "first_serving",
+    (P.TRIAL, GenerationComplete): "ask_to_take_over",
+    (P.RELOADING, GenerationComplete): "reload_done",
+    (P.IN_PLACE, GenerationComplete): "in_place_complete",
+    (ANY, GenerationComplete): "nothing",
+    (P.RELOADING, BootFailed): "roll_back_reload",
+    (P.STARTING, BootFailed): "halt",
+    (P.TRIAL, BootFailed): "halt",
+    (P.IN_PLACE, BootFailed): "roll_back_in_place",
+    (ANY, BootFailed): "back_off",
+    (ANY, Recovered): "recovered",
+    (ANY, MoldLate): "kill_mold",
+    (P.UPGRADING, NewMasterAsks): "hand_over",
+    (P.UPGRADING, UpgradeLate): "stop_late_new_master",
+    (ANY, NewMasterKillDue): "kill_new_master",
+    (ANY, NewMasterExited): "new_master_exited",
+    (P.TRIAL, OldMasterGone): "claim_pidfile",
+    (P.IN_PLACE, CheckLate): "check_late",
+    (P.IN_PLACE, CheckEnded): "check_ended",
+    (P.IN_PLACE, ExecFailed): "exec_failed",
+    (P.IN_PLACE, Adopted): "adopted",
+    (P.IN_PLACE, InPlaceLate): "in_place_late",
+    (P.IN_PLACE, RollbackDrained): "exec_back",
+    (P.LAME_DUCK, LameDuckOver): "stop",
+}
 
 
 class Core:
-    """Reads the helpers' outcomes and decides; the arbiter's overrides call it."""
+    """Reads the helpers' facts and decides; the arbiter's overrides call it."""
 
     def __init__(self, arbiter):
         self.arbiter = arbiter
@@ -71,17 +115,17 @@ class Core:
         """Gunicorn's `manage_workers`: the upgrade, the metrics, the pool, the status file."""
         arbiter = self.arbiter
         if arbiter.inplace.first_tick_due():
-            self.in_place_ended(arbiter.inplace.first_tick())
+            self.dispatch(arbiter.inplace.first_tick())
         if self.phase.is_in(Phase.STOPPING):
             return
         if self.phase.is_in(Phase.LAME_DUCK):
-            self.watch_lame_duck()
+            self.dispatch_all(arbiter.stopper.watch())
+            arbiter.pool.notice_ready()
+            arbiter.stopper.tell_lame_duck(arbiter.pool.workers())
             return
-        self.watch_upgrade()
-        if self.phase.is_in(Phase.TRIAL) and arbiter.upgrades.old_master_gone():
-            arbiter.upgrades.claim_pidfile()
-        if self.phase.is_in(Phase.IN_PLACE):
-            self.in_place_ended(arbiter.inplace.watch(arbiter.metrics))
+        self.dispatch_all(arbiter.upgrades.watch())
+        self.dispatch_all(arbiter.upgrades.watch_old_master())
+        self.dispatch_all(arbiter.inplace.watch())
         if arbiter.metrics:
             arbiter.metrics.tick()  # before the pool forgets the records of reaped workers
         self.reconcile()
@@ -90,60 +134,112 @@ class Core:
         arbiter.status.write()
 
     def reconcile(self):
-        """The pool's step (see `pool`), with the failures and completions it reports."""
+        """The pool's step (see `pool`), with the facts it reports; a complete generation
+        retires every other one."""
         arbiter, pool = self.arbiter, self.arbiter.pool
         pool.observe()
         for failure in pool.take_boot_failures():
             if failure.generation == arbiter.generation:  # a rollback changes it
-                self.boot_failed(failure)
+                self.dispatch(BootFailed(failure))
         if arbiter.molds:  # after the failures: a rollback changes which molds are needed
+            self.dispatch_all(arbiter.molds.late())
             arbiter.molds.tick()
         pool.reconcile(recycling=self.phase.is_in(Phase.SERVING))
         ready = pool.complete()
         if ready is not None:
             pool.retire_old()
-            self.generation_complete(ready)
+            self.dispatch(GenerationComplete(ready))
             if arbiter.molds:
                 arbiter.molds.stop_unneeded()
         if pool.recovered():
-            self.tell_serving()
+            self.dispatch(Recovered())
 
-    def generation_complete(self, ready):
-        arbiter = self.arbiter
-        if self.phase.is_in(Phase.STARTING, Phase.TRIAL):
-            emit(arbiter.log, "info", "master.serving", pid=arbiter.pid,
-                 generation=arbiter.generation, workers=ready)
-            if self.phase.is_in(Phase.TRIAL):
-                self.ask_to_take_over()
-                return
-        elif self.phase.is_in(Phase.RELOADING):
-            arbiter.rollouts.finish(ready)
-            arbiter.reloads.finish("done")
-        elif not (self.phase.is_in(Phase.IN_PLACE) and arbiter.inplace.completes()):
+    def dispatch(self, fact):
+        """The one handler of `fact` in this phase (`TABLE`)."""
+        kind = type(fact)
+        handler = TABLE.get((self.phase.value, kind)) or TABLE.get((ANY, kind))
+        if handler is None:
+            emit(self.arbiter.log, "error", "master.unexpected", pid=self.arbiter.pid,
+                 fact=kind.__name__, phase=self.phase.value.value)
             return
+        getattr(self, handler)(fact)
+
+    def dispatch_all(self, facts):
+        for fact in facts:
+            self.dispatch(fact)
+
+    def nothing(self, fact):
+        """The fact changes nothing in this phase."""
+
+    def serve(self):
         self.phase.move(Phase.SERVING)
         self.tell_serving()
 
     def tell_serving(self):
         self.notifier.ready(self.arbiter.log, "generation %s serving" % self.arbiter.generation)
 
-    def boot_failed(self, failure):
+    def recovered(self, fact):
+        self.tell_serving()
+
+    # -- the pool's facts -------------------------------------------------------------------
+
+    def first_serving(self, fact):
         arbiter = self.arbiter
-        if self.phase.is_in(Phase.RELOADING):
-            arbiter.pool.retire_generation(arbiter.rollouts.roll_back(failure), "rollback")
-            arbiter.reloads.finish("rolled_back", failure.reason)
-            self.phase.move(Phase.SERVING)
-            self.notifier.ready(arbiter.log, "reload failed, generation %s still serving: %s"
-                                % (arbiter.generation, failure.reason))
-        elif self.phase.is_in(Phase.STARTING, Phase.TRIAL):
-            arbiter.pool.halt_on_boot_failure(failure)
-        elif self.phase.is_in(Phase.IN_PLACE) and arbiter.inplace.boot_failed(failure.reason):
-            self.notifier.status(arbiter.log, "upgrade failed, going back to the old code: %s"
-                                 % failure.reason)
-        else:
-            arbiter.pool.back_off(failure)
-            self.notifier.status(arbiter.log, "degraded: generation %s cannot replace workers: "
-                                 "%s" % (arbiter.generation, failure.reason))
+        emit(arbiter.log, "info", "master.serving", pid=arbiter.pid,
+             generation=arbiter.generation, workers=fact.ready)
+        self.serve()
+
+    def reload_done(self, fact):
+        self.arbiter.rollouts.finish(fact.ready)
+        self.arbiter.reloads.finish("done")
+        self.serve()
+
+    def in_place_complete(self, fact):
+        """Complete: the new generation ends the upgrade; the kept one (while a rollback waits
+        for the exec back) or the serving one (during the check) does not."""
+        if self.arbiter.inplace.new_generation_boots():
+            self.arbiter.inplace.finish("done")
+            self.serve()
+
+    def roll_back_reload(self, fact):
+        arbiter, failure = self.arbiter, fact.failure
+        arbiter.pool.retire_generation(arbiter.rollouts.roll_back(failure), "rollback")
+        arbiter.reloads.finish("rolled_back", failure.reason)
+        self.phase.move(Phase.SERVING)
+        self.notifier.ready(arbiter.log, "reload failed, generation %s still serving: %s"
+                            % (arbiter.generation, failure.reason))
+
+    def halt(self, fact):
+        """No worker ever served (the first generation, or a new master's on trial)."""
+        raise HaltServer(*self.arbiter.pool.halt(fact.failure))
+
+    def roll_back_in_place(self, fact):
+        if not self.arbiter.inplace.new_generation_boots():
+            self.back_off(fact)
+            return
+        self.retire_in_place(fact.failure.reason)
+
+    def in_place_late(self, fact):
+        self.retire_in_place("generation %s not ready after %.1fs (graceful_upgrade_timeout)"
+                             % (fact.generation, fact.waited))
+
+    def retire_in_place(self, reason):
+        """The in-place upgrade's new generation fails: retire it; the old code is exec'd
+        back once its workers are gone (`RollbackDrained`)."""
+        arbiter = self.arbiter
+        arbiter.pool.retire_generation(arbiter.inplace.roll_back(reason), "rollback")
+        self.notifier.status(arbiter.log, "upgrade failed, going back to the old code: %s"
+                             % reason)
+
+    def back_off(self, fact):
+        arbiter = self.arbiter
+        arbiter.pool.back_off(fact.failure)
+        self.notifier.status(arbiter.log, "degraded: generation %s cannot replace workers: "
+                             "%s" % (arbiter.generation, fact.failure.reason))
+
+    def kill_mold(self, fact):
+        self.arbiter.molds.kill(fact.mold, "the mold was not ready within "
+                                "graceful_readiness_timeout=%ss (its import hangs?)" % fact.limit)
 
     # -- HUP --------------------------------------------------------------------------------
 
@@ -257,47 +353,98 @@ class Core:
         arbiter.status.write()
         self.notifier.reloading(arbiter.log, "upgrading in place: checking the new code")
 
-    def in_place_ended(self, outcome):
+    # -- the in-place trial's facts ----------------------------------------------------------
+
+    def check_late(self, fact):
+        self.arbiter.inplace.kill_check()
+        self.in_place_refused("the new code's check took longer than %ss "
+                              "(graceful_upgrade_timeout)" % fact.limit)
+
+    def check_ended(self, fact):
+        """A check that passed execs the new code (which returns only if the exec failed)."""
+        if fact.reason:
+            self.in_place_refused(fact.reason)
+            return
+        problem = self.arbiter.inplace.exec_forward(self.arbiter.metrics)
+        self.dispatch(ExecFailed("new", problem))
+
+    def exec_back(self, fact):
+        problem = self.arbiter.inplace.exec_back(self.arbiter.metrics, fact.reason)
+        self.dispatch(ExecFailed("back", problem))
+
+    def exec_failed(self, fact):
+        if fact.direction == "new":
+            self.in_place_refused(fact.problem)
+        else:
+            self.in_place_ended("rolled_back", self.arbiter.inplace.exec_back_failed(fact.problem))
+
+    def adopted(self, fact):
+        """The first tick of the code an exec started: going forward, the next generation
+        boots; going back, the rollback is over."""
+        if fact.direction == "new":
+            self.arbiter.inplace.begin_generation()
+            return
+        self.arbiter.inplace.finish("rolled_back", fact.reason)
+        self.in_place_ended("rolled_back", fact.reason)
+
+    def in_place_refused(self, reason):
+        self.arbiter.inplace.refuse(reason)
+        self.in_place_ended("refused", reason)
+
+    def in_place_ended(self, kind, reason):
         """An in-place upgrade ended without the new generation serving: refused before the
         exec, or rolled back (exec'd back, or the exec back failed): the kept code serves."""
-        if outcome is None:
-            return
-        kind, reason = outcome
         arbiter = self.arbiter
         self.phase.move(Phase.SERVING)
         self.notifier.ready(arbiter.log, "upgrade %s, generation %s still serving: %s"
                             % (kind.replace("_", " "), arbiter.generation, reason))
         arbiter.status.write()
 
-    def watch_upgrade(self):
-        """Old master, each tick: act on what became of the new master (`Upgrades.watch`)."""
+    # -- the old master's facts -------------------------------------------------------------
+
+    def stop_late_new_master(self, fact):
+        """Not ready in time: SIGTERM (SIGKILL once its workers had their graceful_timeout,
+        `kill_new_master`); this master serves on."""
+        self.arbiter.upgrades.told_to_stop(fact.upgrade)
+        upgrade.signal_process(fact.upgrade.new_master, signal.SIGTERM)
+        self.upgrade_failed(fact.upgrade, "rolled_back", "new master not ready after %.1fs "
+                            "(graceful_upgrade_timeout)" % fact.waited)
+
+    def kill_new_master(self, fact):
+        upgrade.signal_process(fact.upgrade.new_master, signal.SIGKILL)
+
+    def new_master_exited(self, fact):
+        """Reaped: its totals count here; unless it was rolled back already, the upgrade ends
+        now (refused by its checks before the exec, or rolled back)."""
         arbiter = self.arbiter
-        outcome = arbiter.upgrades.watch()
-        if outcome is None:
-            return
-        if arbiter.metrics and outcome.totals is not None:
-            arbiter.metrics.carry(outcome.totals)
-        if outcome.kind == "asks":
-            self.hand_over(outcome.upgrade)
-        elif outcome.kind in ("rolled_back", "refused"):
-            arbiter.upgrades.ended(outcome)
-            self.phase.move(Phase.SERVING)
-            what = "rolled back" if outcome.kind == "rolled_back" else "refused"
-            self.notifier.ready(arbiter.log, "upgrade %s, master %s still serving: %s"
-                                % (what, arbiter.pid, outcome.reason))
+        kind, reason, totals = arbiter.upgrades.reaped_outcome(fact.upgrade)
+        if arbiter.metrics and totals is not None:
+            arbiter.metrics.carry(totals)
+        if kind != "gone":
+            self.upgrade_failed(fact.upgrade, kind, reason)
+
+    def upgrade_failed(self, new, kind, reason):
+        """The upgrade to the new master `new` ended without it: this master serves on."""
+        arbiter = self.arbiter
+        arbiter.upgrades.ended(new, kind, reason)
+        self.phase.move(Phase.SERVING)
+        what = "rolled back" if kind == "rolled_back" else "refused"
+        self.notifier.ready(arbiter.log, "upgrade %s, master %s still serving: %s"
+                            % (what, arbiter.pid, reason))
         arbiter.status.write()
 
-    def hand_over(self, upgrade):
+    def hand_over(self, fact):
         """The new master's workers are all ready and it asks: name it (pidfile, then systemd's
         MAINPID, which systemd must know before this process exits), then answer and stop
         (Gunicorn's loop halts on StopIteration; `stopping` sees the new master and neither
         closes the door nor tells systemd the service stops)."""
-        arbiter = self.arbiter
-        arbiter.upgrades.name_successor(upgrade)
-        self.notifier.send(arbiter.log, MAINPID=upgrade.new_master,
-                           STATUS="handing over to new master %s" % upgrade.new_master)
-        arbiter.upgrades.hand_over(upgrade)
-        self.forward_deferred(upgrade.new_master)
+        arbiter, new = self.arbiter, fact.upgrade
+        arbiter.upgrades.name_successor(new)
+        self.notifier.send(arbiter.log, MAINPID=new.new_master,
+                           STATUS="handing over to new master %s" % new.new_master)
+        arbiter.upgrades.hand_over(new)
+        upgrade.signal_process(new.new_master, signal.SIGCHLD)  # it reads the answer now
+        self.forward_deferred(new.new_master)
         arbiter.status.write()
         raise StopIteration
 
@@ -312,10 +459,14 @@ class Core:
             arbiter.upgrades.forward(new_master)
             upgrade.signal_process(new_master, signal.SIGUSR2)
 
-    def ask_to_take_over(self):
+    # -- the new master's facts -------------------------------------------------------------
+
+    def ask_to_take_over(self, fact):
         """New master on trial, all its workers ready: take the service once the old master
         acknowledged (or is gone)."""
         arbiter = self.arbiter
+        emit(arbiter.log, "info", "master.serving", pid=arbiter.pid,
+             generation=arbiter.generation, workers=fact.ready)
         if not arbiter.upgrades.ask_to_take_over():
             return
         self.phase.move(Phase.TAKING_OVER)
@@ -323,7 +474,9 @@ class Core:
         self.notifier.send(arbiter.log, MAINPID=arbiter.pid)
         self.notifier.ready(arbiter.log, "new master %s serving, old master %s draining"
                             % (arbiter.pid, arbiter.master_pid))
-        arbiter.upgrades.stop_old_master_without_ack()
+
+    def claim_pidfile(self, fact):
+        self.arbiter.upgrades.claim_pidfile()
 
     def may_promote(self):
         return self.phase.is_in(Phase.TAKING_OVER) and self.arbiter.upgrades.may_promote()
@@ -370,13 +523,10 @@ class Core:
             self.notifier.stopping(arbiter.log, "lame duck for %ss, then draining" % delay)
         arbiter.stopper.tell_lame_duck(arbiter.pool.workers())
 
-    def watch_lame_duck(self):
-        """Each tick in lame duck: at its end the normal stop begins."""
-        arbiter = self.arbiter
-        if arbiter.stopper.lame_duck_over():
-            raise StopIteration
-        arbiter.pool.notice_ready()
-        arbiter.stopper.tell_lame_duck(arbiter.pool.workers())
+    def stop(self, fact):
+        """Lame duck is over: the normal stop begins (Gunicorn's loop halts)."""
+        self.arbiter.stopper.lame_duck_over()
+        raise StopIteration
 
     def stopping(self, graceful):
         """Before Gunicorn's stop: close the door, say what stops; the status file says it too

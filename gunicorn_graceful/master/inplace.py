@@ -47,6 +47,9 @@ from gunicorn import sock
 from gunicorn_graceful import clock, compat, handoff, release, settings
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.master import binds, preflight
+from gunicorn_graceful.master.facts import (Adopted, CheckEnded, CheckLate, InPlaceLate,
+                                            RollbackDrained)
+from gunicorn_graceful.master.plan import late
 from gunicorn_graceful.master.pool import how_it_ended
 from gunicorn_graceful.master.records import Record
 
@@ -162,47 +165,56 @@ class InPlace:
         trial.preflight.returncode = status  # reaped here: Popen must not wait for it
         return True
 
-    def watch(self, metrics):
-        """Each tick while an upgrade runs in this code: None while it goes on, else
-        ("refused" or "rolled_back", reason) when it ended here without a new code serving.
-        `metrics`: this master's (None when off), whose counts an exec hands on."""
-        trial = self.current
-        if trial is None or self.handed is not None and trial.new_generation == 0:
-            return None
-        if self.handed is None:
-            return self.watch_check(trial, metrics)
-        waited = clock.monotonic() - trial.started
-        if trial.failed is None and waited > self.arbiter.settings.upgrade_timeout:
-            self.roll_back("generation %s not ready after %.1fs (graceful_upgrade_timeout)"
-                           % (trial.new_generation, waited))
-        if trial.failed is None or self.pool_has(trial.new_generation):
-            return None
-        problem = self.exec_back(metrics, trial.failed)
-        emit(self.arbiter.log, "error", "upgrade.exec_back_failed", pid=self.arbiter.pid,
-             reason=problem, action="this code serves on with the kept generation")
-        reason = trial.failed
-        self.finish("rolled_back", reason)
-        return "rolled_back", reason
-
-    def watch_check(self, trial, metrics):
-        """Old code: act on the checking child once it ended (or ran out of time)."""
-        child = trial.preflight
-        if child is not None and trial.preflight_status is None:
-            if clock.monotonic() - trial.started <= self.arbiter.settings.upgrade_timeout:
-                return None
-            child.kill()
-            trial.failed = "the new code's check took longer than %ss " \
-                "(graceful_upgrade_timeout)" % self.arbiter.settings.upgrade_timeout
-        if trial.failed is None and check_failed(trial.preflight_status):
-            trial.failed = "the new code's check failed: %s" % last_line(trial)
-        if trial.errors is not None:
-            trial.errors.close()
+    def watch(self):
+        """Each tick while an upgrade runs in this code: what became of it (`facts`)."""
+        trial, now = self.current, clock.monotonic()
+        if trial is None:
+            return []
+        limit = self.arbiter.settings.upgrade_timeout
+        if self.handed is None:  # the old code: its check
+            if trial.preflight is None:
+                return [CheckEnded(trial.failed)]
+            if trial.preflight_status is None:
+                return [CheckLate(limit)] if late(trial.started, now, limit) else []
+            failed = check_failed(trial.preflight_status)
+            return [CheckEnded("the new code's check failed: %s" % last_line(trial)
+                               if failed else None)]
+        if not trial.new_generation:
+            return []
         if trial.failed is None:
-            trial.failed = self.exec_code(self.new_code(), metrics, "new")  # returns on failure
-        reason = trial.failed
+            return [InPlaceLate(trial.new_generation, now - trial.started)] \
+                if late(trial.started, now, limit) else []
+        return [] if self.pool_has(trial.new_generation) else [RollbackDrained(trial.failed)]
+
+    def kill_check(self):
+        """`core`: the check ran out of time."""
+        self.current.preflight.kill()
+
+    def exec_forward(self, metrics):
+        """The check passed: exec the new code (`metrics`: this master's, None when off,
+        whose counts it hands on). Returns only when the exec failed: why."""
+        self.close_errors()
+        return self.exec_code(self.new_code(), metrics, "new")
+
+    def refuse(self, reason):
+        """The upgrade ended before the exec (its check failed, or the exec did)."""
+        self.close_errors()
         emit(self.arbiter.log, "error", "upgrade.refused", pid=self.arbiter.pid, reason=reason)
         self.finish("refused", reason)
-        return "refused", reason
+
+    def close_errors(self):
+        if self.current.errors is not None:
+            self.current.errors.close()
+            self.current.errors = None
+
+    def exec_back_failed(self, problem):
+        """The exec back failed: this code serves on with the kept generation. Returns why
+        the upgrade was rolled back."""
+        emit(self.arbiter.log, "error", "upgrade.exec_back_failed", pid=self.arbiter.pid,
+             reason=problem, action="this code serves on with the kept generation")
+        reason = self.current.failed
+        self.finish("rolled_back", reason)
+        return reason
 
     def abandon(self):
         """The master stops during an upgrade: the checking child goes with it."""
@@ -339,60 +351,39 @@ class InPlace:
     def first_tick(self):
         """The new code runs its loop: `go_back` no longer applies, the signals the exec held
         are delivered, the handed descriptors close (copies were adopted), workers exited
-        meanwhile are reaped. Going forward, the next generation boots; going back, the
-        outcome: ("rolled_back", reason)."""
+        meanwhile are reaped. The fact `core` acts on: which way the exec went."""
         global _adopted
         _adopted = True
         signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
         compat.queue_signals(self.arbiter, self.handed["signals"])
         close_handed(self.handed)
         self.arbiter.reap_workers()
-        if self.handed["direction"] == "back":
-            reason = self.current.failed
-            self.finish("rolled_back", reason)
-            return "rolled_back", reason
-        self.begin_generation()
-        return None
+        return Adopted(self.handed["direction"], self.current.failed)
 
     def begin_generation(self):
         """Going forward: the old code's generation serves on until the next one is ready."""
-        arbiter, handed = self.arbiter, self.handed
+        arbiter = self.arbiter
         generation = self.generations.begin(arbiter.settings.release_link)
         self.current.new_generation = generation
         self.record("booting")
         emit(arbiter.log, "info", "upgrade.booting", pid=arbiter.pid, generation=generation,
              previous_generation=self.kept_generation(), workers=arbiter.num_workers)
 
-    def boot_failed(self, reason):
-        """A worker of the new generation failed to boot; False when no new generation of an
-        in-place upgrade boots here (`core` decides as it would without one)."""
+    def new_generation_boots(self):
+        """Whether an in-place upgrade's new generation boots here, not rolled back yet."""
         trial = self.current
-        if trial is None or not trial.new_generation or trial.failed is not None:
-            return False
-        self.roll_back(reason)
-        return True
+        return trial is not None and bool(trial.new_generation) and trial.failed is None
 
     def roll_back(self, reason):
-        """The new generation failed: retire it; the old code comes back once it is gone."""
+        """The new generation failed: the kept one is wanted again; the generation to retire
+        (`core` retires it; the old code comes back once it is gone)."""
         arbiter, trial = self.arbiter, self.current
         trial.failed = reason
         emit(arbiter.log, "error", "upgrade.rollback", pid=arbiter.pid,
              generation=trial.new_generation, kept_generation=self.kept_generation(),
              after=clock.monotonic() - trial.started, reason=reason)
         self.generations.roll_back(trial.new_generation, to=self.kept_generation())
-        self.pool.retire_generation(trial.new_generation, "rollback")
-
-    def completes(self):
-        """The wanted generation is complete (`core`): whether that ends an in-place upgrade
-        (True), or is the kept generation while a rollback waits for the exec back (False);
-        None when no in-place upgrade runs here."""
-        trial = self.current
-        if trial is None or not trial.new_generation:
-            return None
-        if trial.failed is not None:
-            return False
-        self.finish("done")
-        return True
+        return trial.new_generation
 
     def finish(self, state_name, reason=""):
         """The upgrade ended in this code: its record, one line when done."""

@@ -44,6 +44,8 @@ import sys
 from gunicorn_graceful import clock, compat
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.master import mold_process
+from gunicorn_graceful.master.facts import MoldLate
+from gunicorn_graceful.master.plan import late
 from gunicorn_graceful.master.pool import BootFailure, describe_status, how_it_ended
 
 PR_SET_CHILD_SUBREAPER = 36
@@ -126,12 +128,19 @@ class Molds:
 
     # -- each tick ----------------------------------------------------------------------------
 
-    def tick(self):
-        """Hear what the molds said, enforce their import deadline, stop the molds no
-        generation needs, and start the wanted generation's (unless the pool backs off)."""
+    def late(self):
+        """Hear what the molds said; those still importing past graceful_readiness_timeout
+        (`facts.MoldLate`: `core` kills them)."""
         for mold in list(self.by_pid.values()):
             self.hear(mold)
-        self.enforce_deadline()
+        limit, now = self.arbiter.settings.readiness_timeout, clock.monotonic()
+        return [MoldLate(mold, limit) for mold in self.by_pid.values()
+                if mold.ready_at is None and mold.kill_reason is None
+                and late(mold.started, now, limit)]
+
+    def tick(self):
+        """Stop the molds no generation needs, and start the wanted generation's (unless the
+        pool backs off)."""
         self.stop_unneeded()
         if self.of(self.arbiter.generation) is None \
                 and clock.monotonic() >= self.pool.respawn_after:
@@ -158,16 +167,11 @@ class Molds:
         else:
             mold.failure = message.get("failed") or "the mold exited before it was ready"
 
-    def enforce_deadline(self):
-        """A mold not ready within graceful_readiness_timeout is killed: its import hangs,
-        and it has forked nothing, so SIGKILL loses nothing."""
-        limit = self.arbiter.settings.readiness_timeout
-        for mold in self.by_pid.values():
-            if mold.ready_at is None and mold.kill_reason is None \
-                    and clock.monotonic() - mold.started > limit:
-                mold.kill_reason = ("the mold was not ready within graceful_readiness_timeout="
-                                    "%ss (its import hangs?)" % limit)
-                self.processes.signal(mold.pid, signal.SIGKILL)
+    def kill(self, mold, reason):
+        """`core`: a mold that is not ready in time hangs in its import; it has forked
+        nothing, so SIGKILL loses nothing."""
+        mold.kill_reason = reason
+        self.processes.signal(mold.pid, signal.SIGKILL)
 
     # -- starting and stopping ----------------------------------------------------------------
 

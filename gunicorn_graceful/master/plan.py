@@ -140,7 +140,7 @@ def deadlines(members, now, readiness_timeout, graceful_timeout):
     terminate, kill = [], []
     for member, booting, term_sent in members:
         if term_sent is None:
-            if booting and now - member.spawned > readiness_timeout:
+            if booting and late(member.spawned, now, readiness_timeout):
                 terminate.append((member.pid, "not ready after %.1fs "
                                   "(graceful_readiness_timeout)" % (now - member.spawned)))
         elif kill_due(term_sent, now, booting, graceful_timeout):
@@ -148,7 +148,13 @@ def deadlines(members, now, readiness_timeout, graceful_timeout):
     return terminate, kill
 
 
+def late(started, now, limit):
+    """Whether what began at `started` has overrun `limit` seconds: the one rule of the
+    master's timeouts (a worker's readiness, a mold's import, a USR2, its check)."""
+    return now - started > limit
+
+
 def kill_due(term_sent, now, booting, graceful_timeout):
     """Whether a process told to stop at `term_sent` gets SIGKILL now: one still booting (it
     has accepted nothing) after KILL_GRACE, one that may drain after graceful_timeout more."""
-    return now - term_sent > (KILL_GRACE if booting else graceful_timeout + KILL_GRACE)
+    return late(term_sent, now, KILL_GRACE if booting else graceful_timeout + KILL_GRACE)

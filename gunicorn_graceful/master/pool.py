@@ -25,7 +25,6 @@ import dataclasses
 import os
 import signal
 
-from gunicorn.errors import HaltServer
 
 from gunicorn_graceful import clock, compat, state
 from gunicorn_graceful.events import emit, format_fields
@@ -211,14 +210,15 @@ class Pool:
         failures, self.boot_failures = self.boot_failures, []
         return failures
 
-    def halt_on_boot_failure(self, failure):
-        """No worker ever served: like Gunicorn, stop, but cleanly and saying why."""
+    def halt(self, failure):
+        """No worker ever served (`core` halts): (reason, exit code), as Gunicorn's halt, but
+        saying why."""
         arbiter = self.arbiter
         code = failure.exit_code if failure.exit_code in (arbiter.WORKER_BOOT_ERROR,
                                                           arbiter.APP_LOAD_ERROR) \
             else arbiter.WORKER_BOOT_ERROR
         self.halted_on = failure
-        raise HaltServer(halt_reason(code == arbiter.APP_LOAD_ERROR, failure), code)
+        return halt_reason(code == arbiter.APP_LOAD_ERROR, failure), code
 
     def halt_detail(self):
         """Why the master halts on a boot failure, in the pack's words (a new master on trial

@@ -17,6 +17,7 @@ import time
 
 from gunicorn_graceful import clock, handoff, listeners
 from gunicorn_graceful.events import emit
+from gunicorn_graceful.master.facts import LameDuckOver
 
 
 class Stop:
@@ -42,11 +43,12 @@ class Stop:
                 record.told_lame_duck = True
                 self.arbiter.kill_worker(worker.pid, lame_duck_signal)
 
+    def watch(self):
+        """Each tick in lame duck: `facts.LameDuckOver` once graceful_shutdown_delay passed."""
+        return [] if clock.monotonic() < self.lame_duck_until else [LameDuckOver()]
+
     def lame_duck_over(self):
-        if clock.monotonic() < self.lame_duck_until:
-            return False
         emit(self.arbiter.log, "info", "master.lame_duck_over", pid=self.arbiter.pid)
-        return True
 
     def close_door(self, graceful):
         """Before Gunicorn's stop, when this master is the last holder of its listeners:

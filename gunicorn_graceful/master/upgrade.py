@@ -17,8 +17,12 @@ tableflip's rules. Invariants:
 - A new master that fails or is late is rolled back by the old master, which
   keeps serving, logs the reason the new master reported (`upgrade_report`),
   removes `<pidfile>.2` and its status file, and re-binds the control socket.
-What each outcome means for the phase and for systemd is decided by `core`:
-`watch` returns an `Outcome`, the new master's steps return whether to go on.
+What each fact (`facts`) means for the phase, for systemd and for the new master's
+process is decided by `core`: `watch` and `watch_old_master` only observe.
+
+An old master that is not the pack's (a stock Gunicorn's USR2 into the pack) passes
+no channel: its new master is never acknowledged, so it serves on trial until
+that master is stopped (Gunicorn's own USR2 procedure), then claims the pidfile.
 """
 
 import dataclasses
@@ -28,7 +32,9 @@ import signal
 from gunicorn_graceful import clock, compat, proc
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.master import files, metrics, upgrade_report
-from gunicorn_graceful.master.plan import kill_due
+from gunicorn_graceful.master.facts import (NewMasterAsks, NewMasterExited, NewMasterKillDue,
+                                            OldMasterGone, UpgradeLate)
+from gunicorn_graceful.master.plan import kill_due, late
 from gunicorn_graceful.master.pool import signal_name
 
 HISTORY = 4  # upgrade records in the status file
@@ -50,22 +56,6 @@ class Upgrade:
     stop_sent: float = 0.0
 
 
-@dataclasses.dataclass
-class Outcome:
-    """What became of a new master, as its old master sees it on a tick.
-
-    `kind`: "asks" (all its workers are ready: hand over), "rolled_back" (it failed,
-    died or is late), "refused" (its checks before the exec refused), "gone" (it
-    exited after it was already rolled back). `totals`: the metrics it returned.
-    """
-
-    kind: str
-    upgrade: Upgrade
-    reason: str = ""
-    waited: float = 0.0
-    totals: object = None
-
-
 class Upgrades:
     """The USR2 side of one master: as an old master, and as a new master on trial."""
 
@@ -77,7 +67,7 @@ class Upgrades:
         self.history = []       # the last HISTORY ones: one may end and the next start in a tick
         self.last_refusal = None
         self.pending = None     # the USR2(s) waiting for the phase (`core.run_deferred`)
-        self.report_fd, self.ack_fd, self.returns_totals = upgrade_report.take(
+        self.report_fd, self.ack_fd = upgrade_report.take(
             os.environ, arbiter.cfg.env_orig)
         self.asked = False
         self.claimed = False  # the pidfile, claimed once the old master is gone (`claim_pidfile`)
@@ -197,37 +187,37 @@ class Upgrades:
             self.current.exit_status = status
 
     def watch(self):
-        """Old master, each tick: what became of the new master (an `Outcome`), or None.
-
-        It rolls back when the new master died or ran out of time; a late one gets
-        SIGTERM, then SIGKILL once its own workers had their graceful_timeout.
-        """
-        arbiter, upgrade = self.arbiter, self.current
+        """Old master, each tick: what became of the new master (`facts`)."""
+        upgrade = self.current
         if upgrade is None:
-            return None
-        waited = clock.monotonic() - upgrade.started
-        if not arbiter.reexec_pid:
-            self.current = None
-            reported, totals = upgrade.report.reason(), upgrade.report.returned_totals()
-            self.clean_up()
-            if exited_pre_exec_refused(upgrade.exit_status):
-                return Outcome("refused", upgrade, reported or "the checks before the exec "
-                               "failed", waited, totals)
-            if upgrade.stop_sent:
-                return Outcome("gone", upgrade, totals=totals)
-            return Outcome("rolled_back", upgrade, describe_master_exit(upgrade.exit_status,
-                                                                         reported), waited, totals)
-        if not upgrade.stop_sent and upgrade.report.asks_to_take_over():
-            return Outcome("asks", upgrade, waited=waited)
-        if not upgrade.stop_sent and waited > self.arbiter.settings.upgrade_timeout:
-            upgrade.stop_sent = clock.monotonic()
-            signal_process(upgrade.new_master, signal.SIGTERM)
-            return Outcome("rolled_back", upgrade, "new master not ready after %.1fs "
-                           "(graceful_upgrade_timeout)" % waited, waited)
-        if upgrade.stop_sent and kill_due(upgrade.stop_sent, clock.monotonic(), False,
-                                          arbiter.cfg.graceful_timeout):
-            signal_process(upgrade.new_master, signal.SIGKILL)
-        return None
+            return []
+        if not self.arbiter.reexec_pid:
+            return [NewMasterExited(upgrade)]
+        now = clock.monotonic()
+        if not upgrade.stop_sent:
+            if upgrade.report.asks_to_take_over():
+                return [NewMasterAsks(upgrade)]
+            if late(upgrade.started, now, self.arbiter.settings.upgrade_timeout):
+                return [UpgradeLate(upgrade, now - upgrade.started)]
+        elif kill_due(upgrade.stop_sent, now, False, self.arbiter.cfg.graceful_timeout):
+            return [NewMasterKillDue(upgrade)]
+        return []
+
+    def told_to_stop(self, upgrade):
+        """`core` sent the late new master SIGTERM: from now on it is only waited for."""
+        upgrade.stop_sent = clock.monotonic()
+
+    def reaped_outcome(self, upgrade):
+        """The new master was reaped: ("refused" | "rolled_back" | "gone", reason, totals)
+        ("gone": it had been rolled back already); its files and channel are gone now."""
+        self.current = None
+        reported, totals = upgrade.report.reason(), upgrade.report.returned_totals()
+        self.clean_up()
+        if exited_pre_exec_refused(upgrade.exit_status):
+            return "refused", reported or "the checks before the exec failed", totals
+        if upgrade.stop_sent:
+            return "gone", "", totals
+        return "rolled_back", describe_master_exit(upgrade.exit_status, reported), totals
 
     def name_successor(self, upgrade):
         """Before answering: the pidfile names the new master (else this master's own exit
@@ -236,26 +226,25 @@ class Upgrades:
             files.write(self.arbiter.log, self.arbiter.pidfile.fname, "%s\n" % upgrade.new_master)
 
     def hand_over(self, upgrade):
-        """Answer the new master that asked: it takes the service, this master stops. The
-        SIGCHLD wakes it to read the answer now."""
+        """Answer the new master that asked: it takes the service, this master stops (`core`
+        wakes it with SIGCHLD to read the answer now)."""
         upgrade.report.acknowledge()
         self.handed_to = upgrade
-        signal_process(upgrade.new_master, signal.SIGCHLD)
         self.record(upgrade, "handed_over")
         emit(self.arbiter.log, "info", "upgrade.handing_over", pid=self.arbiter.pid,
              new_master=upgrade.new_master, after=clock.monotonic() - upgrade.started)
 
-    def ended(self, outcome):
-        """The new master failed, is late, or was refused before its exec: one line, and the
-        outcome `gunicorn-graceful upgrade` reads."""
+    def ended(self, upgrade, kind, reason):
+        """The new master failed, is late, or was refused before its exec (`kind`): one line,
+        and the outcome `gunicorn-graceful upgrade` reads."""
         arbiter = self.arbiter
-        if outcome.kind == "refused":
-            emit(arbiter.log, "error", "upgrade.refused", pid=arbiter.pid, reason=outcome.reason)
+        if kind == "refused":
+            emit(arbiter.log, "error", "upgrade.refused", pid=arbiter.pid, reason=reason)
         else:
             emit(arbiter.log, "error", "upgrade.rollback", pid=arbiter.pid,
-                 new_master=outcome.upgrade.new_master, after=outcome.waited,
-                 reason=outcome.reason)
-        self.record(outcome.upgrade, outcome.kind, outcome.reason)
+                 new_master=upgrade.new_master, after=clock.monotonic() - upgrade.started,
+                 reason=reason)
+        self.record(upgrade, kind, reason)
 
     def clean_up(self):
         """The new master is gone without taking over: nothing of it may linger.
@@ -290,35 +279,26 @@ class Upgrades:
     def ask_to_take_over(self):
         """New master, each tick once all its workers are ready: ask the old master for the
         service; whether to take it now: once acknowledged, or once the old master is gone
-        (SIGKILL, OOM) and nobody is left to ask. An old master of an earlier version, which
-        passed no ack fd, is not asked (`stop_old_master_without_ack`)."""
+        (SIGKILL, OOM; or stopped, when it is not the pack's) and nobody is left to ask."""
         arbiter = self.arbiter
-        if self.ack_fd is None:
-            return True
         if not self.asked:
             self.asked = True
             upgrade_report.tell(self.report_fd, upgrade_report.HANDOVER)
             emit(arbiter.log, "info", "upgrade.asking", pid=arbiter.pid,
                  old_master=arbiter.master_pid, generation=arbiter.generation)
         self.heard += upgrade_report.read_available(self.ack_fd)
-        return upgrade_report.acknowledged(self.heard) or arbiter.master_pid != os.getppid()
+        return upgrade_report.acknowledged(self.heard) or self.old_master_gone()
 
     def take_over(self):
         """Become the service: the pidfile names this master (`core` tells systemd)."""
         arbiter = self.arbiter
+        self.claimed = True
         if arbiter.cfg.pidfile is not None:
             files.write(arbiter.log, arbiter.cfg.pidfile, "%s\n" % arbiter.pid)
         emit(arbiter.log, "info", "upgrade.handover", pid=arbiter.pid,
              old_master=arbiter.master_pid, generation=arbiter.generation)
         upgrade_report.close(self.report_fd)  # the ack pipe stays open: the old master's totals
         self.report_fd = None
-
-    def stop_old_master_without_ack(self):
-        """An old master of an earlier version, which passed no ack fd, is told by SIGTERM once
-        this master took the service, as it used to be."""
-        arbiter = self.arbiter
-        if self.ack_fd is None and arbiter.master_pid == os.getppid():  # never a reused pid
-            signal_process(arbiter.master_pid, signal.SIGTERM)
 
     def may_promote(self):
         """Gunicorn promotes as soon as its parent changed; the pack waits until it serves
@@ -330,13 +310,16 @@ class Upgrades:
         arbiter = self.arbiter
         return bool(arbiter.master_pid) and arbiter.master_pid != os.getppid()
 
+    def watch_old_master(self):
+        """New master, each tick: whether its old master is gone while the pidfile does not
+        name this master yet (`facts.OldMasterGone`)."""
+        return [OldMasterGone()] if self.old_master_gone() and not self.claimed else []
+
     def claim_pidfile(self):
         """New master on trial whose old master is gone (SIGKILL, OOM): the pidfile names
         this master from now on, not a dead process, though its workers are not all ready
-        yet (once; `take_over` writes it again)."""
+        yet (`take_over` writes it again)."""
         arbiter = self.arbiter
-        if self.claimed:
-            return
         self.claimed = True
         if arbiter.cfg.pidfile is not None:
             files.write(arbiter.log, arbiter.cfg.pidfile, "%s\n" % arbiter.pid)
@@ -365,7 +348,7 @@ class Upgrades:
             return
         if self.handed_to is not None:
             self.handed_to.report.send_totals(metrics.export())
-        elif self.report_fd is not None and self.returns_totals:
+        elif self.report_fd is not None:
             upgrade_report.send_totals(self.report_fd, metrics.export())
 
     def report_halt(self, reason):

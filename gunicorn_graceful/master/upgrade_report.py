@@ -2,7 +2,7 @@
 
 The old master opens them just before it forks the new master; the new
 master's ends survive the exec (their numbers travel in
-GRACEFUL_UPGRADE_REPORT_FD as "report,ack,totals").
+GRACEFUL_UPGRADE_REPORT_FD as "report,ack").
 
 - report (new -> old): a new master that halts writes one line there (a
   worker's boot error, a readiness timeout, a pidfile it cannot write), which
@@ -29,7 +29,6 @@ from gunicorn_graceful import settings
 ENV = settings.UPGRADE_REPORT_ENV
 HANDOVER = "handover"
 METRICS = "metrics "
-TAKES_TOTALS = "totals"
 _ACK = b"ack\n"
 _LIMIT = 4096
 
@@ -47,10 +46,8 @@ class Channel:
         self.partial = b""  # a line not yet written whole
 
     def environ_value(self):
-        """ "report,ack,totals": the last word tells the new master that this old master
-        takes a rolled-back new master's totals back (an earlier one would log them as
-        the rollback's reason)."""
-        return "%s,%s,%s" % (self.write_fd, self.ack_read_fd, TAKES_TOTALS)
+        """ "report,ack": the new master's ends."""
+        return "%s,%s" % (self.write_fd, self.ack_read_fd)
 
     def after_fork(self):
         """In the old master: only the new master keeps its ends."""
@@ -93,9 +90,8 @@ class Channel:
 
 
 def take(environ, env_orig):
-    """In a new master: (report fd, ack fd, whether the old master takes totals back) taken
-    out of both environments; None for a missing fd (an old master of an earlier version
-    passes no ack fd)."""
+    """In a new master: (report fd, ack fd) taken out of both environments; None for a
+    missing fd (an old master that is not the pack's passes none)."""
     value = environ.pop(ENV, None)
     env_orig.pop(ENV, None)
     report_fd, ack_fd = fds(value)
@@ -106,12 +102,11 @@ def take(environ, env_orig):
             pass
     if ack_fd is not None:
         os.set_blocking(ack_fd, False)
-    return report_fd, ack_fd, TAKES_TOTALS in (value or "").split(",")[2:]
+    return report_fd, ack_fd
 
 
 def fds(value):
-    """(report fd, ack fd) from the variable's value "report,ack[,totals]"; None for a
-    missing one."""
+    """(report fd, ack fd) from the variable's value "report,ack"; None for a missing one."""
     parts = (value or "").split(",")
     numbers = [int(part) if part.strip().isdigit() else None for part in parts[:2]]
     return tuple((numbers + [None, None])[:2])
