@@ -6,6 +6,7 @@ no module imports itself back through a cycle. Imports inside functions count to
 """
 
 import ast
+import re
 import pathlib
 
 import gunicorn_graceful
@@ -209,3 +210,10 @@ def test_only_the_core_decides_timeouts_rollbacks_halts_and_retirements():
     assert decided_here == []
     assert {(module, func) for module, func, _ in found} == \
         {(module, func) for module, funcs in SIGNAL_SITES.items() for func in funcs}
+
+
+def test_docs_layout_names_every_module():
+    text = (PACKAGE.parent / "docs" / "layout.md").read_text()
+    modules = [p for p in PACKAGE.rglob("*.py")
+               if "templates" not in p.parts and p.name != "__init__.py"]
+    assert [p.name for p in modules if not re.search(r"\b%s\b" % re.escape(p.name), text)] == []

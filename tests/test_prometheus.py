@@ -29,10 +29,10 @@ if os.getppid() != {serving_master}:
 """
 
 
-def readme_queries():
-    """The example queries of the README's Metrics section (indented, comments left out)."""
-    with open(os.path.join(ROOT, "README.md")) as handle:
-        section = handle.read().split("## Metrics", 1)[1].split("\n## ", 1)[0]
+def documented_queries():
+    """The example queries of docs/metrics.md (indented, comments left out)."""
+    with open(os.path.join(ROOT, "docs", "metrics.md")) as handle:
+        section = handle.read().split("## Series and queries", 1)[1]
     queries = [line.strip() for line in section.split("Grafana-ready", 1)[1].splitlines()
                if line.startswith("    ") and not line.strip().startswith("#")]
     assert len(queries) >= 6, queries
@@ -86,7 +86,7 @@ def test_no_counter_resets_across_recycling_reloads_and_upgrades(workdir, server
                            ("usr2", "rolled_back"): 1}, reloads
         assert prometheus.query("sum(gunicorn_worker_recycles_total)")[0][1] >= 1
         assert server.count(r"event=worker\.recycle ") >= 1
-        for query in readme_queries():  # each one runs, and finds the series it names
+        for query in documented_queries():  # each one runs, and finds the series it names
             promql = query.replace("$__rate_interval", "1m").replace("$__range", "10m") \
                 .replace(" > 0", "")
             # increase() and rate() need two samples: a series that first appeared in the
