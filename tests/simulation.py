@@ -1,17 +1,20 @@
 """A simulated world for the master's real decisions: a fake clock and fake worker processes.
 
 The master under test is the pack's own `GracefulArbiter`, with only Gunicorn's
-process calls replaced (`FakeProcesses`: fork, kill, exec, setup). A fork makes
+process calls replaced (`FakeProcesses`: fork, kill, exec, setup, and its stop's
+wait loop) and the pack's own calls into the OS given as a `SimSystem` (the
+`system.System` port: signals to other masters, the parent, binds, the door, the
+in-place check and exec). A fork makes
 a `SimWorker` whose state bits live in a real temporary file, as a real
 worker's heartbeat file holds them; a signal changes what that simulated process
 does next; an exit is handed to the arbiter's own `reaped`. The pool, rollout,
 recycling, upgrade, stop, status and phase code is the code that runs in
 production, on the clock `clock.use` gives it.
 
-Outside it too: the door (a socket filter) never closes, and a bind opens a
+Through the port: the door (a socket filter) never closes, and a bind opens a
 `FakeListener`, or fails on an address another service holds. An in-place
 upgrade's check is a `FakeCheck` the test ends, and its exec builds the next
-code's arbiter from the state the real `inplace.handover` wrote, through the real
+code's arbiter from the state the real `InPlace.payload` wrote, through the real
 `install` and `inplace.adopt` (`Master.exec_code`).
 
 Fake pids start at 10**8, above any kernel's pid_max: a signal the master code
@@ -30,8 +33,8 @@ from gunicorn.arbiter import Arbiter
 from gunicorn.config import Config
 from gunicorn.errors import HaltServer
 
-from gunicorn_graceful import clock, hooks, listeners, settings, state
-from gunicorn_graceful.master import binds, inplace, mold, upgrade, upgrade_report
+from gunicorn_graceful import clock, hooks, settings, state
+from gunicorn_graceful.master import handover, mold, system, upgrade_report
 from gunicorn_graceful.master.arbiter import GracefulArbiter
 from gunicorn_graceful.master.systemd import Notifier
 
@@ -146,6 +149,13 @@ class World:
         self.execs = []             # (direction, reason) of each in-place exec
         self.disk_cfg = None        # the config an in-place exec's next code loads (None: same)
         self.kept_cfg = None        # the config of the code an in-place exec replaced
+        self.old_master = None      # a new master's old master (`NewMasterMachine`)
+        self.old_master_alive = False
+        self.to_old_master = []     # the signals the master sent its old master
+
+    def parent(self):
+        """The master's parent: its old master while that lives, else init."""
+        return self.old_master if self.old_master_alive else 1
 
     def open_listener(self, address, cfg, log):
         """`binds.open_one`: a bind, which fails on an address another service holds."""
@@ -280,6 +290,43 @@ class FakeListener:
         return "fake:%s" % (self.cfg_addr,)
 
 
+class SimSystem(system.System):
+    """The master's calls into the OS (`system.System`), against the `World`."""
+
+    def __init__(self, master):
+        self.master, self.world = master, master.world
+
+    def signal(self, pid, sig):
+        if pid in self.world.new_masters:
+            self.world.to_new_master.append((pid, sig))
+        elif pid == self.world.old_master:
+            self.world.to_old_master.append(sig)
+
+    def parent(self):
+        return self.world.parent()
+
+    def signal_at_parent_exit(self, signum):
+        return True
+
+    def open_listener(self, address, cfg, log):
+        return self.world.open_listener(address, cfg, log)
+
+    def close_door(self, listener):
+        return False  # the door is a socket filter: not here
+
+    def become_subreaper(self):
+        pass  # the test process must not adopt orphans
+
+    def run_check(self, executable, args, cwd, environ, errors):
+        return FakeCheck(self.world)
+
+    def execute(self, code, state):
+        return self.master.exec_code(code, state)
+
+    def create_sockets(self, cfg, log, fds):
+        return self.master.create_sockets(cfg, log, fds)
+
+
 class FakeProcesses(Arbiter):
     """Gunicorn's process calls, against the `World` (the rest of Arbiter is untouched)."""
 
@@ -312,6 +359,19 @@ class FakeProcesses(Arbiter):
         os.set_blocking(self.world.ack_fd, False)
         self.reexec_pid = next(self.world.pids)
         self.world.new_masters.append(self.reexec_pid)
+
+    def stop(self, graceful=True):
+        """Gunicorn's stop, less its wait loop: the listeners close and every worker is told;
+        the world's exits are reaped as the main loop turns on (`Master.loop`)."""
+        for listener in self.LISTENERS:
+            listener.close()
+        self.LISTENERS = []
+        self.kill_workers(signal.SIGTERM if graceful else signal.SIGQUIT)
+
+    def maybe_promote_master(self):
+        """Gunicorn's promotion: once its parent is no longer the old master."""
+        if self.master_pid and self.master_pid != self.world.parent():
+            self.master_pid = 0
 
     def setup(self, app):
         """Gunicorn's setup, less its logger and environment."""
@@ -389,17 +449,8 @@ class Master:
     def __init__(self, workers, pack_settings):
         self.world = World()
         clock.use(self.world.clock.monotonic, self.world.clock.wall)
-        self.saved = (upgrade.signal_process, binds.open_one, listeners.close_door,
-                      mold.become_subreaper, inplace.InPlace.check_new_code, inplace.execute,
-                      inplace.sock)
-        upgrade.signal_process = self.signal_other_master
-        binds.open_one = self.world.open_listener
-        listeners.close_door = lambda listener: False  # the door is a socket filter: not here
-        mold.become_subreaper = lambda: None  # the test process must not adopt orphans
-        inplace.InPlace.check_new_code = lambda _: FakeCheck(self.world)
-        inplace.execute = self.exec_code
-        inplace.sock = self  # `create_sockets` below
-        os.environ.pop(inplace.ENV, None)
+        self.system = SimSystem(self)
+        os.environ.pop(handover.ENV, None)
         settings.set_current(pack_settings)
         FakeProcesses.world = self.world
         self.arbiter = self.new_code(make_config(workers), RecordingNotifier())
@@ -416,14 +467,14 @@ class Master:
         arbiter.pid, arbiter.WORKERS, arbiter.log = os.getpid(), {}, log or arbiter.log
         arbiter.LISTENERS = [] if handed else [
             self.world.open_listener(a, None, None) for a in arbiter.cfg.address]
-        SimArbiter.install(arbiter, hooks.check_config, hooks.worker_class_of)
+        SimArbiter.install(arbiter, hooks.check_config, hooks.worker_class_of, self.system)
         if arbiter.molds is not None:
             arbiter.molds.processes = SimMoldProcesses(self.world, arbiter)
         arbiter.notifier = notifier
         return arbiter
 
     def exec_code(self, code, state):
-        """`inplace.execute`: the exec of the next code, which adopts what `state` hands it;
+        """`System.execute`: the exec of the next code, which adopts what `state` hands it;
         or, with `world.exec_fails`, the exec that fails and returns why."""
         if self.world.exec_fails:
             return "cannot exec %s: No such file or directory (simulated)" % code[0]
@@ -438,10 +489,9 @@ class Master:
                      workers=[dict(w, heartbeat=os.dup(w["heartbeat"]))
                               for w in state["workers"]],
                      handoff=[os.dup(fd) for fd in state["handoff"] or ()] or None)
-        inplace._adopted = False  # a new process image: the module starts afresh
         memfd = os.memfd_create("simulated-handover", 0)
         os.write(memfd, json.dumps(state).encode())
-        os.environ[inplace.ENV] = str(memfd)
+        os.environ[handover.ENV] = str(memfd)
         old = self.arbiter
         if state["direction"] == "new":  # the next code reads the config on disk
             self.world.kept_cfg = old.app.cfg
@@ -451,7 +501,7 @@ class Master:
         try:
             self.next_arbiter = self.new_code(cfg, old.notifier, old.log, handed=True)
         except SystemExit as exc:  # what `relaunch` does when the new code fails at start
-            inplace.go_back(exc.code)
+            handover.go_back(exc.code, self.system)
             raise AssertionError("going back returned: the master would be gone") from exc
         for pid, adopted in list(self.next_arbiter.WORKERS.items()):  # the same processes
             process = self.world.processes[pid]
@@ -473,11 +523,8 @@ class Master:
 
     def close(self):
         clock.use(time.monotonic, time.time)
-        upgrade.signal_process, binds.open_one, listeners.close_door, \
-            mold.become_subreaper, inplace.InPlace.check_new_code, inplace.execute, \
-            inplace.sock = self.saved
         FakeProcesses.world = None
-        fd = os.environ.pop(inplace.ENV, None)  # an exec'd code that never ticked
+        fd = os.environ.pop(handover.ENV, None)  # an exec'd code that never ticked
         if fd:
             os.close(int(fd))
         for worker in self.world.processes.values():
@@ -485,10 +532,6 @@ class Master:
         for listener in self.world.opened:
             listener.close()
         self.world.close_channels()
-
-    def signal_other_master(self, pid, sig):
-        if pid in self.world.new_masters:
-            self.world.to_new_master.append((pid, sig))
 
     # -- the main loop, one turn at a time ------------------------------------------------
 
@@ -510,13 +553,8 @@ class Master:
             self.stopped = "halt: %s" % exc.reason
 
     def stop(self):
-        """Gunicorn's stop, as the pack's arbiter runs it: `core.stopping`, the molds stop,
-        then SIGTERM to every worker."""
-        self.arbiter.core.stopping(True)
-        if self.arbiter.molds is not None:
-            self.arbiter.molds.stop_all()
-        for pid in list(self.arbiter.WORKERS):
-            self.arbiter.kill_worker(pid, signal.SIGTERM)
+        """The pack's stop (`GracefulArbiter.stop`, over Gunicorn's stop less its wait)."""
+        self.arbiter.stop()
         self.stopped = "stop"
 
     def term(self):

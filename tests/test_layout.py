@@ -175,11 +175,11 @@ SIGNAL_SITES = {
     "inplace.py": {"kill_check", "abandon"},      # core: CheckLate; the master stops
     "mold.py": {"kill", "stop", "fork"},          # core: MoldLate; unneeded; a fork unanswered
     "mold_process.py": {"signal_pid"},            # the molds' process calls
-    "upgrade.py": {"signal_process"},             # core's: the other master's signals
+    "system.py": {"signal"},                      # the port core signals other masters by
     "pool.py": {"terminate", "kill"},             # plan's actions
     "stop.py": {"tell_lame_duck"},                # core: lame duck
 }
-SIGNALS = {"kill", "signal", "kill_worker", "signal_process"}
+SIGNALS = {"kill", "signal", "kill_worker"}
 
 
 def signal_sites(path):
@@ -194,7 +194,10 @@ def signal_sites(path):
             if isinstance(node, ast.Call) and getattr(owner, "id", None) not in ("self",
                                                                                  "signal"):
                 name = getattr(node.func, "attr", None) or getattr(node.func, "id", None)
-                if name in SIGNALS | {"retire_generation", "HaltServer"}:
+                if name == "signal" and "system" in (getattr(owner, "attr", None),
+                                                     getattr(owner, "id", None)):
+                    name = "system.signal"
+                if name in SIGNALS | {"system.signal", "retire_generation", "HaltServer"}:
                     found.add((func.name, name))
     return found
 
@@ -206,7 +209,7 @@ def test_only_the_core_decides_timeouts_rollbacks_halts_and_retirements():
                if p.name not in ("core.py", "arbiter.py")]
     found = {(p.name, func, name) for p in helpers for func, name in signal_sites(p)}
     decided_here = sorted(hit for hit in found if hit[2] in ("retire_generation", "HaltServer",
-                                                            "signal_process"))
+                                                            "system.signal"))
     assert decided_here == []
     assert {(module, func) for module, func, _ in found} == \
         {(module, func) for module, funcs in SIGNAL_SITES.items() for func in funcs}

@@ -39,13 +39,15 @@ from gunicorn.errors import AppImportError
 
 from gunicorn_graceful import clock, compat, forked, handoff, settings, userhooks
 from gunicorn_graceful.events import emit
-from gunicorn_graceful.master import files, inplace, intents, metrics, mold, rollout, upgrade
+from gunicorn_graceful.master import (files, handover, inplace, intents, metrics, mold, rollout,
+                                      upgrade)
 from gunicorn_graceful.master.core import Core
 from gunicorn_graceful.master.generations import Generations
 from gunicorn_graceful.master.phase import Phase, PhaseKeeper
 from gunicorn_graceful.master.pool import Pool
 from gunicorn_graceful.master.records import Records
 from gunicorn_graceful.master.status import StatusFile
+from gunicorn_graceful.master.system import System
 from gunicorn_graceful.master.stop import Stop
 from gunicorn_graceful.master.systemd import Notifier
 
@@ -54,13 +56,14 @@ class GracefulArbiter(Arbiter):
     """Gunicorn's Arbiter with readiness-gated reloads, rollback and a door-closing stop."""
 
     @classmethod
-    def install(cls, arbiter, check_config, worker_class_of):
+    def install(cls, arbiter, check_config, worker_class_of, system=None):
         """Turn a running stock Arbiter into a GracefulArbiter (called by on_starting).
 
         From `hooks`, which knows the workers' wing (this one does not import it):
         `check_config(cfg, log)` says why a config cannot run under the pack and
         chains the hooks it defined after `install(globals())`;
-        `worker_class_of(cfg)` is the class the pack runs for `cfg`.
+        `worker_class_of(cfg)` is the class the pack runs for `cfg`; `system`: the
+        calls into the OS (`system.System`; the simulation passes its own).
         """
         arbiter.__class__ = cls
         arbiter.check_config = check_config
@@ -68,21 +71,22 @@ class GracefulArbiter(Arbiter):
         # The pack's settings travel with the arbiter, as Gunicorn's `cfg` does: what the
         # config's install(globals()) loaded; a HUP replaces both, a rollback restores both.
         arbiter.settings = settings.current()
+        arbiter.system = system or System()
         arbiter.generations = Generations(arbiter.settings.release_link)
         files.adopt_pidfile(arbiter.pidfile, arbiter.log)
-        handed = inplace.take_handover()
+        handed = handover.take()
         arbiter.phase = PhaseKeeper(arbiter.log, arbiter.pid, Phase.IN_PLACE if handed else
                                     Phase.TRIAL if arbiter.master_pid else Phase.STARTING)
         arbiter.notifier = Notifier.take_from_environ()
         arbiter.records = Records()
-        arbiter.rollouts = rollout.Rollouts(arbiter, arbiter.generations)
+        arbiter.rollouts = rollout.Rollouts(arbiter, arbiter.generations, arbiter.system)
         arbiter.pool = Pool(arbiter, arbiter.records, arbiter.generations.release_of)
-        arbiter.upgrades = upgrade.Upgrades(arbiter)
+        arbiter.upgrades = upgrade.Upgrades(arbiter, arbiter.system)
         arbiter.reloads = intents.Reloads(arbiter.log, arbiter.pid)
         arbiter.inplace = inplace.InPlace(arbiter, arbiter.pool, arbiter.upgrades,
                                           arbiter.generations, arbiter.reloads, handed,
-                                          arbiter.notifier.address)
-        arbiter.stopper = Stop(arbiter)
+                                          arbiter.notifier.address, arbiter.system)
+        arbiter.stopper = Stop(arbiter, arbiter.system)
         arbiter.molds = mold.Molds(arbiter, arbiter.pool, arbiter.rollouts,
                                    arbiter.generations) \
             if arbiter.settings.mold else None
@@ -102,7 +106,7 @@ class GracefulArbiter(Arbiter):
         # exec, the one the adopted workers hold.
         handoff.open_shared(handed["handoff"] if handed else None)
         if arbiter.molds is not None:
-            mold.become_subreaper()
+            arbiter.system.become_subreaper()
         return arbiter
 
     @property

@@ -35,8 +35,9 @@ def changed(old_cfg, new_cfg):
         (old_cfg.certfile, old_cfg.keyfile) != (new_cfg.certfile, new_cfg.keyfile)
 
 
-def reopen(cfg, held, log):
-    """The listeners for `cfg.address`: those of `held` whose address stays, new ones bound."""
+def reopen(cfg, held, log, open_listener):
+    """The listeners for `cfg.address`: those of `held` whose address stays, new ones bound
+    (`open_listener`: `system.System.open_listener`, `open_one` in the end)."""
     for name in ("certfile", "keyfile"):
         path = getattr(cfg, name)
         if path and not os.path.exists(path):
@@ -50,7 +51,7 @@ def reopen(cfg, held, log):
             wanted.append(same)
             continue
         try:
-            listener = open_one(address, cfg, log)
+            listener = open_listener(address, cfg, log)
         except (OSError, ValueError, TypeError) as exc:
             close_unused(opened, keep=())
             raise BindFailure("cannot bind %s: %s" % (describe(address), reason(exc)))

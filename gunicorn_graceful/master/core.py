@@ -56,7 +56,7 @@ from gunicorn.errors import HaltServer
 
 from gunicorn_graceful import compat
 from gunicorn_graceful.events import emit
-from gunicorn_graceful.master import metrics, mold, upgrade
+from gunicorn_graceful.master import metrics, mold
 from gunicorn_graceful.master.facts import (
     Adopted, BootFailed, CheckEnded, CheckLate, ExecFailed, GenerationComplete, InPlaceLate,
     LameDuckOver, MoldLate, NewMasterAsks, NewMasterExited, NewMasterKillDue, OldMasterGone,
@@ -406,12 +406,12 @@ class Core:
         """Not ready in time: SIGTERM (SIGKILL once its workers had their graceful_timeout,
         `kill_new_master`); this master serves on."""
         self.arbiter.upgrades.told_to_stop(fact.upgrade)
-        upgrade.signal_process(fact.upgrade.new_master, signal.SIGTERM)
+        self.arbiter.system.signal(fact.upgrade.new_master, signal.SIGTERM)
         self.upgrade_failed(fact.upgrade, "rolled_back", "new master not ready after %.1fs "
                             "(graceful_upgrade_timeout)" % fact.waited)
 
     def kill_new_master(self, fact):
-        upgrade.signal_process(fact.upgrade.new_master, signal.SIGKILL)
+        self.arbiter.system.signal(fact.upgrade.new_master, signal.SIGKILL)
 
     def new_master_exited(self, fact):
         """Reaped: its totals count here; unless it was rolled back already, the upgrade ends
@@ -443,7 +443,7 @@ class Core:
         self.notifier.send(arbiter.log, MAINPID=new.new_master,
                            STATUS="handing over to new master %s" % new.new_master)
         arbiter.upgrades.hand_over(new)
-        upgrade.signal_process(new.new_master, signal.SIGCHLD)  # it reads the answer now
+        self.arbiter.system.signal(new.new_master, signal.SIGCHLD)  # it reads the answer now
         self.forward_deferred(new.new_master)
         arbiter.status.write()
         raise StopIteration
@@ -454,10 +454,10 @@ class Core:
         arbiter = self.arbiter
         if arbiter.reloads.pending is not None:
             arbiter.reloads.forward(new_master)
-            upgrade.signal_process(new_master, signal.SIGHUP)
+            self.arbiter.system.signal(new_master, signal.SIGHUP)
         if arbiter.upgrades.pending is not None:
             arbiter.upgrades.forward(new_master)
-            upgrade.signal_process(new_master, signal.SIGUSR2)
+            self.arbiter.system.signal(new_master, signal.SIGUSR2)
 
     # -- the new master's facts -------------------------------------------------------------
 

@@ -34,7 +34,6 @@ Invariants (checked in simulation, `tests/test_simulation.py`):
 - The master waits for a mold at most FORK_TIMEOUT, and never for an import.
 """
 
-import ctypes
 import json
 import os
 import signal
@@ -48,7 +47,6 @@ from gunicorn_graceful.master.facts import MoldLate
 from gunicorn_graceful.master.plan import late
 from gunicorn_graceful.master.pool import BootFailure, describe_status, how_it_ended
 
-PR_SET_CHILD_SUBREAPER = 36
 FORK_TIMEOUT = 5.0       # a mold answers a fork in milliseconds; one that does not is hung
 _EARLY_EXITS = 64        # Gunicorn 23: workers reaped before the mold's answer, kept at most
 
@@ -77,14 +75,6 @@ def reload_problem(molds, cfg, pack_settings):
         return ("graceful_mold changes on a restart or a USR2 only (the running master has it "
                 "%s)" % ("on" if molds is not None else "off"))
     return problem(cfg, pack_settings)
-
-
-def become_subreaper():
-    """Make this process the reaper of its orphaned descendants: a mold's workers."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        number = ctypes.get_errno()
-        raise OSError(number, "prctl(PR_SET_CHILD_SUBREAPER): %s" % os.strerror(number))
 
 
 class Mold:

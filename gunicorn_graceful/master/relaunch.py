@@ -8,14 +8,13 @@ it, so Gunicorn's START_CTX, its options and a later upgrade see the same comman
 The one thing added: a code exec'd by an in-place upgrade that exits before its
 first tick (a config that raises, a hook, a setting the pack refuses) has not
 touched the workers it was handed, so it execs the code it came from, which
-adopts them again (`inplace.go_back`), instead of ending the master.
+adopts them again (`handover.go_back`), instead of ending the master.
 """
 
 import os
 import runpy
 import sys
 import traceback
-
 
 def run(command):
     """Gunicorn's exit: its code, or the message of a SystemExit that carries one."""
@@ -35,11 +34,11 @@ def run(command):
 
 
 def main():
-    from gunicorn_graceful.master import inplace
+    from gunicorn_graceful.master import handover, inplace, system
     if inplace.CHECK in sys.argv:  # the check must not take CPU from the serving workers
         os.nice(10)
     code = run(sys.argv[1:])
-    inplace.go_back(code)  # returns when there is nothing to go back to
+    handover.go_back(code, system.System())  # returns when there is nothing to go back to
     sys.exit(code)
 
 

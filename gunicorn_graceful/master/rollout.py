@@ -44,8 +44,8 @@ class Rollout:
 class Rollouts:
     """The HUP side of one master: the current rollout (`generations`: the numbers)."""
 
-    def __init__(self, arbiter, generations):
-        self.arbiter, self.generations = arbiter, generations
+    def __init__(self, arbiter, generations, system):
+        self.arbiter, self.generations, self.system = arbiter, generations, system
         self.current = None
 
     def reload(self, config_problem):
@@ -62,7 +62,8 @@ class Rollouts:
             arbiter.app.reload()  # the config's install(globals()) sets settings.current()
             failure = config_problem(arbiter.app.cfg, settings.current(), arbiter.log)
             if not failure and binds.changed(previous_cfg, arbiter.app.cfg):
-                new_listeners = binds.reopen(arbiter.app.cfg, self.held(), arbiter.log)
+                new_listeners = binds.reopen(arbiter.app.cfg, self.held(), arbiter.log,
+                                             self.system.open_listener)
         except binds.BindFailure as exc:
             failure = str(exc)
         except (Exception, SystemExit) as exc:

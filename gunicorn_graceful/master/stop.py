@@ -23,8 +23,8 @@ from gunicorn_graceful.master.facts import LameDuckOver
 class Stop:
     """SIGTERM's side of one master: the lame duck's clock and the door (`core` decides)."""
 
-    def __init__(self, arbiter):
-        self.arbiter = arbiter
+    def __init__(self, arbiter, system):
+        self.arbiter, self.system = arbiter, system
         self.lame_duck_until = None
 
     def lame_duck(self, delay):
@@ -58,7 +58,7 @@ class Stop:
                        and not arbiter.cfg.reuse_port)
         if not (graceful and last_holder):
             return
-        closed = [lnr for lnr in arbiter.LISTENERS if listeners.close_door(lnr)]
+        closed = [lnr for lnr in arbiter.LISTENERS if self.system.close_door(lnr)]
         if closed:
             time.sleep(listeners.HANDSHAKE_GRACE)  # handshakes under way enter the queue
         handed = handoff.shared.hand(

@@ -29,9 +29,9 @@ import dataclasses
 import os
 import signal
 
-from gunicorn_graceful import clock, compat, proc
+from gunicorn_graceful import clock, compat
 from gunicorn_graceful.events import emit
-from gunicorn_graceful.master import files, metrics, upgrade_report
+from gunicorn_graceful.master import files, handover, metrics, upgrade_report
 from gunicorn_graceful.master.facts import (NewMasterAsks, NewMasterExited, NewMasterKillDue,
                                             OldMasterGone, UpgradeLate)
 from gunicorn_graceful.master.plan import kill_due, late
@@ -59,8 +59,8 @@ class Upgrade:
 class Upgrades:
     """The USR2 side of one master: as an old master, and as a new master on trial."""
 
-    def __init__(self, arbiter):
-        self.arbiter = arbiter
+    def __init__(self, arbiter, system):
+        self.arbiter, self.system = arbiter, system
         self.current = None
         self.seq = 0
         self.last = None        # the last upgrade's outcome, for the status file
@@ -74,7 +74,7 @@ class Upgrades:
         self.heard = b""  # what the old master wrote on the ack pipe
         self.handed_to = None  # as an old master: the upgrade it handed the service to
         if arbiter.master_pid:  # a new master: woken (SIGCHLD: a reap, a tick) by its old
-            proc.signal_at_parent_exit(signal.SIGCHLD)  # master's exit, not up to 1 s later
+            system.signal_at_parent_exit(signal.SIGCHLD)  # master's exit, not up to 1 s later
 
     # -- the old master -------------------------------------------------------------------
 
@@ -162,10 +162,8 @@ class Upgrades:
     def prepare_reexec(self, report, notify_address):
         """Fix what the new master will be started with (Gunicorn's START_CTX and environment).
 
-        Started as `python -m gunicorn`, Gunicorn re-executes `.../gunicorn/__main__.py`
-        as a script, which puts the gunicorn package first on sys.path so that
-        `import http` finds gunicorn.http and the new master's app fails to
-        import; it is re-executed as `-m gunicorn` instead. With
+        Started as `python -m gunicorn`, Gunicorn would re-execute its `__main__.py`
+        as a script (`handover.command` says why not). With
         graceful_release_link, the new master starts in the release the deploy
         symlink points to now. Its environment gets back systemd's NOTIFY_SOCKET,
         which the pack took out of this process's (and a HUP's config copies
@@ -175,9 +173,7 @@ class Upgrades:
         if notify_address:
             arbiter.cfg.env_orig["NOTIFY_SOCKET"] = notify_address
         arbiter.cfg.env_orig[upgrade_report.ENV] = report.environ_value()
-        args = arbiter.START_CTX["args"]
-        if len(args) > 1 and args[1].endswith(os.path.join("gunicorn", "__main__.py")):
-            arbiter.START_CTX["args"] = [args[0], "-m", "gunicorn"] + args[2:]
+        arbiter.START_CTX["args"] = handover.command(arbiter.START_CTX["args"])
         if self.arbiter.settings.release_link:
             arbiter.START_CTX["cwd"] = self.arbiter.settings.release_link
 
@@ -308,7 +304,7 @@ class Upgrades:
     def old_master_gone(self):
         """New master: whether the master that started it is gone (this one was reparented)."""
         arbiter = self.arbiter
-        return bool(arbiter.master_pid) and arbiter.master_pid != os.getppid()
+        return bool(arbiter.master_pid) and arbiter.master_pid != self.system.parent()
 
     def watch_old_master(self):
         """New master, each tick: whether its old master is gone while the pidfile does not
@@ -354,15 +350,6 @@ class Upgrades:
     def report_halt(self, reason):
         """A new master on trial that halts tells its old master why."""
         upgrade_report.tell(self.report_fd, reason)
-
-
-def signal_process(pid, sig):
-    """os.kill, where a process that is already gone is no error: it is what was wanted (and
-    one that is not ours any more, EPERM, is left alone rather than crash the master)."""
-    try:
-        os.kill(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def exited_pre_exec_refused(status):
