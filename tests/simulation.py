@@ -327,6 +327,44 @@ class SimSystem(system.System):
         return self.master.create_sockets(cfg, log, fds)
 
 
+class OldMasterEnds:
+    """The old master of a new master under test: its ends of the two pipes
+    (`upgrade_report`) and what it did, as the world plays it."""
+
+    def __init__(self, pidfile, pid):
+        self.channel = upgrade_report.Channel()
+        # The new master's ends, as the fork gives it its own copies of them.
+        self.value = "%s,%s" % (os.dup(self.channel.write_fd), os.dup(self.channel.ack_read_fd))
+        self.channel.after_fork()
+        self.pidfile, self.pid = pidfile, pid
+        self.acknowledged = self.rolled_back = False
+        if pidfile is not None:
+            with open(pidfile, "w") as handle:
+                handle.write("%s\n" % pid)
+
+    def environ_value(self):
+        return self.value
+
+    def heard(self):
+        """Every line the new master wrote so far."""
+        return self.channel.read()
+
+    def asked(self):
+        return self.channel.asks_to_take_over()
+
+    def acknowledge(self, new_master):
+        """As `core.hand_over`: the pidfile names the new master, then the answer."""
+        if self.pidfile is not None:
+            with open(self.pidfile, "w") as handle:
+                handle.write("%s\n" % new_master)
+        self.channel.acknowledge()
+        self.acknowledged = True
+
+    def close(self):
+        os.close(self.channel.read_fd)
+        os.close(self.channel.ack_fd)
+
+
 class FakeProcesses(Arbiter):
     """Gunicorn's process calls, against the `World` (the rest of Arbiter is untouched)."""
 
@@ -367,6 +405,10 @@ class FakeProcesses(Arbiter):
             listener.close()
         self.LISTENERS = []
         self.kill_workers(signal.SIGTERM if graceful else signal.SIGQUIT)
+
+    def halt(self, reason=None, exit_status=0):
+        """Gunicorn's halt, less its exit: the stop."""
+        self.stop()
 
     def maybe_promote_master(self):
         """Gunicorn's promotion: once its parent is no longer the old master."""
@@ -446,25 +488,36 @@ def make_config(workers, pre_fork=None, bind=BIND, raising=()):
 class Master:
     """One simulated master: builds it, runs its main loop step by step, keeps what it did."""
 
-    def __init__(self, workers, pack_settings):
+    def __init__(self, workers, pack_settings, old_master=None, pidfile=None):
+        """`old_master`: this master is the new master a USR2 of that pid started (its
+        channel's other ends are the world's: `OldMasterEnds`); `pidfile`: the config's."""
         self.world = World()
         clock.use(self.world.clock.monotonic, self.world.clock.wall)
         self.system = SimSystem(self)
         os.environ.pop(handover.ENV, None)
         settings.set_current(pack_settings)
         FakeProcesses.world = self.world
-        self.arbiter = self.new_code(make_config(workers), RecordingNotifier())
+        self.old_master = None
+        if old_master is not None:
+            self.world.old_master, self.world.old_master_alive = old_master, True
+            self.old_master = OldMasterEnds(pidfile, old_master)
+            os.environ[upgrade_report.ENV] = self.old_master.environ_value()
+        cfg = make_config(workers)
+        if pidfile is not None:
+            cfg.set("pidfile", pidfile)
+        self.arbiter = self.new_code(cfg, RecordingNotifier(), master_pid=old_master or 0)
         self.arbiter.log.watch = self.note_retirement
         self.retirements = []       # (ready, wanted, line) as each replaced worker was retired
         self.stopped = None         # why the master's main loop ended, once it did
         self.operator_term = False
 
-    def new_code(self, cfg, notifier, log=None, handed=False):
+    def new_code(self, cfg, notifier, log=None, handed=False, master_pid=0):
         """A stock arbiter (with the fake process calls), made a SimArbiter by install as
         on_starting makes the running one a GracefulArbiter; `handed`: the code an in-place
         exec started, which adopts the listeners instead of binding them."""
         arbiter = FakeProcesses(SimApp(cfg))
         arbiter.pid, arbiter.WORKERS, arbiter.log = os.getpid(), {}, log or arbiter.log
+        arbiter.master_pid = master_pid  # Gunicorn's start reads it from GUNICORN_PID
         arbiter.LISTENERS = [] if handed else [
             self.world.open_listener(a, None, None) for a in arbiter.cfg.address]
         SimArbiter.install(arbiter, hooks.check_config, hooks.worker_class_of, self.system)
@@ -532,24 +585,32 @@ class Master:
         for listener in self.world.opened:
             listener.close()
         self.world.close_channels()
+        if self.old_master is not None:
+            self.old_master.close()
+            for fd in (self.arbiter.upgrades.report_fd, self.arbiter.upgrades.ack_fd):
+                if fd is not None:  # the new master closes them once it took over
+                    os.close(fd)
+        os.environ.pop(upgrade_report.ENV, None)
 
     # -- the main loop, one turn at a time ------------------------------------------------
 
     def loop(self):
-        """One turn of Gunicorn's main loop: reap, heartbeat timeouts, the pool's tick (after
-        the stop began, Gunicorn's stop loop only reaps)."""
+        """One turn of Gunicorn's main loop: reap, promotion, heartbeat timeouts, the pool's
+        tick (after the stop began, Gunicorn's stop loop only reaps)."""
         while self.world.exits:
             self.arbiter.reaped(*self.world.exits.popleft())
         if self.stopped:
             return
         try:
+            self.arbiter.maybe_promote_master()
             self.arbiter.murder_workers()
             self.arbiter.manage_workers()
         except Exec:            # an in-place upgrade: the next code runs from here on
             self.arbiter = self.next_arbiter
         except StopIteration:   # lame duck over: the stop begins
             self.stop()
-        except HaltServer as exc:
+        except HaltServer as exc:   # as Gunicorn's loop: its halt, the pack's first
+            self.arbiter.halt(exc.reason, exc.exit_status)
             self.stopped = "halt: %s" % exc.reason
 
     def stop(self):

@@ -20,7 +20,8 @@ at ERROR (`master.unexpected`). The table, as `tests/test_layout.py` checks it:
 | any                | GenerationComplete | nothing              | (the old ones retire: `tick`)  |
 | reloading          | BootFailed         | roll_back_reload     | retire it; serving; READY      |
 | starting           | BootFailed         | halt                 | no worker ever served: halt    |
-| trial              | BootFailed         | halt                 | its old master rolls back      |
+| trial              | BootFailed         | halt_on_trial        | halt: its old master rolls back|
+|                    |                    |                      | (back off once it is gone)     |
 | upgrading_in_place | BootFailed         | roll_back_in_place   | retire it; exec back once gone |
 | any                | BootFailed         | back_off             | degraded; STATUS               |
 | any                | Recovered          | recovered            | READY                          |
@@ -30,6 +31,8 @@ at ERROR (`master.unexpected`). The table, as `tests/test_layout.py` checks it:
 | any                | NewMasterKillDue   | kill_new_master      | SIGKILL                        |
 | any                | NewMasterExited    | new_master_exited    | totals carried; serving; READY |
 | trial              | OldMasterGone      | claim_pidfile        | the pidfile names this master  |
+| lame_duck          | OldMasterGone      | claim_pidfile        | (a TERM must find this one)    |
+| trial              | Acknowledged       | take_over            | taking_over: MAINPID, READY    |
 | upgrading_in_place | CheckLate          | check_late           | kill it; refused; serving      |
 | upgrading_in_place | CheckEnded         | check_ended          | exec the new code, or refused  |
 | upgrading_in_place | ExecFailed         | exec_failed          | refused, or rolled back        |
@@ -58,9 +61,9 @@ from gunicorn_graceful import compat
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.master import metrics, mold
 from gunicorn_graceful.master.facts import (
-    Adopted, BootFailed, CheckEnded, CheckLate, ExecFailed, GenerationComplete, InPlaceLate,
-    LameDuckOver, MoldLate, NewMasterAsks, NewMasterExited, NewMasterKillDue, OldMasterGone,
-    Recovered, RollbackDrained, UpgradeLate)
+    Acknowledged, Adopted, BootFailed, CheckEnded, CheckLate, ExecFailed, GenerationComplete,
+    InPlaceLate, LameDuckOver, MoldLate, NewMasterAsks, NewMasterExited, NewMasterKillDue,
+    OldMasterGone, Recovered, RollbackDrained, UpgradeLate)
 from gunicorn_graceful.master.phase import Phase
 
 STOPPING = "the master is stopping"
@@ -74,7 +77,7 @@ TABLE = {
     (ANY, GenerationComplete): "nothing",
     (P.RELOADING, BootFailed): "roll_back_reload",
     (P.STARTING, BootFailed): "halt",
-    (P.TRIAL, BootFailed): "halt",
+    (P.TRIAL, BootFailed): "halt_on_trial",
     (P.IN_PLACE, BootFailed): "roll_back_in_place",
     (ANY, BootFailed): "back_off",
     (ANY, Recovered): "recovered",
@@ -84,6 +87,8 @@ TABLE = {
     (ANY, NewMasterKillDue): "kill_new_master",
     (ANY, NewMasterExited): "new_master_exited",
     (P.TRIAL, OldMasterGone): "claim_pidfile",
+    (P.LAME_DUCK, OldMasterGone): "claim_pidfile",
+    (P.TRIAL, Acknowledged): "take_over",
     (P.IN_PLACE, CheckLate): "check_late",
     (P.IN_PLACE, CheckEnded): "check_ended",
     (P.IN_PLACE, ExecFailed): "exec_failed",
@@ -119,12 +124,14 @@ class Core:
         if self.phase.is_in(Phase.STOPPING):
             return
         if self.phase.is_in(Phase.LAME_DUCK):
+            self.dispatch_all(arbiter.upgrades.watch_old_master())
             self.dispatch_all(arbiter.stopper.watch())
             arbiter.pool.notice_ready()
             arbiter.stopper.tell_lame_duck(arbiter.pool.workers())
             return
         self.dispatch_all(arbiter.upgrades.watch())
         self.dispatch_all(arbiter.upgrades.watch_old_master())
+        self.dispatch_all(arbiter.upgrades.watch_answer())
         self.dispatch_all(arbiter.inplace.watch())
         if arbiter.metrics:
             arbiter.metrics.tick()  # before the pool forgets the records of reaped workers
@@ -212,6 +219,14 @@ class Core:
     def halt(self, fact):
         """No worker ever served (the first generation, or a new master's on trial)."""
         raise HaltServer(*self.arbiter.pool.halt(fact.failure))
+
+    def halt_on_trial(self, fact):
+        """A new master on trial halts (its old master serves on and rolls back), unless
+        that old master is gone: then this one is all there is, and it keeps trying."""
+        if self.arbiter.upgrades.old_master_gone():
+            self.back_off(fact)
+        else:
+            self.halt(fact)
 
     def roll_back_in_place(self, fact):
         if not self.arbiter.inplace.new_generation_boots():
@@ -467,8 +482,13 @@ class Core:
         arbiter = self.arbiter
         emit(arbiter.log, "info", "master.serving", pid=arbiter.pid,
              generation=arbiter.generation, workers=fact.ready)
-        if not arbiter.upgrades.ask_to_take_over():
-            return
+        if arbiter.upgrades.ask_to_take_over():
+            self.take_over(fact)
+
+    def take_over(self, fact):
+        """The old master answered (it stops from now on) or is gone: this master is the
+        service, also if a worker of its generation crashed since it asked."""
+        arbiter = self.arbiter
         self.phase.move(Phase.TAKING_OVER)
         arbiter.upgrades.take_over()
         self.notifier.send(arbiter.log, MAINPID=arbiter.pid)

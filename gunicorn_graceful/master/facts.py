@@ -70,6 +70,11 @@ class OldMasterGone:
     """The master that started this one is gone (SIGKILL, OOM) before it handed over."""
 
 
+@fact
+class Acknowledged:
+    """The old master answered this master's request: it stops, this one is the service."""
+
+
 # -- USR2 in place (`inplace`) -----------------------------------------------------------------
 
 @fact

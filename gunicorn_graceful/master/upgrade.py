@@ -32,8 +32,8 @@ import signal
 from gunicorn_graceful import clock, compat
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.master import files, handover, metrics, upgrade_report
-from gunicorn_graceful.master.facts import (NewMasterAsks, NewMasterExited, NewMasterKillDue,
-                                            OldMasterGone, UpgradeLate)
+from gunicorn_graceful.master.facts import (Acknowledged, NewMasterAsks, NewMasterExited,
+                                            NewMasterKillDue, OldMasterGone, UpgradeLate)
 from gunicorn_graceful.master.plan import kill_due, late
 from gunicorn_graceful.master.pool import signal_name
 
@@ -282,8 +282,19 @@ class Upgrades:
             upgrade_report.tell(self.report_fd, upgrade_report.HANDOVER)
             emit(arbiter.log, "info", "upgrade.asking", pid=arbiter.pid,
                  old_master=arbiter.master_pid, generation=arbiter.generation)
+        return self.acknowledged() or self.old_master_gone()
+
+    def acknowledged(self):
+        """Whether the old master answered (what it wrote on the ack pipe is kept)."""
         self.heard += upgrade_report.read_available(self.ack_fd)
-        return upgrade_report.acknowledged(self.heard) or self.old_master_gone()
+        return upgrade_report.acknowledged(self.heard)
+
+    def watch_answer(self):
+        """New master on trial that asked, each tick: `facts.Acknowledged` once answered,
+        whether or not all its workers are still ready (a crash since it asked): the old
+        master stops from then on."""
+        return [Acknowledged()] if self.asked and self.report_fd is not None \
+            and self.acknowledged() else []
 
     def take_over(self):
         """Become the service: the pidfile names this master (`core` tells systemd)."""
