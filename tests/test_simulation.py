@@ -697,11 +697,15 @@ def test_a_new_master_answered_after_a_crash_takes_over_and_never_halts():
 
 def test_a_new_master_whose_old_master_died_keeps_trying_a_failing_boot():
     """Found by NewMasterMachine: with its old master gone, a new master on trial whose
-    worker failed to boot halted, and nothing served."""
+    worker failed to boot halted, and nothing served. Now it takes the service, degraded,
+    and is promoted, so that a HUP with fixed code can run."""
     master = replay({"workers": 1, "code": "broken"}, ("the_old_master_is_killed", {}),
                     ("a_worker_finishes_booting", {"index": 0}),
+                    ("time_passes", {"seconds": 0.5}), ("hup", HUP),
+                    ("every_booting_worker_finishes", {}),
                     machine_class=NewMasterMachine)
-    assert not master.stopped and master.arbiter.pool.degraded is not None
+    assert not master.stopped and master.phase() is Phase.SERVING
+    assert master.arbiter.generation == 2 and not master.arbiter.master_pid
 
 
 def test_a_reap_only_records_and_the_tick_forgets_the_worker():

@@ -21,7 +21,8 @@ at ERROR (`master.unexpected`). The table, as `tests/test_layout.py` checks it:
 | reloading          | BootFailed         | roll_back_reload     | retire it; serving; READY      |
 | starting           | BootFailed         | halt                 | no worker ever served: halt    |
 | trial              | BootFailed         | halt_on_trial        | halt: its old master rolls back|
-|                    |                    |                      | (back off once it is gone)     |
+|                    |                    |                      | (its old master gone: take over|
+|                    |                    |                      | and back off, degraded)        |
 | upgrading_in_place | BootFailed         | roll_back_in_place   | retire it; exec back once gone |
 | any                | BootFailed         | back_off             | degraded; STATUS               |
 | any                | Recovered          | recovered            | READY                          |
@@ -222,11 +223,12 @@ class Core:
 
     def halt_on_trial(self, fact):
         """A new master on trial halts (its old master serves on and rolls back), unless
-        that old master is gone: then this one is all there is, and it keeps trying."""
-        if self.arbiter.upgrades.old_master_gone():
-            self.back_off(fact)
-        else:
+        that old master is gone: then this one is all there is. It takes the service and
+        backs off, degraded: serving, so that a HUP or USR2 with fixed code can run."""
+        if not self.arbiter.upgrades.old_master_gone():
             self.halt(fact)
+        self.take_over(fact)
+        self.back_off(fact)
 
     def roll_back_in_place(self, fact):
         if not self.arbiter.inplace.new_generation_boots():
