@@ -18,7 +18,8 @@ tableflip's rules. Invariants:
   keeps serving, logs the reason the new master reported (`upgrade_report`),
   removes `<pidfile>.2` and its status file, and re-binds the control socket.
 What each fact (`facts`) means for the phase, for systemd and for the new master's
-process is decided by `core`: `watch` and `watch_old_master` only observe.
+process is decided by `core`: the watches (`watch`, `watch_old_master`, `watch_answer`)
+only observe.
 
 An old master that is not the pack's (a stock Gunicorn's USR2 into the pack) passes
 no channel: its new master is never acknowledged, so it serves on trial until
