@@ -27,7 +27,7 @@ from tests.simulation import (BIND, BOOT_ERROR, FakeProcesses, Master, SimArbite
                               make_config, raising_hook)
 
 MAX_WORKERS = 3
-EXAMPLES = int(os.environ.get("SIMULATION_EXAMPLES", "2000"))
+EXAMPLES = int(os.environ.get("SIMULATION_EXAMPLES", "1500"))
 STEPS = 50
 NAMELESS = int(signal.SIGRTMIN) + 1
 BINDS = {"same": BIND, "added": BIND + ["127.0.0.1:8001"], "moved": ["127.0.0.1:8001"],
