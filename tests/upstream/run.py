@@ -16,10 +16,12 @@ import importlib.metadata
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SITE = os.path.join(ROOT, "tests", "upstream", "site")
@@ -93,17 +95,40 @@ def outcomes(suite, directory):
                    GUNICORN_GRACEFUL_OUTCOMES=report.name,  # the suites run `gunicorn`:
                    PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
         env.pop("PYTEST_ADDOPTS", None)
-        run = subprocess.run(
+        run = subprocess.Popen(
             [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p",
              "graceful_upstream", "-o", "addopts=", "--tb=line",
              *(["-k", suite.select] if suite.select else []), *suite.modules],
-            cwd=directory, env=env, capture_output=True, text=True, timeout=_SUITE_TIMEOUT)
+            cwd=directory, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            start_new_session=True)
+        try:
+            stdout, stderr = run.communicate(timeout=_SUITE_TIMEOUT)
+        finally:
+            stop_group(run.pid)
         with open(report.name) as handle:
             text = handle.read()
         if not text:
-            raise SystemExit("%s's suite did not run:\n%s%s" % (suite.name, run.stdout[-3000:],
-                                                               run.stderr[-3000:]))
-        return json.loads(text), run.stdout
+            raise SystemExit("%s's suite did not run:\n%s%s" % (suite.name, stdout[-3000:],
+                                                               stderr[-3000:]))
+        return json.loads(text), stdout
+
+
+def stop_group(group):
+    """What the suite left running in its process group: uvicorn-worker's signal test sends
+    its stock master USR2 and stops only the old one, so the new master outlives the run.
+    TERM, then KILL what is left after 5 s."""
+    deadline = time.monotonic() + 5
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(group, sig)
+        except ProcessLookupError:
+            return
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(group, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
 
 
 def compare(name, version, results, expected):
