@@ -66,10 +66,19 @@ def point_link(link, target):
     os.replace(tmp, link)
 
 
+def replace_file(path, text):
+    """Write `path` whole and rename it into place, as deploy tools do: a worker importing
+    the module meanwhile reads the old release or the new one, never an empty file."""
+    tmp = path + ".new"
+    with open(tmp, "w") as handle:
+        handle.write(text)
+    os.replace(tmp, path)
+
+
 def write_asgi_app(directory, version, before="", record=True):
     """The example Starlette app as release `version` (APP_VERSION), recording what starts."""
-    with open(os.path.join(directory, "asgiapp.py"), "w") as handle:
-        handle.write(ASGI_APP.format(version=version, before=before, record=record))
+    replace_file(os.path.join(directory, "asgiapp.py"),
+                 ASGI_APP.format(version=version, before=before, record=record))
 
 
 def write_app(directory, version, before="", healthz=200, record=True):
@@ -77,19 +86,16 @@ def write_app(directory, version, before="", healthz=200, record=True):
 
     `record` appends each request's path to started.log (see `Server.wait_started`).
     """
-    with open(os.path.join(directory, "testapp.py"), "w") as handle:
-        handle.write(APP_TEMPLATE.format(before=before, version=version, healthz=healthz,
-                                         record=record))
+    replace_file(os.path.join(directory, "testapp.py"),
+                 APP_TEMPLATE.format(before=before, version=version, healthz=healthz,
+                                     record=record))
 
 
 def write_config(directory, name="gunicorn_conf.py", body="", pack=True):
     """A Gunicorn config: `body` inside the pack's (pack=False: `body` alone, a config that
     uses a graceful worker class without the pack)."""
     path = os.path.join(directory, name)
-    with open(path, "w") as handle:
-        if pack:
-            handle.write("from gunicorn_graceful.conf import *  # noqa\n")
-        handle.write(body)
-        if pack:
-            handle.write("\ninstall(globals())\n")
+    if pack:
+        body = "from gunicorn_graceful.conf import *  # noqa\n%s\ninstall(globals())\n" % body
+    replace_file(path, body)
     return path
