@@ -26,15 +26,18 @@ import itertools
 import json
 import os
 import signal
+import socket
 import tempfile
 import time
 
 from gunicorn.arbiter import Arbiter
 from gunicorn.config import Config
 from gunicorn.errors import HaltServer
+from gunicorn.pidfile import Pidfile
 
 from gunicorn_graceful import clock, hooks, settings, state
-from gunicorn_graceful.master import handover, mold, system, upgrade_report
+from gunicorn_graceful.master import (files, handover, metrics, mold, system,
+                                      upgrade_report)
 from gunicorn_graceful.master.arbiter import GracefulArbiter
 from gunicorn_graceful.master.systemd import Notifier
 
@@ -122,6 +125,7 @@ class SimWorker:
         self.booted = False
         self.lame_duck = False
         self.exited = False
+        self.slot = None            # its metrics slot, once it counted a request
 
 
 class World:
@@ -152,6 +156,9 @@ class World:
         self.old_master = None      # a new master's old master (`NewMasterMachine`)
         self.old_master_alive = False
         self.to_old_master = []     # the signals the master sent its old master
+        self.files_fail = False     # the pidfile's directory refuses every write and removal
+        self.refused = set()        # paths whose last write or removal was refused
+        self.endpoints = []         # every metrics endpoint a master served
 
     def parent(self):
         """The master's parent: its old master while that lives, else init."""
@@ -178,6 +185,23 @@ class World:
         if not sim_mold.exited:
             sim_mold.exited = True
             self.exits.append((sim_mold.pid, status))
+
+    def write_file(self, log, path, text):
+        """`files.write`, or a refusal while the directory refuses (EROFS, ENOSPC, chattr)."""
+        if self.files_fail:
+            self.refused.add(path)
+            log.warning("event=master.file_failed action=write path=%s (simulated)" % path)
+            return False
+        self.refused.discard(path)
+        return files.write(log, path, text)
+
+    def remove_file(self, log, path):
+        if self.files_fail:
+            self.refused.add(path)
+            log.warning("event=master.file_failed action=remove path=%s (simulated)" % path)
+            return
+        self.refused.discard(path)
+        files.remove(log, path)
 
     def close_channels(self):
         for fd in (self.report_fd, self.ack_fd):
@@ -269,9 +293,11 @@ class SimMoldProcesses(mold.Processes):
 
 class FakeListener:
     """A listening socket the master holds (what `binds` opens): a pipe stands for the
-    socket, so that an in-place exec can hand its descriptor over."""
+    socket, so that an in-place exec can hand its descriptor over; a unix socket's family
+    (no accept queue to count, as `listeners.reports_queue` says)."""
 
     sock = None
+    family, type = socket.AF_UNIX, socket.SOCK_STREAM
 
     def __init__(self, address):
         self.cfg_addr, self.closed = address, False
@@ -326,6 +352,57 @@ class SimSystem(system.System):
     def create_sockets(self, cfg, log, fds):
         return self.master.create_sockets(cfg, log, fds)
 
+    def serve_metrics(self, metrics, bind, fd):
+        self.world.endpoints.append(FakeEndpoint(metrics, fd))
+        return self.world.endpoints[-1]
+
+    def close_in_children(self, fd):
+        pass  # no child of the test process is forked from the master's code
+
+    def write_file(self, log, path, text):
+        return self.world.write_file(log, path, text)
+
+    def remove_file(self, log, path):
+        self.world.remove_file(log, path)
+
+
+class FakeEndpoint:
+    """The metrics endpoint (`endpoint.Endpoint`): its listener a real descriptor, as an
+    in-place exec hands it on; a scrape is a call to what the handler serves."""
+
+    def __init__(self, metrics, fd):
+        self.metrics = metrics
+        self.fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC) if fd is None else fd
+        self.paused = self.closed = False
+
+    def fileno(self):
+        return self.fd
+
+    def pause(self, limit):
+        self.paused = True
+
+    def resume(self):
+        self.paused = False
+
+    def scrape(self):
+        """The requests counted, as `gunicorn_requests` would say."""
+        total, _ = self.metrics.snapshot()
+        return sum(total.requests.values())
+
+    def close(self):
+        if not self.closed:
+            os.close(self.fd)
+        self.closed = True
+
+
+def totals(requests, buckets):
+    """What the other master of a USR2 sends (`Metrics.export`): `requests` answered 2xx."""
+    return json.dumps({
+        "requests": {"2xx": requests}, "buckets": list(buckets),
+        "duration": [0.0, requests, [requests] + [0] * len(buckets)], "websockets": 0,
+        "drain_cut": 0, "drains": [0.0, [0] * (len(metrics.DRAIN_BUCKETS) + 1)],
+        "exits": {}, "recycles": {}, "reloads": []})
+
 
 class OldMasterEnds:
     """The old master of a new master under test: its ends of the two pipes
@@ -359,6 +436,10 @@ class OldMasterEnds:
                 handle.write("%s\n" % new_master)
         self.channel.acknowledge()
         self.acknowledged = True
+
+    def send_totals(self, requests, buckets):
+        """Its metrics once its workers drained: `requests` answered."""
+        upgrade_report.send_totals(self.channel.ack_fd, totals(requests, buckets))
 
     def close(self):
         os.close(self.channel.read_fd)
@@ -467,11 +548,12 @@ def raising_hook(name):
     return hooks.chain(hooks.HOOKS[name], hook)
 
 
-def make_config(workers, pre_fork=None, bind=BIND, raising=()):
+def make_config(workers, pre_fork=None, bind=BIND, raising=(), pidfile=None):
     """A Gunicorn Config as the pack's template makes it (the pack's hooks installed; the
     user's hooks named in `raising` raise)."""
     cfg = Config()
     cfg.set("bind", bind)
+    cfg.set("pidfile", pidfile)
     cfg.set("workers", workers)
     cfg.set("worker_class", WORKER_CLASS)
     cfg.set("graceful_timeout", GRACEFUL_TIMEOUT)
@@ -483,6 +565,10 @@ def make_config(workers, pre_fork=None, bind=BIND, raising=()):
     for name in raising:
         cfg.set(name, raising_hook(name))
     return cfg
+
+
+def dup(fd):
+    return None if fd is None else os.dup(fd)
 
 
 class Master:
@@ -502,9 +588,7 @@ class Master:
             self.world.old_master, self.world.old_master_alive = old_master, True
             self.old_master = OldMasterEnds(pidfile, old_master)
             os.environ[upgrade_report.ENV] = self.old_master.environ_value()
-        cfg = make_config(workers)
-        if pidfile is not None:
-            cfg.set("pidfile", pidfile)
+        cfg = make_config(workers, pidfile=pidfile)
         self.arbiter = self.new_code(cfg, RecordingNotifier(), master_pid=old_master or 0)
         self.arbiter.log.watch = self.note_retirement
         self.retirements = []       # (ready, wanted, line) as each replaced worker was retired
@@ -518,6 +602,9 @@ class Master:
         arbiter = FakeProcesses(SimApp(cfg))
         arbiter.pid, arbiter.WORKERS, arbiter.log = os.getpid(), {}, log or arbiter.log
         arbiter.master_pid = master_pid  # Gunicorn's start reads it from GUNICORN_PID
+        if cfg.pidfile is not None:  # as Gunicorn's start, before its on_starting
+            arbiter.pidfile = Pidfile(cfg.pidfile + (".2" if master_pid else ""))
+            arbiter.pidfile.create(arbiter.pid)
         arbiter.LISTENERS = [] if handed else [
             self.world.open_listener(a, None, None) for a in arbiter.cfg.address]
         SimArbiter.install(arbiter, hooks.check_config, hooks.worker_class_of, self.system)
@@ -541,7 +628,9 @@ class Master:
         state = dict(state, listeners=[os.dup(fd) for fd in state["listeners"]],
                      workers=[dict(w, heartbeat=os.dup(w["heartbeat"]))
                               for w in state["workers"]],
-                     handoff=[os.dup(fd) for fd in state["handoff"] or ()] or None)
+                     handoff=[os.dup(fd) for fd in state["handoff"] or ()] or None,
+                     metrics=state["metrics"] and dict(state["metrics"],
+                                                       fd=dup(state["metrics"]["fd"])))
         memfd = os.memfd_create("simulated-handover", 0)
         os.write(memfd, json.dumps(state).encode())
         os.environ[handover.ENV] = str(memfd)
@@ -582,7 +671,7 @@ class Master:
             os.close(int(fd))
         for worker in self.world.processes.values():
             worker.tmp.close()
-        for listener in self.world.opened:
+        for listener in self.world.opened + self.world.endpoints:
             listener.close()
         self.world.close_channels()
         if self.old_master is not None:

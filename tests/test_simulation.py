@@ -8,6 +8,7 @@ to the shortest one and printed; each one found becomes a named test below.
 """
 
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -24,14 +25,16 @@ from gunicorn_graceful import hooks, settings, state, userhooks
 from gunicorn_graceful.master import binds, core, facts, pool, rollout, upgrade_report
 from gunicorn_graceful.master.phase import Phase
 from tests.simulation import (BIND, BOOT_ERROR, FakeProcesses, Master, SimArbiter, booting,
-                              make_config, raising_hook)
+                              make_config, raising_hook, totals)
 
 MAX_WORKERS = 3
+METRICS_BIND = "127.0.0.1:9464"  # never bound: the endpoint is the simulation's (`FakeEndpoint`)
 EXAMPLES = int(os.environ.get("SIMULATION_EXAMPLES", "1500"))
 STEPS = 50
 NAMELESS = int(signal.SIGRTMIN) + 1
 BINDS = {"same": BIND, "added": BIND + ["127.0.0.1:8001"], "moved": ["127.0.0.1:8001"],
          "taken": BIND + ["127.0.0.1:9999"]}  # 9999: another service listens there
+PIDFILES = {"kept": "gunicorn.pid", "moved": "moved.pid", "dropped": None}
 
 
 class MasterMachine(RuleBasedStateMachine):
@@ -40,18 +43,22 @@ class MasterMachine(RuleBasedStateMachine):
     def __init__(self):
         super().__init__()
         self.master = None
+        self.directory = tempfile.mkdtemp(prefix="simulated-master-")
+        self.pidfile = os.path.join(self.directory, "gunicorn.pid")
+        self.served = 0   # the most requests the metrics endpoint has said so far
 
     @initialize(workers=st.integers(1, MAX_WORKERS), max_booting=st.integers(0, 2),
                 shutdown_delay=st.sampled_from([0.0, 2.0]),
                 max_worker_age=st.sampled_from([0.0, 60.0]), mold=st.booleans(),
-                in_place=st.booleans())
+                in_place=st.booleans(), metrics=st.booleans())
     def start(self, workers, max_booting, shutdown_delay, max_worker_age, mold=False,
-              in_place=False):
+              in_place=False, metrics=False):
         pack = settings.Settings(max_booting=max_booting, shutdown_delay=shutdown_delay,
                                  readiness_timeout=30.0, upgrade_timeout=60.0,
                                  max_worker_age=max_worker_age, mold=mold,
-                                 upgrade="in-place" if in_place else "new-master")
-        self.master = Master(workers, pack)
+                                 upgrade="in-place" if in_place else "new-master",
+                                 metrics_bind=METRICS_BIND if metrics else "")
+        self.master = Master(workers, pack, pidfile=self.pidfile)
         self.generations = [1]
         self.most_workers = workers
         self.most_booting = max_booting or 1
@@ -67,6 +74,7 @@ class MasterMachine(RuleBasedStateMachine):
     def teardown(self):
         if self.master is not None:
             self.master.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
 
     def running(self):
         return self.master is not None and not self.master.stopped
@@ -175,6 +183,25 @@ class MasterMachine(RuleBasedStateMachine):
             state.mark_recycle(worker.tmp, os.getpid(), "reason=max_requests served=1000")
         self.step()
 
+    @precondition(running)
+    @rule(index=st.integers(0, 20), count=st.integers(1, 5))
+    def a_worker_answers_requests(self, index, count):
+        """Counted into its slot, the shared memory its master reads (graceful_metrics_bind)."""
+        metrics = self.master.arbiter.metrics
+        worker = self.pick([w for w in self.master.serving_ready() if not w.exited], index)
+        if metrics is None or worker is None:
+            return
+        worker.slot = worker.slot or metrics.slots[worker.pid]  # the mapping it got at fork
+        for _ in range(count):
+            worker.slot.ended(200, worker.slot.started())
+        self.step()
+
+    @rule(refuses=st.booleans())
+    def the_pidfile_directory_refuses_writes(self, refuses):
+        """EROFS, a full disk, chattr +i: every write and removal there fails, or works again."""
+        self.master.world.files_fail = refuses
+        self.step()
+
     @rule(seconds=st.sampled_from([0.5, 1.0, 2.5, 31.0, 61.0]))
     def time_passes(self, seconds):
         self.step(seconds)
@@ -185,9 +212,11 @@ class MasterMachine(RuleBasedStateMachine):
     @rule(code=st.sampled_from(["good", "broken", "slow"]), workers=st.integers(0, MAX_WORKERS),
           config=st.sampled_from(["fine", "raises", "user pre_fork", "pre_fork raises",
                                   "on_reload raises"]),
-          bind=st.sampled_from(list(BINDS)), max_booting=st.integers(0, 2))
-    def hup(self, code, workers, config, bind, max_booting):
-        """A HUP; the new config may change the pack's settings too (its install(globals()))."""
+          bind=st.sampled_from(list(BINDS)), max_booting=st.integers(0, 2),
+          pidfile=st.sampled_from(list(PIDFILES)))
+    def hup(self, code, workers, config, bind, max_booting, pidfile="dropped"):
+        """A HUP; the new config may change the pack's settings too (its install(globals()))
+        and its pidfile (`PIDFILES`)."""
         master = self.master
         master.world.code = code
         if config == "raises":
@@ -195,7 +224,8 @@ class MasterMachine(RuleBasedStateMachine):
         else:
             master.arbiter.app.next_cfg = make_config(
                 workers, pre_fork=user_pre_fork if config == "user pre_fork" else None,
-                bind=BINDS[bind], raising=[config.split()[0]] if "raises" in config else [])
+                bind=BINDS[bind], raising=[config.split()[0]] if "raises" in config else [],
+                pidfile=PIDFILES[pidfile] and os.path.join(self.directory, PIDFILES[pidfile]))
             master.arbiter.app.next_settings = dataclasses.replace(
                 master.arbiter.settings, max_booting=max_booting)
         self.most_workers = max(self.most_workers, workers)
@@ -226,7 +256,8 @@ class MasterMachine(RuleBasedStateMachine):
         config whose `bind` an in-place upgrade's next code loads."""
         self.master.world.code = code
         self.master.world.disk_cfg = make_config(self.master.arbiter.cfg.workers,
-                                                 bind=BINDS[bind])
+                                                 bind=BINDS[bind],
+                                                 pidfile=self.master.arbiter.cfg.pidfile)
         self.master.arbiter.handle_usr2()
         self.step()
 
@@ -260,12 +291,20 @@ class MasterMachine(RuleBasedStateMachine):
             world.handed_over = world.new_masters[-1]
 
     @precondition(lambda self: self.running() and self.master.arbiter.reexec_pid)
-    @rule(how=st.sampled_from([signal.SIGKILL, NAMELESS, "exit 3"]))
-    def the_new_master_dies(self, how):
-        master = self.master
+    @rule(how=st.sampled_from([signal.SIGKILL, NAMELESS, "exit 3"]), counted=st.integers(0, 9))
+    def the_new_master_dies(self, how, counted=0):
+        """Killed, or stopped on trial (exit 3) after its workers `counted` requests, which
+        it returned on the report channel: this master's counters go on from them."""
+        master, metrics = self.master, self.master.arbiter.metrics
+        returned = counted if how == "exit 3" and metrics is not None else 0
+        if returned:
+            upgrade_report.send_totals(master.world.report_fd, totals(returned, metrics.buckets))
+        before = metrics.endpoint.scrape() if metrics and metrics.endpoint else 0
         status = 3 << 8 if how == "exit 3" else int(how)
         master.arbiter.reaped(master.arbiter.reexec_pid, status)
         self.step()
+        if returned and self.running():
+            assert metrics.endpoint.scrape() >= before + returned, "the returned counts are lost"
 
     @precondition(running)
     @rule(hook=st.sampled_from(["pre_fork", "child_exit", "nworkers_changed"]))
@@ -442,6 +481,53 @@ class MasterMachine(RuleBasedStateMachine):
 
 
     @invariant()
+    def a_counter_never_goes_down(self):
+        """Whatever a worker's end (recycled, crashed, killed, replaced by a HUP) and across
+        an in-place exec: what the endpoint says only grows while its master serves it."""
+        endpoint = self.master.arbiter.metrics.endpoint \
+            if self.running() and self.master.arbiter.metrics else None
+        if endpoint is None:
+            return
+        served = endpoint.scrape()
+        assert served >= self.served, "gunicorn_requests went from %s to %s" % (self.served,
+                                                                                 served)
+        self.served = served
+
+    @invariant()
+    def the_endpoint_serves_while_its_master_has_the_service(self):
+        """From the start (or the promotion of a new master) to the stop; paused only for an
+        in-place exec that then ran; the memory of the counts bounded by the live workers."""
+        metrics = self.master.arbiter.metrics if self.running() else None
+        if metrics is None:
+            return
+        assert (metrics.endpoint is None) == bool(self.master.arbiter.master_pid), \
+            (metrics.endpoint, self.master.arbiter.master_pid)
+        assert metrics.endpoint is None or not metrics.endpoint.paused
+        assert set(metrics.slots) <= set(self.master.arbiter.WORKERS), \
+            (sorted(metrics.slots), sorted(self.master.arbiter.WORKERS))
+
+    @invariant()
+    def the_status_file_names_no_reaped_process_once_a_write_succeeds(self):
+        """Written each tick it changed, tried again until it lands; gone once the master
+        stopped (unless that removal was refused: then it names the master that wrote it)."""
+        if self.master is None or self.master.world.files_fail:
+            return
+        path = self.master.arbiter.status.path()
+        if self.master.stopped:
+            left = [name for name in os.listdir(self.directory) if name.endswith(".status")
+                    and os.path.join(self.directory, name) not in self.master.world.refused]
+            assert not left, left
+            return
+        if path is None or self.master.arbiter.status.last is None:
+            return  # none, or the code an in-place exec started has not ticked yet
+        with open(path) as handle:
+            said = json.load(handle)
+        assert said["pid"] == self.master.arbiter.pid, said
+        listed = {w["pid"] for w in said["workers"]}
+        assert listed <= set(self.master.arbiter.WORKERS), \
+            (sorted(listed), sorted(self.master.arbiter.WORKERS))
+
+    @invariant()
     def at_most_one_mold_per_generation(self):
         molds = self.master.arbiter.molds if self.master else None
         if molds is not None:
@@ -484,24 +570,19 @@ class NewMasterMachine(MasterMachine):
 
     @initialize(workers=st.integers(1, MAX_WORKERS), max_booting=st.integers(0, 2),
                 shutdown_delay=st.sampled_from([0.0, 2.0]),
-                code=st.sampled_from(["good"] * 4 + ["broken", "slow"]))
-    def start(self, workers, max_booting, shutdown_delay, code):
+                code=st.sampled_from(["good"] * 4 + ["broken", "slow"]), metrics=st.booleans())
+    def start(self, workers, max_booting, shutdown_delay, code, metrics=False):
         pack = settings.Settings(max_booting=max_booting, shutdown_delay=shutdown_delay,
-                                 readiness_timeout=30.0, upgrade_timeout=60.0)
-        self.directory = tempfile.mkdtemp(prefix="simulated-new-master-")
-        self.pidfile = os.path.join(self.directory, "gunicorn.pid")
+                                 readiness_timeout=30.0, upgrade_timeout=60.0,
+                                 metrics_bind=METRICS_BIND if metrics else "")
         self.master = Master(workers, pack, old_master=OLD_MASTER, pidfile=self.pidfile)
         self.master.world.code = code
         self.generations = [1]
         self.most_workers, self.most_booting = workers, max_booting or 1
         self.spoken = 0   # the systemd messages the invariants have judged
+        self.carried = 0  # the requests the old master's totals handed on
         self.master.loop()
         assert self.master.phase() is Phase.TRIAL, self.master.arbiter.log.lines
-
-    def teardown(self):
-        super().teardown()
-        if self.master is not None:
-            shutil.rmtree(self.directory, ignore_errors=True)
 
     def old(self):
         return self.master.old_master
@@ -520,8 +601,12 @@ class NewMasterMachine(MasterMachine):
 
     @precondition(lambda self: self.running() and self.old_master_alive()
                   and self.old().acknowledged)
-    @rule()
-    def the_old_master_drained_and_exits(self):
+    @rule(requests=st.integers(0, 50))
+    def the_old_master_drained_and_exits(self, requests=0):
+        """With its metrics' totals (`upgrade.send_totals`), which this master carries on."""
+        if self.master.arbiter.metrics is not None:
+            self.old().send_totals(requests, self.master.arbiter.metrics.buckets)
+            self.carried = requests
         self.master.world.old_master_alive = False
         self.step()
 
@@ -544,10 +629,19 @@ class NewMasterMachine(MasterMachine):
     # -- invariants -------------------------------------------------------------------------
 
     @invariant()
+    def a_promoted_master_goes_on_from_its_old_masters_totals(self):
+        metrics = self.master.arbiter.metrics if self.running() else None
+        if metrics is not None and metrics.endpoint is not None:
+            assert metrics.endpoint.scrape() >= self.carried, (self.carried,
+                                                               metrics.endpoint.scrape())
+
+    @invariant()
     def the_pidfile_names_a_live_master(self):
         """The old master until it handed over; this one once it did or once it is gone (as
-        long as the config names that pidfile: a HUP may drop it)."""
-        if not self.running() or self.master.arbiter.cfg.pidfile != self.pidfile:
+        long as the config names that pidfile: a HUP may drop it), from the first tick its
+        directory takes writes again."""
+        if not self.running() or self.master.arbiter.cfg.pidfile != self.pidfile \
+                or self.master.world.files_fail:
             return
         with open(self.pidfile) as handle:
             named = int(handle.read())
@@ -945,3 +1039,30 @@ def test_in_place_a_hup_deferred_until_it_completes_may_raise_the_worker_count()
                     ("hup", dict(HUP, workers=2)), ("every_booting_worker_finishes", {}))
     assert master.arbiter.upgrades.last["state"] == "done"
     assert master.phase() is Phase.RELOADING and master.arbiter.num_workers == 2
+
+
+def test_in_lame_duck_the_status_file_stops_naming_a_worker_that_died():
+    """Found by the status-file invariant: the lame duck's tick wrote nothing, so for all of
+    graceful_shutdown_delay `status` listed a crashed worker as running (and a write that had
+    failed before the TERM was not tried again); the metrics kept its slot unfolded."""
+    replay({"workers": 2, "shutdown_delay": 2.0, "metrics": True}, ("operator_term", {}),
+           ("a_worker_crashes", {"index": 0, "how": signal.SIGKILL}))
+
+
+def test_a_new_master_whose_old_master_died_names_itself_once_the_pidfile_can_be_written():
+    """Found by the pidfile invariant over failing writes: the claim was written once, so a
+    refused write left the pidfile naming the dead master for good (`files.Owed`)."""
+    replay({"workers": 1, "code": "good"},
+           ("the_pidfile_directory_refuses_writes", {"refuses": True}),
+           ("the_old_master_is_killed", {}),
+           ("the_pidfile_directory_refuses_writes", {"refuses": False}),
+           machine_class=NewMasterMachine)
+
+
+def test_a_term_during_a_hup_that_moved_the_pidfile_leaves_no_status_file():
+    """Found by the status-file invariant: Gunicorn removes the current pidfile at exit, and
+    the pack the current status file; the ones the HUP moved from stayed, naming a master
+    and workers that were gone."""
+    replay({"workers": 1}, ("hup", dict(code="slow", workers=1, config="fine", bind="same",
+                                        max_booting=0, pidfile="moved")),
+           ("operator_term", {}))

@@ -72,6 +72,7 @@ class GracefulArbiter(Arbiter):
         # config's install(globals()) loaded; a HUP replaces both, a rollback restores both.
         arbiter.settings = settings.current()
         arbiter.system = system or System()
+        arbiter.files = files.Owed(arbiter.system, arbiter.log)
         arbiter.generations = Generations(arbiter.settings.release_link)
         files.adopt_pidfile(arbiter.pidfile, arbiter.log)
         handed = handover.take()
@@ -347,6 +348,7 @@ class GracefulArbiter(Arbiter):
         if self.metrics and self.upgrades.handed_to is not None:
             self.metrics.pause()  # the new master serves the endpoint next: no scrape is cut
         self.status.remove()
+        self.rollouts.stopped()
 
     def _stop_control_server(self):
         """Gunicorn >= 27: an old master handing over leaves the control socket path alone,

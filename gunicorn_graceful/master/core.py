@@ -124,11 +124,14 @@ class Core:
             self.dispatch(arbiter.inplace.first_tick())
         if self.phase.is_in(Phase.STOPPING):
             return
-        if self.phase.is_in(Phase.LAME_DUCK):
+        if self.phase.is_in(Phase.LAME_DUCK):  # the workers serve on: what they do is news
             self.dispatch_all(arbiter.upgrades.watch_old_master())
             self.dispatch_all(arbiter.stopper.watch())
+            if arbiter.metrics:
+                arbiter.metrics.tick()
             arbiter.pool.notice_ready()
             arbiter.stopper.tell_lame_duck(arbiter.pool.workers())
+            self.write_files()
             return
         self.dispatch_all(arbiter.upgrades.watch())
         self.dispatch_all(arbiter.upgrades.watch_old_master())
@@ -139,7 +142,13 @@ class Core:
         self.reconcile()
         self.run_deferred()
         compat.report_metrics(arbiter)
-        arbiter.status.write()
+        self.write_files()
+
+    def write_files(self):
+        """Each tick the workers serve: a pidfile write the file system refused is tried
+        again (`files.Owed`), and the status file says what changed."""
+        self.arbiter.files.retry()
+        self.arbiter.status.write()
 
     def reconcile(self):
         """The pool's step (see `pool`), with the facts it reports; a complete generation

@@ -104,6 +104,33 @@ def _warn(log, action, path, exc, fallback):
          fallback=fallback)
 
 
+class Owed:
+    """The pidfiles a master must keep true: a write the file system refused is tried
+    again each tick (`retry`) until it lands, or until that path is removed or written
+    anew. Written once and forgotten, a pidfile whose write failed while a new master
+    took over from a dead one would name the dead master for good: `kill -HUP $(cat
+    pidfile)` would miss, or hit whatever process reused the number."""
+
+    def __init__(self, system, log):
+        self.system, self.log = system, log
+        self.pending = {}  # path -> the text it must hold
+
+    def write(self, path, text):
+        if self.system.write_file(self.log, path, text):
+            self.pending.pop(path, None)
+            return True
+        self.pending[path] = text
+        return False
+
+    def remove(self, path):
+        self.pending.pop(path, None)
+        self.system.remove_file(self.log, path)
+
+    def retry(self):
+        for path, text in list(self.pending.items()):
+            self.write(path, text)
+
+
 class MasterPidfile(Pidfile):
     """Gunicorn's pidfile, whose removal at exit (while it names this master) is `remove`:
     Gunicorn's own ignores a failure, and the file named a dead master after it."""

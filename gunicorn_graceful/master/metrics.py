@@ -29,13 +29,10 @@ Invariants:
 """
 
 import collections
-import http.server
 import importlib.util
 import json
 import os
 import signal
-import socket
-import sys
 import threading
 import time
 
@@ -83,9 +80,9 @@ def lend(metrics, environ):
     """Before a USR2's fork: the endpoint's listener goes to the new master (a copy whose
     number no child-close hook knows); the returned fd is closed here after the fork."""
     environ.pop(ENV, None)
-    if not metrics or metrics.server is None:
+    if not metrics or metrics.endpoint is None:
         return None
-    fd = os.dup(metrics.server.fileno())
+    fd = os.dup(metrics.endpoint.fileno())
     os.set_inheritable(fd, True)
     environ[ENV] = "%s %s" % (fd, metrics.bind)
     return fd
@@ -124,7 +121,7 @@ class Metrics:
         self.drain_sum = 0.0
         self.gauges = {}  # the master's view, refreshed each tick (`tick`)
         self.started_at = time.time()
-        self.server = None
+        self.endpoint = None
         self.inherited = None  # the old master's listener, served once promoted
         self.bind_failed = False
         events.observe(self.observe)
@@ -148,7 +145,7 @@ class Metrics:
         arbiter = self.arbiter
         self.fold_reaped()
         self.gauges = self.master_gauges()
-        if self.server is None and not arbiter.master_pid:
+        if self.endpoint is None and not arbiter.master_pid:
             self.serve_when_free()
 
     def inherit(self, lent):
@@ -166,14 +163,13 @@ class Metrics:
             os.close(fd)
             return
         self.inherited = fd
-        identity = _identity(fd)
-        os.register_at_fork(after_in_child=lambda: _close_in_child(fd, identity))
+        self.arbiter.system.close_in_children(fd)
 
     def promoted(self, totals):
         """A new master is the service now: its old master's totals, then the endpoint at once
         (a scrape waits in the listener's queue meanwhile; the tick would be a second late)."""
         self.carry(totals)
-        if self.server is None:
+        if self.endpoint is None:
             self.serve_when_free()
 
     def serve_when_free(self):
@@ -241,7 +237,7 @@ class Metrics:
         worker reaped since the last tick is folded first: its slot goes nowhere else."""
         self.fold_reaped()
         return {"totals": self.export(live=False), "buckets": list(self.buckets),
-                "bind": self.bind, "fd": self.server.fileno() if self.server else None}
+                "bind": self.bind, "fd": self.endpoint.fileno() if self.endpoint else None}
 
     def adopt(self, kept, workers):
         """In the code an in-place upgrade exec'd: the handed totals, and the slot of each
@@ -301,37 +297,14 @@ class Metrics:
         elif name == "worker.recycle":
             self.recycles[fields.get("reason") or "max_requests"] += 1
 
-    # -- the endpoint's thread --------------------------------------------------------------
+    # -- the endpoint (`endpoint`, through the system port) ---------------------------------
 
     def serve(self, fd=None):
         """Bind the endpoint and serve it from a thread; `fd`: the listener an in-place
         upgrade handed over, served as it is (no scrape finds the port closed)."""
-        from prometheus_client import exposition  # noqa: F401  (not on the first scrape)
-        host, _, port = self.bind.rpartition(":")
-        address = (host.strip("[]") or "0.0.0.0", int(port))
-        try:
-            self.server = _Server(address, _Handler, bind_and_activate=fd is None)
-        except (OSError, ValueError) as exc:
-            raise SystemExit("Error: gunicorn-graceful: graceful_metrics_bind=%s cannot be "
-                             "bound: %s" % (self.bind, exc)) from None
-        if fd is not None:
-            self.server.socket.close()
-            self.server.socket = socket.socket(fileno=fd)
-            self.server.server_name, self.server.server_port = address
-        self.server.metrics = self
-        fd = self.server.fileno()
-        identity = _identity(fd)
-        os.register_at_fork(after_in_child=lambda: _close_in_child(fd, identity))
-        self.server.busy, self.server.busy_lock = 0, threading.Lock()
-        self.server.connections, self.server.closing = 0, False
-        self.serve_in_thread()
+        self.endpoint = self.arbiter.system.serve_metrics(self, self.bind, fd)
         emit(self.arbiter.log, "info", "metrics.listening", pid=os.getpid(),
              address="http://%s/metrics" % self.bind)
-
-    def serve_in_thread(self):
-        thread = threading.Thread(target=self.server.serve_forever, args=(0.1,),
-                                  name="graceful-metrics", daemon=True)
-        thread.start()
 
     def pause(self, limit=1.0):
         """Before an in-place exec, or the exit of an old master whose new master serves the
@@ -339,19 +312,13 @@ class Metrics:
         code that serves this listener next), and for at most `limit` seconds let the
         scrapes being answered finish and a kept-alive scraper come back once more, to an
         answer that closes its connection: an exec or an exit would cut either."""
-        if self.server is None:
-            return
-        self.server.closing = True
-        self.server.shutdown()  # returns once serve_forever saw it (its poll: 0.1 s)
-        deadline = time.monotonic() + limit
-        while (self.server.busy or self.server.connections) and time.monotonic() < deadline:
-            time.sleep(0.005)
+        if self.endpoint is not None:
+            self.endpoint.pause(limit)
 
     def resume(self):
         """The exec failed: this code serves the endpoint again."""
-        if self.server is not None:
-            self.server.closing = False
-            self.serve_in_thread()
+        if self.endpoint is not None:
+            self.endpoint.resume()
 
     def snapshot(self):
         """Totals now: what exited workers counted plus what live ones count."""
@@ -453,93 +420,3 @@ def _labelled(family, name, doc, labels, values):
     for key, value in sorted(values.items()):
         metric.add_metric(list(key), value)
     return metric
-
-
-def _identity(fd):
-    info = os.fstat(fd)
-    return info.st_dev, info.st_ino
-
-
-def _close_in_child(fd, identity):
-    """In every child: close the endpoint's socket, but only while `fd` is still that socket.
-    A handler cannot be unregistered, and a later fork (a mold's worker, a worker after a HUP
-    moved the endpoint) may hold another file under the same number."""
-    try:
-        if _identity(fd) == identity:
-            os.close(fd)
-    except OSError:
-        pass
-    events.forget_observers()
-
-
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 64  # socketserver's 5 drops a burst's SYNs: each waits 1 s to retry
-
-    def handle_error(self, request, client_address):
-        """A scraper gone mid-answer (Prometheus closes at its scrape timeout) is no error;
-        anything else is one ERROR line, not socketserver's traceback on stderr."""
-        error = sys.exc_info()[1]
-        if isinstance(error, (ConnectionError, TimeoutError)):
-            return
-        emit(self.metrics.arbiter.log, "error", "metrics.scrape_failed", pid=os.getpid(),
-             peer=client_address, error=repr(error))
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    """GET /metrics: Prometheus text, or OpenMetrics when the scraper's Accept asks."""
-
-    protocol_version = "HTTP/1.1"  # Prometheus keeps its connection from scrape to scrape
-    timeout = 10  # a client that sends nothing does not keep its thread
-    # The head and the body in one send, at once: written apart on a kept-alive connection,
-    # the body waited for the client's delayed ACK of the head (Nagle): 40 ms a scrape.
-    wbufsize = 1 << 16
-    disable_nagle_algorithm = True
-
-    def setup(self):
-        """Counted while open: a pause waits for a kept-alive scraper's next scrape."""
-        with self.server.busy_lock:
-            self.server.connections += 1
-        super().setup()
-
-    def finish(self):
-        try:
-            super().finish()
-        finally:
-            with self.server.busy_lock:
-                self.server.connections -= 1
-
-    def do_GET(self):
-        if self.path.split("?", 1)[0] != "/metrics":
-            self.send_error(404, "only /metrics here")
-            return
-        with self.server.busy_lock:  # counted: an in-place exec waits for it (`pause`)
-            self.server.busy += 1
-        try:
-            from prometheus_client.exposition import choose_encoder
-            encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-            body = encoder(_Registry(self.server.metrics))
-            self.send_response(200)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            if self.server.closing:  # paused (`pause`): the next scrape connects anew
-                self.send_header("Connection", "close")
-                self.close_connection = True
-            self.end_headers()
-            self.wfile.write(body)
-        finally:
-            with self.server.busy_lock:
-                self.server.busy -= 1
-
-    def log_message(self, *args):
-        """Scrapes are not logged: one a second from each Prometheus would drown the log."""
-
-
-class _Registry:
-    """What prometheus_client's encoders read: `collect()`."""
-
-    def __init__(self, metrics):
-        self.metrics = metrics
-
-    def collect(self):
-        return self.metrics.families()

@@ -145,7 +145,7 @@ class Rollouts:
         self.generations.forget_before(rollout.generation)
         binds.close_unused(rollout.previous_listeners, keep=arbiter.LISTENERS)
         if arbiter.pidfile is not rollout.previous_pidfile and rollout.previous_pidfile:
-            files.remove(arbiter.log, rollout.previous_pidfile.fname)
+            remove_pidfile(arbiter, rollout.previous_pidfile)
 
     def roll_back(self, failure):
         """A worker of the new generation failed: restore what the previous one runs with;
@@ -165,12 +165,27 @@ class Rollouts:
         arbiter.LISTENERS, arbiter.pidfile = rollout.previous_listeners, rollout.previous_pidfile
         return rollout.generation
 
+    def stopped(self):
+        """The master stopped during a HUP that moved the pidfile: the kept pidfile and its
+        status file go too (Gunicorn removes only the current one at exit)."""
+        rollout = self.current
+        if rollout and rollout.previous_pidfile \
+                and rollout.previous_pidfile is not self.arbiter.pidfile:
+            remove_pidfile(self.arbiter, rollout.previous_pidfile)
+
     def drop_files(self, rollout, keep=()):
         """Close the listeners and remove the pidfile a rollout opened in place of the kept ones."""
         arbiter = self.arbiter
         binds.close_unused(arbiter.LISTENERS, keep=list(rollout.previous_listeners) + list(keep))
         if arbiter.pidfile is not rollout.previous_pidfile and arbiter.pidfile is not None:
-            files.remove(arbiter.log, arbiter.pidfile.fname)
+            remove_pidfile(arbiter, arbiter.pidfile)
+
+
+def remove_pidfile(arbiter, pidfile):
+    """A pidfile a HUP moved away from, and the status file beside it: left, it would go on
+    describing this master's workers as they were when it moved."""
+    arbiter.files.remove(pidfile.fname)
+    arbiter.files.remove(pidfile.fname + ".status")
 
 
 def new_pidfile(arbiter, path):
@@ -179,7 +194,7 @@ def new_pidfile(arbiter, path):
         return None
     pidfile = files.adopt_pidfile(Pidfile(path), arbiter.log)
     pidfile.pid = arbiter.pid
-    files.write(arbiter.log, path, "%s\n" % arbiter.pid)
+    arbiter.files.write(path, "%s\n" % arbiter.pid)
     return pidfile
 
 

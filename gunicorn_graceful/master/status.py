@@ -1,9 +1,10 @@
 """`<pidfile>.status`: what the master and each worker are doing, for `gunicorn-graceful status`.
 
 Invariants:
-- Written atomically (one rename) and only when it changed; a write that fails
-  is one WARNING (`files`), never an exception, and is tried again every tick
-  until it lands (else `status` would list the previous generation's workers).
+- Written atomically (one rename, through the system port) and only when it
+  changed, in lame duck too; a write that fails is one WARNING (`files`), never
+  an exception, and is tried again every tick until it lands (else `status`
+  would list the previous generation's workers).
 - It lists the workers Gunicorn still runs, in the state each worker says it is
   in (its own state bit), `retiring` while a SIGTERM is on its way.
 - `serving` is true only while at least one worker is ready; `state` is
@@ -16,7 +17,6 @@ import json
 import os
 
 from gunicorn_graceful import proc, state
-from gunicorn_graceful.master import files
 from gunicorn_graceful.master.phase import Phase
 
 
@@ -82,13 +82,15 @@ class StatusFile:
         if path is None:
             return
         snapshot = self.snapshot()
-        if snapshot != self.last and files.write(self.arbiter.log, path, json.dumps(snapshot)):
+        if snapshot == self.last:
+            return
+        if self.arbiter.system.write_file(self.arbiter.log, path, json.dumps(snapshot)):
             self.last = snapshot  # a failed write is tried again on the next tick
 
     def remove(self):
         path = self.path()
         if path is not None:
-            files.remove(self.arbiter.log, path)
+            self.arbiter.system.remove_file(self.arbiter.log, path)
 
     def forget(self):
         """The path changed (promotion): write the next snapshot even if it is the same."""

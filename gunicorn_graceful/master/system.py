@@ -2,7 +2,9 @@
 
 Signals to the other master of a USR2, the parent that tells a new master its
 old one is gone, a listener a HUP binds, the door, the subreaper, the in-place
-check's process, the exec and the sockets it hands over: the arbiter builds one
+check's process, the exec and the sockets it hands over, the metrics endpoint (a
+bind, a thread, a fork handler) and the master's files (the pidfile it rewrites,
+the status file): the arbiter builds one
 `System` (`GracefulArbiter.install`) and hands it to the helpers that need it;
 the simulation (`tests/simulation.py`) passes its own, so the master's real code
 runs over simulated processes without patching a module. Gunicorn's own process
@@ -17,7 +19,7 @@ import subprocess
 from gunicorn import sock
 
 from gunicorn_graceful import listeners, proc
-from gunicorn_graceful.master import binds, handover
+from gunicorn_graceful.master import binds, endpoint, files, handover
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -64,3 +66,16 @@ class System:
 
     def create_sockets(self, cfg, log, fds):
         return sock.create_sockets(cfg, log, fds)
+
+    def serve_metrics(self, metrics, bind, fd):
+        return endpoint.Endpoint(metrics, bind, fd)
+
+    def close_in_children(self, fd):
+        endpoint.close_in_children(fd)
+
+    def write_file(self, log, path, text):
+        """`files.write`: True once written; a failure is one WARNING, never an exception."""
+        return files.write(log, path, text)
+
+    def remove_file(self, log, path):
+        files.remove(log, path)

@@ -32,7 +32,7 @@ import signal
 
 from gunicorn_graceful import clock, compat
 from gunicorn_graceful.events import emit
-from gunicorn_graceful.master import files, handover, metrics, upgrade_report
+from gunicorn_graceful.master import handover, metrics, upgrade_report
 from gunicorn_graceful.master.facts import (Acknowledged, NewMasterAsks, NewMasterExited,
                                             NewMasterKillDue, OldMasterGone, UpgradeLate)
 from gunicorn_graceful.master.plan import kill_due, late
@@ -220,7 +220,7 @@ class Upgrades:
         """Before answering: the pidfile names the new master (else this master's own exit
         could unlink it before the new master rewrites it)."""
         if self.arbiter.pidfile is not None:
-            files.write(self.arbiter.log, self.arbiter.pidfile.fname, "%s\n" % upgrade.new_master)
+            self.arbiter.files.write(self.arbiter.pidfile.fname, "%s\n" % upgrade.new_master)
 
     def hand_over(self, upgrade):
         """Answer the new master that asked: it takes the service, this master stops (`core`
@@ -258,8 +258,8 @@ class Upgrades:
         (and a stale one naming a pid that is alive again would stop the next new master)."""
         pidfile = self.arbiter.cfg.pidfile
         if pidfile is not None:
-            files.remove(self.arbiter.log, pidfile + ".2.status")
-            files.remove(self.arbiter.log, pidfile + ".2")
+            self.system.remove_file(self.arbiter.log, pidfile + ".2.status")
+            self.arbiter.files.remove(pidfile + ".2")
 
     def record(self, upgrade, state_name, reason="", in_place=False):
         """The outcome `gunicorn-graceful upgrade` follows in the status file (`upgrade`: an
@@ -302,7 +302,7 @@ class Upgrades:
         arbiter = self.arbiter
         self.claimed = True
         if arbiter.cfg.pidfile is not None:
-            files.write(arbiter.log, arbiter.cfg.pidfile, "%s\n" % arbiter.pid)
+            arbiter.files.write(arbiter.cfg.pidfile, "%s\n" % arbiter.pid)
         emit(arbiter.log, "info", "upgrade.handover", pid=arbiter.pid,
              old_master=arbiter.master_pid, generation=arbiter.generation)
         upgrade_report.close(self.report_fd)  # the ack pipe stays open: the old master's totals
@@ -330,7 +330,7 @@ class Upgrades:
         arbiter = self.arbiter
         self.claimed = True
         if arbiter.cfg.pidfile is not None:
-            files.write(arbiter.log, arbiter.cfg.pidfile, "%s\n" % arbiter.pid)
+            arbiter.files.write(arbiter.cfg.pidfile, "%s\n" % arbiter.pid)
         emit(arbiter.log, "warning", "upgrade.old_master_gone", pid=arbiter.pid,
              old_master=arbiter.master_pid, action="the pidfile names this master, which "
              "serves once its workers are ready")
@@ -344,8 +344,8 @@ class Upgrades:
         self.ack_fd = None
         emit(arbiter.log, "info", "upgrade.promoted", pid=arbiter.pid, old_master=old_master)
         if trial_pidfile is not None:
-            files.remove(arbiter.log, trial_pidfile.fname + ".status")
-            files.remove(arbiter.log, trial_pidfile.fname)
+            arbiter.system.remove_file(arbiter.log, trial_pidfile.fname + ".status")
+            arbiter.files.remove(trial_pidfile.fname)
         return upgrade_report.totals(self.heard)
 
     def send_totals(self, metrics):
