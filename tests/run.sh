@@ -48,8 +48,12 @@ fi
 prepared=$(mktemp)
 ( for line in $LINES; do venv ".venv-gunicorn${line%%:*}" "${line#*:}"; done ) >"$prepared" 2>&1 &
 preparing=$!
+# Two tests at a time (pytest-xdist): most of a test's time is spent waiting on real
+# processes (boots, drains, timeouts), so the two cores are not both busy with one.
+PARALLEL="-n 2 --dist worksteal"
 echo "== all tests, newest Gunicorn: $(.venv/bin/python -m gunicorn --version 2>&1 | head -1)"
-.venv/bin/python -m pytest -q tests
+# shellcheck disable=SC2086  # PARALLEL is several words
+.venv/bin/python -m pytest -q $PARALLEL tests
 wait "$preparing" || { cat "$prepared"; exit 1; }
 # Gunicorn's and uvicorn-worker's own suites against the pack's classes (docs/upstream.md),
 # on the newest line, while the older lines' tests run; its counts are printed at the end.
@@ -60,7 +64,8 @@ upstream=$!
 for line in $LINES; do
   dir=.venv-gunicorn${line%%:*}
   echo "== tests marked lines, $("$dir"/bin/python -m gunicorn --version 2>&1 | head -1)"
-  "$dir"/bin/python -m pytest -q -m lines tests
+  # shellcheck disable=SC2086
+  "$dir"/bin/python -m pytest -q $PARALLEL -m lines tests
 done
 upstream_status=0
 wait "$upstream" || upstream_status=$?
