@@ -1066,3 +1066,14 @@ def test_a_term_during_a_hup_that_moved_the_pidfile_leaves_no_status_file():
     replay({"workers": 1}, ("hup", dict(code="slow", workers=1, config="fine", bind="same",
                                         max_booting=0, pidfile="moved")),
            ("operator_term", {}))
+
+
+def test_a_new_master_that_ends_during_its_old_masters_lame_duck_is_heard():
+    """Found by the carry rule: the lame duck's tick did not watch the new master, so one that
+    stopped on trial meanwhile (its workers' counts returned) was never heard: its counts
+    were lost and its upgrade's record said booting until the stop."""
+    master = replay({"workers": 1, "shutdown_delay": 2.0, "metrics": True},
+                    ("usr2", {}), ("operator_term", {}),
+                    ("the_new_master_dies", {"how": "exit 3", "counted": 1}))
+    assert master.phase() is Phase.LAME_DUCK
+    assert master.arbiter.upgrades.last["state"] == "rolled_back", master.arbiter.upgrades.last

@@ -125,6 +125,7 @@ class Core:
         if self.phase.is_in(Phase.STOPPING):
             return
         if self.phase.is_in(Phase.LAME_DUCK):  # the workers serve on: what they do is news
+            self.dispatch_all(arbiter.upgrades.exited())
             self.dispatch_all(arbiter.upgrades.watch_old_master())
             self.dispatch_all(arbiter.stopper.watch())
             if arbiter.metrics:
@@ -450,9 +451,12 @@ class Core:
             self.upgrade_failed(fact.upgrade, kind, reason)
 
     def upgrade_failed(self, new, kind, reason):
-        """The upgrade to the new master `new` ended without it: this master serves on."""
+        """The upgrade to the new master `new` ended without it: this master serves on (in
+        lame duck, until the stop the operator asked for: only the record says it)."""
         arbiter = self.arbiter
         arbiter.upgrades.ended(new, kind, reason)
+        if self.phase.is_in(Phase.LAME_DUCK):
+            return
         self.phase.move(Phase.SERVING)
         what = "rolled back" if kind == "rolled_back" else "refused"
         self.notifier.ready(arbiter.log, "upgrade %s, master %s still serving: %s"
@@ -488,8 +492,8 @@ class Core:
     # -- the new master's facts -------------------------------------------------------------
 
     def ask_to_take_over(self, fact):
-        """New master on trial, all its workers ready: take the service once the old master
-        acknowledged (or is gone)."""
+        """New master on trial, all its workers ready: ask for the service; take it at once
+        if the old master is gone (its answer is `take_over`'s fact)."""
         arbiter = self.arbiter
         emit(arbiter.log, "info", "master.serving", pid=arbiter.pid,
              generation=arbiter.generation, workers=fact.ready)

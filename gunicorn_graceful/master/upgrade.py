@@ -186,10 +186,8 @@ class Upgrades:
     def watch(self):
         """Old master, each tick: what became of the new master (`facts`)."""
         upgrade = self.current
-        if upgrade is None:
-            return []
-        if not self.arbiter.reexec_pid:
-            return [NewMasterExited(upgrade)]
+        if upgrade is None or not self.arbiter.reexec_pid:
+            return self.exited()
         now = clock.monotonic()
         if not upgrade.stop_sent:
             if upgrade.report.asks_to_take_over():
@@ -199,6 +197,11 @@ class Upgrades:
         elif kill_due(upgrade.stop_sent, now, False, self.arbiter.cfg.graceful_timeout):
             return [NewMasterKillDue(upgrade)]
         return []
+
+    def exited(self):
+        """Old master, each tick (in lame duck too): whether its new master was reaped."""
+        upgrade = self.current
+        return [NewMasterExited(upgrade)] if upgrade and not self.arbiter.reexec_pid else []
 
     def told_to_stop(self, upgrade):
         """`core` sent the late new master SIGTERM: from now on it is only waited for."""
@@ -275,15 +278,16 @@ class Upgrades:
 
     def ask_to_take_over(self):
         """New master, each tick once all its workers are ready: ask the old master for the
-        service; whether to take it now: once acknowledged, or once the old master is gone
-        (SIGKILL, OOM; or stopped, when it is not the pack's) and nobody is left to ask."""
+        service; whether to take it now, with nobody left to ask: the old master is gone
+        (SIGKILL, OOM; or stopped, when it is not the pack's). Its answer comes as a fact
+        (`watch_answer`), read once a tick."""
         arbiter = self.arbiter
         if not self.asked:
             self.asked = True
             upgrade_report.tell(self.report_fd, upgrade_report.HANDOVER)
             emit(arbiter.log, "info", "upgrade.asking", pid=arbiter.pid,
                  old_master=arbiter.master_pid, generation=arbiter.generation)
-        return self.acknowledged() or self.old_master_gone()
+        return self.old_master_gone()
 
     def acknowledged(self):
         """Whether the old master answered (what it wrote on the ack pipe is kept)."""
