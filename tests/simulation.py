@@ -188,20 +188,20 @@ class World:
 
     def write_file(self, log, path, text):
         """`files.write`, or a refusal while the directory refuses (EROFS, ENOSPC, chattr)."""
-        if self.files_fail:
-            self.refused.add(path)
-            log.warning("event=master.file_failed action=write path=%s (simulated)" % path)
-            return False
-        self.refused.discard(path)
-        return files.write(log, path, text)
+        return not self.refuses(log, "write", path) and files.write(log, path, text)
 
     def remove_file(self, log, path):
-        if self.files_fail:
-            self.refused.add(path)
-            log.warning("event=master.file_failed action=remove path=%s (simulated)" % path)
-            return
-        self.refused.discard(path)
-        files.remove(log, path)
+        if not self.refuses(log, "remove", path):
+            files.remove(log, path)
+
+    def refuses(self, log, action, path):
+        """Whether the directory refuses `action` on `path` now (one line when it does)."""
+        if not self.files_fail:
+            self.refused.discard(path)
+            return False
+        self.refused.add(path)
+        log.warning("event=master.file_failed action=%s path=%s (simulated)" % (action, path))
+        return True
 
     def close_channels(self):
         for fd in (self.report_fd, self.ack_fd):

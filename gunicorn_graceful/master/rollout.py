@@ -185,7 +185,7 @@ def remove_pidfile(arbiter, pidfile):
     """A pidfile a HUP moved away from, and the status file beside it: left, it would go on
     describing this master's workers as they were when it moved."""
     arbiter.files.remove(pidfile.fname)
-    arbiter.files.remove(pidfile.fname + ".status")
+    arbiter.system.remove_file(arbiter.log, pidfile.fname + ".status")
 
 
 def new_pidfile(arbiter, path):
