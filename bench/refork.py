@@ -14,14 +14,14 @@ server's): two apps, side by side, in one run:
   superuser), warmed through Django's full handler stack (middleware, URL resolver,
   sessions, templates) over the admin's login, index and changelists and two views.
 
-Three variants, 4 workers each, PSS of the tree that would serve (mold + workers; the
-master holds no app code with the mold and is left out of all three), after each worker
+Two variants, 4 workers each, PSS of the tree that would serve (mold + workers; the
+master holds no app code with the mold and is added apart), after each worker
 served the requests given: 2,000 (and, for `lazy`, 10,000: what is left of the gain once
 the workers touched more of what they share):
 
-- `mold`: the mold imports the app, `gc.freeze()`s, forks the workers, each warms itself;
-- `preload_freeze`: stock `preload_app` + `gc.freeze()`: the same tree, the importing
-  process being Gunicorn's master instead of a mold (so the same figure, measured apart);
+- `mold`: the mold imports the app, `gc.freeze()`s, forks the workers, each warms itself
+  (the tree of stock `preload_app` + `gc.freeze()` too, the importer being Gunicorn's
+  master: `python -m bench --mold` compares the two servers for real);
 - `refork`: the mold forks one worker, which serves 2,000 requests, then (as pitchfork's
   refork) collects, freezes and forks the next workers itself; each serves the same;
   the tree is the new mold (that warmed worker) and its workers.
@@ -44,7 +44,7 @@ from bench.scenarios import stop_server
 
 WORKERS = 4
 WARM = 2000  # requests the warmed worker of a refork serves before it forks
-VARIANTS = ("mold", "preload_freeze", "refork")
+VARIANTS = ("mold", "refork")
 
 LAZY_APP = '''\
 import random
@@ -164,7 +164,7 @@ def measure(load, variant, requests):
     warmed worker of a refork serves WARM before it forks)."""
     read, warmed = os.pipe()
     mold = os.fork()
-    if mold == 0:  # the mold, or the master with preload_app: imports, freezes, forks
+    if mold == 0:  # the mold (or a master with preload_app): imports, freezes, forks
         try:
             handle = load()
             gc.collect()
@@ -227,12 +227,10 @@ def main(out):
                 rows.append((name, requests, pss))
                 print(name, requests, pss, flush=True)
     text = report.table(
-        [(name, "{:,}".format(requests), "%.0f" % pss["mold"], "%.0f" % pss["preload_freeze"],
-          "%.0f" % pss["refork"], "%.1f%%" % (100 * (1 - pss["refork"] / pss["mold"])),
+        [(name, "{:,}".format(requests), "%.0f" % pss["mold"], "%.0f" % pss["refork"], "%.1f%%" % (100 * (1 - pss["refork"] / pss["mold"])),
           "%.1f%%" % (100 * (1 - (pss["refork"] + master) / (pss["mold"] + master))))
          for name, requests, pss in rows],
-        ("app", "requests per worker", "mold (MiB)", "preload + gc.freeze (MiB)",
-         "refork (MiB)", "refork saves", "of the service (+ master, %.0f MiB)" % master))
+        ("app", "requests per worker", "mold (MiB)", "refork (MiB)", "refork saves", "of the service (+ master, %.0f MiB)" % master))
     print(text)
     with open(os.path.join(out, "refork.md"), "w") as handle:
         handle.write("# What reforking could save (`python -m bench --refork`)\n\n"
