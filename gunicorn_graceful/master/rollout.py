@@ -151,9 +151,6 @@ class Rollouts:
         """A worker of the new generation failed: restore what the previous one runs with;
         the generation to stop (`core` retires its workers)."""
         arbiter, rollout = self.arbiter, self.current
-        emit(arbiter.log, "error", "reload.rollback", generation=rollout.generation,
-             kept_generation=rollout.previous_generation, worker=failure.pid,
-             after=failure.elapsed, reason=failure.reason)
         self.current = None
         self.generations.roll_back(rollout.generation, to=rollout.previous_generation)
         self.drop_files(rollout)
@@ -163,6 +160,9 @@ class Rollouts:
         settings.set_current(rollout.previous_settings)  # what a worker forked later inherits
         arbiter.setup(arbiter.app)
         arbiter.LISTENERS, arbiter.pidfile = rollout.previous_listeners, rollout.previous_pidfile
+        emit(arbiter.log, "error", "reload.rollback", generation=rollout.generation,
+             kept_generation=rollout.previous_generation, worker=failure.pid,
+             after=failure.elapsed, reason=failure.reason)
         return rollout.generation
 
     def stopped(self):
