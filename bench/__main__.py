@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--only NAMES] [--asgi] [--metrics] [--instructions] [--mold] [--refork] [--out DIR]`: run, print the tables, write DIR/results.md.
+"""`python -m bench [--quick] [--only NAMES] [--asgi] [--metrics] [--instructions] [--mold] [--refork] [--in-place-mold] [--out DIR]`: run, print the tables, write DIR/results.md.
 
 `--only hup_storm,term_slow` runs just those restart scenarios (no HAProxy and no
 throughput runs) and writes DIR/only-<names>.md, leaving the full results alone.
@@ -10,8 +10,8 @@ import signal
 import sys
 import time
 
-from bench import (asgi, fleet, instructions, metrics_cost, mold, refork, report, rolling,
-                   scenarios, throughput)
+from bench import (asgi, fleet, inplace_mold, instructions, metrics_cost, mold, refork,
+                   report, rolling, scenarios, throughput)
 
 
 def main(argv=None):
@@ -31,6 +31,9 @@ def main(argv=None):
     parser.add_argument("--mold", action="store_true",
                         help="memory, replacement time and HUP cost with graceful_mold, "
                              "against stock and stock preload + gc.freeze (results/mold.md)")
+    parser.add_argument("--in-place-mold", action="store_true",
+                        help="an in-place USR2 with graceful_mold against stock and the other "
+                             "upgrades, a 3 s import (results/inplace-mold.md)")
     parser.add_argument("--refork", action="store_true",
                         help="the memory reforking could save, on a lazy-cache app and a "
                              "Django project, before it is built (results/refork.md)")
@@ -55,6 +58,9 @@ def main(argv=None):
     if args.refork:
         os.makedirs(args.out, exist_ok=True)
         return refork.main(args.out)
+    if args.in_place_mold:
+        os.makedirs(args.out, exist_ok=True)
+        return inplace_mold.main(args.out)
     if args.instructions:
         os.makedirs(args.out, exist_ok=True)
         return instructions.main(args.out)

@@ -28,6 +28,8 @@ def on_starting(server):
     problem = settings.callable_problem(settings.current())
     if problem:
         raise SystemExit(settings.ERROR + problem)
+    if getattr(server, "is_check", False):  # an in-place check with graceful_mold
+        GracefulArbiter.become_check_mold(server, check_config, worker_class_of)
     GracefulArbiter.install(server, check_config, worker_class_of)
     emit(server.log, "info", "master.starting", pid=server.pid, version=__version__,
          gunicorn=gunicorn_version, worker_class=server.cfg.worker_class_str,

@@ -239,7 +239,9 @@ class Settings:
                "new code in a child, then execs it itself (same PID: supervisord, tini, PID 1 "
                "and Type=notify units follow), keeping its workers serving; the new generation "
                "boots, and the old one drains once it is ready; a failure execs the old code "
-               "back. Not with graceful_mold, reuse_port or dirty workers."})
+               "back. With graceful_mold, the check that imported the new code becomes the "
+               "new generation's mold (one import) and the kept generation's mold crosses "
+               "both execs. Not with reuse_port or dirty workers."})
     release_link: str = dataclasses.field(default="", metadata={
         "parse": lambda name, value: "" if value is None else str(value),
         "doc": "The deploy symlink (for example /srv/app/current -> releases/42). A USR2 "

@@ -227,14 +227,22 @@ class World:
 
 
 class FakeCheck:
-    """An in-place upgrade's check of the new code (a subprocess.Popen): the test ends it."""
+    """An in-place upgrade's check of the new code (a subprocess.Popen): the test ends it.
+    With graceful_mold, it is also a `SimMold` (`mold`), which the master adopts once it
+    passed and the exec went forward."""
 
-    def __init__(self, world):
+    def __init__(self, world, mold=False):
         self.world, self.pid, self.returncode = world, next(world.pids), None
         world.checks[self.pid] = self
+        self.mold = None
+        if mold:
+            self.mold = world.molds[self.pid] = SimMold(self.pid, None, world.code)
+            world.molds_started += 1
 
     def kill(self):
-        if self.returncode is None:
+        if self.mold is not None:
+            self.world.exit_mold(self.mold, int(signal.SIGKILL))
+        elif self.returncode is None:
             self.world.exits.append((self.pid, int(signal.SIGKILL)))
 
 
@@ -252,7 +260,9 @@ class SimMold:
         self.exited = False
 
     def fileno(self):
-        return -1
+        """Its pid stands for its socket across an in-place exec (`SimMoldProcesses.adopt`):
+        fake pids are above any descriptor, so closing one is a harmless EBADF."""
+        return self.pid
 
 
 class SimMoldProcesses(mold.Processes):
@@ -271,7 +281,18 @@ class SimMoldProcesses(mold.Processes):
         if sim_mold.told or sim_mold.state == "importing":
             return None
         sim_mold.told = True
-        return {"ready": 0.1} if sim_mold.state == "ready" else {"failed": "RuntimeError: broken"}
+        return {"ready": 0.1, "release": None} if sim_mold.state == "ready" \
+            else {"failed": "RuntimeError: broken"}
+
+    def adopt(self, fd):
+        return self.world.molds[fd]
+
+    def serve(self, sim_mold, generations, listeners):
+        """A passed in-place check is sent its generation (and the listeners)."""
+        if sim_mold.exited:
+            return "Broken pipe (simulated)"
+        sim_mold.generation = generations["generation"]
+        return None
 
     def ask(self, sim_mold, worker, slot, buckets):
         """A fork: the worker runs the code its mold imported (which imported, so good)."""
@@ -343,8 +364,8 @@ class SimSystem(system.System):
     def become_subreaper(self):
         pass  # the test process must not adopt orphans
 
-    def run_check(self, executable, args, cwd, environ, errors):
-        return FakeCheck(self.world)
+    def run_check(self, executable, args, cwd, environ, errors, mold=False):
+        return FakeCheck(self.world, mold)
 
     def execute(self, code, state):
         return self.master.exec_code(code, state)
@@ -631,6 +652,11 @@ class Master:
                      handoff=[os.dup(fd) for fd in state["handoff"] or ()] or None,
                      metrics=state["metrics"] and dict(state["metrics"],
                                                        fd=dup(state["metrics"]["fd"])))
+        handed_molds = {m["pid"] for m in state["molds"]} | (
+            {state["check"]["pid"]} if state["check"] and state["direction"] == "new" else set())
+        for sim_mold in self.world.molds.values():  # not handed: the end of its socket
+            if sim_mold.pid not in handed_molds:
+                self.world.exit_mold(sim_mold, 0)
         memfd = os.memfd_create("simulated-handover", 0)
         os.write(memfd, json.dumps(state).encode())
         os.environ[handover.ENV] = str(memfd)

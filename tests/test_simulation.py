@@ -262,8 +262,10 @@ class MasterMachine(RuleBasedStateMachine):
         self.step()
 
     def checking(self):
+        """The in-place checks that run (with the mold: still importing)."""
         return [c for c in self.master.world.checks.values() if c.returncode is None
-                and c.pid not in [pid for pid, _ in self.master.world.exits]]
+                and c.pid not in [pid for pid, _ in self.master.world.exits]
+                and (c.mold is None or c.mold.state == "importing")]
 
     @precondition(lambda self: self.running() and self.checking())
     @rule(outcome=st.sampled_from(["passes"] * 4 + ["fails", "passes, the exec fails",
@@ -271,10 +273,16 @@ class MasterMachine(RuleBasedStateMachine):
     def the_in_place_check_ends(self, outcome):
         """The new code's check (graceful_upgrade = "in-place") ends: the exec follows, or
         the upgrade is refused."""
-        world = self.master.world
+        world, check = self.master.world, self.checking()[0]
         world.exec_fails = outcome == "passes, the exec fails"
         status = {"fails": 1 << 8, "killed": int(signal.SIGKILL)}.get(outcome, 0)
-        world.exits.append((self.checking()[0].pid, status))
+        if check.mold is None:
+            world.exits.append((check.pid, status))
+        elif status:  # with the mold: its import failed, or it was killed
+            check.mold.state = "failed"
+            world.exit_mold(check.mold, status)
+        else:  # it imported, said so, and stays to fork the new generation
+            check.mold.state = "ready"
         self.step()  # the exec, when it passed
         world.exec_fails = False
         self.step()  # the next code's first tick: its generation starts booting
@@ -556,8 +564,25 @@ class MasterMachine(RuleBasedStateMachine):
             return
         world = self.master.world
         gone = sum(1 for m in world.molds.values() if m.exited)
-        assert world.molds_started <= len(set(self.generations)) + gone, \
-            (world.molds_started, self.generations, gone)
+        checking = sum(1 for m in world.molds.values() if m.generation is None and not m.exited)
+        assert world.molds_started <= len(set(self.generations)) + gone + checking, \
+            (world.molds_started, self.generations, gone, checking)
+
+    @invariant()
+    def every_mold_process_is_its_masters(self):
+        """A mold runs only as one of the master's molds, or as the in-place check that
+        imports the next generation (across the exec too: none is left behind)."""
+        if self.master is None or self.master.arbiter.molds is None or self.master.stopped:
+            return
+        arbiter = self.master.arbiter
+        trial = arbiter.inplace.current
+        check = trial.preflight.pid if trial is not None and trial.preflight else None
+        known = set(arbiter.molds.by_pid) | {check}
+        if arbiter.inplace.first_tick_due():  # exec'd: adopted at the first tick
+            handed = arbiter.inplace.handed
+            known |= {m["pid"] for m in handed["molds"] + [handed["check"] or {"pid": None}]}
+        running = {pid for pid, m in self.master.world.molds.items() if not m.exited}
+        assert running <= known, "%s %s" % (sorted(running - known), arbiter.log.lines[-8:])
 
 
 OLD_MASTER = 10 ** 8 - 1  # a fake pid, as the world's workers' are
@@ -1021,6 +1046,37 @@ def test_in_place_a_new_worker_killed_while_booting_rolls_back_and_the_old_serve
     assert [d for d, _ in master.world.execs] == ["new", "back"]
     assert "SIGKILL" in master.world.execs[1][1] and master.phase() is Phase.SERVING
     assert "direction=back workers=2 generation=1" in master.arbiter.log.events("upgrade.adopted")[-1]
+
+
+def test_in_place_with_the_mold_the_check_forks_the_new_generation():
+    master = replay({"workers": 2, "in_place": True, "mold": True}, ("usr2", {"code": "good"}),
+                    ("the_in_place_check_ends", {"outcome": "passes"}), *boot_all())
+    world, molds = master.world, master.arbiter.molds
+    check = next(iter(world.checks))
+    assert world.execs == [("new", "")] and master.arbiter.upgrades.last["state"] == "done"
+    # Two imports in all: the first generation's mold, and the check, which forked the new one.
+    assert world.molds_started == 2
+    assert [pid for pid, m in molds.by_pid.items() if not m.stopping] == [check]
+    assert world.molds[min(world.molds)].exited  # the kept generation's, once it retired
+    assert [g for g, _, _ in world.mold_forks] == [1, 1, 2, 2]
+    assert "source=in-place-check" in master.arbiter.log.events("mold.ready")[-1]
+
+
+def test_in_place_with_the_mold_a_rollback_keeps_the_old_generations_mold():
+    master = replay({"workers": 2, "in_place": True, "mold": True}, ("usr2", {"code": "good"}),
+                    ("the_in_place_check_ends", {"outcome": "passes"}),
+                    ("time_passes", {"seconds": 0.5}),
+                    ("a_worker_crashes", {"index": 2, "how": signal.SIGKILL}),
+                    ("time_passes", {"seconds": 0.5}), ("time_passes", {"seconds": 0.5}),
+                    ("a_worker_crashes", {"index": 0, "how": signal.SIGKILL}),
+                    ("time_passes", {"seconds": 0.5}))
+    world = master.world
+    assert [d for d, _ in world.execs] == ["new", "back"] and master.arbiter.generation == 1
+    # The kept generation's mold crossed both execs and forked the killed worker's
+    # replacement: no import after the check's.
+    first = min(world.molds)
+    assert list(master.arbiter.molds.by_pid) == [first] and world.molds_started == 2
+    assert world.mold_forks[-1] == (1, True, 1)
 
 
 def test_in_place_after_a_rollback_a_hup_that_moves_the_bind_closes_the_old_listeners():

@@ -2,7 +2,8 @@
 
 Each runs the real tool (Debian's packages, installed by tests/run.sh): the master
 keeps its PID across an upgrade and a rollback, nothing starts a second copy, and
-no child of the master is left a zombie once the old generation drained.
+no child of the master is left a zombie once the old generation drained (supervisord and
+tini with graceful_mold on: the molds cross the execs too).
 """
 
 import os
@@ -14,6 +15,8 @@ from tests.harness import (GUNICORN, SUPERVISORD_MISSING, TINI_MISSING, Supervis
                            free_port, pid_in, process_alive, under_load, wait_for, write_app)
 
 IN_PLACE = "graceful_readiness_path = '/healthz'\ngraceful_upgrade = 'in-place'\n"
+# With the mold: its molds are the master's children too, and cross the execs.
+IN_PLACE_MOLD = IN_PLACE + "graceful_mold = True\n"
 # Each worker of release 1 leaves a child behind: orphaned when the worker exits, it is
 # reparented to the nearest reaper (the master as PID 1), which must reap it.
 ORPHAN = "import subprocess\nsubprocess.Popen(['sleep', '4'])\n"
@@ -41,7 +44,7 @@ def zombies_and_orphans(master):
 
 @pytest.mark.skipif(SUPERVISORD_MISSING is not None, reason=str(SUPERVISORD_MISSING))
 def test_supervisord_follows_the_same_pid_across_an_upgrade_and_a_rollback(workdir, servers):
-    server = servers(workdir, workers=2, config_body=IN_PLACE, serve=None, port=free_port())
+    server = servers(workdir, workers=2, config_body=IN_PLACE_MOLD, serve=None, port=free_port())
     supervisor = Supervisord(workdir, server)
     try:
         supervisor.start()
@@ -70,7 +73,8 @@ def test_supervisord_follows_the_same_pid_across_an_upgrade_and_a_rollback(workd
 
 @pytest.mark.skipif(TINI_MISSING is not None, reason=str(TINI_MISSING))
 def test_under_tini_an_upgrade_completes_and_leaves_no_zombie(workdir, servers):
-    server = servers(workdir, workers=2, config_body=IN_PLACE, launcher=["tini", "--"] + GUNICORN)
+    server = servers(workdir, workers=2, config_body=IN_PLACE_MOLD,
+                     launcher=["tini", "--"] + GUNICORN)
     master = pid_in(server.pidfile)
     write_app(workdir, "2")
     with under_load(server.url, after=100, threads=4) as load:

@@ -39,8 +39,8 @@ from gunicorn.errors import AppImportError
 
 from gunicorn_graceful import clock, compat, forked, handoff, settings, userhooks
 from gunicorn_graceful.events import emit
-from gunicorn_graceful.master import (files, handover, inplace, intents, metrics, mold, rollout,
-                                      upgrade)
+from gunicorn_graceful.master import (files, handover, inplace, intents, metrics, mold,
+                                      mold_process, rollout, upgrade)
 from gunicorn_graceful.master.core import Core
 from gunicorn_graceful.master.generations import Generations
 from gunicorn_graceful.master.phase import Phase, PhaseKeeper
@@ -89,8 +89,9 @@ class GracefulArbiter(Arbiter):
                                           arbiter.notifier.address, arbiter.system)
         arbiter.stopper = Stop(arbiter, arbiter.system)
         arbiter.molds = mold.Molds(arbiter, arbiter.pool, arbiter.rollouts,
-                                   arbiter.generations) \
+                                   arbiter.generations, arbiter.inplace) \
             if arbiter.settings.mold else None
+        arbiter.inplace.molds = arbiter.molds
         arbiter.status = StatusFile(arbiter, arbiter.phase, arbiter.pool, arbiter.rollouts,
                                     arbiter.upgrades, arbiter.reloads, arbiter.molds)
         arbiter.core = Core(arbiter)
@@ -109,6 +110,36 @@ class GracefulArbiter(Arbiter):
         if arbiter.molds is not None:
             arbiter.system.become_subreaper()
         return arbiter
+
+    @classmethod
+    def become_check_mold(cls, arbiter, check_config, worker_class_of):
+        """An in-place upgrade's check with graceful_mold, from the pack's on_starting (the
+        user's, chained after it, does not run): the new config's checks as a master's
+        start runs them, then this process becomes the new generation's mold
+        (`mold_process.run_check`) and never returns. The master is its parent."""
+        arbiter.__class__ = cls
+        arbiter.worker_class_of = worker_class_of
+        arbiter.settings = settings.current()
+        arbiter.keep_graceful_worker()
+        reason = check_config(arbiter.cfg, arbiter.log) \
+            or mold.problem(arbiter.cfg, arbiter.settings) \
+            or (None if arbiter.settings.mold else "graceful_mold changes on a restart or a "
+                "new-master USR2 only (the running master has it on)")
+        if reason:
+            raise SystemExit(settings.ERROR + reason)
+        sock_ = socket.socket(fileno=int(os.environ.pop(mold_process.CHECK_ENV)))
+        arbiter.pid = os.getppid()
+        arbiter.generations = Generations(arbiter.settings.release_link)  # the master's, sent
+        mold_process.run_check(arbiter, sock_, arbiter.generations)
+
+    def run_as_check(self):
+        """Replaces Gunicorn's `Arbiter.run` in the check `relaunch` starts with graceful_mold:
+        Gunicorn's start would write the pidfile with the check's pid, bind and take the
+        signals; only its `on_starting` runs (`hooks.on_starting`: `become_check_mold`)."""
+        self.pid, self.is_check = os.getpid(), True
+        self.cfg.on_starting(self)
+        raise SystemExit(settings.ERROR + "the config's on_starting returned in the check "
+                         "(it does not install gunicorn-graceful)")
 
     @property
     def generation(self):

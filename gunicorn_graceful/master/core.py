@@ -350,7 +350,7 @@ class Core:
         arbiter, upgrades = self.arbiter, self.arbiter.upgrades
         in_place = arbiter.settings.upgrade == "in-place"
         reason = self.phase.refusal("upgrade", **self.context()) \
-            or (arbiter.inplace.refusal(arbiter.molds) if in_place else upgrades.refusal())
+            or (arbiter.inplace.refusal() if in_place else upgrades.refusal())
         if reason:
             upgrades.refused(reason)
             arbiter.status.write()

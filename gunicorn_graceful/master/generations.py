@@ -27,10 +27,11 @@ class Generations:
         """The number the next `begin` takes (what a HUP's on_reload line names)."""
         return self.last + 1
 
-    def begin(self, release_link):
-        """A new generation is wanted, of the release the link points to now: its number."""
+    def begin(self, release_link, found=None):
+        """A new generation is wanted, of the release the link points to now (or `found`:
+        the one an in-place check with the mold imported): its number."""
         self.current = self.last = self.upcoming()
-        self.releases[self.current] = release.resolve(release_link)
+        self.releases[self.current] = found or release.resolve(release_link)
         return self.current
 
     def roll_back(self, failed, to):

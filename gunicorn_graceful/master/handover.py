@@ -103,6 +103,9 @@ def fds(state):
         found += [item["heartbeat"]] + ([item["slot"]] if item["slot"] is not None else [])
     if state["metrics"] and state["metrics"]["fd"] is not None:
         found.append(state["metrics"]["fd"])
+    found += [item["sock"] for item in state["molds"]]
+    if state["check"]:
+        found.append(state["check"]["sock"])
     return found + (state["handoff"] or [])
 
 

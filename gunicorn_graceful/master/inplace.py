@@ -25,6 +25,15 @@ readiness as a HUP's is. Each step fails closed:
    tick (its config, hooks or start fail) is exec'd back by `relaunch`, with
    the hand-over untouched.
 
+With graceful_mold, the check is the new generation's mold: it imports the new
+code once (`mold_process.run_check`), says so on a socket, and stays; the exec
+hands it over with the molds the master runs (`Molds.export`), and the new code
+sends it the generation and its listeners when it begins the generation, so the
+new workers are forked by the process that imported, and no second import
+runs. The kept generation's mold crosses both execs (the same process, still the
+same pid's child): a rollback forks from it at once, with no import, instead of
+importing the pinned release again.
+
 Each run of an upgrade is in one `Step` at a time: `checking` (old code, its
 check runs), `executed` (the code an exec started, before its first tick),
 `booting` (the new generation boots), `rolling_back` (it failed; the old code is
@@ -74,6 +83,7 @@ class Run:
     preflight_status: int = None
     errors: object = None            # the checking child's stderr, a temporary file
     failed: str = None               # why the check failed, or the new generation rolls back
+    check_said: dict = None          # with graceful_mold: the check's first message
     new_generation: int = 0
     first_seq: int = 0               # a deferred upgrade carries out USR2s first_seq..seq
 
@@ -93,18 +103,18 @@ class InPlace:
         self.handed, self.notify_address = handed, notify_address
         self.current = None
         self.kept = []  # the old code's listeners, while a new config's own ones serve too
+        self.molds = None  # with graceful_mold, the master's (`mold.Molds`, set by install)
+        self.check = None  # the new code: the passed check, until its generation begins
 
     # -- the old code: USR2 -------------------------------------------------------------------
 
-    def refusal(self, molds):
+    def refusal(self):
         """Why an in-place upgrade cannot start, beyond the phase (`core`), or None."""
         arbiter = self.arbiter
         if arbiter.cfg.reuse_port:
             return "reuse_port is on: the workers' own listeners cannot be handed over"
         if getattr(arbiter, "dirty_arbiter_pid", 0):
             return "dirty workers run: their arbiter cannot be handed over an exec"
-        if molds is not None:
-            return "graceful_mold is on: an in-place upgrade cannot hand molds over yet"
         return None
 
     def start(self):
@@ -122,14 +132,17 @@ class InPlace:
 
     def check_new_code(self):
         """The new code's start, without serving: Gunicorn's --check-config under `relaunch`,
-        in the directory and environment the exec will use. None when it cannot even run."""
+        in the directory and environment the exec will use (with graceful_mold, the check
+        that becomes the new generation's mold: `mold_process.run_check`). None when it
+        cannot even run."""
         executable, args, cwd, environ = self.new_code()
         # Gunicorn's --check-config imports the app before it applies pythonpath.
         preflight.with_pythonpath(environ, self.arbiter.cfg, cwd)
+        mold = self.molds is not None
         try:
             self.current.errors = tempfile.TemporaryFile()  # a pipe could fill up, block it
-            return self.system.run_check(executable, args + [CHECK], cwd, environ,
-                                         self.current.errors)
+            return self.system.run_check(executable, args + ([] if mold else [CHECK]), cwd,
+                                         environ, self.current.errors, mold=mold)
         except OSError as exc:
             self.current.failed = "cannot run the new code's check: %s" % (exc.strerror or exc)
             return None
@@ -177,15 +190,29 @@ class InPlace:
         if trial.step is Step.CHECKING:
             if trial.preflight is None:
                 return [CheckEnded(trial.failed)]
-            if trial.preflight_status is None:
+            passed = self.check_passed(trial)
+            if passed is None:
                 return [CheckLate(limit)] if late(trial.started, now, limit) else []
-            failed = check_failed(trial.preflight_status)
-            return [CheckEnded("the new code's check failed: %s" % last_line(trial)
-                               if failed else None)]
+            return [CheckEnded(None if passed else "the new code's check failed: %s"
+                               % ((trial.check_said or {}).get("failed") or last_line(trial)))]
         if trial.step is Step.BOOTING:
             return [InPlaceLate(trial.new_generation, now - trial.started)] \
                 if late(trial.started, now, limit) else []
         return [] if self.pool_has(trial.new_generation) else [RollbackDrained(trial.failed)]
+
+    def check_passed(self, trial):
+        """Whether the check passed, None while it runs: its exit code; with graceful_mold,
+        its first message, and a check that exits (even after it said ready) failed."""
+        mold = getattr(trial.preflight, "mold", None)
+        if mold is None:
+            status = trial.preflight_status
+            return None if status is None else not check_failed(status)
+        if trial.check_said is None:
+            trial.check_said = self.molds.processes.poll(mold) or None
+        if trial.preflight_status is not None:
+            return False
+        return True if trial.check_said and "ready" in trial.check_said else \
+            (False if trial.check_said else None)
 
     def kill_check(self):
         """`core`: the check ran out of time."""
@@ -200,6 +227,7 @@ class InPlace:
     def refuse(self, reason):
         """The upgrade ended before the exec (its check failed, or the exec did)."""
         self.close_errors()
+        self.end_check()
         emit(self.arbiter.log, "error", "upgrade.refused", pid=self.arbiter.pid, reason=reason)
         self.finish("refused", reason)
 
@@ -219,10 +247,18 @@ class InPlace:
 
     def abandon(self):
         """The master stops during an upgrade: the checking child goes with it."""
+        if self.current is not None:
+            self.end_check()
+
+    def end_check(self):
+        """The check will not be exec'd to: killed if it runs (with graceful_mold, one that
+        passed waits for a generation that will not come), its socket closed."""
         trial = self.current
-        if trial is not None and trial.preflight is not None \
-                and trial.preflight_status is None:
+        if trial.preflight is not None and trial.preflight_status is None:
             trial.preflight.kill()
+        mold = getattr(trial.preflight, "mold", None)
+        if mold is not None:
+            self.molds.processes.close(mold)
 
     # -- the exec, both ways -----------------------------------------------------------------
 
@@ -272,7 +308,19 @@ class InPlace:
                 "metrics": metrics.handover() if metrics else None,
                 "handoff": handoff.shared.fds() if handoff.shared is not None else None,
                 "back": self.old_code() if direction == "new" else self.handed["back"],
-                "notify": self.notify_address, "upgrade_refused": self.upgrades.last_refusal}
+                "notify": self.notify_address, "upgrade_refused": self.upgrades.last_refusal,
+                "molds": self.molds.export() if self.molds is not None else [],
+                "check": self.passed_check() if direction == "new" else None}
+
+    def passed_check(self):
+        """With graceful_mold, the check the next code adopts as its generation's mold."""
+        trial = self.current
+        mold = getattr(trial.preflight, "mold", None)
+        if mold is None:
+            return None
+        return {"pid": trial.preflight.pid, "sock": mold.fileno(),
+                "release": trial.check_said.get("release"),
+                "import_time": trial.check_said["ready"]}
 
     # -- the new code: adopt, then finish --------------------------------------------------
 
@@ -338,14 +386,36 @@ class InPlace:
         """The new code runs its loop: `go_back` no longer applies, the signals the exec held
         are delivered, the handed descriptors close (copies were adopted), workers exited
         meanwhile are reaped. The fact `core` acts on: which way the exec went."""
+        self.adopt_molds()
         handover.first_tick(self.arbiter, self.handed)
         self.arbiter.reap_workers()
         return Adopted(self.handed["direction"], self.current.failed)
 
+    def adopt_molds(self):
+        """The molds the previous code ran go on here (copies of their sockets, before the
+        originals close); the passed check waits for `begin_generation`. A mold not adopted
+        (going back, the check of a new code that failed at start; a code without the mold)
+        reads the end of its socket when the originals close, and exits."""
+        handed = self.handed
+        if self.molds is None:
+            return
+        self.molds.adopt(handed["molds"])
+        if handed["check"] and handed["direction"] == "new":
+            self.check = dict(handed["check"],
+                              sock=self.molds.processes.adopt(handed["check"]["sock"]))
+        elif handed["check"]:
+            emit(self.arbiter.log, "info", "mold.stop", pid=handed["check"]["pid"],
+                 generation="-", reason="the new code went back before it served")
+
     def begin_generation(self):
-        """Going forward: the old code's generation serves on until the next one is ready."""
-        arbiter = self.arbiter
-        generation = self.generations.begin(arbiter.settings.release_link)
+        """Going forward: the old code's generation serves on until the next one is ready
+        (with graceful_mold, forked by the check that imported the new code)."""
+        arbiter, check = self.arbiter, self.check
+        generation = self.generations.begin(arbiter.settings.release_link,
+                                            check["release"] if check else None)
+        if check:
+            self.check = None
+            self.molds.adopt_check(check, generation)
         self.current.new_generation = generation
         self.current.step = Step.BOOTING
         self.record("booting")

@@ -27,6 +27,11 @@ JSON message per packet. The mold's first message is {"ready": seconds} or
 worker's heartbeat file (and its metrics slot) as SCM_RIGHTS, and the middle
 process answers {"pid": p} or the mold {"error": why}.
 
+With an in-place upgrade, the molds cross the exec (`export`, `adopt`), and the
+check that imported the new code becomes the new generation's mold
+(`adopt_check`, `mold_process.run_check`); it was started by the old code, not
+forked by a master, and needs nothing of it but what it is sent.
+
 Invariants (checked in simulation, `tests/test_simulation.py`):
 - A generation's workers are forked only by its mold, after its import
   succeeded; the master imports no application code.
@@ -40,7 +45,7 @@ import signal
 import socket
 import sys
 
-from gunicorn_graceful import clock, compat
+from gunicorn_graceful import clock, compat, handoff
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.master import mold_process
 from gunicorn_graceful.master.facts import MoldLate
@@ -93,9 +98,9 @@ class Molds:
     """The molds of one master (see the top). It receives the siblings it reads: the pool
     (boot failures, back-off) and the rollouts (releases, the generation kept by a HUP)."""
 
-    def __init__(self, arbiter, pool, rollouts, generations):
+    def __init__(self, arbiter, pool, rollouts, generations, inplace):
         self.arbiter, self.pool, self.rollouts = arbiter, pool, rollouts
-        self.generations = generations
+        self.generations, self.inplace = generations, inplace
         self.processes = Processes()
         self.by_pid = {}
         self.early_exits = {}
@@ -114,6 +119,8 @@ class Molds:
         generations = {self.arbiter.generation}
         if self.rollouts.current is not None:
             generations.add(self.rollouts.current.previous_generation)
+        if self.inplace.new_generation_boots():
+            generations.add(self.inplace.kept_generation())
         return generations
 
     # -- each tick ----------------------------------------------------------------------------
@@ -188,6 +195,40 @@ class Molds:
             if not mold.stopping:
                 self.stop(mold, "the master stops")
 
+    # -- across an in-place exec ----------------------------------------------------------------
+
+    def export(self):
+        """What an in-place exec hands the next code of each mold (`adopt`): the same
+        processes, children of the same pid, go on forking for their generations."""
+        return [{"pid": m.pid, "generation": m.generation, "sock": m.sock.fileno(),
+                 "ready": m.ready_at is not None, "stopping": m.stopping,
+                 "kill_reason": m.kill_reason} for m in self.by_pid.values()]
+
+    def adopt(self, handed):
+        """The molds the previous code ran (at the first tick: `InPlace.first_tick`)."""
+        for item in handed:
+            mold = Mold(item["pid"], item["generation"],
+                        self.processes.adopt(item["sock"]))
+            mold.ready_at = clock.monotonic() if item["ready"] else None
+            mold.stopping, mold.kill_reason = item["stopping"], item["kill_reason"]
+            self.by_pid[mold.pid] = mold
+
+    def adopt_check(self, check, generation):
+        """The in-place check that passed becomes `generation`'s mold: it is sent what its
+        workers need (`mold_process.adopted`). A send fails only when it is gone (a live
+        peer's SOCK_SEQPACKET blocks instead): its exit starts a new mold, as any lost one's."""
+        mold = Mold(check["pid"], generation, check["sock"])
+        mold.ready_at = clock.monotonic()
+        self.by_pid[mold.pid] = mold
+        emit(self.arbiter.log, "info", "mold.ready", pid=mold.pid, generation=generation,
+             import_time=check["import_time"], source="in-place-check")
+        problem = self.processes.serve(mold.sock, self.generations.export(),
+                                       self.arbiter.LISTENERS)
+        if problem:
+            emit(self.arbiter.log, "error", "mold.fork_failed", pid=mold.pid,
+                 generation=generation, reason="it could not be sent its listeners: %s"
+                 % problem)
+
     # -- forking a worker -----------------------------------------------------------------------
 
     def fork(self, worker, slot, buckets):
@@ -259,6 +300,23 @@ class Processes:
 
     def poll(self, sock):
         return mold_process.receive(sock, 0)
+
+    def adopt(self, fd):
+        """The master's end of a mold's socket, handed across an exec: a copy."""
+        return socket.socket(fileno=os.dup(fd))
+
+    def serve(self, sock, generations, listeners):
+        """Send a passed in-place check the generations (`Generations.export`: its own is
+        the wanted one), the master's stdout and stderr, the listeners and the hand-off
+        pair; why that failed, or None."""
+        fds = [1, 2] + [lnr.fileno() for lnr in listeners] + \
+            (handoff.shared.fds() if handoff.shared is not None else [])
+        message = {"generations": generations, "listeners": len(listeners)}
+        try:
+            socket.send_fds(sock, [json.dumps(message).encode()], fds)
+        except OSError as exc:
+            return exc.strerror or str(exc)
+        return None
 
     def ask(self, sock, worker, slot, buckets):
         """A fork of `worker`, its heartbeat file and its slot handed over: the answer, or

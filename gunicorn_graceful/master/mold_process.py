@@ -19,11 +19,12 @@ import sys
 import threading
 import time
 
-from gunicorn import util
+from gunicorn import sock as sock_module, util
 
 from gunicorn_graceful import compat, counters, forked, handoff, release
 from gunicorn_graceful.events import emit
 
+CHECK_ENV = "GRACEFUL_MOLD_CHECK_FD"  # the check's end of its socket (`run_check`)
 REPARENT_TIMEOUT = 5.0   # a new worker waits this long to become the master's child
 PACKET = 65536          # the largest message either side sends
 
@@ -61,20 +62,48 @@ def run(arbiter, sock, generation, release_dir, close):
     the master's other signals are ignored (the master stops it itself). It ends
     when the master's end of the socket closes or the master is gone.
     """
+    def importing():
+        become_mold(arbiter, generation, close)
+        load(arbiter, sock, release_dir)
+
+    def serving():
+        warn_fork_safety(arbiter, generation, sock)
+        serve(arbiter, sock, generation, release_dir)
+    live(arbiter, sock, generation, importing, serving)
+
+
+def run_check(arbiter, sock, generations):
+    """An in-place upgrade's check with graceful_mold (`GracefulArbiter.become_check_mold`):
+    the new code's own interpreter, started by the old code, imports the new code as any
+    check does, and says so; a failure is the check's, which refuses the upgrade. Passed,
+    it stays: once the master exec'd the new code and began the generation, it is sent the
+    generation's number and release, the listeners, the hand-off pair and the master's
+    stdout and stderr (`adopted`), and forks that generation's workers. One import."""
+    found = {}
+
+    def importing():
+        become_mold(arbiter, "checking", ())
+        found["release"] = release.resolve(arbiter.settings.release_link)
+        load(arbiter, sock, found["release"], {"release": found["release"]})
+
+    def serving():
+        generation, release_dir = adopted(arbiter, sock, generations)
+        warn_fork_safety(arbiter, generation, sock)
+        serve(arbiter, sock, generation, release_dir)
+    live(arbiter, sock, "checking", importing, serving)
+
+
+def live(arbiter, sock, generation, importing, serving):
+    """A mold's life, which must never return into the master's code: its exit code, and
+    a failure to import said on the socket (a boot failure of its generation, or the
+    in-place check's failure)."""
     code, ready = 0, False
     try:
-        become_mold(arbiter, generation, close)
-        began = time.monotonic()
-        release.enter(release_dir, arbiter.settings.release_link)
-        arbiter.app.wsgi()
-        gc.collect()
-        gc.freeze()
-        warn_fork_safety(arbiter, generation, sock)
-        send(sock, {"ready": round(time.monotonic() - began, 3)})
+        importing()
         ready = True
         wake(arbiter)
-        serve(arbiter, sock, generation, release_dir)
-    except BaseException as exc:  # the mold must never return into the master's code
+        serving()
+    except BaseException as exc:
         code = 1 if ready else arbiter.APP_LOAD_ERROR
         arbiter.log.error("Exception in the mold of generation %s %s", generation,
                           "while it forked workers" if ready else "while it loaded the app",
@@ -86,6 +115,47 @@ def run(arbiter, sock, generation, release_dir, close):
                 pass
     finally:
         os._exit(code)
+
+
+def load(arbiter, sock, release_dir, said=None):
+    """Import the app from `release_dir`, freeze what it built, say ready."""
+    began = time.monotonic()
+    release.enter(release_dir, arbiter.settings.release_link)
+    arbiter.app.wsgi()
+    gc.collect()
+    gc.freeze()
+    send(sock, dict(said or {}, ready=round(time.monotonic() - began, 3)))
+
+
+def adopted(arbiter, sock, generations):
+    """The check passed: wait (at most graceful_upgrade_timeout, while the master lives)
+    for the master's generations (into `generations`, the arbiter's: the wanted one is this
+    mold's), with its stdout, stderr,
+    listeners and hand-off pair; (the generation, its release). What this process and its
+    workers print goes where the master's output goes from then on (the check's stderr was
+    a file the old code read)."""
+    deadline = time.monotonic() + arbiter.settings.upgrade_timeout
+    while os.getppid() == arbiter.pid and time.monotonic() < deadline:
+        readable, _, _ = select.select([sock], [], [], 1.0)
+        if not readable:
+            continue
+        data, fds, _, _ = socket.recv_fds(sock, PACKET, 64)
+        if not data:
+            break
+        message = json.loads(data)
+        os.dup2(fds[0], 1)
+        os.dup2(fds[1], 2)
+        listeners, shared = fds[2:2 + message["listeners"]], fds[2 + message["listeners"]:]
+        arbiter.LISTENERS = sock_module.create_sockets(arbiter.cfg, arbiter.log, listeners) \
+            if listeners else []
+        handoff.open_shared(shared or None)
+        for fd in fds[:2] + shared:
+            os.close(fd)
+        generations.adopt(message["generations"])
+        util._setproctitle("mold [%s] generation %s" % (arbiter.proc_name, generations.current))
+        return generations.current, generations.release_of(generations.current)
+    raise SystemExit("the master did not adopt the passed check within %ss" %
+                     arbiter.settings.upgrade_timeout)
 
 
 def load_failure(exc):

@@ -9,6 +9,11 @@ The one thing added: a code exec'd by an in-place upgrade that exits before its
 first tick (a config that raises, a hook, a setting the pack refuses) has not
 touched the workers it was handed, so it execs the code it came from, which
 adopts them again (`handover.go_back`), instead of ending the master.
+
+The in-place check runs here too: Gunicorn's --check-config at nice 10; with
+graceful_mold, Gunicorn's own start with `Arbiter.run` replaced
+(`GracefulArbiter.run_as_check`), so that the check becomes the new generation's
+mold instead of a master.
 """
 
 import os
@@ -34,9 +39,13 @@ def run(command):
 
 
 def main():
-    from gunicorn_graceful.master import handover, inplace, system
+    from gunicorn_graceful.master import handover, inplace, mold_process, system
     if inplace.CHECK in sys.argv:  # the check must not take CPU from the serving workers
         os.nice(10)
+    if mold_process.CHECK_ENV in os.environ:  # the check becomes the mold: not niced, as
+        from gunicorn.arbiter import Arbiter  # its workers could not be un-niced
+        from gunicorn_graceful.master.arbiter import GracefulArbiter
+        Arbiter.run = GracefulArbiter.run_as_check
     code = run(sys.argv[1:])
     handover.go_back(code, system.System())  # returns when there is nothing to go back to
     sys.exit(code)

@@ -14,12 +14,13 @@ molds' have their own (`mold.Processes`).
 
 import ctypes
 import os
+import socket
 import subprocess
 
 from gunicorn import sock
 
 from gunicorn_graceful import listeners, proc
-from gunicorn_graceful.master import binds, endpoint, files, handover
+from gunicorn_graceful.master import binds, endpoint, files, handover, mold_process
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -55,11 +56,28 @@ class System:
             number = ctypes.get_errno()
             raise OSError(number, "prctl(PR_SET_CHILD_SUBREAPER): %s" % os.strerror(number))
 
-    def run_check(self, executable, args, cwd, environ, errors):
-        """The in-place check's child: a Popen, stderr to the file `errors`."""
-        return subprocess.Popen(args, executable=executable, cwd=cwd, env=environ,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                stderr=errors, close_fds=True)
+    def run_check(self, executable, args, cwd, environ, errors, mold=False):
+        """The in-place check's child: a Popen, stderr to the file `errors`. With `mold`,
+        one that becomes the new generation's mold once it passed (`mold_process.run_check`):
+        its `mold` is the master's end of their socket."""
+        if not mold:
+            return subprocess.Popen(args, executable=executable, cwd=cwd, env=environ,
+                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=errors, close_fds=True)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            check = subprocess.Popen(
+                args, executable=executable, cwd=cwd,
+                env=dict(environ, **{mold_process.CHECK_ENV: str(theirs.fileno())}),
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors,
+                close_fds=True, pass_fds=[theirs.fileno()])
+        except OSError:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        check.mold = ours
+        return check
 
     def execute(self, code, state):
         return handover.execute(code, state)

@@ -23,6 +23,8 @@ def app(environ, start_response):
         _grown.append(b"x" * (int(environ["QUERY_STRING"].partition("=")[2]) << 20))
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"grown\\n"]
+    if environ["PATH_INFO"] == "/healthz":
+        time.sleep({healthz_seconds})  # a worker that becomes ready this long after its fork
     if environ["PATH_INFO"] == "/healthz" and {healthz} != 200:
         start_response("{healthz} Not Ready", [("Content-Type", "text/plain")])
         return [b"not ready\\n"]
@@ -81,14 +83,15 @@ def write_asgi_app(directory, version, before="", record=True):
                  ASGI_APP.format(version=version, before=before, record=record))
 
 
-def write_app(directory, version, before="", healthz=200, record=True):
-    """A test app module (`testapp:app`) serving `version`; `before` runs at import.
+def write_app(directory, version, before="", healthz=200, record=True, healthz_seconds=0):
+    """A test app module (`testapp:app`) serving `version`; `before` runs at import;
+    /healthz answers `healthz` after `healthz_seconds`.
 
     `record` appends each request's path to started.log (see `Server.wait_started`).
     """
     replace_file(os.path.join(directory, "testapp.py"),
                  APP_TEMPLATE.format(before=before, version=version, healthz=healthz,
-                                     record=record))
+                                     record=record, healthz_seconds=healthz_seconds))
 
 
 def write_config(directory, name="gunicorn_conf.py", body="", pack=True):

@@ -1,0 +1,89 @@
+"""USR2 in place with graceful_mold: the check that imported the new code forks its workers,
+and the kept generation's mold crosses both execs."""
+
+import os
+import signal
+
+from tests.harness import under_load, upgrade_command, wait_for, write_app
+from tests.test_inplace import IN_PLACE, server_status, upgrade_in_place, workers_of
+
+MOLD = IN_PLACE + "graceful_mold = True\n"
+CHECKING = r"event=upgrade\.in_place pid=\d+ generation=\d+ timeout=\S+ checking=(\d+)"
+
+
+def molds_of(server):
+    """{generation: pid} of the molds the status file lists that are not stopping."""
+    return {m["generation"]: m["pid"] for m in server_status(server)["molds"]
+            if m["state"] != "stopping"}
+
+
+def replace_one(server, generation):
+    """SIGKILL a worker of `generation`; once its replacement serves, the replacement."""
+    victim = workers_of(server, generation)[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: len(workers_of(server, generation)) == 2
+             and victim not in workers_of(server, generation), 30, "a replacement")
+    return victim
+
+
+def test_in_place_with_the_mold_imports_the_new_code_once(workdir, servers):
+    server = servers(workdir, workers=2, config_body=MOLD)
+    write_app(workdir, "2")
+    load, _, _ = upgrade_in_place(server, 0)
+    assert load.failures() == [], load.summary()
+    assert server.version() == "2"
+    check = int(server.wait_log(CHECKING).group(1))
+    assert "event=mold.ready pid=%s generation=2" % check in server.log(), server.tail()
+    wait_for(lambda: molds_of(server) == {2: check}, 30, "the kept generation's mold to stop")
+    replace_one(server, 2)  # forked by the check, which imported once
+    assert server.count("event=mold.start") == 1, server.tail()  # generation 1's only
+
+
+def test_in_place_with_the_mold_a_rollback_forks_from_the_kept_mold(workdir, servers):
+    server = servers(workdir, workers=2, config_body=MOLD)
+    kept = molds_of(server)
+    write_app(workdir, "2", healthz=503)
+    load, _, err = upgrade_in_place(server, 3)
+    assert load.failures() == [], load.summary()
+    assert "upgrade rolled back" in err and server.version() == "1"
+    check = int(server.wait_log(CHECKING).group(1))
+    server.wait_log("event=mold.exit pid=%s generation=2" % check)
+    assert molds_of(server) == kept  # the same process, across the exec and the exec back
+    write_app(workdir, "2b", healthz=503)  # on disk now: a worker importing it never serves
+    replace_one(server, 1)
+    assert server.version() == "1" and server.count("event=mold.start") == 1
+
+
+def test_in_place_with_the_mold_a_check_killed_while_it_imports_is_a_refusal(workdir, servers):
+    server = servers(workdir, workers=2, config_body=MOLD)
+    write_app(workdir, "2", before="time.sleep(30)")
+    with under_load(server.url, after=100, threads=4) as load:
+        command = upgrade_command(server)
+        os.kill(int(server.wait_log(CHECKING).group(1)), signal.SIGKILL)
+        out, err = command.communicate(timeout=60)
+    assert command.returncode == 2, out + err + server.tail()
+    assert "the new code's check failed" in err and "killed by SIGKILL" in err
+    assert load.failures() == [], load.summary()
+    assert "direction=new" not in server.log() and server.version() == "1"
+
+
+def test_in_place_with_the_mold_the_new_mold_or_an_old_worker_killed_mid_way(workdir, servers):
+    """Once the exec'd code adopted the check as generation 2's mold, while its workers
+    boot: the mold is SIGKILLed (a new one starts from the release) and a serving worker of
+    the kept generation too (what it held is lost; it is not replaced: the new generation
+    is wanted); the upgrade completes."""
+    server = servers(workdir, workers=2, config_body=MOLD)
+    write_app(workdir, "2", healthz_seconds=2)
+    with under_load(server.url, after=100, threads=4) as load:
+        command = upgrade_command(server)
+        check = int(server.wait_log(CHECKING).group(1))
+        server.wait_log("event=upgrade.booting pid=%s generation=2" % server.pid)
+        os.kill(check, signal.SIGKILL)
+        os.kill(workers_of(server, 1)[0], signal.SIGKILL)
+        out, err = command.communicate(timeout=90)
+    assert command.returncode == 0, out + err + server.tail()
+    # Only what the SIGKILLed worker held is lost: at most one request per client thread.
+    lost = [r for r in load.failures() if r.kind in ("reset", "disconnected")]
+    assert len(lost) <= 4 and load.failures() == lost, load.summary()
+    assert "event=mold.lost pid=%s generation=2" % check in server.log()
+    assert server.version() == "2" and list(molds_of(server)) == [2]
