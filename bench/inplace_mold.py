@@ -6,7 +6,10 @@ by side in one run:
 - stock Gunicorn, its documented USR2 (USR2, wait for the new workers, QUIT the old master);
 - the pack in place without the mold (its check imports, then each new worker);
 - the pack in place with the mold (the check that imported is the new generation's mold);
-- the pack's new-master USR2 with the mold (the new master's mold imports).
+- the pack's new-master USR2 with the mold (the new master's mold imports);
+- the pack in place with the mold again, with an import of 3 s of CPU and no waiting: what
+  an upgrade costs beyond its import is fixed (two interpreters start: the check's and the
+  exec'd master's), so its share of the CPU depends on the import's.
 
 For each: USR2 to the first answer of the new code, under load (and the import's own wall
 time in that run: the target is one import + 0.5 s); failed requests; the imports of the app
@@ -29,7 +32,8 @@ from bench.scenarios import launch, manual_usr2, stop_server as stop, write_conf
 from tests.harness import Load, Server, wait_for
 
 WORKERS = 4
-VARIANTS = ("stock", "pack_in_place", "pack_in_place_mold", "pack_new_master_mold")
+VARIANTS = ("stock", "pack_in_place", "pack_in_place_mold", "pack_new_master_mold",
+            "pack_in_place_mold_cpu")  # the last: an import of 3 s of CPU, no waiting
 STOCK_SYNC, PACK_SYNC = "gunicorn.workers.sync.SyncWorker", "sync"
 
 APP = '''\
@@ -39,7 +43,7 @@ import time
 _began, _wall = time.process_time(), time.monotonic()
 VERSION = {version!r}
 DATA = [{{"id": i, "name": "item-%07d" % i, "tags": [i, i * 2]}} for i in range(200000)]
-while time.process_time() - _began < 1.0:  # 1 s of CPU, as a big app's import
+while time.process_time() - _began < {cpu}:  # CPU, as a big app's import
     pass
 time.sleep(max(0.0, 3.0 - (time.monotonic() - _wall)))  # then waiting, to 3 s in all
 with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "imports.log"), "a") as _h:
@@ -57,20 +61,23 @@ def app(environ, start_response):
 
 
 def write_app(workdir, version):
-    """The release on disk, written whole and renamed into place (as a deploy tool does)."""
+    """The release on disk, written whole and renamed into place (as a deploy tool does);
+    its import's CPU seconds are in the directory's name (see `start`)."""
     path = os.path.join(workdir, "slowapp.py")
+    cpu = 3.0 if workdir.endswith("-cpu") else 1.0
     with open(path + ".new", "w") as handle:
-        handle.write(APP.format(version=version))
+        handle.write(APP.format(version=version, cpu=cpu))
     os.replace(path + ".new", path)
 
 
 def start(variant):
-    workdir = tempfile.mkdtemp(prefix="gg-bench-inplace-mold-")
+    workdir = tempfile.mkdtemp(prefix="gg-bench-inplace-mold-",
+                               suffix="-cpu" if variant.endswith("_cpu") else "")
     write_app(workdir, "1")
     extra = READY_HOOK.format(path=os.path.join(workdir, "ready.log"))
     if variant.startswith("pack_in_place"):
         extra += "graceful_upgrade = 'in-place'\n"
-    if variant.endswith("_mold"):
+    if "_mold" in variant:
         extra += "graceful_mold = True\n"
     flavour = "pack" if variant.startswith("pack") else "stock"
     server = Server(workdir, write_config(workdir, flavour, extra), app="slowapp:app",
@@ -112,7 +119,7 @@ def completed(server, variant, began, version):
              90, "%s: the upgrade to %s" % (variant, version))
     if variant.startswith("pack_in_place"):
         wait_for(lambda: len(tree(server.pid)) - 1
-                 <= WORKERS + (1 if variant.endswith("_mold") else 0), 60, "the old gone")
+                 <= WORKERS + (1 if "_mold" in variant else 0), 60, "the old gone")
 
 
 def loaded_upgrade(server, variant, version):
@@ -228,8 +235,8 @@ def main(out):
     with open(path, "w") as handle:
         handle.write("Command: `python -m bench --in-place-mold`. Machine: %s. Took %.0f s. "
                      "App: an import of 3 s (1 s of CPU building ~80 MB of objects, then "
-                     "waiting); %d sync workers. stock: USR2, wait for the new workers, QUIT "
-                     "the old master.\n\n%s\n" % (report.machine(), time.monotonic() - began,
+                     "waiting; the last column: 3 s of CPU); %d sync workers. stock: USR2, "
+                     "wait for the new workers, QUIT the old master.\n\n%s\n" % (report.machine(), time.monotonic() - began,
                                                   WORKERS, text))
     print("wrote", path)
     return 0

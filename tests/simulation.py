@@ -237,6 +237,7 @@ class FakeCheck:
         self.mold = None
         if mold:
             self.mold = world.molds[self.pid] = SimMold(self.pid, None, world.code)
+            self.mold.state, self.mold.configured = "configuring", False
             world.molds_started += 1
 
     def kill(self):
@@ -258,6 +259,7 @@ class SimMold:
         self.state = "importing"    # then ready, or failed (a "slow" import never ends)
         self.told = False           # whether the master heard its first message
         self.exited = False
+        self.configured = None      # an in-place check: whether it said its config passed
 
     def fileno(self):
         """Its pid stands for its socket across an in-place exec (`SimMoldProcesses.adopt`):
@@ -278,7 +280,10 @@ class SimMoldProcesses(mold.Processes):
         return pid, self.world.molds[pid]
 
     def poll(self, sim_mold):
-        if sim_mold.told or sim_mold.state == "importing":
+        if sim_mold.configured is False and sim_mold.state != "configuring":
+            sim_mold.configured = True
+            return {"configured": True}
+        if sim_mold.told or sim_mold.state in ("configuring", "importing"):
             return None
         sim_mold.told = True
         return {"ready": 0.1, "release": None} if sim_mold.state == "ready" \
@@ -650,6 +655,8 @@ class Master:
                      workers=[dict(w, heartbeat=os.dup(w["heartbeat"]))
                               for w in state["workers"]],
                      handoff=[os.dup(fd) for fd in state["handoff"] or ()] or None,
+                     check=state["check"] and dict(state["check"],
+                                                   errors=os.dup(state["check"]["errors"])),
                      metrics=state["metrics"] and dict(state["metrics"],
                                                        fd=dup(state["metrics"]["fd"])))
         handed_molds = {m["pid"] for m in state["molds"]} | (

@@ -172,7 +172,8 @@ def test_the_documented_table_is_the_dispatch_table():
 # through the pool) decided, and is called from there; any other is a decision made in a
 # helper, which belongs in `core`'s table.
 SIGNAL_SITES = {
-    "inplace.py": {"kill_check", "end_check"},      # core: CheckLate; the master stops
+    "inplace.py": {"kill_check", "end_check",     # core: CheckLate; refused; it stops
+                   "kill"},                       # (AdoptedCheck.kill: for those two)
     "mold.py": {"kill", "stop", "fork"},          # core: MoldLate; unneeded; a fork unanswered
     "mold_process.py": {"signal_pid"},            # the molds' process calls
     "system.py": {"signal"},                      # the port core signals other masters by

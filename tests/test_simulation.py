@@ -262,10 +262,10 @@ class MasterMachine(RuleBasedStateMachine):
         self.step()
 
     def checking(self):
-        """The in-place checks that run (with the mold: still importing)."""
+        """The in-place checks that run (with the mold: loading the config, or importing)."""
         return [c for c in self.master.world.checks.values() if c.returncode is None
                 and c.pid not in [pid for pid, _ in self.master.world.exits]
-                and (c.mold is None or c.mold.state == "importing")]
+                and (c.mold is None or c.mold.state in ("configuring", "importing"))]
 
     @precondition(lambda self: self.running() and self.checking())
     @rule(outcome=st.sampled_from(["passes"] * 4 + ["fails", "passes, the exec fails",
@@ -278,9 +278,11 @@ class MasterMachine(RuleBasedStateMachine):
         status = {"fails": 1 << 8, "killed": int(signal.SIGKILL)}.get(outcome, 0)
         if check.mold is None:
             world.exits.append((check.pid, status))
-        elif status:  # with the mold: its import failed, or it was killed
+        elif status:  # with the mold: its config or its import failed, or it was killed
             check.mold.state = "failed"
             world.exit_mold(check.mold, status)
+        elif check.mold.state == "configuring":  # its config passed: the exec, it imports
+            check.mold.state = "importing"
         else:  # it imported, said so, and stays to fork the new generation
             check.mold.state = "ready"
         self.step()  # the exec, when it passed
@@ -1050,7 +1052,7 @@ def test_in_place_a_new_worker_killed_while_booting_rolls_back_and_the_old_serve
 
 def test_in_place_with_the_mold_the_check_forks_the_new_generation():
     master = replay({"workers": 2, "in_place": True, "mold": True}, ("usr2", {"code": "good"}),
-                    ("the_in_place_check_ends", {"outcome": "passes"}), *boot_all())
+                    *[("the_in_place_check_ends", {"outcome": "passes"})] * 2, *boot_all())
     world, molds = master.world, master.arbiter.molds
     check = next(iter(world.checks))
     assert world.execs == [("new", "")] and master.arbiter.upgrades.last["state"] == "done"
@@ -1064,7 +1066,7 @@ def test_in_place_with_the_mold_the_check_forks_the_new_generation():
 
 def test_in_place_with_the_mold_a_rollback_keeps_the_old_generations_mold():
     master = replay({"workers": 2, "in_place": True, "mold": True}, ("usr2", {"code": "good"}),
-                    ("the_in_place_check_ends", {"outcome": "passes"}),
+                    *[("the_in_place_check_ends", {"outcome": "passes"})] * 2,
                     ("time_passes", {"seconds": 0.5}),
                     ("a_worker_crashes", {"index": 2, "how": signal.SIGKILL}),
                     ("time_passes", {"seconds": 0.5}), ("time_passes", {"seconds": 0.5}),

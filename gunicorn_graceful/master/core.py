@@ -36,6 +36,8 @@ at ERROR (`master.unexpected`). The table, as `tests/test_layout.py` checks it:
 | trial              | Acknowledged       | take_over            | taking_over: MAINPID, READY    |
 | upgrading_in_place | CheckLate          | check_late           | kill it; refused; serving      |
 | upgrading_in_place | CheckEnded         | check_ended          | exec the new code, or refused  |
+| upgrading_in_place | CheckImported      | check_imported       | boot the next generation, or   |
+|                    |                    |                      | refused: exec the old code back|
 | upgrading_in_place | ExecFailed         | exec_failed          | refused, or rolled back        |
 | upgrading_in_place | Adopted            | adopted              | boot the next generation, or   |
 |                    |                    |                      | rolled back; serving; READY    |
@@ -62,7 +64,8 @@ from gunicorn_graceful import compat
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.master import metrics, mold
 from gunicorn_graceful.master.facts import (
-    Acknowledged, Adopted, BootFailed, CheckEnded, CheckLate, ExecFailed, GenerationComplete,
+    Acknowledged, Adopted, BootFailed, CheckEnded, CheckImported, CheckLate, ExecFailed,
+    GenerationComplete,
     InPlaceLate, LameDuckOver, MoldLate, NewMasterAsks, NewMasterExited, NewMasterKillDue,
     OldMasterGone, Recovered, RollbackDrained, UpgradeLate)
 from gunicorn_graceful.master.phase import Phase
@@ -92,6 +95,7 @@ TABLE = {
     (P.TRIAL, Acknowledged): "take_over",
     (P.IN_PLACE, CheckLate): "check_late",
     (P.IN_PLACE, CheckEnded): "check_ended",
+    (P.IN_PLACE, CheckImported): "check_imported",
     (P.IN_PLACE, ExecFailed): "exec_failed",
     (P.IN_PLACE, Adopted): "adopted",
     (P.IN_PLACE, InPlaceLate): "in_place_late",
@@ -395,6 +399,14 @@ class Core:
         problem = self.arbiter.inplace.exec_forward(self.arbiter.metrics)
         self.dispatch(ExecFailed("new", problem))
 
+    def check_imported(self, fact):
+        """With graceful_mold, after the exec: the check imported, and forks the next
+        generation; or it failed, which refuses the upgrade."""
+        if fact.reason:
+            self.in_place_refused(fact.reason)
+        else:
+            self.arbiter.inplace.begin_generation()
+
     def exec_back(self, fact):
         problem = self.arbiter.inplace.exec_back(self.arbiter.metrics, fact.reason)
         self.dispatch(ExecFailed("back", problem))
@@ -403,19 +415,30 @@ class Core:
         if fact.direction == "new":
             self.in_place_refused(fact.problem)
         else:
-            self.in_place_ended("rolled_back", self.arbiter.inplace.exec_back_failed(fact.problem))
+            self.in_place_ended(*self.arbiter.inplace.exec_back_failed(fact.problem))
 
     def adopted(self, fact):
         """The first tick of the code an exec started: going forward, the next generation
-        boots; going back, the rollback is over."""
-        if fact.direction == "new":
-            self.arbiter.inplace.begin_generation()
-            return
-        self.arbiter.inplace.finish("rolled_back", fact.reason)
-        self.in_place_ended("rolled_back", fact.reason)
+        boots (with graceful_mold, once the check imported); going back, the upgrade is
+        over: rolled back, or refused by a check that failed after the exec."""
+        inplace = self.arbiter.inplace
+        if fact.direction == "new" and inplace.check_imports():
+            inplace.await_check()
+        elif fact.direction == "new":
+            inplace.begin_generation()
+        else:
+            inplace.finish(fact.outcome, fact.reason)
+            self.in_place_ended(fact.outcome, fact.reason)
 
     def in_place_refused(self, reason):
-        self.arbiter.inplace.refuse(reason)
+        """The upgrade is refused: before the exec, or (with graceful_mold) after it, when
+        the check failed while the new code ran: then the old code is exec'd back."""
+        inplace = self.arbiter.inplace
+        if inplace.checks_after_exec():
+            inplace.refuse_after_exec(reason)
+            self.dispatch(RollbackDrained(reason))  # nothing of the new code ever ran
+            return
+        inplace.refuse(reason)
         self.in_place_ended("refused", reason)
 
     def in_place_ended(self, kind, reason):

@@ -84,6 +84,13 @@ class CheckEnded:
 
 
 @fact
+class CheckImported:
+    """With graceful_mold, in the code the exec started: the check, which passed its config
+    before the exec, imported the app (`reason` None) or failed to."""
+    reason: object
+
+
+@fact
 class CheckLate:
     """The new code's check still runs past graceful_upgrade_timeout."""
     limit: float
@@ -98,10 +105,12 @@ class ExecFailed:
 
 @fact
 class Adopted:
-    """The first tick of a code an exec started: `direction` "new" or "back", and why a
-    rollback went back (`reason`)."""
+    """The first tick of a code an exec started: `direction` "new" or "back", why it went
+    back (`reason`) and what the upgrade became (`outcome`: "rolled_back", or "refused"
+    when the check failed after the exec)."""
     direction: str
     reason: object
+    outcome: str = "rolled_back"
 
 
 @fact

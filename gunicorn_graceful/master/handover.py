@@ -105,7 +105,7 @@ def fds(state):
         found.append(state["metrics"]["fd"])
     found += [item["sock"] for item in state["molds"]]
     if state["check"]:
-        found.append(state["check"]["sock"])
+        found += [state["check"]["sock"], state["check"]["errors"]]
     return found + (state["handoff"] or [])
 
 

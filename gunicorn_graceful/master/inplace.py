@@ -50,13 +50,14 @@ status file under the USR2's number, across the execs.
 import dataclasses
 import enum
 import os
+import signal
 import tempfile
 
 from gunicorn_graceful import clock, compat, handoff, release, settings
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.master import binds, handover, preflight
-from gunicorn_graceful.master.facts import (Adopted, CheckEnded, CheckLate, InPlaceLate,
-                                            RollbackDrained)
+from gunicorn_graceful.master.facts import (Adopted, CheckEnded, CheckImported, CheckLate,
+                                            InPlaceLate, RollbackDrained)
 from gunicorn_graceful.master.plan import late
 from gunicorn_graceful.master.pool import how_it_ended
 from gunicorn_graceful.master.records import Record
@@ -67,8 +68,21 @@ CHECK = "--check-config"  # Gunicorn's option: the new code's start, as a check 
 class Step(enum.Enum):
     CHECKING = "checking"
     EXECUTED = "executed"
+    IMPORTING = "importing"        # with graceful_mold: the new code runs, its check imports
     BOOTING = "booting"
     ROLLING_BACK = "rolling_back"
+
+
+class AdoptedCheck:
+    """The check an exec handed the new code (with graceful_mold): the same child process,
+    killed through the molds' process calls (`mold.Processes`)."""
+
+    def __init__(self, pid, mold, processes):
+        self.pid, self.mold, self.processes, self.returncode = pid, mold, processes, None
+
+    def kill(self):
+        if self.returncode is None:
+            self.processes.signal(self.pid, signal.SIGKILL)
 
 
 @dataclasses.dataclass
@@ -83,7 +97,8 @@ class Run:
     preflight_status: int = None
     errors: object = None            # the checking child's stderr, a temporary file
     failed: str = None               # why the check failed, or the new generation rolls back
-    check_said: dict = None          # with graceful_mold: the check's first message
+    check_said: dict = None          # with graceful_mold: what the check said so far
+    outcome: str = "rolled_back"     # what going back makes of it ("refused": the check)
     new_generation: int = 0
     first_seq: int = 0               # a deferred upgrade carries out USR2s first_seq..seq
 
@@ -104,7 +119,6 @@ class InPlace:
         self.current = None
         self.kept = []  # the old code's listeners, while a new config's own ones serve too
         self.molds = None  # with graceful_mold, the master's (`mold.Molds`, set by install)
-        self.check = None  # the new code: the passed check, until its generation begins
 
     # -- the old code: USR2 -------------------------------------------------------------------
 
@@ -187,42 +201,63 @@ class InPlace:
         if trial is None or trial.step is Step.EXECUTED:
             return []
         limit = self.arbiter.settings.upgrade_timeout
-        if trial.step is Step.CHECKING:
+        if trial.step in (Step.CHECKING, Step.IMPORTING):
             if trial.preflight is None:
                 return [CheckEnded(trial.failed)]
-            passed = self.check_passed(trial)
+            importing = trial.step is Step.IMPORTING
+            passed = self.check_passed(trial, "ready" if importing else "configured")
             if passed is None:
                 return [CheckLate(limit)] if late(trial.started, now, limit) else []
-            return [CheckEnded(None if passed else "the new code's check failed: %s"
-                               % ((trial.check_said or {}).get("failed") or last_line(trial)))]
+            reason = None if passed else "the new code's check failed: %s" % (
+                (trial.check_said or {}).get("failed") or last_line(trial))
+            return [CheckImported(reason) if importing else CheckEnded(reason)]
         if trial.step is Step.BOOTING:
             return [InPlaceLate(trial.new_generation, now - trial.started)] \
                 if late(trial.started, now, limit) else []
         return [] if self.pool_has(trial.new_generation) else [RollbackDrained(trial.failed)]
 
-    def check_passed(self, trial):
+    def check_passed(self, trial, wanted):
         """Whether the check passed, None while it runs: its exit code; with graceful_mold,
-        its first message, and a check that exits (even after it said ready) failed."""
+        what it said (`wanted`: "configured" before the exec, "ready" after), and a check
+        that exits (even after it said ready) failed."""
         mold = getattr(trial.preflight, "mold", None)
         if mold is None:
             status = trial.preflight_status
             return None if status is None else not check_failed(status)
-        if trial.check_said is None:
-            trial.check_said = self.molds.processes.poll(mold) or None
-        if trial.preflight_status is not None:
+        said = trial.check_said or {}
+        for _ in range(3):  # it says at most configured, then ready or failed
+            message = self.molds.processes.poll(mold) if "ready" not in said else None
+            if not message:
+                break
+            said = trial.check_said = dict(said, **message)
+        if trial.preflight_status is not None or "failed" in said:
             return False
-        return True if trial.check_said and "ready" in trial.check_said else \
-            (False if trial.check_said else None)
+        return True if wanted in said or "ready" in said else None
 
     def kill_check(self):
         """`core`: the check ran out of time."""
         self.current.preflight.kill()
 
     def exec_forward(self, metrics):
-        """The check passed: exec the new code (`metrics`: this master's, None when off,
-        whose counts it hands on). Returns only when the exec failed: why."""
-        self.close_errors()
+        """The check passed (with graceful_mold: its config did, and it goes on importing
+        while the new code starts): exec the new code (`metrics`: this master's, None when
+        off, whose counts it hands on). Returns only when the exec failed: why."""
+        if getattr(self.current.preflight, "mold", None) is None:
+            self.close_errors()
         return self.exec_code(self.new_code(), metrics, "new")
+
+    def checks_after_exec(self):
+        """Whether the check still runs in this code, which an exec started (then a failure
+        of it is a refusal that execs the old code back: `refuse_after_exec`)."""
+        return self.current.step is Step.IMPORTING
+
+    def refuse_after_exec(self, reason):
+        """With graceful_mold, the check failed after the exec: nothing of the new code ever
+        served; the old code is exec'd back, and records the refusal."""
+        self.close_errors()
+        self.end_check()
+        self.current.failed, self.current.outcome = reason, "refused"
+        emit(self.arbiter.log, "error", "upgrade.refused", pid=self.arbiter.pid, reason=reason)
 
     def refuse(self, reason):
         """The upgrade ended before the exec (its check failed, or the exec did)."""
@@ -237,13 +272,13 @@ class InPlace:
             self.current.errors = None
 
     def exec_back_failed(self, problem):
-        """The exec back failed: this code serves on with the kept generation. Returns why
-        the upgrade was rolled back."""
+        """The exec back failed: this code serves on with the kept generation. Returns what
+        the upgrade became and why."""
         emit(self.arbiter.log, "error", "upgrade.exec_back_failed", pid=self.arbiter.pid,
              reason=problem, action="this code serves on with the kept generation")
-        reason = self.current.failed
-        self.finish("rolled_back", reason)
-        return reason
+        outcome, reason = self.current.outcome, self.current.failed
+        self.finish(outcome, reason)
+        return outcome, reason
 
     def abandon(self):
         """The master stops during an upgrade: the checking child goes with it."""
@@ -310,17 +345,18 @@ class InPlace:
                 "back": self.old_code() if direction == "new" else self.handed["back"],
                 "notify": self.notify_address, "upgrade_refused": self.upgrades.last_refusal,
                 "molds": self.molds.export() if self.molds is not None else [],
-                "check": self.passed_check() if direction == "new" else None}
+                "check": self.passed_check() if direction == "new" else None,
+                "outcome": trial.outcome}
 
     def passed_check(self):
-        """With graceful_mold, the check the next code adopts as its generation's mold."""
+        """With graceful_mold, the check the next code adopts as its generation's mold: what
+        it said, and its stderr (read when it fails)."""
         trial = self.current
         mold = getattr(trial.preflight, "mold", None)
         if mold is None:
             return None
-        return {"pid": trial.preflight.pid, "sock": mold.fileno(),
-                "release": trial.check_said.get("release"),
-                "import_time": trial.check_said["ready"]}
+        return {"pid": trial.preflight.pid, "sock": mold.fileno(), "said": trial.check_said,
+                "errors": trial.errors.fileno()}
 
     # -- the new code: adopt, then finish --------------------------------------------------
 
@@ -389,33 +425,48 @@ class InPlace:
         self.adopt_molds()
         handover.first_tick(self.arbiter, self.handed)
         self.arbiter.reap_workers()
-        return Adopted(self.handed["direction"], self.current.failed)
+        return Adopted(self.handed["direction"], self.current.failed,
+                       self.handed["outcome"])
 
     def adopt_molds(self):
         """The molds the previous code ran go on here (copies of their sockets, before the
         originals close); the passed check waits for `begin_generation`. A mold not adopted
         (going back, the check of a new code that failed at start; a code without the mold)
         reads the end of its socket when the originals close, and exits."""
-        handed = self.handed
+        handed, check = self.handed, self.handed["check"]
         if self.molds is None:
             return
         self.molds.adopt(handed["molds"])
-        if handed["check"] and handed["direction"] == "new":
-            self.check = dict(handed["check"],
-                              sock=self.molds.processes.adopt(handed["check"]["sock"]))
-        elif handed["check"]:
+        if check and handed["direction"] == "new":
+            trial, processes = self.current, self.molds.processes
+            trial.preflight = AdoptedCheck(check["pid"], processes.adopt(check["sock"]),
+                                           processes)
+            trial.check_said = check["said"]
+            trial.errors = os.fdopen(os.dup(check["errors"]), "rb")
+        elif check:
             emit(self.arbiter.log, "info", "mold.stop", pid=handed["check"]["pid"],
                  generation="-", reason="the new code went back before it served")
 
+    def check_imports(self):
+        """Whether the check an exec handed over still imports: `core` waits for it
+        (`await_check`) before the generation begins."""
+        trial = self.current
+        return trial.preflight is not None and "ready" not in (trial.check_said or {})
+
+    def await_check(self):
+        self.current.step = Step.IMPORTING
+
     def begin_generation(self):
         """Going forward: the old code's generation serves on until the next one is ready
-        (with graceful_mold, forked by the check that imported the new code)."""
-        arbiter, check = self.arbiter, self.check
-        generation = self.generations.begin(arbiter.settings.release_link,
-                                            check["release"] if check else None)
-        if check:
-            self.check = None
-            self.molds.adopt_check(check, generation)
+        (with graceful_mold, forked by the check that imported the new code, which is the
+        molds' from now on)."""
+        arbiter, trial = self.arbiter, self.current
+        check, said = trial.preflight, trial.check_said or {}
+        generation = self.generations.begin(arbiter.settings.release_link, said.get("release"))
+        if check is not None:
+            trial.preflight = None
+            self.close_errors()
+            self.molds.adopt_check(check, said["ready"], generation)
         self.current.new_generation = generation
         self.current.step = Step.BOOTING
         self.record("booting")

@@ -213,15 +213,15 @@ class Molds:
             mold.stopping, mold.kill_reason = item["stopping"], item["kill_reason"]
             self.by_pid[mold.pid] = mold
 
-    def adopt_check(self, check, generation):
+    def adopt_check(self, check, import_time, generation):
         """The in-place check that passed becomes `generation`'s mold: it is sent what its
         workers need (`mold_process.adopted`). A send fails only when it is gone (a live
         peer's SOCK_SEQPACKET blocks instead): its exit starts a new mold, as any lost one's."""
-        mold = Mold(check["pid"], generation, check["sock"])
+        mold = Mold(check.pid, generation, check.mold)
         mold.ready_at = clock.monotonic()
         self.by_pid[mold.pid] = mold
         emit(self.arbiter.log, "info", "mold.ready", pid=mold.pid, generation=generation,
-             import_time=check["import_time"], source="in-place-check")
+             import_time=import_time, source="in-place-check")
         problem = self.processes.serve(mold.sock, self.generations.export(),
                                        self.arbiter.LISTENERS)
         if problem:

@@ -74,15 +74,18 @@ def run(arbiter, sock, generation, release_dir, close):
 
 def run_check(arbiter, sock, generations):
     """An in-place upgrade's check with graceful_mold (`GracefulArbiter.become_check_mold`):
-    the new code's own interpreter, started by the old code, imports the new code as any
-    check does, and says so; a failure is the check's, which refuses the upgrade. Passed,
-    it stays: once the master exec'd the new code and began the generation, it is sent the
-    generation's number and release, the listeners, the hand-off pair and the master's
-    stdout and stderr (`adopted`), and forks that generation's workers. One import."""
+    the new code's own interpreter, started by the old code. It says when the new config
+    passed ({"configured": true}: the master execs the new code then, while this imports),
+    then imports the new code as any check does, and says so; a failure is the check's,
+    which refuses the upgrade. Passed, it stays: once the new code began the generation, it
+    is sent the generations, the listeners, the hand-off pair and the master's stdout and
+    stderr (`adopted`), and forks that generation's workers. One import."""
     found = {}
 
     def importing():
         become_mold(arbiter, "checking", ())
+        send(sock, {"configured": True})
+        wake(arbiter)
         found["release"] = release.resolve(arbiter.settings.release_link)
         load(arbiter, sock, found["release"], {"release": found["release"]})
 
