@@ -287,6 +287,10 @@ def in_place_step(snapshot, record, progress):
     PID, so its own status file says how far it is."""
     master = record["new_master"]
     progress.say("upgrading in place: master %s" % master)
+    if record["state"] != "done" and not alive(master):  # its status file stays behind
+        raise Outcome(4, "failed", "upgrade failed: master %s exited during the in-place "
+                      "upgrade" % master, master=master, seq=record["seq"],
+                      reason="master exited")
     if record["state"] == "done":
         raise Outcome(0, "done", "done: master %s, generation %s serving" % (
             master, snapshot.get("generation")), master=master, seq=record["seq"],

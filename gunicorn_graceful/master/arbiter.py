@@ -29,6 +29,7 @@ Gunicorn offers no setting for the arbiter class.
 """
 
 import os
+import signal
 import socket
 import sys
 import traceback
@@ -37,7 +38,7 @@ from gunicorn import sock, util
 from gunicorn.arbiter import Arbiter
 from gunicorn.errors import AppImportError
 
-from gunicorn_graceful import clock, compat, forked, handoff, settings, userhooks
+from gunicorn_graceful import clock, compat, forked, handoff, proc, settings, userhooks
 from gunicorn_graceful.events import emit
 from gunicorn_graceful.master import (files, handover, inplace, intents, metrics, mold,
                                       mold_process, rollout, upgrade)
@@ -128,6 +129,8 @@ class GracefulArbiter(Arbiter):
         if reason:
             raise SystemExit(settings.ERROR + reason)
         sock_ = socket.socket(fileno=int(os.environ.pop(mold_process.CHECK_ENV)))
+        # A master SIGKILLed mid-way would leave it importing, or a mold no one adopts.
+        proc.signal_at_parent_exit(signal.SIGKILL)
         arbiter.pid = os.getppid()
         arbiter.generations = Generations(arbiter.settings.release_link)  # the master's, sent
         mold_process.run_check(arbiter, sock_, arbiter.generations)
