@@ -13,9 +13,11 @@ production, on the clock `clock.use` gives it.
 
 Through the port: the door (a socket filter) never closes, and a bind opens a
 `FakeListener`, or fails on an address another service holds. An in-place
-upgrade's check is a `FakeCheck` the test ends, and its exec builds the next
-code's arbiter from the state the real `InPlace.payload` wrote, through the real
-`install` and `inplace.adopt` (`Master.exec_code`).
+upgrade's check is a `FakeCheck` the test ends (with graceful_mold, also a
+`SimMold` that says its config passed, then imports, and crosses the exec), and
+its exec builds the next code's arbiter from the state the real `InPlace.payload`
+wrote, through the real `install` and `inplace.adopt` (`Master.exec_code`); a mold
+the exec does not hand over reads the end of its socket and exits.
 
 Fake pids start at 10**8, above any kernel's pid_max: a signal the master code
 sends with os.kill itself can never reach a real process.
@@ -740,8 +742,15 @@ class Master:
         self.arbiter.stop()
         self.stopped = "stop"
 
+    def held(self):
+        """A signal sent after an in-place exec waits for the next code's first tick (the
+        exec blocks them: `handover`): that tick runs first."""
+        if not self.stopped and self.arbiter.inplace.first_tick_due():
+            self.loop()
+
     def term(self):
         """SIGTERM to the master."""
+        self.held()
         try:
             self.arbiter.handle_term()
         except StopIteration:
