@@ -662,7 +662,7 @@ class Master:
                      metrics=state["metrics"] and dict(state["metrics"],
                                                        fd=dup(state["metrics"]["fd"])))
         handed_molds = {m["pid"] for m in state["molds"]} | (
-            {state["check"]["pid"]} if state["check"] and state["direction"] == "new" else set())
+            {state["check"]["pid"]} if state["check"] else set())
         for sim_mold in self.world.molds.values():  # not handed: the end of its socket
             if sim_mold.pid not in handed_molds:
                 self.world.exit_mold(sim_mold, 0)

@@ -427,6 +427,7 @@ class Core:
         elif fact.direction == "new":
             inplace.begin_generation()
         else:
+            inplace.end_check()  # the check of a new code that failed at start, if any
             inplace.finish(fact.outcome, fact.reason)
             self.in_place_ended(fact.outcome, fact.reason)
 

@@ -36,6 +36,7 @@ importing the pinned release again.
 
 Each run of an upgrade is in one `Step` at a time: `checking` (old code, its
 check runs), `executed` (the code an exec started, before its first tick),
+`importing` (with the mold: the new code waits for its check's import),
 `booting` (the new generation boots), `rolling_back` (it failed; the old code is
 exec'd back once its workers are gone). What each observation means (`watch`
 returns facts) is `core`'s to decide.
@@ -83,6 +84,11 @@ class AdoptedCheck:
     def kill(self):
         if self.returncode is None:
             self.processes.signal(self.pid, signal.SIGKILL)
+
+
+def mold_of(check):
+    """The master's end of a check's socket with graceful_mold (else None)."""
+    return getattr(check, "mold", None)
 
 
 @dataclasses.dataclass
@@ -220,7 +226,7 @@ class InPlace:
         """Whether the check passed, None while it runs: its exit code; with graceful_mold,
         what it said (`wanted`: "configured" before the exec, "ready" after), and a check
         that exits (even after it said ready) failed."""
-        mold = getattr(trial.preflight, "mold", None)
+        mold = mold_of(trial.preflight)
         if mold is None:
             status = trial.preflight_status
             return None if status is None else not check_failed(status)
@@ -242,7 +248,7 @@ class InPlace:
         """The check passed (with graceful_mold: its config did, and it goes on importing
         while the new code starts): exec the new code (`metrics`: this master's, None when
         off, whose counts it hands on). Returns only when the exec failed: why."""
-        if getattr(self.current.preflight, "mold", None) is None:
+        if mold_of(self.current.preflight) is None:
             self.close_errors()
         return self.exec_code(self.new_code(), metrics, "new")
 
@@ -254,14 +260,12 @@ class InPlace:
     def refuse_after_exec(self, reason):
         """With graceful_mold, the check failed after the exec: nothing of the new code ever
         served; the old code is exec'd back, and records the refusal."""
-        self.close_errors()
         self.end_check()
         self.current.failed, self.current.outcome = reason, "refused"
         emit(self.arbiter.log, "error", "upgrade.refused", pid=self.arbiter.pid, reason=reason)
 
     def refuse(self, reason):
         """The upgrade ended before the exec (its check failed, or the exec did)."""
-        self.close_errors()
         self.end_check()
         emit(self.arbiter.log, "error", "upgrade.refused", pid=self.arbiter.pid, reason=reason)
         self.finish("refused", reason)
@@ -286,12 +290,15 @@ class InPlace:
             self.end_check()
 
     def end_check(self):
-        """The check will not be exec'd to: killed if it runs (with graceful_mold, one that
-        passed waits for a generation that will not come), its socket closed."""
+        """The check will not be exec'd to (`core`: refused, the master stops, or the new code
+        went back before it began a generation): killed if it runs (with graceful_mold, one
+        that passed waits for a generation that will not come), its socket and stderr
+        closed."""
         trial = self.current
+        self.close_errors()
         if trial.preflight is not None and trial.preflight_status is None:
             trial.preflight.kill()
-        mold = getattr(trial.preflight, "mold", None)
+        mold = mold_of(trial.preflight)
         if mold is not None:
             self.molds.processes.close(mold)
 
@@ -352,7 +359,7 @@ class InPlace:
         """With graceful_mold, the check the next code adopts as its generation's mold: what
         it said, and its stderr (read when it fails)."""
         trial = self.current
-        mold = getattr(trial.preflight, "mold", None)
+        mold = mold_of(trial.preflight)
         if mold is None:
             return None
         return {"pid": trial.preflight.pid, "sock": mold.fileno(), "said": trial.check_said,
@@ -430,22 +437,19 @@ class InPlace:
 
     def adopt_molds(self):
         """The molds the previous code ran go on here (copies of their sockets, before the
-        originals close); the passed check waits for `begin_generation`. A mold not adopted
-        (going back, the check of a new code that failed at start; a code without the mold)
-        reads the end of its socket when the originals close, and exits."""
+        originals close), and the check it handed over (its generation begins once it
+        imported; going back, when the new code failed at start, `core` ends it). A mold a
+        code without the mold is handed reads the end of its socket, and exits."""
         handed, check = self.handed, self.handed["check"]
         if self.molds is None:
             return
         self.molds.adopt(handed["molds"])
-        if check and handed["direction"] == "new":
+        if check:
             trial, processes = self.current, self.molds.processes
             trial.preflight = AdoptedCheck(check["pid"], processes.adopt(check["sock"]),
                                            processes)
             trial.check_said = check["said"]
             trial.errors = os.fdopen(os.dup(check["errors"]), "rb")
-        elif check:
-            emit(self.arbiter.log, "info", "mold.stop", pid=handed["check"]["pid"],
-                 generation="-", reason="the new code went back before it served")
 
     def check_imports(self):
         """Whether the check an exec handed over still imports: `core` waits for it
