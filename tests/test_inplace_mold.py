@@ -57,17 +57,25 @@ def test_in_place_with_the_mold_a_rollback_forks_from_the_kept_mold(workdir, ser
     assert server.version() == "1" and server.count("event=mold.start") == 1
 
 
-def test_in_place_with_the_mold_a_check_killed_while_it_imports_is_a_refusal(workdir, servers):
+def test_in_place_with_the_mold_an_import_that_fails_or_is_killed_is_a_refusal(workdir,
+                                                                             servers):
+    """The exec went ahead once the config passed; the import fails after it: the old code
+    is exec'd back, and the upgrade is refused (nothing of the new code ever served)."""
     server = servers(workdir, workers=2, config_body=MOLD)
-    write_app(workdir, "2", before="time.sleep(30)")
+    write_app(workdir, "2", before="raise RuntimeError('release 2 cannot import')")
+    load, _, err = upgrade_in_place(server, 2)
+    assert load.failures() == [], load.summary()
+    assert "RuntimeError: release 2 cannot import" in err, err + server.tail()
+    assert "event=upgrade.adopted pid=%s direction=back" % server.pid in server.log()
+    write_app(workdir, "3", before="time.sleep(30)")
     with under_load(server.url, after=100, threads=4) as load:
         command = upgrade_command(server)
-        os.kill(int(server.wait_log(CHECKING).group(1)), signal.SIGKILL)
+        os.kill(int(server.wait_log(CHECKING, count=2).group(1)), signal.SIGKILL)
         out, err = command.communicate(timeout=60)
     assert command.returncode == 2, out + err + server.tail()
     assert "the new code's check failed" in err and "killed by SIGKILL" in err
     assert load.failures() == [], load.summary()
-    assert "direction=new" not in server.log() and server.version() == "1"
+    assert server.version() == "1" and server.count("event=mold.start") == 1
 
 
 def test_in_place_with_the_mold_the_new_mold_or_an_old_worker_killed_mid_way(workdir, servers):
