@@ -132,10 +132,12 @@ def loaded_upgrade(server, variant, version):
         write_app(server.workdir, version)
         began = time.monotonic()
         upgrade(server, variant)
-        wait_for(lambda: any(r.version == version and r.started > began
-                             for r in list(load.results)), 90, "%s: %s answers" % (variant, version))
-        first = min(r.ended for r in list(load.results) if r.version == version
-                    and r.started > began)
+
+        def answers():
+            return [r.ended for r in list(load.results)
+                    if r.version == version and r.started > began]
+        wait_for(answers, 90, "%s: %s answers" % (variant, version))
+        first = min(answers())
         completed(server, variant, began, version)
         load.wait_count(len(load.results) + 400, timeout=60)
     finally:
@@ -236,7 +238,7 @@ def main(out):
         handle.write("Command: `python -m bench --in-place-mold`. Machine: %s. Took %.0f s. "
                      "App: an import of 3 s (1 s of CPU building ~80 MB of objects, then "
                      "waiting; the last column: 3 s of CPU); %d sync workers. stock: USR2, "
-                     "wait for the new workers, QUIT the old master.\n\n%s\n" % (report.machine(), time.monotonic() - began,
-                                                  WORKERS, text))
+                     "wait for the new workers, QUIT the old master.\n\n%s\n"
+                     % (report.machine(), time.monotonic() - began, WORKERS, text))
     print("wrote", path)
     return 0

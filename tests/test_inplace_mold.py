@@ -62,7 +62,8 @@ def test_in_place_with_the_mold_an_import_that_fails_or_is_killed_is_a_refusal(w
     """The exec went ahead once the config passed; the import fails after it: the old code
     is exec'd back, and the upgrade is refused (nothing of the new code ever served)."""
     server = servers(workdir, workers=2, config_body=MOLD)
-    write_app(workdir, "2", before="raise RuntimeError('release 2 cannot import')")
+    # The exec comes once the config passed (well under 2 s), the failure after it.
+    write_app(workdir, "2", before="time.sleep(2)\nraise RuntimeError('release 2 cannot import')")
     load, _, err = upgrade_in_place(server, 2)
     assert load.failures() == [], load.summary()
     assert "RuntimeError: release 2 cannot import" in err, err + server.tail()

@@ -128,12 +128,12 @@ class GracefulArbiter(Arbiter):
                 "new-master USR2 only (the running master has it on)")
         if reason:
             raise SystemExit(settings.ERROR + reason)
-        sock_ = socket.socket(fileno=int(os.environ.pop(mold_process.CHECK_ENV)))
+        channel = socket.socket(fileno=int(os.environ.pop(mold_process.CHECK_ENV)))
         # A master SIGKILLed mid-way would leave it importing, or a mold no one adopts.
         proc.signal_at_parent_exit(signal.SIGKILL)
         arbiter.pid = os.getppid()
         arbiter.generations = Generations(arbiter.settings.release_link)  # the master's, sent
-        mold_process.run_check(arbiter, sock_, arbiter.generations)
+        mold_process.run_check(arbiter, channel, arbiter.generations)
 
     def run_as_check(self):
         """Replaces Gunicorn's `Arbiter.run` in the check `relaunch` starts with graceful_mold:

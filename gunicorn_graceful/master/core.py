@@ -65,9 +65,8 @@ from gunicorn_graceful.events import emit
 from gunicorn_graceful.master import metrics, mold
 from gunicorn_graceful.master.facts import (
     Acknowledged, Adopted, BootFailed, CheckEnded, CheckImported, CheckLate, ExecFailed,
-    GenerationComplete,
-    InPlaceLate, LameDuckOver, MoldLate, NewMasterAsks, NewMasterExited, NewMasterKillDue,
-    OldMasterGone, Recovered, RollbackDrained, UpgradeLate)
+    GenerationComplete, InPlaceLate, LameDuckOver, MoldLate, NewMasterAsks, NewMasterExited,
+    NewMasterKillDue, OldMasterGone, Recovered, RollbackDrained, UpgradeLate)
 from gunicorn_graceful.master.phase import Phase
 
 STOPPING = "the master is stopping"

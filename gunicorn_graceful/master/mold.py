@@ -96,7 +96,8 @@ class Mold:
 
 class Molds:
     """The molds of one master (see the top). It receives the siblings it reads: the pool
-    (boot failures, back-off) and the rollouts (releases, the generation kept by a HUP)."""
+    (boot failures, back-off), the rollouts (the generation kept by a HUP), the generations
+    (releases) and the in-place upgrade (the generation it keeps)."""
 
     def __init__(self, arbiter, pool, rollouts, generations, inplace):
         self.arbiter, self.pool, self.rollouts = arbiter, pool, rollouts

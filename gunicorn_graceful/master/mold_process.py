@@ -80,14 +80,12 @@ def run_check(arbiter, sock, generations):
     which refuses the upgrade. Passed, it stays: once the new code began the generation, it
     is sent the generations, the listeners, the hand-off pair and the master's stdout and
     stderr (`adopted`), and forks that generation's workers. One import."""
-    found = {}
-
     def importing():
         become_mold(arbiter, "checking", ())
         send(sock, {"configured": True})
         wake(arbiter)
-        found["release"] = release.resolve(arbiter.settings.release_link)
-        load(arbiter, sock, found["release"], {"release": found["release"]})
+        release_dir = release.resolve(arbiter.settings.release_link)
+        load(arbiter, sock, release_dir, {"release": release_dir})
 
     def serving():
         generation, release_dir = adopted(arbiter, sock, generations)
@@ -131,12 +129,9 @@ def load(arbiter, sock, release_dir, said=None):
 
 
 def adopted(arbiter, sock, generations):
-    """The check passed: wait (at most graceful_upgrade_timeout, while the master lives)
-    for the master's generations (into `generations`, the arbiter's: the wanted one is this
-    mold's), with its stdout, stderr,
-    listeners and hand-off pair; (the generation, its release). What this process and its
-    workers print goes where the master's output goes from then on (the check's stderr was
-    a file the old code read)."""
+    """The check passed: once the master began its generation (`Processes.serve`), take
+    what it sent (`settle`); (the generation, its release). Bounded by
+    graceful_upgrade_timeout and by the master's life."""
     deadline = time.monotonic() + arbiter.settings.upgrade_timeout
     while os.getppid() == arbiter.pid and time.monotonic() < deadline:
         readable, _, _ = select.select([sock], [], [], 1.0)
@@ -145,20 +140,27 @@ def adopted(arbiter, sock, generations):
         data, fds, _, _ = socket.recv_fds(sock, PACKET, 64)
         if not data:
             break
-        message = json.loads(data)
-        os.dup2(fds[0], 1)
-        os.dup2(fds[1], 2)
-        listeners, shared = fds[2:2 + message["listeners"]], fds[2 + message["listeners"]:]
-        arbiter.LISTENERS = sock_module.create_sockets(arbiter.cfg, arbiter.log, listeners) \
-            if listeners else []
-        handoff.open_shared(shared or None)
-        for fd in fds[:2] + shared:
-            os.close(fd)
-        generations.adopt(message["generations"])
-        util._setproctitle("mold [%s] generation %s" % (arbiter.proc_name, generations.current))
+        settle(arbiter, json.loads(data), fds, generations)
         return generations.current, generations.release_of(generations.current)
     raise SystemExit("the master did not adopt the passed check within %ss" %
                      arbiter.settings.upgrade_timeout)
+
+
+def settle(arbiter, message, fds, generations):
+    """The master's generations (into `generations`, the arbiter's: the wanted one is this
+    mold's), its stdout and stderr (what this process and its workers print goes where the
+    master's output goes: the check's stderr was a file the old code read), the listeners
+    and the hand-off pair the workers inherit."""
+    os.dup2(fds[0], 1)
+    os.dup2(fds[1], 2)
+    listeners, shared = fds[2:2 + message["listeners"]], fds[2 + message["listeners"]:]
+    arbiter.LISTENERS = sock_module.create_sockets(arbiter.cfg, arbiter.log, listeners) \
+        if listeners else []
+    handoff.open_shared(shared or None)
+    for fd in fds[:2] + shared:
+        os.close(fd)
+    generations.adopt(message["generations"])
+    util._setproctitle("mold [%s] generation %s" % (arbiter.proc_name, generations.current))
 
 
 def load_failure(exc):
