@@ -203,9 +203,7 @@ def cell(value, form):
 
 
 def table(rows):
-    lines = ["| | " + " | ".join(r["variant"] for r in rows) + " |",
-             "|---|" + "---|" * len(rows)]
-    fields = [
+    return report.side_by_side(rows, [
         ("USR2 to the first answer of the new code, under load (s)",
          lambda r: "%.2f" % r["took"]),
         ("its import's wall time in that run (s)", lambda r: cell(r["import_wall"], "%.2f")),
@@ -222,23 +220,14 @@ def table(rows):
          lambda r: "-" if r["rollback"] is None else "%.3f" % r["rollback"][1]),
         ("... imports that cost", lambda r: "-" if r["rollback"] is None
          else str(r["rollback"][2])),
-    ]
-    for name, show in fields:
-        lines.append("| %s | %s |" % (name, " | ".join(show(r) for r in rows)))
-    return "\n".join(lines)
+    ])
 
 
 def main(out):
     began = time.monotonic()
-    rows = [measure(variant) for variant in VARIANTS]
-    text = table(rows)
-    print(text)
-    path = os.path.join(out, "inplace-mold.md")
-    with open(path, "w") as handle:
-        handle.write("Command: `python -m bench --in-place-mold`. Machine: %s. Took %.0f s. "
-                     "App: an import of 3 s (1 s of CPU building ~80 MB of objects, then "
-                     "waiting; the last column: 3 s of CPU); %d sync workers. stock: USR2, "
-                     "wait for the new workers, QUIT the old master.\n\n%s\n"
-                     % (report.machine(), time.monotonic() - began, WORKERS, text))
-    print("wrote", path)
-    return 0
+    text = table([measure(variant) for variant in VARIANTS])
+    return report.write_result(
+        out, "inplace-mold.md", "Command: `python -m bench --in-place-mold`. Machine: %s. Took "
+        "%.0f s. App: an import of 3 s (1 s of CPU building ~80 MB of objects, then waiting; "
+        "the last column: 3 s of CPU); %d sync workers. stock: USR2, wait for the new workers, "
+        "QUIT the old master." % (report.machine(), time.monotonic() - began, WORKERS), text)

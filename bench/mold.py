@@ -205,9 +205,7 @@ def measure(variant):
 
 
 def table(rows):
-    lines = ["| | " + " | ".join(r["variant"] for r in rows) + " |",
-             "|---|" + "---|" * len(rows)]
-    fields = [
+    return report.side_by_side(rows, [
         ("the whole service, PSS after 2,000 requests (MiB)", lambda r: "%.0f" % r["steady"]),
         ("per worker (PSS of all / workers, MiB)", lambda r: "%.1f" % r["per_worker"]),
         ("a SIGKILLed worker replaced and ready (s)", lambda r: "%.3f" % r["replace"]),
@@ -220,22 +218,13 @@ def table(rows):
         ("HUP under load: failed requests", lambda r: str(r["failed"])),
         ("HUP loads the new code", lambda r: "yes" if r["new_code"] else "no"),
         ("imports of the app in the run", lambda r: str(r["imports"])),
-    ]
-    for name, cell in fields:
-        lines.append("| %s | %s |" % (name, " | ".join(cell(r) for r in rows)))
-    return "\n".join(lines)
+    ])
 
 
 def main(out):
     began = time.monotonic()
-    rows = [measure(variant) for variant in VARIANTS]
-    text = table(rows)
-    print(text)
-    path = os.path.join(out, "mold.md")
-    with open(path, "w") as handle:
-        handle.write("Command: `python -m bench --mold`. Machine: %s. Took %.0f s. App: an "
-                     "import that builds ~80 MB of objects and takes 1 s of CPU; %d sync "
-                     "workers.\n\n%s\n" % (report.machine(), time.monotonic() - began,
-                                           WORKERS, text))
-    print("wrote", path)
-    return 0
+    text = table([measure(variant) for variant in VARIANTS])
+    return report.write_result(out, "mold.md", "Command: `python -m bench --mold`. Machine: "
+                               "%s. Took %.0f s. App: an import that builds ~80 MB of objects "
+                               "and takes 1 s of CPU; %d sync workers."
+                               % (report.machine(), time.monotonic() - began, WORKERS), text)

@@ -77,6 +77,26 @@ def table(rows, columns=COLUMNS):
     return "\n".join(lines)
 
 
+def side_by_side(rows, fields):
+    """A column per variant (`rows`, each with its "variant"), a line per (name, cell of a
+    row) in `fields`."""
+    lines = ["| | " + " | ".join(r["variant"] for r in rows) + " |",
+             "|---|" + "---|" * len(rows)]
+    for name, cell in fields:
+        lines.append("| %s | %s |" % (name, " | ".join(cell(r) for r in rows)))
+    return "\n".join(lines)
+
+
+def write_result(out, name, header, text):
+    """Print `text` and write it to out/`name` under `header` (a paragraph)."""
+    print(text)
+    path = os.path.join(out, name)
+    with open(path, "w") as handle:
+        handle.write("%s\n\n%s\n" % (header, text))
+    print("wrote", path)
+    return 0
+
+
 def throughput_table(comparisons):
     rows = []
     for c in comparisons:
