@@ -27,14 +27,13 @@ import time
 import requests
 
 from bench import report
-from bench.mold import READY_HOOK, ready, tree, tree_cpu
-from bench.scenarios import launch, manual_usr2, stop_server as stop, write_config
-from tests.harness import Load, Server, wait_for
+from bench.mold import READY_HOOK, launch_variant, ready, tree, tree_cpu
+from bench.scenarios import manual_usr2, stop_server as stop
+from tests.harness import Load, wait_for
 
 WORKERS = 4
 VARIANTS = ("stock", "pack_in_place", "pack_in_place_mold", "pack_new_master_mold",
             "pack_in_place_mold_cpu")  # the last: an import of 3 s of CPU, no waiting
-STOCK_SYNC, PACK_SYNC = "gunicorn.workers.sync.SyncWorker", "sync"
 
 APP = '''\
 import os
@@ -79,11 +78,7 @@ def start(variant):
         extra += "graceful_upgrade = 'in-place'\n"
     if "_mold" in variant:
         extra += "graceful_mold = True\n"
-    flavour = "pack" if variant.startswith("pack") else "stock"
-    server = Server(workdir, write_config(workdir, flavour, extra), app="slowapp:app",
-                    worker=PACK_SYNC if flavour == "pack" else STOCK_SYNC, workers=WORKERS)
-    return launch(server, lambda: wait_for(lambda: len(ready(server)) >= WORKERS, 60,
-                                           "%s: workers ready" % variant))
+    return launch_variant(workdir, variant, extra, "slowapp:app", WORKERS)
 
 
 def imports(server):

@@ -78,10 +78,16 @@ def start(variant):
         extra += PRELOAD_FREEZE
     if variant == "pack_mold":
         extra += "graceful_mold = True\n"
+    return launch_variant(workdir, variant, extra, "heavyapp:app")
+
+
+def launch_variant(workdir, variant, extra, app, workers=WORKERS):
+    """A server of `variant` (the pack's when its name says so, else stock) with `extra`
+    in its config, once `workers` sync workers logged ready."""
     flavour = "pack" if variant.startswith("pack") else "stock"
-    server = Server(workdir, write_config(workdir, flavour, extra), app="heavyapp:app",
-                    worker=PACK_SYNC if flavour == "pack" else STOCK_SYNC, workers=WORKERS)
-    return launch(server, lambda: wait_for(lambda: len(ready(server)) >= WORKERS, 60,
+    server = Server(workdir, write_config(workdir, flavour, extra), app=app,
+                    worker=PACK_SYNC if flavour == "pack" else STOCK_SYNC, workers=workers)
+    return launch(server, lambda: wait_for(lambda: len(ready(server)) >= workers, 60,
                                            "%s: workers ready" % variant))
 
 
