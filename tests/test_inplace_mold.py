@@ -29,7 +29,8 @@ def replace_one(server, generation):
 
 
 @pytest.mark.lines  # the check runs Gunicorn's start with Arbiter.run replaced
-def test_in_place_with_the_mold_imports_the_new_code_once(workdir, servers):
+def test_in_place_with_the_mold_imports_once_and_rolls_back_to_the_kept_mold(workdir,
+                                                                           servers):
     server = servers(workdir, workers=2, config_body=MOLD)
     write_app(workdir, "2")
     load, _, _ = upgrade_in_place(server, 0)
@@ -40,21 +41,18 @@ def test_in_place_with_the_mold_imports_the_new_code_once(workdir, servers):
     wait_for(lambda: molds_of(server) == {2: check}, 30, "the kept generation's mold to stop")
     replace_one(server, 2)  # forked by the check, which imported once
     assert server.count("event=mold.start") == 1, server.tail()  # generation 1's only
-
-
-def test_in_place_with_the_mold_a_rollback_forks_from_the_kept_mold(workdir, servers):
-    server = servers(workdir, workers=2, config_body=MOLD)
-    kept = molds_of(server)
-    write_app(workdir, "2", healthz=503)
+    # A release whose workers fail readiness: rolled back to generation 2, whose mold (the
+    # first check) crosses the exec and the exec back.
+    write_app(workdir, "3", healthz=503)
     load, _, err = upgrade_in_place(server, 3)
     assert load.failures() == [], load.summary()
-    assert "upgrade rolled back" in err and server.version() == "1"
-    check = int(server.wait_log(CHECKING).group(1))
-    server.wait_log("event=mold.exit pid=%s generation=2" % check)
-    assert molds_of(server) == kept  # the same process, across the exec and the exec back
-    write_app(workdir, "2b", healthz=503)  # on disk now: a worker importing it never serves
-    replace_one(server, 1)
-    assert server.version() == "1" and server.count("event=mold.start") == 1
+    assert "upgrade rolled back" in err and server.version() == "2"
+    failed = int(server.wait_log(CHECKING, count=2).group(1))
+    server.wait_log("event=mold.exit pid=%s generation=3" % failed)
+    assert molds_of(server) == {2: check}
+    write_app(workdir, "3b", healthz=503)  # on disk now: a worker importing it never serves
+    replace_one(server, 2)
+    assert server.version() == "2" and server.count("event=mold.start") == 1
 
 
 def test_in_place_with_the_mold_an_import_that_fails_or_is_killed_is_a_refusal(workdir,
