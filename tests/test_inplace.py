@@ -3,12 +3,14 @@
 import os
 import signal
 import socket
+import subprocess
 
 import pytest
+import requests
 
-from tests.harness import (Load, NotifySocket, cli, free_port, make_release, pid_in,
-                           point_link, process_alive, under_load, upgrade_command, wait_for,
-                           write_app, write_config)
+from tests.harness import (GUNICORN, ROOT, Load, NotifySocket, cli, control_socket_args,
+                           free_port, make_release, pid_in, point_link, process_alive,
+                           under_load, upgrade_command, wait_for, write_app, write_config)
 
 IN_PLACE = "graceful_readiness_path = '/healthz'\ngraceful_upgrade = 'in-place'\n"
 
@@ -301,3 +303,41 @@ def test_a_signal_sent_at_the_exec_is_never_lost(workdir, servers, name):
     server.wait_log(SENT_AT_EXEC[name].replace("%d", str(server.pid)), timeout=60)
     if name in ("TERM", "INT", "QUIT"):
         assert server.wait_exit(timeout=30) == 0
+
+
+@pytest.mark.parametrize("mold", [False, True], ids=["plain", "mold"])
+def test_a_daemonized_master_upgrades_in_place_and_keeps_its_pid(tmp_path, mold):
+    """daemon = True: the exec'd code ran Gunicorn's daemonize again, whose fork left the
+    master's PID behind (its exit took the service: the upgrade ended with no master); the
+    mold's check forked away from the master it must stay a child of. `relaunch` no longer
+    daemonizes. (Not the harness's Server: a daemon leaves its process group.)"""
+    workdir, port = str(tmp_path), free_port()
+    pidfile = os.path.join(workdir, "gunicorn.pid")
+    write_app(workdir, "1")
+    config = write_config(workdir, body=IN_PLACE + "daemon = True\nworkers = 1\n"
+                          "graceful_mold = %r\nbind = '127.0.0.1:%d'\npidfile = %r\n"
+                          "errorlog = %r\n" % (mold, port, pidfile,
+                                                os.path.join(workdir, "error.log")))
+    subprocess.run(GUNICORN + ["-c", config, "--chdir", workdir, "--pythonpath", ROOT,
+                               *control_socket_args(workdir), "testapp:app"],
+                   timeout=30, check=True)
+    master = wait_for(lambda: os.path.exists(pidfile) and pid_in(pidfile), 30, "the pidfile")
+    try:
+        wait_for(lambda: version_at(port) == "1", 30, "release 1 to answer")
+        write_app(workdir, "2")
+        done = cli("upgrade", "--pidfile", pidfile, timeout=90)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert pid_in(pidfile) == master and version_at(port) == "2"
+    finally:  # the daemon this test started (and, had it forked away, what the pidfile names)
+        started = {master} | ({pid_in(pidfile)} if os.path.exists(pidfile) else set())
+        for pid in started:
+            if process_alive(pid):
+                os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not any(process_alive(pid) for pid in started), 30, "the daemon to stop")
+
+
+def version_at(port):
+    try:
+        return requests.get("http://127.0.0.1:%d/" % port, timeout=5).json()["version"]
+    except (requests.RequestException, ValueError):
+        return None

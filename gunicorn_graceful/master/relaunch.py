@@ -10,6 +10,8 @@ first tick (a config that raises, a hook, a setting the pack refuses) has not
 touched the workers it was handed, so it execs the code it came from, which
 adopts them again (`handover.go_back`), instead of ending the master.
 
+With `daemon = True`, nothing here daemonizes again (`stay`).
+
 The in-place check runs here too: Gunicorn's --check-config at nice 10; with
 graceful_mold, Gunicorn's own start with `Arbiter.run` replaced
 (`GracefulArbiter.run_as_check`), so that the check becomes the new generation's
@@ -38,8 +40,17 @@ def run(command):
     return 0
 
 
+def stay(enable_stdio_inheritance=False):
+    """Replaces Gunicorn's `util.daemonize` in what `relaunch` runs: with `daemon = True`,
+    the exec'd code would fork away from the master's PID (the PID that keeps its workers
+    exits, the service with it), and the mold's check from the master it must stay a
+    child of. The exec'd code is the daemon already (the same process)."""
+
+
 def main():
+    from gunicorn import util
     from gunicorn_graceful.master import handover, inplace, mold_process, system
+    util.daemonize = stay
     if inplace.CHECK in sys.argv:  # the check must not take CPU from the serving workers
         os.nice(10)
     if mold_process.CHECK_ENV in os.environ:  # the check becomes the mold: not niced, as
