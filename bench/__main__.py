@@ -14,6 +14,11 @@ from bench import (asgi, fleet, inplace_mold, instructions, metrics_cost, mold, 
                    report, rolling, scenarios, throughput)
 
 
+# The benches that run alone (`--asgi` ... `--instructions`), by their flag's attribute.
+SEPARATE = {"asgi": asgi, "metrics": metrics_cost, "mold": mold, "fleet": fleet,
+            "refork": refork, "in_place_mold": inplace_mold, "instructions": instructions}
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true",
@@ -43,27 +48,10 @@ def main(argv=None):
                              "playbook (results/fleet.md; needs the [fleet] extra)")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = parser.parse_args(argv)
-    if args.asgi:
-        os.makedirs(args.out, exist_ok=True)
-        return asgi.main(args.out)
-    if args.metrics:
-        os.makedirs(args.out, exist_ok=True)
-        return metrics_cost.main(args.out)
-    if args.mold:
-        os.makedirs(args.out, exist_ok=True)
-        return mold.main(args.out)
-    if args.fleet:
-        os.makedirs(args.out, exist_ok=True)
-        return fleet.main(args.out)
-    if args.refork:
-        os.makedirs(args.out, exist_ok=True)
-        return refork.main(args.out)
-    if args.in_place_mold:
-        os.makedirs(args.out, exist_ok=True)
-        return inplace_mold.main(args.out)
-    if args.instructions:
-        os.makedirs(args.out, exist_ok=True)
-        return instructions.main(args.out)
+    for flag, bench in SEPARATE.items():  # each its own run and its own results file
+        if getattr(args, flag):
+            os.makedirs(args.out, exist_ok=True)
+            return bench.main(args.out)
     names = {s.name for s in scenarios.SCENARIOS}
     only = set(args.only.split(",")) if args.only else None
     if only and not only <= names:
