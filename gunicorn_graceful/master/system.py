@@ -59,23 +59,23 @@ class System:
     def run_check(self, executable, args, cwd, environ, errors, mold=False):
         """The in-place check's child: a Popen, stderr to the file `errors`. With `mold`,
         one that becomes the new generation's mold once it passed (`mold_process.run_check`):
-        its `mold` is the master's end of their socket."""
-        if not mold:
-            return subprocess.Popen(args, executable=executable, cwd=cwd, env=environ,
-                                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=errors, close_fds=True)
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        its `mold` is the master's end of their socket (else None)."""
+        ours = theirs = None
+        if mold:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            environ = dict(environ, **{mold_process.CHECK_ENV: str(theirs.fileno())})
         try:
-            check = subprocess.Popen(
-                args, executable=executable, cwd=cwd,
-                env=dict(environ, **{mold_process.CHECK_ENV: str(theirs.fileno())}),
-                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=errors,
-                close_fds=True, pass_fds=[theirs.fileno()])
+            check = subprocess.Popen(args, executable=executable, cwd=cwd, env=environ,
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=errors, close_fds=True,
+                                     pass_fds=[theirs.fileno()] if theirs else ())
         except OSError:
-            ours.close()
+            if ours is not None:
+                ours.close()
             raise
         finally:
-            theirs.close()
+            if theirs is not None:
+                theirs.close()
         check.mold = ours
         return check
 
