@@ -126,9 +126,21 @@ class Owed:
         self.pending.pop(path, None)
         self.system.remove_file(self.log, path)
 
+    def remove_pidfile(self, path):
+        """A pidfile this master no longer keeps (a HUP moved it, a trial's `.2` once
+        promoted), and the status file beside it: left, it would go on describing this
+        master's workers as they were."""
+        self.remove(path)
+        self.system.remove_file(self.log, status_path(path))
+
     def retry(self):
         for path, text in list(self.pending.items()):
             self.write(path, text)
+
+
+def status_path(pidfile_path):
+    """The status file beside a pidfile (`status.StatusFile`)."""
+    return pidfile_path + ".status"
 
 
 class MasterPidfile(Pidfile):

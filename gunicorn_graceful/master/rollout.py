@@ -145,7 +145,7 @@ class Rollouts:
         self.generations.forget_before(rollout.generation)
         binds.close_unused(rollout.previous_listeners, keep=arbiter.LISTENERS)
         if arbiter.pidfile is not rollout.previous_pidfile and rollout.previous_pidfile:
-            remove_pidfile(arbiter, rollout.previous_pidfile)
+            arbiter.files.remove_pidfile(rollout.previous_pidfile.fname)
 
     def roll_back(self, failure):
         """A worker of the new generation failed: restore what the previous one runs with;
@@ -171,21 +171,14 @@ class Rollouts:
         rollout = self.current
         if rollout and rollout.previous_pidfile \
                 and rollout.previous_pidfile is not self.arbiter.pidfile:
-            remove_pidfile(self.arbiter, rollout.previous_pidfile)
+            self.arbiter.files.remove_pidfile(rollout.previous_pidfile.fname)
 
     def drop_files(self, rollout, keep=()):
         """Close the listeners and remove the pidfile a rollout opened in place of the kept ones."""
         arbiter = self.arbiter
         binds.close_unused(arbiter.LISTENERS, keep=list(rollout.previous_listeners) + list(keep))
         if arbiter.pidfile is not rollout.previous_pidfile and arbiter.pidfile is not None:
-            remove_pidfile(arbiter, arbiter.pidfile)
-
-
-def remove_pidfile(arbiter, pidfile):
-    """A pidfile a HUP moved away from, and the status file beside it: left, it would go on
-    describing this master's workers as they were when it moved."""
-    arbiter.files.remove(pidfile.fname)
-    arbiter.system.remove_file(arbiter.log, pidfile.fname + ".status")
+            arbiter.files.remove_pidfile(arbiter.pidfile.fname)
 
 
 def new_pidfile(arbiter, path):

@@ -17,6 +17,7 @@ import json
 import os
 
 from gunicorn_graceful import proc, state
+from gunicorn_graceful.master import files
 from gunicorn_graceful.master.phase import Phase
 
 
@@ -32,7 +33,7 @@ class StatusFile:
 
     def path(self):
         pidfile = self.arbiter.pidfile
-        return pidfile.fname + ".status" if pidfile is not None else None
+        return files.status_path(pidfile.fname) if pidfile is not None else None
 
     def snapshot(self):
         arbiter = self.arbiter

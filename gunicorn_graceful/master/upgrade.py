@@ -261,8 +261,7 @@ class Upgrades:
         (and a stale one naming a pid that is alive again would stop the next new master)."""
         pidfile = self.arbiter.cfg.pidfile
         if pidfile is not None:
-            self.system.remove_file(self.arbiter.log, pidfile + ".2.status")
-            self.arbiter.files.remove(pidfile + ".2")
+            self.arbiter.files.remove_pidfile(pidfile + ".2")
 
     def record(self, upgrade, state_name, reason="", in_place=False):
         """The outcome `gunicorn-graceful upgrade` follows in the status file (`upgrade`: an
@@ -348,8 +347,7 @@ class Upgrades:
         self.ack_fd = None
         emit(arbiter.log, "info", "upgrade.promoted", pid=arbiter.pid, old_master=old_master)
         if trial_pidfile is not None:
-            arbiter.system.remove_file(arbiter.log, trial_pidfile.fname + ".status")
-            arbiter.files.remove(trial_pidfile.fname)
+            arbiter.files.remove_pidfile(trial_pidfile.fname)
         return upgrade_report.totals(self.heard)
 
     def send_totals(self, metrics):
