@@ -198,13 +198,19 @@ def test_a_metrics_address_in_use_stops_the_start_with_one_line(workdir, servers
         taken.close()
 
 
-def test_a_request_a_wsgi_drain_cuts_is_counted(workdir, servers):
+@pytest.mark.parametrize("worker", ["sync", "gunicorn_graceful.workers.GracefulUvicornWorker"])
+def test_a_request_a_drain_cuts_is_counted(workdir, servers, worker):
     """The sync worker ends itself at its drain's deadline, naming and counting what it cuts
     (before, the master's SIGKILL came first and gunicorn_drain_cut_requests_total stayed
-    at 0 for the WSGI workers)."""
+    at 0 for the WSGI workers). An asyncio worker counts what its cut ended (before, it
+    counted what was left after the cut: always 0)."""
     port = free_port()
-    server = metrics_server(servers, workdir, port, "graceful_timeout = 2\n", worker="sync",
-                            workers=1)
+    body, options = "graceful_timeout = 2\n", dict(worker=worker, workers=1)
+    if worker != "sync":
+        write_asgi_app(workdir, "1")
+        body += 'graceful_readiness_path = "/ready"\n'
+        options.update(app="asgiapp:app")
+    server = metrics_server(servers, workdir, port, body, **options)
     slow = threading.Thread(target=lambda: _ignore(server.url + "/slow?seconds=10"),
                             daemon=True)
     slow.start()

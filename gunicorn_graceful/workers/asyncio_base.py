@@ -279,7 +279,9 @@ class AsyncGracefulMixin(GracefulMixin):
         self.guard.close_websockets(code, _CLOSE_REASONS[self.draining.reason])
 
     async def cut(self):
-        """The deadline for connections: end every call still running (each was reported)."""
+        """The deadline for connections: end every call still running, each named first
+        (the reporter's thread may be late: its lines must not depend on it)."""
+        self.drain.cut()
         calls = self.inflight.snapshot()
         for call in calls:
             call.cut = True

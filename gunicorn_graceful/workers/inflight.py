@@ -231,6 +231,10 @@ class DrainReporter:
     `drain.cut` per request and connection still held, which is what the cut
     ends (`at_deadline`: the worker ends itself there). `finish()` ends it with
     one closing line.
+
+    A worker that cuts on its own clock (the asyncio classes) calls `cut()` before it
+    ends a call: the lines are then written from what was in flight, whichever of the
+    two threads reaches the deadline first, and only once.
     """
 
     def __init__(self, log, registry, pid, interval, warn_before, idle=lambda: 0,
@@ -241,8 +245,9 @@ class DrainReporter:
         self.extra = extra  # more fields for the start and progress lines (ASGI: by kind)
         self.held = held  # (stage, peer) of each connection held that is not a request yet
         self.at_deadline = at_deadline  # called once the deadline's cut is logged (the end)
-        self.started = self.deadline = None
+        self.started = self.deadline = self.cut_requests = None
         self.queued = self._served_before = 0
+        self._cut_lock = threading.Lock()
         self._begun = threading.Event()
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._run, name="graceful-drain", daemon=True)
@@ -279,9 +284,9 @@ class DrainReporter:
         while not self._done.is_set():
             now = time.monotonic()
             left = self.deadline - now
-            requests = self.registry.snapshot()
             if left <= 0:
-                return self._cut(requests)
+                return self.cut()
+            requests = self.registry.snapshot()
             warned = self._report(now, left, requests, warned)
             wait = self.interval
             if not warned and left > self.warn_before:
@@ -307,8 +312,14 @@ class DrainReporter:
             return True
         return warned
 
-    def _cut(self, requests):
-        """The deadline: one line for each request and connection it cuts, then the end."""
+    def cut(self):
+        """The deadline: one line for each request and connection it cuts, then the end.
+        Once, from either thread: the one that comes second finds it done."""
+        with self._cut_lock:
+            if self.cut_requests is not None:
+                return
+            requests = self.registry.snapshot()
+            self.cut_requests = len(requests)
         log_requests(self.log, "warning", "drain.cut", requests, self.pid)
         held = self.held()
         for stage, peer in held:
@@ -321,8 +332,8 @@ class DrainReporter:
             self.at_deadline()
 
     def finish(self):
-        """Stop reporting and log the line that closes the drain; (its duration, what it
-        left in flight), or None if none began."""
+        """Stop reporting and log the line that closes the drain; (its duration, what its
+        deadline cut or else what it left in flight), or None if none began."""
         self._done.set()
         if not self._begun.is_set():
             return None
@@ -330,4 +341,4 @@ class DrainReporter:
         duration, left = time.monotonic() - self.started, len(self.registry)
         emit(self.log, "info", "drain.done", pid=self.pid, duration=duration,
              served=self.registry.finished - self._served_before, in_flight=left)
-        return duration, left
+        return duration, left if self.cut_requests is None else self.cut_requests
