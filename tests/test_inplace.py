@@ -114,12 +114,16 @@ SLOW_CHECK = "import sys\nif '--check-config' in sys.argv:\n    time.sleep(2)\n"
 
 
 def begin_slow_upgrade(server, workdir, seconds=3):
-    """`gunicorn-graceful upgrade` to a release whose workers take `seconds` to import; the
-    command, once the exec'd code boots its generation (the old workers still serving)."""
+    """`gunicorn-graceful upgrade` to a release whose workers take `seconds` to import; once
+    the exec'd code forked its generation (the old workers still serving): (the command,
+    the new workers). `upgrade.booting` is written before the forks."""
+    old_workers = server.children()
     write_app(workdir, "2", before=SLOW_WORKERS % seconds)
     command = upgrade_command(server)
     server.wait_log("event=upgrade.booting pid=%s generation=2" % server.pid)
-    return command
+    new_workers = wait_for(lambda: [p for p in server.children() if p not in old_workers], 10,
+                           lambda: "the new generation's workers:\n" + server.tail())
+    return command, new_workers
 
 
 def test_a_new_release_that_fails_at_start_after_the_exec_goes_back(tmp_path, servers):
@@ -197,8 +201,7 @@ def test_a_worker_sigkilled_during_the_upgrade(workdir, servers, generation):
     the new generation failing: rolled back, the old workers serve on."""
     server = servers(workdir, workers=2, config_body=IN_PLACE)
     old_workers = server.children()
-    command = begin_slow_upgrade(server, workdir)
-    new_workers = [p for p in server.children() if p not in old_workers]
+    command, new_workers = begin_slow_upgrade(server, workdir)
     victim = old_workers[0] if generation == "old" else new_workers[0]
     os.kill(victim, signal.SIGKILL)
     out, err = command.communicate(timeout=90)
@@ -220,7 +223,7 @@ def test_term_during_an_upgrade_stops_everything_gracefully(workdir, servers, wh
         server.signal(signal.SIGUSR2)
         checking = int(server.wait_log(r"event=upgrade.in_place .* checking=(\d+)").group(1))
     else:
-        command = begin_slow_upgrade(server, workdir, seconds=30)
+        command, _ = begin_slow_upgrade(server, workdir, seconds=30)
     workers = server.children()
     server.signal(signal.SIGTERM)
     assert server.wait_exit(timeout=30) == 0
