@@ -203,7 +203,7 @@ class Progress:
 
     def __init__(self, json_out=False):
         self.said = set()
-        self.new_master = None
+        self.new_master = self.in_place = None
         self.stream = sys.stderr if json_out else sys.stdout
 
     def say(self, text):
@@ -265,8 +265,9 @@ def upgrade_step(pidfile, old, seq, progress):
     new = progress.new_master
     if not new:
         if not alive(old):
-            raise Outcome(4, "failed", "upgrade failed: master %s exited before starting one"
-                          % old, master=old, seq=seq)
+            raise Outcome(4, "failed", "upgrade failed: master %s exited %s" % (
+                old, "during the in-place upgrade" if progress.in_place else
+                "before starting one"), master=old, seq=seq, reason="master exited")
         return old, seq
     progress.say("new master %s booting" % new)
     snapshot = read_status(pidfile, new)[0] or {}
@@ -285,12 +286,16 @@ def upgrade_step(pidfile, old, seq, progress):
 def in_place_step(snapshot, record, progress):
     """One look at an in-place upgrade (graceful_upgrade = "in-place"): the master keeps its
     PID, so its own status file says how far it is."""
-    master = record["new_master"]
+    master = progress.in_place = record["new_master"]
     progress.say("upgrading in place: master %s" % master)
     if record["state"] != "done" and not alive(master):  # its status file stays behind
         raise Outcome(4, "failed", "upgrade failed: master %s exited during the in-place "
                       "upgrade" % master, master=master, seq=record["seq"],
                       reason="master exited")
+    if record["state"] != "done" and snapshot.get("phase") == "stopping":
+        raise Outcome(4, "failed", "upgrade failed: master %s is stopping: the in-place "
+                      "upgrade was abandoned" % master, master=master, seq=record["seq"],
+                      reason="master stopping")
     if record["state"] == "done":
         raise Outcome(0, "done", "done: master %s, generation %s serving" % (
             master, snapshot.get("generation")), master=master, seq=record["seq"],

@@ -231,7 +231,10 @@ def test_term_during_an_upgrade_stops_everything_gracefully(workdir, servers, wh
         wait_for(lambda: not process_alive(pid), 10, "process %s to exit" % pid)
     assert not os.path.exists(server.pidfile)
     if when == "generation":
-        command.communicate(timeout=30)
+        out, err = command.communicate(timeout=30)
+        assert command.returncode == 4, out + err
+        assert "is stopping: the in-place upgrade was abandoned" in err \
+            or "exited during the in-place upgrade" in err, err
 
 
 def test_metrics_count_on_across_an_upgrade_and_a_rollback(workdir, servers):
