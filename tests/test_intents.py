@@ -3,7 +3,10 @@ USR2 that arrives while the master cannot start it now waits and runs (`intents`
 
 import json
 import os
+import re
+import select
 import signal
+import time
 
 import pytest
 
@@ -20,6 +23,48 @@ def outcome(command, code):
     out, err = command.communicate(timeout=90)
     assert command.returncode == code, out + err
     return json.loads(out)
+
+
+# A release's import waits at a gate the test opens once the request made meanwhile was
+# heard: with an import of a fixed 2 s, a loaded machine could finish the first deploy
+# before the second command's signal arrived. Each importer first notes its pid.
+GATED = (
+    "_here = os.path.dirname(os.path.abspath(__file__))\n"
+    "with open(os.path.join(_here, 'gated.log'), 'a') as _log:\n"
+    "    _log.write('%d\\n' % os.getpid())\n"
+    "_deadline = time.monotonic() + 30\n"
+    "while not os.path.exists(os.path.join(_here, 'gate-open')) \\\n"
+    "        and time.monotonic() < _deadline:\n"
+    "    time.sleep(0.05)\n")
+
+
+def gated(server):
+    """The pids that reached the gate (`GATED`)."""
+    try:
+        with open(os.path.join(server.workdir, "gated.log")) as handle:
+            return handle.read().split()
+    except FileNotFoundError:
+        return []
+
+
+def wait_said(command, text, timeout=30):
+    """Wait until a background command printed `text` on stderr (--json's progress lines);
+    read from the pipe itself, before `communicate()` reads the rest."""
+    said, deadline, pipe = b"", time.monotonic() + timeout, command.stderr.fileno()
+    while text.encode() not in said:
+        left = deadline - time.monotonic()
+        assert left > 0, "timed out waiting for %r; the command said %r" % (text, said)
+        if select.select([pipe], [], [], left)[0]:
+            chunk = os.read(pipe, 4096)
+            assert chunk, "the command ended without saying %r: %r" % (text, said)
+            said += chunk
+
+
+def open_gate(server, heard):
+    """The gated imports go on, once the master logged `heard` (the request made meanwhile)."""
+    server.wait_log(heard)
+    with open(os.path.join(server.workdir, "gate-open"), "w"):
+        pass
 
 
 @pytest.mark.lines
@@ -93,25 +138,30 @@ def test_two_reloads_at_once_both_end_with_the_code_on_disk_serving(workdir, ser
 
 
 def test_a_hup_right_after_start_waits_for_the_first_generation_and_runs(workdir, servers):
-    write_app(workdir, "1", before=SLOW % 2)
+    write_app(workdir, "1", before=GATED)
     server = servers(workdir, workers=2, config_body=READINESS, serve=False)
     server.wait_log(r"event=worker\.booting pid=\d+ ppid=\d+ generation=1")
     write_app(workdir, "2")
     for _ in range(5):  # a deploy tool that retries at once: one reload
         server.signal(signal.SIGHUP)
-    done = outcome(reload_command(server, 60, "--json"), 0)
+    reload = reload_command(server, 60, "--json")
+    wait_said(reload, "reload deferred: the first generation is still booting")
+    open_gate(server, "event=reload.deferred")
+    done = outcome(reload, 0)
     assert done["generation"] == 2 and server.version() == "2"
     assert server.count(r"event=reload\.deferred pid=%s seq=\d+ first_seq=1 reason=\"the first "
                         r"generation is still booting\"" % server.pid) >= 2
     assert server.count(r"event=reload\.start") == 1
 
 
-def while_release_2_boots(server, start, started):
-    """Release 2 imports for 2 s: `start()` (a reload or upgrade command) deploys it, and
-    once `started` is logged, release 3 is on disk for the request made meanwhile."""
-    write_app(server.workdir, "2", before=SLOW % 2)
+def while_release_2_boots(server, start, started, importers=2):
+    """`start()` (a reload or upgrade command) deploys release 2, whose import waits at the
+    gate (`open_gate`); once `started` is logged and its `importers` wait there, release 3
+    is on disk for the request made meanwhile."""
+    write_app(server.workdir, "2", before=GATED)
     command = start()
     server.wait_log(started)
+    wait_for(lambda: len(gated(server)) >= importers, 30, "release 2's importers at the gate")
     write_app(server.workdir, "3")
     return command
 
@@ -121,6 +171,7 @@ def test_a_hup_during_a_hup_ends_with_the_latest_code_serving(workdir, servers):
     first = while_release_2_boots(server, lambda: reload_command(server, 60, "--json"),
                                   r"event=reload\.start generation=2")
     second = reload_command(server, 60, "--json")
+    open_gate(server, r"event=reload\.start generation=3")
     done = [outcome(first, 0), outcome(second, 0)]
     assert [d["generation"] for d in done] == [3, 3], done
     assert server.version() == "3"
@@ -131,7 +182,9 @@ def test_a_hup_during_a_usr2_is_handed_to_the_new_master_and_runs_there(workdir,
     upgrade = while_release_2_boots(server, lambda: upgrade_command(server, 60),
                                     r"event=upgrade\.start")
     with under_load(server.url, threads=4) as load:
-        done = outcome(reload_command(server, 60, "--json"), 0)
+        reload = reload_command(server, 60, "--json")
+        open_gate(server, "event=reload.deferred pid=%s" % server.pid)
+        done = outcome(reload, 0)
     out, err = upgrade.communicate(timeout=90)
     assert upgrade.returncode == 0, out + err
     assert load.failures() == [], load.summary()
@@ -163,11 +216,12 @@ def test_a_usr2_during_a_hup_waits_and_then_upgrades(workdir, servers):
     server = servers(workdir, workers=2, config_body=READINESS)
     reload = while_release_2_boots(server, lambda: reload_command(server, 60, "--json"),
                                    r"event=reload\.start generation=2")
-    done = outcome(upgrade_command(server, 60, "upgrade", "--json"), 0)
+    upgrade = upgrade_command(server, 60, "upgrade", "--json")
+    open_gate(server, re.escape("event=upgrade.deferred pid=%s seq=1 first_seq=1 reason=\"a "
+                                "HUP reload is in progress (generation 2)\"" % server.pid))
+    done = outcome(upgrade, 0)
     assert outcome(reload, 0)["generation"] == 2
     assert done["result"] == "promoted" and server.version() == "3"
-    assert "event=upgrade.deferred pid=%s seq=1 first_seq=1 reason=\"a HUP reload is in " \
-        "progress (generation 2)\"" % server.pid in server.log()
 
 
 def server_status(server):
