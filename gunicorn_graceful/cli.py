@@ -257,6 +257,9 @@ def upgrade_step(pidfile, old, seq, progress):
         raise Outcome(code, record["state"], "upgrade %s: %s" % (
             record["state"].replace("_", " "), record["reason"]), master=old, seq=seq,
             new_master=record.get("new_master"), reason=record["reason"])
+    if covers(record, seq) and record["state"] == "interrupted":
+        raise Outcome(4, "interrupted", "upgrade interrupted: %s" % record["reason"],
+                      master=old, seq=seq, reason=record["reason"])
     if covers(record, seq) and record.get("in_place"):
         in_place_step(snapshot, record, progress)
         return old, seq
@@ -292,10 +295,6 @@ def in_place_step(snapshot, record, progress):
         raise Outcome(4, "failed", "upgrade failed: master %s exited during the in-place "
                       "upgrade" % master, master=master, seq=record["seq"],
                       reason="master exited")
-    if record["state"] != "done" and snapshot.get("phase") == "stopping":
-        raise Outcome(4, "failed", "upgrade failed: master %s is stopping: the in-place "
-                      "upgrade was abandoned" % master, master=master, seq=record["seq"],
-                      reason="master stopping")
     if record["state"] == "done":
         raise Outcome(0, "done", "done: master %s, generation %s serving" % (
             master, snapshot.get("generation")), master=master, seq=record["seq"],

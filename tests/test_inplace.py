@@ -233,8 +233,12 @@ def test_term_during_an_upgrade_stops_everything_gracefully(workdir, servers, wh
     if when == "generation":
         out, err = command.communicate(timeout=30)
         assert command.returncode == 4, out + err
-        assert "is stopping: the in-place upgrade was abandoned" in err \
-            or "exited during the in-place upgrade" in err, err
+        # The status file says why until the stop ends; a command that looks later sees the
+        # master gone.
+        assert "upgrade interrupted: master %s stopped during the in-place upgrade (step " \
+            "booting)" % server.pid in err or "exited during the in-place upgrade" in err, err
+    assert server.count(r"\[WARNING\] event=upgrade\.interrupted pid=%s seq=1 step=%s " % (
+        server.pid, "checking" if when == "check" else "booting")) == 1
 
 
 def test_metrics_count_on_across_an_upgrade_and_a_rollback(workdir, servers):

@@ -285,9 +285,16 @@ class InPlace:
         return outcome, reason
 
     def abandon(self):
-        """The master stops during an upgrade: the checking child goes with it."""
-        if self.current is not None:
-            self.end_check()
+        """The master stops during an upgrade: the checking child goes with it; one line and
+        the record say the upgrade was cut short (`gunicorn-graceful upgrade` exits 4)."""
+        trial = self.current
+        if trial is None:
+            return
+        self.end_check()
+        emit(self.arbiter.log, "warning", "upgrade.interrupted", pid=self.arbiter.pid,
+             seq=trial.seq, step=trial.step.value, after=clock.monotonic() - trial.started)
+        self.finish("interrupted", "master %s stopped during the in-place upgrade (step %s)"
+                    % (self.arbiter.pid, trial.step.value))
 
     def end_check(self):
         """The check will not be exec'd to (`core`: refused, the master stops, or the new code
