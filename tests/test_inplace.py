@@ -241,6 +241,29 @@ def test_term_during_an_upgrade_stops_everything_gracefully(workdir, servers, wh
         server.pid, "checking" if when == "check" else "booting")) == 1
 
 
+def test_an_upgrade_to_a_config_with_another_pidfile_leaves_only_that_one(workdir, servers):
+    """Before, the pidfile the old code kept stayed beside the new one, with its status file,
+    and named a dead master after the stop (found by the simulation)."""
+    server = servers(workdir, workers=2, serve=None, config_body=IN_PLACE)
+    at = server.args.index("--pid")  # the pidfile comes from the config, which USR2 reloads
+    del server.args[at:at + 2]
+    config = server.args[server.args.index("-c") + 1]
+    moved = os.path.join(workdir, "moved.pid")
+    with open(config, "a") as handle:
+        handle.write("pidfile = %r\n" % server.pidfile)
+    server.start().wait_log("event=master.serving")
+    with open(config, "a") as handle:
+        handle.write("pidfile = %r\n" % moved)
+    write_app(workdir, "2")
+    server.signal(signal.SIGUSR2)
+    server.wait_log("event=upgrade.done pid=%s" % server.pid, timeout=60)
+    assert pid_in(moved) == server.pid and os.path.exists(moved + ".status")
+    assert not os.path.exists(server.pidfile) and not os.path.exists(server.pidfile + ".status")
+    server.signal(signal.SIGTERM)
+    assert server.wait_exit(timeout=30) == 0
+    assert not os.path.exists(moved) and not os.path.exists(moved + ".status")
+
+
 def test_metrics_count_on_across_an_upgrade_and_a_rollback(workdir, servers):
     from tests.test_metrics import Scraper, counts_end_at_what_the_load_saw, scrape, value
     port = free_port()

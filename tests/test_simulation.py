@@ -15,6 +15,7 @@ import shutil
 import signal
 import tempfile
 
+import pytest
 from hypothesis import HealthCheck, Phase as Phase_, settings as hsettings, strategies as st
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, precondition,
                                  rule, run_state_machine_as_test)
@@ -251,14 +252,16 @@ class MasterMachine(RuleBasedStateMachine):
 
     @precondition(running)
     @rule(code=st.sampled_from(["good"] * 3 + ["broken", "slow"]),
-          bind=st.sampled_from(["same"] * 3 + ["added", "moved", "taken"]))
-    def usr2(self, code="good", bind="same"):
+          bind=st.sampled_from(["same"] * 3 + ["added", "moved", "taken"]),
+          pidfile=st.sampled_from(["same"] * 3 + list(PIDFILES)))
+    def usr2(self, code="good", bind="same", pidfile="same"):
         """USR2 after a deploy put `code` on disk (what workers forked from now import), and a
-        config whose `bind` an in-place upgrade's next code loads."""
+        config whose `bind` and `pidfile` an in-place upgrade's next code loads."""
         self.master.world.code = code
-        self.master.world.disk_cfg = make_config(self.master.arbiter.cfg.workers,
-                                                 bind=BINDS[bind],
-                                                 pidfile=self.master.arbiter.cfg.pidfile)
+        self.master.world.disk_cfg = make_config(
+            self.master.arbiter.cfg.workers, bind=BINDS[bind],
+            pidfile=self.master.arbiter.cfg.pidfile if pidfile == "same"
+            else PIDFILES[pidfile] and os.path.join(self.directory, PIDFILES[pidfile]))
         self.master.held()
         self.master.arbiter.handle_usr2()
         self.step()
@@ -538,6 +541,23 @@ class MasterMachine(RuleBasedStateMachine):
         listed = {w["pid"] for w in said["workers"]}
         assert listed <= set(self.master.arbiter.WORKERS), \
             (sorted(listed), sorted(self.master.arbiter.WORKERS))
+
+    @invariant()
+    def a_serving_master_leaves_no_other_pidfile_behind(self):
+        """Once nothing is in progress, the only pidfile and status file are the master's
+        own: those a HUP or an in-place upgrade moved from went (left, they would name a
+        dead master after the stop)."""
+        master = self.master
+        if master is None or master.stopped or master.world.files_fail \
+                or master.phase() is not Phase.SERVING or master.arbiter.rollouts.current \
+                or master.arbiter.inplace.current:
+            return
+        pidfile = master.arbiter.pidfile
+        ours = {os.path.basename(pidfile.fname), os.path.basename(pidfile.fname) + ".status"} \
+            if pidfile is not None else set()
+        left = {name for name in os.listdir(self.directory) if name.endswith((".pid", ".status"))
+                and os.path.join(self.directory, name) not in master.world.refused}
+        assert left <= ours, (sorted(left), sorted(ours))
 
     @invariant()
     def at_most_one_mold_per_generation(self):
@@ -1039,6 +1059,20 @@ def test_in_place_term_while_the_new_generation_boots_stops_the_service_once():
                     ("every_booting_worker_finishes", {}), ("time_passes", {"seconds": 31.0}))
     assert master.stopped == "stop" and master.world.execs == [("new", "")]
     assert len([m for m in master.arbiter.notifier.messages if "STOPPING" in m]) == 1
+
+
+@pytest.mark.parametrize("end", ["done", "rolled_back", "interrupted"])
+def test_in_place_to_a_config_with_another_pidfile_leaves_only_the_current_one(end):
+    """Found by random sequences: the pidfile the code before the exec kept stayed, with its
+    status file, when the next code's config named another (after the stop, naming a dead
+    master). The invariants judge the files after each step."""
+    steps = [("usr2", {"code": "broken" if end == "rolled_back" else "good",
+                       "pidfile": "moved"}),
+             ("the_in_place_check_ends", {"outcome": "passes"})]
+    steps += [("time_passes", {"seconds": 0.5}), ("operator_term", {})] \
+        if end == "interrupted" else boot_all() + [("time_passes", {"seconds": 0.5})] * 2
+    master = replay({"workers": 2, "in_place": True}, *steps)
+    assert master.arbiter.upgrades.last["state"] == end, master.arbiter.upgrades.last
 
 
 def test_in_place_a_new_worker_killed_while_booting_rolls_back_and_the_old_serve():

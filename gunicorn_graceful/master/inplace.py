@@ -360,7 +360,13 @@ class InPlace:
                 "notify": self.notify_address, "upgrade_refused": self.upgrades.last_refusal,
                 "molds": self.molds.export() if self.molds is not None else [],
                 "check": self.passed_check() if direction == "new" else None,
-                "outcome": trial.outcome}
+                "outcome": trial.outcome, "pidfile": self.pidfile_path()}
+
+    def pidfile_path(self):
+        """Where this code's pidfile is (each config names its own): absolute, since the next
+        code may run in another directory."""
+        pidfile = self.arbiter.pidfile
+        return os.path.abspath(pidfile.fname) if pidfile is not None else None
 
     def passed_check(self):
         """With graceful_mold, the check the next code adopts as its generation's mold: what
@@ -511,8 +517,17 @@ class InPlace:
         # generation serve on others, and those stay held.
         self.kept = [] if state_name == "done" else self.held()
         self.record(state_name, reason)
+        self.drop_handed_pidfile()
         self.current = None
         self.handed = None
+
+    def drop_handed_pidfile(self):
+        """The upgrade ended in this code: the pidfile the code before it kept, when this
+        code's config names another, goes with its status file (as a HUP's moved one does).
+        Gunicorn removes only its own at exit: left, it would name a dead master."""
+        path = (self.handed or {}).get("pidfile")
+        if path and path != self.pidfile_path():
+            self.arbiter.files.remove_pidfile(path)
 
     def first_tick_due(self):
         return self.current is not None and self.current.step is Step.EXECUTED
