@@ -465,18 +465,12 @@ def test_max_booting_zero_boots_every_missing_worker_at_once(workdir, servers):
 def test_rollback_restores_listeners_pidfile_and_environment(workdir, servers):
     server = servers(workdir, workers=1, serve=None,
                      config_body=READINESS + "raw_env = ['STAGE=one']\n")
-    # Address and pidfile come from the config file here, so that a HUP can change them.
-    for flag in ("-b", "--pid"):
-        at = server.args.index(flag)
-        del server.args[at:at + 2]
-    config = server.args[server.args.index("-c") + 1]
-    other_pid = os.path.join(workdir, "other.pid")
-    with open(config, "a") as handle:
-        handle.write("bind = ['127.0.0.1:0']\npidfile = %r\n" % server.pidfile)
+    server.settings_in_config(bind=["127.0.0.1:0"], pidfile=server.pidfile)
     server.start().wait_log("event=master.serving")
-    with open(config, "a") as handle:  # one more listener: a new address
-        handle.write("bind = ['127.0.0.1:0', '127.0.0.1:0']\npidfile = %r\n"
-                     "raw_env = ['STAGE=two', 'EXTRA=1']\n" % other_pid)
+    other_pid = os.path.join(workdir, "other.pid")
+    # The HUP's config: one more listener (a new address), another pidfile and environment.
+    server.set_in_config(bind=["127.0.0.1:0", "127.0.0.1:0"], pidfile=other_pid,
+                         raw_env=["STAGE=two", "EXTRA=1"])
     write_app(workdir, "2", **BROKEN)
     server.signal(signal.SIGHUP)
     server.wait_log(r"event=reload\.rollback generation=2")

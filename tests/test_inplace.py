@@ -245,15 +245,10 @@ def test_an_upgrade_to_a_config_with_another_pidfile_leaves_only_that_one(workdi
     """Before, the pidfile the old code kept stayed beside the new one, with its status file,
     and named a dead master after the stop (found by the simulation)."""
     server = servers(workdir, workers=2, serve=None, config_body=IN_PLACE)
-    at = server.args.index("--pid")  # the pidfile comes from the config, which USR2 reloads
-    del server.args[at:at + 2]
-    config = server.args[server.args.index("-c") + 1]
-    moved = os.path.join(workdir, "moved.pid")
-    with open(config, "a") as handle:
-        handle.write("pidfile = %r\n" % server.pidfile)
+    server.settings_in_config(pidfile=server.pidfile)
     server.start().wait_log("event=master.serving")
-    with open(config, "a") as handle:
-        handle.write("pidfile = %r\n" % moved)
+    moved = os.path.join(workdir, "moved.pid")
+    server.set_in_config(pidfile=moved)
     write_app(workdir, "2")
     server.signal(signal.SIGUSR2)
     server.wait_log("event=upgrade.done pid=%s" % server.pid, timeout=60)

@@ -149,6 +149,20 @@ class Server:
         self.env.update(env or {})
         self.proc = None
 
+    def settings_in_config(self, **values):
+        """Before the start: these settings (bind, pidfile) come from the config file, their
+        flags dropped, so that a HUP or an in-place USR2 can change them (`set_in_config`)."""
+        for name in values:
+            at = self.args.index({"bind": "-b", "pidfile": "--pid"}[name])
+            del self.args[at:at + 2]
+        self.set_in_config(**values)
+
+    def set_in_config(self, **values):
+        """Settings appended to the config file: the last assignment wins at the next read."""
+        with open(self.args[self.args.index("-c") + 1], "a") as handle:
+            for name, value in values.items():
+                handle.write("%s = %r\n" % (name, value))
+
     def start(self):
         self._log = open(self.logpath, "ab")
         self.proc = subprocess.Popen(self.args, cwd=self.workdir, env=self.env,
