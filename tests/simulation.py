@@ -701,6 +701,7 @@ class Master:
     def close(self):
         clock.use(time.monotonic, time.time)
         FakeProcesses.world = None
+        os.environ.pop(handover.PIDFILE_ENV, None)
         fd = os.environ.pop(handover.ENV, None)  # an exec'd code that never ticked
         if fd:
             os.close(int(fd))

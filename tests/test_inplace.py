@@ -128,15 +128,20 @@ def begin_slow_upgrade(server, workdir, seconds=3):
 
 def test_a_new_release_that_fails_at_start_after_the_exec_goes_back(tmp_path, servers):
     """Its config passes the check but a hook raises at start: the exec'd code has not touched
-    the workers, so it execs the kept release back (every path through the link pinned)."""
+    the workers, so it execs the kept release back (every path through the link pinned).
+    Release 2's config names another pidfile, which Gunicorn's start wrote before the hook
+    raised: it goes with the exec back (before, it stayed, naming the master)."""
     root = str(tmp_path)
     link = os.path.join(root, "current")
     point_link(link, make_release(root, "1"))
     body = IN_PLACE + "graceful_release_link = %r\n" % link
+    moved = os.path.join(root, "moved.pid")
     write_config(os.path.join(root, "releases", "1"), body=body)
-    write_config(make_release(root, "2"), body=body + "def when_ready(server):\n"
-                 "    raise RuntimeError('release 2 hook')\n")
-    server = servers(link, workers=2, rundir=root, config_body=body)
+    write_config(make_release(root, "2"), body=body + "pidfile = %r\n" % moved
+                 + "def when_ready(server):\n    raise RuntimeError('release 2 hook')\n")
+    server = servers(link, workers=2, rundir=root, config_body=body, serve=None)
+    server.settings_in_config(pidfile=server.pidfile)  # release 1's config, through the link
+    server.start_serving()
     old_workers = server.children()
     point_link(link, os.path.join(root, "releases", "2"))
     load, out, err = upgrade_in_place(server, 3)
@@ -145,6 +150,8 @@ def test_a_new_release_that_fails_at_start_after_the_exec_goes_back(tmp_path, se
     assert server.alive() and set(old_workers) <= set(server.children())
     assert "event=upgrade.adopted pid=%s direction=back" % server.pid in server.log()
     assert server.version() == "1"
+    wait_for(lambda: not os.path.exists(moved), 10, "release 2's pidfile to go")
+    assert pid_in(server.pidfile) == server.pid
 
 
 def test_a_check_killed_by_sigkill_refuses_the_upgrade(workdir, servers):

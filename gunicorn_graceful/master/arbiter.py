@@ -98,6 +98,8 @@ class GracefulArbiter(Arbiter):
         arbiter.core = Core(arbiter)
         arbiter.metrics = None
         arbiter.keep_graceful_worker()
+        if handed:
+            handover.wrote_pidfile(arbiter.inplace.pidfile_path())
         reason = check_config(arbiter.cfg, arbiter.log) \
             or mold.problem(arbiter.cfg, arbiter.settings)
         if reason:

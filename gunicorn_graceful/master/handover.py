@@ -20,6 +20,7 @@ from gunicorn_graceful import compat, settings
 from gunicorn_graceful.events import emit
 
 ENV = settings.IN_PLACE_ENV
+PIDFILE_ENV = "GRACEFUL_IN_PLACE_PIDFILE"  # the next code's pidfile, until its first tick
 RELAUNCH = "gunicorn_graceful.master.relaunch"
 # Blocked across an exec; the next code unblocks them at its first tick.
 SIGNALS = (signal.SIGHUP, signal.SIGQUIT, signal.SIGINT, signal.SIGTERM, signal.SIGTTIN,
@@ -117,8 +118,17 @@ def take():
     return json.loads(os.pread(int(fd), 1 << 24, 0).decode())
 
 
+def wrote_pidfile(path):
+    """In the next code, once Gunicorn's start wrote its pidfile (before the pack's start):
+    if this code goes back before its first tick, the code it goes back to removes that
+    pidfile when it is not its own (`go_back`; Gunicorn's start does not at an exit)."""
+    if path is not None:
+        os.environ[PIDFILE_ENV] = path
+
+
 def close(state):
     """At the first tick: the originals of what was adopted as copies, and the memfd."""
+    os.environ.pop(PIDFILE_ENV, None)
     for fd in fds(state) + [int(os.environ.pop(ENV))]:
         try:
             os.close(fd)
@@ -137,7 +147,8 @@ def go_back(code, system):
     reason = code if isinstance(code, str) else \
         "the new code exited (code %s) at start, before its first tick; its error is above " \
         "on stderr" % code
-    state = dict(state, direction="back", reason=reason)
+    state = dict(state, direction="back", reason=reason,
+                 pidfile=os.environ.pop(PIDFILE_ENV, None) or state["pidfile"])
     os.close(int(os.environ.pop(ENV)))
     sys.stderr.write("gunicorn-graceful: event=upgrade.exec direction=back reason=%r\n"
                      % reason)
