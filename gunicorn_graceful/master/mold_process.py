@@ -133,14 +133,8 @@ def adopted(arbiter, sock, generations):
     what it sent (`settle`); (the generation, its release). Bounded by
     graceful_upgrade_timeout and by the master's life."""
     deadline = time.monotonic() + arbiter.settings.upgrade_timeout
-    while os.getppid() == arbiter.pid and time.monotonic() < deadline:
-        readable, _, _ = select.select([sock], [], [], 1.0)
-        if not readable:
-            continue
-        data, fds, _, _ = socket.recv_fds(sock, PACKET, 64)
-        if not data:
-            break
-        settle(arbiter, json.loads(data), fds, generations)
+    for message, fds in from_master(arbiter.pid, sock, 64, deadline):
+        settle(arbiter, message, fds, generations)
         return generations.current, generations.release_of(generations.current)
     raise SystemExit("the master did not adopt the passed check within %ss" %
                      arbiter.settings.upgrade_timeout)
@@ -219,18 +213,24 @@ def open_sockets():
     return sorted(found)
 
 
-def serve(arbiter, sock, generation, release_dir):
-    """Fork a worker per request until the master closes its end or is gone."""
-    master = arbiter.pid
-    while os.getppid() == master:
+def from_master(master, sock, max_fds, deadline=float("inf")):
+    """Each (message, descriptors) `master` sends on `sock`, until it closes its end, is
+    gone (this process is no longer its child) or `deadline` (monotonic) passes."""
+    while os.getppid() == master and time.monotonic() < deadline:
         readable, _, _ = select.select([sock], [], [], 1.0)
         if not readable:
             continue
-        data, fds, _, _ = socket.recv_fds(sock, PACKET, 2)
+        data, fds, _, _ = socket.recv_fds(sock, PACKET, max_fds)
         if not data:
             return
+        yield json.loads(data), fds
+
+
+def serve(arbiter, sock, generation, release_dir):
+    """Fork a worker per request until the master closes its end or is gone."""
+    for request, fds in from_master(arbiter.pid, sock, 2):
         try:
-            fork_worker(arbiter, sock, json.loads(data), fds, release_dir)
+            fork_worker(arbiter, sock, request, fds, release_dir)
         finally:
             for fd in fds:
                 os.close(fd)
